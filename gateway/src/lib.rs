@@ -1,1 +1,2 @@
-//! placeholder
+//! parkpay-gateway: the edge process at a site's barriers.
+pub mod reader;
