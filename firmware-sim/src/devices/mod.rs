@@ -1,0 +1,11 @@
+//! The four pieces of hardware at a lane, each its own MQTT client.
+
+pub mod arm;
+pub mod camera;
+pub mod display;
+pub mod loop_detector;
+
+pub use arm::{ArmConfig, ArmState, BarrierArm};
+pub use camera::{Camera, CameraConfig, CameraMode, Capture, FrameSource};
+pub use display::{Display, DisplayState};
+pub use loop_detector::LoopDetector;
