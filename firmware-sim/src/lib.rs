@@ -1,6 +1,36 @@
-//! placeholder during build-up
+//! parkpay-sim: the physical world around parkpay.
+//!
+//! A lane is four pieces of hardware, each its own MQTT client speaking the contract in
+//! `parkpay-protocol`: a [`devices::Camera`] (a smart camera publishing plate reads with
+//! configurable misreads and no-reads, or a frame camera fed by a [`devices::FrameSource`]), a
+//! [`devices::LoopDetector`], a [`devices::BarrierArm`] that takes real time to move and exposes
+//! its position through a `watch`, and a [`devices::Display`] that keeps the last text and pay
+//! link. [`rig::LaneRig`] puts the four together and plays a car's passage: loop present, capture,
+//! wait for the arm (or a pay prompt), drive through, loop clear.
+//!
+//! Above the lanes, [`traffic`] plans a seeded population of cars (plates from [`plates`],
+//! dwell-time mix, mandates, empty wallets) and runs each one: register through the HTTP API
+//! ([`api`]), enter, stay on a [`parkpay_protocol::ScaledClock`] so a day passes in minutes,
+//! leave, and pay by QR when held. Every physical fact goes into [`truth::GroundTruth`], and
+//! [`report`] holds the server's ledger against it. [`world::drive`] is the whole run, shared by
+//! the binary's `run` and `demo` commands.
+//!
+//! Start reading at [`rig::LaneRig::pass`], then [`traffic::run_car`] and [`report::audit`].
+
+pub mod api;
 pub mod devices;
 pub mod error;
 pub mod mqtt;
 pub mod plates;
+pub mod report;
 pub mod rig;
+pub mod traffic;
+pub mod truth;
+pub mod world;
+
+pub use error::SimError;
+pub use mqtt::{DeviceContext, MqttUrl};
+pub use report::{Audit, FeeFn, Ledger, Mismatch, Report};
+pub use rig::{LaneConfig, LaneRig, PassageOutcome, Vehicle};
+pub use traffic::{DwellMix, TrafficConfig};
+pub use world::{drive, drive_audited, WorldConfig};

@@ -153,12 +153,15 @@ impl LaneRig {
         let turn = self.turn.lock().await;
         let mut arm = self.arm.watch();
         // Nobody drives up to an arm that is still up for the car before.
-        let down = tokio::time::timeout(
-            self.clear_wait,
-            arm.wait_for(|s| s.position == ArmPosition::Closed),
-        )
-        .await;
-        if !matches!(down, Ok(Ok(_))) {
+        let down = matches!(
+            tokio::time::timeout(
+                self.clear_wait,
+                arm.wait_for(|s| s.position == ArmPosition::Closed),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if !down {
             tracing::warn!(lane = %self.lane, "arm still up when the next car arrived");
         }
         let opens_before = self.arm.state().opens;

@@ -1,0 +1,284 @@
+//! The slice of the server's HTTP API (docs/api.md) that a driver app and an operator use, and
+//! that the simulator uses the same way.
+
+use chrono::{DateTime, Utc};
+use parkpay_protocol::{Money, PlateColour};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::SimError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Open,
+    AwaitingPayment,
+    Closed,
+    Exception,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Open => "open",
+            SessionStatus::AwaitingPayment => "awaiting_payment",
+            SessionStatus::Closed => "closed",
+            SessionStatus::Exception => "exception",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub lot: String,
+    pub plate: String,
+    pub status: SessionStatus,
+    #[serde(default)]
+    pub entry_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub exit_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub fee: Option<Money>,
+    #[serde(default)]
+    pub charge_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeStatus {
+    Pending,
+    Submitted,
+    Accepted,
+    Succeeded,
+    Failed,
+    Arrears,
+    AwaitingPayment,
+    Waived,
+}
+
+impl ChargeStatus {
+    /// The payment worker may still move a charge in this state.
+    pub fn in_flight(self) -> bool {
+        match self {
+            ChargeStatus::Pending
+            | ChargeStatus::Submitted
+            | ChargeStatus::Accepted
+            | ChargeStatus::Failed => true,
+            ChargeStatus::Succeeded
+            | ChargeStatus::Arrears
+            | ChargeStatus::AwaitingPayment
+            | ChargeStatus::Waived => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Charge {
+    pub id: Uuid,
+    pub session_id: Uuid,
+    #[serde(default)]
+    pub driver_id: Option<Uuid>,
+    pub amount: Money,
+    pub status: ChargeStatus,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Created {
+    id: Uuid,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Quote {
+    total: Money,
+}
+
+/// A typed client for the server's HTTP API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn new(base: &Url) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: base.as_str().trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn url(&self, path: &str) -> Result<Url, SimError> {
+        Url::parse(&format!("{}{path}", self.base))
+            .map_err(|_| SimError::BaseUrl(self.base.clone()))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<T, SimError> {
+        let verb = match method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            _ => "REQUEST",
+        };
+        let wrap = |source| SimError::Http {
+            method: verb,
+            path: path.to_string(),
+            source,
+        };
+        let mut url = self.url(path)?;
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        let mut req = self.http.request(method, url);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(wrap)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(SimError::Api {
+                method: verb,
+                path: path.to_string(),
+                status: status.as_u16(),
+                body,
+            });
+        }
+        resp.json().await.map_err(wrap)
+    }
+
+    /// Registers a driver; returns the driver's id.
+    pub async fn create_driver(&self, name: &str, phone: &str) -> Result<Uuid, SimError> {
+        let body = serde_json::json!({ "name": name, "phone": phone });
+        let d: Created = self
+            .call(Method::POST, "/api/drivers", &[], Some(body))
+            .await?;
+        Ok(d.id)
+    }
+
+    pub async fn add_vehicle(
+        &self,
+        driver: Uuid,
+        plate: &str,
+        colour: PlateColour,
+    ) -> Result<(), SimError> {
+        let body = serde_json::json!({ "plate": plate, "colour": colour.as_str() });
+        let path = format!("/api/drivers/{driver}/vehicles");
+        self.call::<serde_json::Value>(Method::POST, &path, &[], Some(body))
+            .await
+            .map(drop)
+    }
+
+    pub async fn create_wallet(&self, reference: &str, balance: Money) -> Result<(), SimError> {
+        let body = serde_json::json!({ "reference": reference, "balance": balance });
+        self.call::<serde_json::Value>(Method::POST, "/api/sandbox/wallets", &[], Some(body))
+            .await
+            .map(drop)
+    }
+
+    /// Signs a sandbox deduction mandate over the wallet; returns the mandate's id.
+    pub async fn create_mandate(&self, driver: Uuid, wallet: &str) -> Result<Uuid, SimError> {
+        let body = serde_json::json!({ "provider": "sandbox", "provider_ref": wallet });
+        let path = format!("/api/drivers/{driver}/mandates");
+        let m: Created = self.call(Method::POST, &path, &[], Some(body)).await?;
+        Ok(m.id)
+    }
+
+    pub async fn sessions(
+        &self,
+        lot: Option<&str>,
+        plate: Option<&str>,
+        status: Option<SessionStatus>,
+    ) -> Result<Vec<Session>, SimError> {
+        let mut q: Vec<(&str, String)> = vec![("limit", "100000".to_string())];
+        if let Some(lot) = lot {
+            q.push(("lot", lot.to_string()));
+        }
+        if let Some(plate) = plate {
+            q.push(("plate", plate.to_string()));
+        }
+        if let Some(s) = status {
+            q.push(("status", s.as_str().to_string()));
+        }
+        self.call(Method::GET, "/api/sessions", &q, None).await
+    }
+
+    /// Pays a held session by QR, as the driver's phone does after scanning the display.
+    pub async fn pay_session(&self, session: Uuid) -> Result<Charge, SimError> {
+        let path = format!("/api/sessions/{session}/pay");
+        let body = serde_json::json!({ "method": "qr" });
+        self.call(Method::POST, &path, &[], Some(body)).await
+    }
+
+    pub async fn charges(&self) -> Result<Vec<Charge>, SimError> {
+        self.call(Method::GET, "/api/charges", &[], None).await
+    }
+
+    pub async fn lot_exists(&self, lot: &str) -> Result<bool, SimError> {
+        match self
+            .call::<serde_json::Value>(Method::GET, &format!("/api/lots/{lot}"), &[], None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_status(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn create_lot(
+        &self,
+        lot: &str,
+        name: &str,
+        capacity: u32,
+        tariff: &serde_json::Value,
+    ) -> Result<(), SimError> {
+        let body = serde_json::json!({
+            "id": lot, "name": name, "capacity": capacity, "tariff": tariff,
+        });
+        self.call::<serde_json::Value>(Method::POST, "/api/lots", &[], Some(body))
+            .await
+            .map(drop)
+    }
+
+    /// The lot's tariff applied to one stay, in minor units.
+    pub async fn quote(
+        &self,
+        lot: &str,
+        entry: DateTime<Utc>,
+        exit: DateTime<Utc>,
+    ) -> Result<i64, SimError> {
+        let q = [("entry", entry.to_rfc3339()), ("exit", exit.to_rfc3339())];
+        let path = format!("/api/lots/{lot}/tariff/preview");
+        let quote: Quote = self.call(Method::GET, &path, &q, None).await?;
+        Ok(quote.total.minor)
+    }
+}
+
+/// The example tariff of docs/api.md, used when the simulator has to create its lot.
+pub fn example_tariff() -> serde_json::Value {
+    serde_json::json!({
+        "currency": "CNY",
+        "time_zone": "Asia/Shanghai",
+        "grace_minutes": 15,
+        "unit_minutes": 30,
+        "first_period": {"minutes": 60, "price": 500},
+        "bands": [
+            {"start": "08:00", "end": "20:00", "unit_price": 300},
+            {"start": "20:00", "end": "08:00", "unit_price": 100}
+        ],
+        "daily_cap": {"amount": 4000, "basis": "calendar"},
+        "stay_cap": null,
+        "minimum_charge": 0
+    })
+}

@@ -1,0 +1,347 @@
+//! The verdict: the server's ledger held against ground truth and the tariff.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use parkpay_protocol::plate::match_key;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::{Charge, ChargeStatus, Session, SessionStatus};
+use crate::truth::CarTruth;
+
+/// The tariff's quote for a stay (entry, exit), in fen. Injected, so the simulator does not
+/// depend on the server's tariff engine.
+pub type FeeFn = Arc<dyn Fn(DateTime<Utc>, DateTime<Utc>) -> i64 + Send + Sync>;
+
+/// What the server wrote down, as fetched through its API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub sessions: Vec<Session>,
+    pub charges: Vec<Charge>,
+}
+
+/// The summary a run ends with. A correct system reports `entries == exits == cars`,
+/// `charged_fen == expected_fen` and no mismatches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Cars in ground truth.
+    pub cars: u64,
+    /// The server's sessions for these cars with an entry.
+    pub entries: u64,
+    /// ...and with an exit.
+    pub exits: u64,
+    /// The server's charges of a non-zero amount for these cars (waived ones excluded),
+    /// whatever became of them.
+    pub charged: u64,
+    /// The tariff over every ground-truth stay.
+    pub expected_fen: i64,
+    /// The amounts of those charges.
+    pub charged_fen: i64,
+    /// Cars whose outcome differs from what the tariff and their wallet say it should be.
+    pub mismatches: u64,
+}
+
+/// One car the server got wrong, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    pub car: u32,
+    pub plate: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "car {} ({}): {}", self.car, self.plate, self.reason)
+    }
+}
+
+/// The report and the reasons behind its mismatch count.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    pub report: Report,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// The ledger rows that belong to one car. Plates are unique per car after confusable folding,
+/// so a session belongs to the car whose folded plate it carries, even when read wrongly.
+struct CarLedger<'a> {
+    sessions: Vec<&'a Session>,
+    charges: Vec<&'a Charge>,
+}
+
+fn carve<'a>(car: &CarTruth, ledger: &'a Ledger) -> CarLedger<'a> {
+    let key = match_key(&car.plate);
+    let sessions: Vec<&Session> = ledger
+        .sessions
+        .iter()
+        .filter(|s| match_key(&s.plate) == key)
+        .collect();
+    let ids: HashSet<Uuid> = sessions.iter().map(|s| s.id).collect();
+    let charges = ledger
+        .charges
+        .iter()
+        .filter(|c| {
+            ids.contains(&c.session_id) || (c.driver_id.is_some() && c.driver_id == car.driver_id)
+        })
+        .collect();
+    CarLedger { sessions, charges }
+}
+
+/// Money that was actually asked of somebody.
+fn is_money(c: &Charge) -> bool {
+    c.amount.minor > 0 && c.status != ChargeStatus::Waived
+}
+
+/// What went wrong for one car, if anything.
+fn judge(car: &CarTruth, rows: &CarLedger<'_>, fee: &FeeFn) -> Option<String> {
+    let (Some(entry), Some(exit)) = (car.entry_at, car.exit_at) else {
+        return Some(if car.let_in() {
+            "never let out".to_string()
+        } else {
+            "never let in".to_string()
+        });
+    };
+    match rows.sessions.as_slice() {
+        [s] if s.status == SessionStatus::Closed => {}
+        [s] => return Some(format!("session is {:?}, not closed", s.status)),
+        other => {
+            return Some(format!(
+                "{} sessions on the server, expected 1",
+                other.len()
+            ))
+        }
+    }
+    let due = fee(entry, exit);
+    let money: Vec<&&Charge> = rows.charges.iter().filter(|c| is_money(c)).collect();
+    if due == 0 {
+        return (!money.is_empty()).then(|| format!("charged {} for a free stay", money[0].amount));
+    }
+    let [charge] = money.as_slice() else {
+        return Some(format!(
+            "{} charges, expected one of {due} fen",
+            money.len()
+        ));
+    };
+    if charge.amount.minor != due {
+        return Some(format!(
+            "charged {} fen, tariff says {due}",
+            charge.amount.minor
+        ));
+    }
+    let (expected, held_ok) = if !car.has_mandate {
+        (ChargeStatus::Succeeded, true)
+    } else if car.wallet_fen >= due {
+        (ChargeStatus::Succeeded, false)
+    } else {
+        (ChargeStatus::Arrears, false)
+    };
+    if charge.status != expected {
+        return Some(format!(
+            "charge is {:?}, expected {expected:?}",
+            charge.status
+        ));
+    }
+    if car.has_mandate && car.exit_held {
+        return Some("held at the exit despite a mandate".to_string());
+    }
+    if held_ok && !car.paid_at_exit {
+        return Some("let out without paying at the exit".to_string());
+    }
+    None
+}
+
+impl Report {
+    pub fn compute(cars: &[CarTruth], ledger: &Ledger, fee: &FeeFn) -> Report {
+        audit(cars, ledger, fee).report
+    }
+}
+
+/// Holds the ledger against ground truth, car by car.
+pub fn audit(cars: &[CarTruth], ledger: &Ledger, fee: &FeeFn) -> Audit {
+    let mut report = Report {
+        cars: cars.len() as u64,
+        ..Report::default()
+    };
+    let mut mismatches = Vec::new();
+    let mut counted: HashSet<Uuid> = HashSet::new();
+    for car in cars {
+        let rows = carve(car, ledger);
+        for s in &rows.sessions {
+            report.entries += u64::from(s.entry_at.is_some());
+            report.exits += u64::from(s.exit_at.is_some());
+        }
+        for c in rows.charges.iter().filter(|c| is_money(c)) {
+            // A charge reached both by session and by driver is still one charge.
+            if counted.insert(c.id) {
+                report.charged += 1;
+                report.charged_fen += c.amount.minor;
+            }
+        }
+        if let (Some(entry), Some(exit)) = (car.entry_at, car.exit_at) {
+            report.expected_fen += fee(entry, exit);
+        }
+        if let Some(reason) = judge(car, &rows, fee) {
+            mismatches.push(Mismatch {
+                car: car.car,
+                plate: car.plate.clone(),
+                reason,
+            });
+        }
+    }
+    report.mismatches = mismatches.len() as u64;
+    Audit { report, mismatches }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use parkpay_protocol::{Money, PlateColour};
+
+    fn t(min: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 0, 0, 0).unwrap() + chrono::Duration::minutes(min)
+    }
+
+    /// Free for 15 minutes, then 100 fen per started hour.
+    fn fee() -> FeeFn {
+        Arc::new(|a: DateTime<Utc>, b: DateTime<Utc>| {
+            let m = (b - a).num_minutes();
+            if m < 15 {
+                0
+            } else {
+                (m + 59) / 60 * 100
+            }
+        })
+    }
+
+    fn car(n: u32, plate: &str, mandate: bool, wallet: i64, stay: Option<(i64, i64)>) -> CarTruth {
+        CarTruth {
+            car: n,
+            plate: plate.to_string(),
+            colour: PlateColour::Blue,
+            has_mandate: mandate,
+            wallet_fen: wallet,
+            driver_id: Some(Uuid::from_u128(u128::from(n))),
+            entry_at: stay.map(|(a, _)| t(a)),
+            entry_lane: stay.map(|_| "in-1".to_string()),
+            exit_at: stay.map(|(_, b)| t(b)),
+            exit_lane: stay.map(|_| "out-1".to_string()),
+            exit_held: !mandate,
+            paid_at_exit: !mandate,
+        }
+    }
+
+    fn session(n: u128, plate: &str, stay: (i64, i64)) -> Session {
+        Session {
+            id: Uuid::from_u128(1000 + n),
+            lot: "lot1".into(),
+            plate: plate.into(),
+            status: SessionStatus::Closed,
+            entry_at: Some(t(stay.0)),
+            exit_at: Some(t(stay.1)),
+            fee: None,
+            charge_id: None,
+        }
+    }
+
+    fn charge(n: u128, fen: i64, status: ChargeStatus) -> Charge {
+        Charge {
+            id: Uuid::from_u128(2000 + n),
+            session_id: Uuid::from_u128(1000 + n),
+            driver_id: Some(Uuid::from_u128(n)),
+            amount: Money::cny(fen),
+            status,
+            method: None,
+        }
+    }
+
+    #[test]
+    fn a_correct_ledger_has_no_mismatches_and_adds_up() {
+        let cars = vec![
+            car(1, "京A12345", true, 100_000, Some((0, 150))), // 300 fen, deducted
+            car(2, "京A22345", true, 0, Some((10, 75))),       // 200 fen, arrears
+            car(3, "京A32345", false, 0, Some((20, 80))),      // 100 fen, paid at exit
+            car(4, "京A42345", true, 100_000, Some((30, 40))), // grace
+        ];
+        let ledger = Ledger {
+            sessions: vec![
+                session(1, "京A12345", (0, 150)),
+                // Read wrongly at the entry; the folded plate still ties it to car 2.
+                session(2, "京AZ2345", (10, 75)),
+                session(3, "京A32345", (20, 80)),
+                session(4, "京A42345", (30, 40)),
+                session(9, "沪B99999", (0, 10)), // another run's car: not ours
+            ],
+            charges: vec![
+                charge(1, 300, ChargeStatus::Succeeded),
+                charge(2, 200, ChargeStatus::Arrears),
+                Charge {
+                    driver_id: None,
+                    ..charge(3, 100, ChargeStatus::Succeeded)
+                },
+                charge(4, 0, ChargeStatus::Succeeded),
+                charge(9, 700, ChargeStatus::Succeeded),
+            ],
+        };
+        let a = audit(&cars, &ledger, &fee());
+        assert_eq!(a.mismatches, vec![]);
+        assert_eq!(
+            a.report,
+            Report {
+                cars: 4,
+                entries: 4,
+                exits: 4,
+                charged: 3,
+                expected_fen: 600,
+                charged_fen: 600,
+                mismatches: 0,
+            }
+        );
+        let json = serde_json::to_value(a.report).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"cars":4,"entries":4,"exits":4,"charged":3,
+                "expected_fen":600,"charged_fen":600,"mismatches":0})
+        );
+    }
+
+    #[test]
+    fn every_kind_of_wrong_outcome_is_counted_once_per_car() {
+        let cars = vec![
+            car(1, "京A12345", true, 100_000, Some((0, 150))), // overcharged
+            car(2, "京A22345", true, 0, Some((10, 75))),       // charge succeeded from nothing
+            car(3, "京A32345", false, 0, Some((20, 80))),      // no charge at all
+            car(4, "京A42345", true, 100_000, Some((30, 40))), // charged in grace
+            car(5, "京A52345", true, 100_000, None),           // never let in
+            CarTruth {
+                exit_at: None,
+                ..car(6, "京A62345", true, 100_000, Some((0, 90)))
+            }, // kept inside
+        ];
+        let ledger = Ledger {
+            sessions: vec![
+                session(1, "京A12345", (0, 150)),
+                session(2, "京A22345", (10, 75)),
+                session(3, "京A32345", (20, 80)),
+                session(4, "京A42345", (30, 40)),
+            ],
+            charges: vec![
+                charge(1, 400, ChargeStatus::Succeeded),
+                charge(2, 200, ChargeStatus::Succeeded),
+                charge(4, 100, ChargeStatus::Succeeded),
+            ],
+        };
+        let a = audit(&cars, &ledger, &fee());
+        let broken: Vec<u32> = a.mismatches.iter().map(|m| m.car).collect();
+        assert_eq!(broken, vec![1, 2, 3, 4, 5, 6], "{:#?}", a.mismatches);
+        assert_eq!(a.report.cars, 6);
+        assert_eq!(a.report.charged, 3);
+        assert_eq!(a.report.charged_fen, 700);
+        // Cars 5 and 6 have no complete stay to price: 300 + 200 + 100 + 0.
+        assert_eq!(a.report.expected_fen, 600);
+        assert_eq!(a.report.mismatches, 6);
+    }
+}

@@ -1,0 +1,202 @@
+//! Ground truth: what physically happened, written down as it happens and never edited.
+//!
+//! The server's ledger is judged against this log, so it records only what the simulated world
+//! knows first-hand (which car stood where, when the camera fired, whether the arm went up), never
+//! what the server said about it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use parkpay_protocol::{Direction, PlateColour};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::SimError;
+
+/// One physical fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fact", rename_all = "snake_case")]
+pub enum Fact {
+    /// A car exists, with its driver's arrangements.
+    Car {
+        car: u32,
+        plate: String,
+        colour: PlateColour,
+        has_mandate: bool,
+        wallet_fen: i64,
+        driver_id: Option<Uuid>,
+    },
+    /// A car stood at a lane (one attempt; a car that backs out may try again).
+    Passage {
+        car: u32,
+        direction: Direction,
+        lane: String,
+        attempt: u32,
+        /// The camera's capture: the physical instant the stay is priced from.
+        captured_at: DateTime<Utc>,
+        /// What the camera published as its top candidate (smart mode).
+        read: Option<String>,
+        misread: bool,
+        /// The arm opened for this car and it drove through.
+        opened: bool,
+        /// The arm did not open on arrival.
+        held: bool,
+        /// The driver paid by QR while standing at the barrier.
+        paid: bool,
+    },
+}
+
+/// Everything ground truth knows about one car, folded from its facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CarTruth {
+    pub car: u32,
+    pub plate: String,
+    pub colour: PlateColour,
+    pub has_mandate: bool,
+    pub wallet_fen: i64,
+    pub driver_id: Option<Uuid>,
+    /// The capture instant of the entry the arm opened for.
+    pub entry_at: Option<DateTime<Utc>>,
+    pub entry_lane: Option<String>,
+    /// The capture instant of the exit the arm opened for.
+    pub exit_at: Option<DateTime<Utc>>,
+    pub exit_lane: Option<String>,
+    /// Held at the exit at least once.
+    pub exit_held: bool,
+    pub paid_at_exit: bool,
+}
+
+impl CarTruth {
+    pub fn let_in(&self) -> bool {
+        self.entry_at.is_some()
+    }
+
+    pub fn let_out(&self) -> bool {
+        self.exit_at.is_some()
+    }
+}
+
+/// The append-only log, in memory and optionally as JSON lines in a file.
+#[derive(Debug, Default)]
+pub struct GroundTruth {
+    facts: Mutex<Vec<Fact>>,
+    file: Option<(PathBuf, Mutex<BufWriter<File>>)>,
+}
+
+impl GroundTruth {
+    pub fn in_memory() -> GroundTruth {
+        GroundTruth::default()
+    }
+
+    /// Also appends every fact to `path` (created or truncated) as one JSON line.
+    pub fn with_file(path: &Path) -> Result<GroundTruth, SimError> {
+        let file = File::create(path).map_err(|source| SimError::TruthLog {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(GroundTruth {
+            facts: Mutex::default(),
+            file: Some((path.to_path_buf(), Mutex::new(BufWriter::new(file)))),
+        })
+    }
+
+    pub fn record(&self, fact: Fact) -> Result<(), SimError> {
+        if let Some((path, file)) = &self.file {
+            // Plain data; serialising it cannot fail.
+            let line = serde_json::to_string(&fact).unwrap_or_default();
+            // A poisoned lock means a writer panicked mid-line; keep appending regardless.
+            let mut w = file.lock().unwrap_or_else(|e| e.into_inner());
+            // Flushed per fact so the file is complete even if the run is cut short. Lines are
+            // small, so the blocking write is cheaper than handing it to another thread.
+            writeln!(w, "{line}")
+                .and_then(|()| w.flush())
+                .map_err(|source| SimError::TruthLog {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
+        self.facts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(fact);
+        Ok(())
+    }
+
+    pub fn facts(&self) -> Vec<Fact> {
+        self.facts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn cars(&self) -> Vec<CarTruth> {
+        fold_cars(&self.facts())
+    }
+}
+
+/// Folds a fact log into one summary per car, in car order.
+pub fn fold_cars(facts: &[Fact]) -> Vec<CarTruth> {
+    let mut cars: BTreeMap<u32, CarTruth> = BTreeMap::new();
+    for f in facts {
+        match f {
+            Fact::Car {
+                car,
+                plate,
+                colour,
+                has_mandate,
+                wallet_fen,
+                driver_id,
+            } => {
+                cars.insert(
+                    *car,
+                    CarTruth {
+                        car: *car,
+                        plate: plate.clone(),
+                        colour: *colour,
+                        has_mandate: *has_mandate,
+                        wallet_fen: *wallet_fen,
+                        driver_id: *driver_id,
+                        entry_at: None,
+                        entry_lane: None,
+                        exit_at: None,
+                        exit_lane: None,
+                        exit_held: false,
+                        paid_at_exit: false,
+                    },
+                );
+            }
+            Fact::Passage {
+                car,
+                direction,
+                lane,
+                captured_at,
+                opened,
+                held,
+                paid,
+                ..
+            } => {
+                let Some(c) = cars.get_mut(car) else {
+                    continue;
+                };
+                match direction {
+                    Direction::Entry => {
+                        if *opened {
+                            c.entry_at = Some(*captured_at);
+                            c.entry_lane = Some(lane.clone());
+                        }
+                    }
+                    Direction::Exit => {
+                        c.exit_held |= *held;
+                        c.paid_at_exit |= *paid;
+                        if *opened {
+                            c.exit_at = Some(*captured_at);
+                            c.exit_lane = Some(lane.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cars.into_values().collect()
+}

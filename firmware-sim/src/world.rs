@@ -1,0 +1,236 @@
+//! A whole run: a lot's lanes, the traffic through them, and the report at the end.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkpay_protocol::{Clock, Direction, LaneId, LotId};
+use reqwest::Url;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::api::{example_tariff, Api, Charge};
+use crate::devices::{ArmConfig, CameraConfig, CameraMode};
+use crate::error::SimError;
+use crate::mqtt::{DeviceContext, MqttUrl};
+use crate::report::{audit, Audit, FeeFn, Ledger, Report};
+use crate::rig::{LaneConfig, LaneRig};
+use crate::traffic::{plan, run_car, CarContext, TrafficConfig};
+use crate::truth::{CarTruth, GroundTruth};
+
+/// Everything about the simulated world of one run.
+#[derive(Clone)]
+pub struct WorldConfig {
+    pub lot: LotId,
+    /// The lot's lanes; at least one of each direction.
+    pub lanes: Vec<(LaneId, Direction)>,
+    pub traffic: TrafficConfig,
+    pub arm: ArmConfig,
+    pub misread_rate: f64,
+    pub no_read_rate: f64,
+    /// Real time a car takes to drive through an open barrier.
+    pub drive_through: Duration,
+    /// Real time a car waits for the arm before it counts as held.
+    pub open_wait: Duration,
+    /// Real time to wait, after the last car, for deductions to settle.
+    pub settle_wait: Duration,
+    /// Also write ground truth as JSON lines to this file.
+    pub truth_log: Option<PathBuf>,
+    /// The tariff's quote in fen. Without one, stays are quoted by the server's tariff preview
+    /// (which then only checks the ledger against the server's own tariff).
+    pub fee: Option<FeeFn>,
+    /// Create the lot with the example tariff of docs/api.md if the server does not know it.
+    pub create_lot: bool,
+}
+
+impl std::fmt::Debug for WorldConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorldConfig")
+            .field("lot", &self.lot)
+            .field("lanes", &self.lanes)
+            .field("traffic", &self.traffic)
+            .field("arm", &self.arm)
+            .field("misread_rate", &self.misread_rate)
+            .field("no_read_rate", &self.no_read_rate)
+            .field("fee", &self.fee.as_ref().map(|_| "injected"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorldConfig {
+    /// One lot with two entry and two exit lanes, tuned so a day passes in about a minute at
+    /// clock speed 1440: the arm moves in 150 ms, so even a grace-period stay is physically
+    /// possible between two barriers.
+    pub fn four_lanes(lot: LotId) -> Result<WorldConfig, SimError> {
+        let lane = |s: &str, d| LaneId::parse(s).map(|l| (l, d));
+        Ok(WorldConfig {
+            lot,
+            lanes: vec![
+                lane("in-1", Direction::Entry)?,
+                lane("in-2", Direction::Entry)?,
+                lane("out-1", Direction::Exit)?,
+                lane("out-2", Direction::Exit)?,
+            ],
+            traffic: TrafficConfig::default(),
+            arm: ArmConfig {
+                open_time: Duration::from_millis(150),
+                close_time: Duration::from_millis(150),
+                ..ArmConfig::default()
+            },
+            misread_rate: 0.03,
+            no_read_rate: 0.02,
+            drive_through: Duration::from_millis(100),
+            open_wait: Duration::from_secs(3),
+            settle_wait: Duration::from_secs(30),
+            truth_log: None,
+            fee: None,
+            create_lot: false,
+        })
+    }
+
+    fn lane_config(&self, n: usize, lane: &LaneId, direction: Direction) -> LaneConfig {
+        LaneConfig {
+            arm: self.arm.clone(),
+            camera: CameraConfig {
+                mode: CameraMode::Smart,
+                misread_rate: self.misread_rate,
+                no_read_rate: self.no_read_rate,
+                seed: self.traffic.seed.wrapping_add(1 + n as u64),
+            },
+            drive_through: self.drive_through,
+            open_wait: self.open_wait,
+            ..LaneConfig::new(self.lot.clone(), lane.clone(), direction)
+        }
+    }
+}
+
+/// Starts the lanes, runs the traffic against the server at `http` and the broker at `mqtt`,
+/// waits for payments to settle, and judges the server's ledger.
+pub async fn drive(
+    world: WorldConfig,
+    http: Url,
+    mqtt: MqttUrl,
+    clock: Arc<dyn Clock>,
+) -> Result<Report, SimError> {
+    let audit = drive_audited(world, http, mqtt, clock).await?;
+    for m in &audit.mismatches {
+        tracing::warn!("mismatch: {m}");
+    }
+    Ok(audit.report)
+}
+
+/// [`drive`], keeping the reason behind every mismatch.
+pub async fn drive_audited(
+    world: WorldConfig,
+    http: Url,
+    mqtt: MqttUrl,
+    clock: Arc<dyn Clock>,
+) -> Result<Audit, SimError> {
+    let api = Api::new(&http);
+    if world.create_lot && !api.lot_exists(world.lot.as_str()).await? {
+        api.create_lot(world.lot.as_str(), "Simulated lot", 400, &example_tariff())
+            .await?;
+    }
+    let truth = Arc::new(match &world.truth_log {
+        Some(path) => GroundTruth::with_file(path)?,
+        None => GroundTruth::in_memory(),
+    });
+    let ctx = DeviceContext::new(mqtt, clock.clone());
+    let (mut entries, mut exits) = (Vec::new(), Vec::new());
+    for (n, (lane, direction)) in world.lanes.iter().enumerate() {
+        let rig = LaneRig::start(&ctx, world.lane_config(n, lane, *direction)).await?;
+        match direction {
+            Direction::Entry => entries.push(rig),
+            Direction::Exit => exits.push(rig),
+        }
+    }
+    if entries.is_empty() || exits.is_empty() {
+        return Err(SimError::Config(
+            "a world needs at least one entry and one exit lane".into(),
+        ));
+    }
+    let cars = plan(&world.traffic, entries.len(), exits.len());
+    let car_ctx = CarContext {
+        api: api.clone(),
+        clock: clock.clone(),
+        truth: truth.clone(),
+        entry_lanes: Arc::new(entries),
+        exit_lanes: Arc::new(exits),
+        retries: world.traffic.retries,
+        wallet_prefix: format!("sim-{}-{:x}", world.lot, world.traffic.seed),
+        start: Instant::now(),
+    };
+    tracing::info!(cars = cars.len(), "traffic starts");
+    let mut running = JoinSet::new();
+    for car in cars {
+        let ctx = car_ctx.clone();
+        running.spawn(async move { run_car(&ctx, &car).await });
+    }
+    let mut first_error = None;
+    while let Some(done) = running.join_next().await {
+        let result = done.unwrap_or_else(|e| Err(SimError::Config(format!("car task: {e}"))));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "a car could not complete its run");
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let ledger = settled_ledger(&api, &world.lot, world.settle_wait).await?;
+    let cars = truth.cars();
+    let fee = match world.fee.clone() {
+        Some(fee) => fee,
+        None => quoted_fees(&api, &world.lot, &cars).await?,
+    };
+    let audit = audit(&cars, &ledger, &fee);
+    shutdown(car_ctx).await;
+    Ok(audit)
+}
+
+async fn shutdown(ctx: CarContext) {
+    for lanes in [ctx.entry_lanes, ctx.exit_lanes] {
+        if let Ok(lanes) = Arc::try_unwrap(lanes) {
+            for rig in lanes {
+                rig.shutdown().await;
+            }
+        }
+    }
+}
+
+/// The ledger once no charge is still moving (or the wait is over).
+async fn settled_ledger(api: &Api, lot: &LotId, wait: Duration) -> Result<Ledger, SimError> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(50);
+    let charges = loop {
+        let charges: Vec<Charge> = api.charges().await?;
+        let moving = charges.iter().filter(|c| c.status.in_flight()).count();
+        if moving == 0 || Instant::now() >= deadline {
+            if moving > 0 {
+                tracing::warn!(moving, "charges still in flight when the report was made");
+            }
+            break charges;
+        }
+        // Polling the payment worker's progress; there is no event to wait on over HTTP.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    };
+    let sessions = api.sessions(Some(lot.as_str()), None, None).await?;
+    Ok(Ledger { sessions, charges })
+}
+
+/// A fee function answering from the server's tariff preview, quoted for every stay up front.
+async fn quoted_fees(api: &Api, lot: &LotId, cars: &[CarTruth]) -> Result<FeeFn, SimError> {
+    let mut quotes: HashMap<(DateTime<Utc>, DateTime<Utc>), i64> = HashMap::new();
+    for car in cars {
+        if let (Some(a), Some(b)) = (car.entry_at, car.exit_at) {
+            quotes.insert((a, b), api.quote(lot.as_str(), a, b).await?);
+        }
+    }
+    // Only ground-truth stays are ever asked for, and every one of them was quoted above.
+    Ok(Arc::new(move |a, b| {
+        quotes.get(&(a, b)).copied().unwrap_or(0)
+    }))
+}
