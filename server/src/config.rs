@@ -1,0 +1,254 @@
+//! Server configuration, layered: built-in defaults, then a TOML file, then `PARKPAY_SERVER_*`
+//! environment variables (nested keys joined by `__`), then command-line flags.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A secret string (a key or password): never printed.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `sqlite://PATH` (embedded default) or `postgres://USER@HOST/DB`.
+    pub database_url: String,
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub payments: PaymentsConfig,
+    /// This instance's name, used for MQTT client ids and charge leases; unique per instance.
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub bind: SocketAddr,
+    /// The base URL drivers reach for paying at the exit (shown as a QR code on the display).
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `embedded` runs a broker in this process; otherwise `mqtt://HOST:PORT`.
+    pub broker: String,
+    /// Where the embedded broker listens (port 0 picks a free one).
+    pub embedded_bind: SocketAddr,
+    /// Join the `$share/parkpay` group so several instances split the event stream.
+    pub shared_subscription: bool,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Per-gateway HMAC keys (hex). A gateway listed here must sign its events.
+    pub gateway_keys: HashMap<String, Secret>,
+    /// Reject events from gateways without a key.
+    pub require_signatures: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// `sandbox` is the only provider in this build.
+    pub provider: String,
+    pub max_attempts: i64,
+    /// First retry delay in seconds of clock time; doubles per attempt.
+    pub retry_base_secs: f64,
+    pub accepted_poll_secs: f64,
+    pub poll_interval_ms: u64,
+    pub lease_secs: f64,
+    /// Simulated provider latency, milliseconds.
+    pub sandbox_latency_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            database_url: "sqlite://parkpay.db".into(),
+            http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
+            payments: PaymentsConfig::default(),
+            instance: format!("server-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: ([127, 0, 0, 1], 8080).into(),
+            public_url: None,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "embedded".into(),
+            embedded_bind: ([127, 0, 0, 1], 1883).into(),
+            shared_subscription: false,
+            username: None,
+            password: None,
+            gateway_keys: HashMap::new(),
+            require_signatures: false,
+        }
+    }
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        PaymentsConfig {
+            provider: "sandbox".into(),
+            max_attempts: 4,
+            retry_base_secs: 300.0,
+            accepted_poll_secs: 60.0,
+            poll_interval_ms: 250,
+            lease_secs: 120.0,
+            sandbox_latency_ms: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError(e.to_string())
+    }
+}
+
+impl ServerConfig {
+    /// Defaults, then the file (if any), then environment, then `overrides` (flags).
+    pub fn load(
+        file: Option<&Path>,
+        overrides: Option<serde_json::Value>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("PARKPAY_SERVER_").split("__"));
+        if let Some(o) = overrides {
+            fig = fig.merge(Serialized::defaults(o));
+        }
+        let c: ServerConfig = fig.extract()?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: &str| Err(ConfigError(format!("{field}: {why}")));
+        if self.payments.provider != "sandbox" {
+            return bad(
+                "payments.provider",
+                "only \"sandbox\" is available in this build",
+            );
+        }
+        if self.payments.max_attempts < 1 {
+            return bad("payments.max_attempts", "must be at least 1");
+        }
+        for (field, v) in [
+            ("payments.retry_base_secs", self.payments.retry_base_secs),
+            (
+                "payments.accepted_poll_secs",
+                self.payments.accepted_poll_secs,
+            ),
+            ("payments.lease_secs", self.payments.lease_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(field, "must be a positive number of seconds");
+            }
+        }
+        if self.mqtt.broker != "embedded" && !self.mqtt.broker.starts_with("mqtt://") {
+            return bad("mqtt.broker", "use \"embedded\" or mqtt://HOST:PORT");
+        }
+        for (gw, key) in &self.mqtt.gateway_keys {
+            if hex_decode(key.expose()).is_none() {
+                return bad(&format!("mqtt.gateway_keys.{gw}"), "must be hex");
+            }
+        }
+        if self.instance.is_empty() {
+            return bad("instance", "must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn secs(v: f64) -> Duration {
+        Duration::from_secs_f64(v)
+    }
+}
+
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_field_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[payments]\nmax_attempts = 0\n").unwrap();
+        let e = ServerConfig::load(Some(&f), None).unwrap_err().to_string();
+        assert!(e.contains("payments.max_attempts"), "{e}");
+        std::fs::write(&f, "[http]\nbind = \"nonsense\"\n").unwrap();
+        let e = ServerConfig::load(Some(&f), None).unwrap_err().to_string();
+        assert!(e.contains("bind"), "{e}");
+        std::fs::write(&f, "[mqtt]\nbrokr = \"x\"\n").unwrap();
+        let e = ServerConfig::load(Some(&f), None).unwrap_err().to_string();
+        assert!(e.contains("brokr"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "database_url = \"sqlite://a.db\"\n").unwrap();
+        let c = ServerConfig::load(
+            Some(&f),
+            Some(serde_json::json!({"database_url": "sqlite://b.db"})),
+        )
+        .unwrap();
+        assert_eq!(c.database_url, "sqlite://b.db");
+        assert_eq!(format!("{:?}", Secret::new("k")), "Secret(..)");
+    }
+}

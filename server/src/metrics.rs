@@ -1,0 +1,116 @@
+//! Prometheus metrics, one registry per server instance (tests run several in one process).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::domain::ChargeStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Status {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// From an event's arrival at the server to its decision being handed to the broker.
+    pub decision_latency: Histogram,
+    pub events: Family<Outcome, Counter>,
+    pub charges: Family<Status, Counter>,
+    pub dead_letters: Family<Reason, Counter>,
+    pub gateways_online: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("parkpay");
+        let buckets = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+        ];
+        let decision_latency = Histogram::new(buckets);
+        registry.register(
+            "decision_latency_seconds",
+            "Event arrival to decision published",
+            decision_latency.clone(),
+        );
+        let events = Family::<Outcome, Counter>::default();
+        registry.register("events", "Passage events by outcome", events.clone());
+        let charges = Family::<Status, Counter>::default();
+        registry.register(
+            "charges",
+            "Charge state transitions by resulting status",
+            charges.clone(),
+        );
+        let dead_letters = Family::<Reason, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "MQTT messages rejected, by reason",
+            dead_letters.clone(),
+        );
+        let gateways_online = Gauge::default();
+        registry.register(
+            "gateways_online",
+            "Gateways reporting online",
+            gateways_online.clone(),
+        );
+        Metrics {
+            registry,
+            decision_latency,
+            events,
+            charges,
+            dead_letters,
+            gateways_online,
+        }
+    }
+
+    pub fn event(&self, outcome: &str) {
+        self.events
+            .get_or_create(&Outcome {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn charge(&self, status: ChargeStatus) {
+        self.charges
+            .get_or_create(&Status {
+                status: status.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn dead_letter(&self, reason: &str) {
+        self.dead_letters
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        encode(&mut out, &self.registry).expect("encoding metrics into a String");
+        out
+    }
+}

@@ -1,0 +1,274 @@
+//! Charging by deduction: providers behind one trait, and the worker that moves charges
+//! through their lifecycle. The barrier never waits for any of this.
+//!
+//! pending -> (debit) -> succeeded | accepted (poll later) | failed (retry with backoff, same
+//! idempotency key) -> after the last attempt, arrears, which block "open now" until paid.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parkpay_protocol::{Clock, Money};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::domain::*;
+use crate::live::LiveEvent;
+use crate::store::{ChargeUpdate, DebitResult, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct DebitRequest {
+    /// Fixed for the life of a charge; the provider deduplicates on it.
+    pub idempotency_key: String,
+    pub provider_ref: String,
+    pub amount: Money,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderOutcome {
+    Succeeded {
+        txn: String,
+    },
+    /// Taken, not yet debited (WeChat's ACCEPTED): ask again later.
+    Accepted {
+        txn: String,
+    },
+    Declined {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Timeouts, outages: try again with the same key.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait PaymentProvider: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn debit(&self, req: &DebitRequest) -> Result<ProviderOutcome, ProviderError>;
+}
+
+/// In-process wallets with balances, scripted transient failures and a configurable latency.
+/// State lives in the database so it survives a restart like a real provider would.
+pub struct SandboxProvider {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    latency: Duration,
+}
+
+impl SandboxProvider {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, latency: Duration) -> SandboxProvider {
+        SandboxProvider {
+            store,
+            clock,
+            latency,
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for SandboxProvider {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    async fn debit(&self, req: &DebitRequest) -> Result<ProviderOutcome, ProviderError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let r = self
+            .store
+            .sandbox_debit(
+                &req.idempotency_key,
+                &req.provider_ref,
+                req.amount,
+                self.clock.now(),
+            )
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(match r {
+            DebitResult::Succeeded { txn_id } => ProviderOutcome::Succeeded { txn: txn_id },
+            DebitResult::Declined { reason } => ProviderOutcome::Declined { reason },
+            DebitResult::Unavailable => {
+                return Err(ProviderError::Unavailable("scripted failure".into()))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub instance: String,
+    /// Attempts before a charge becomes arrears.
+    pub max_attempts: i64,
+    /// First retry delay, in clock time; doubles each attempt.
+    pub retry_base: Duration,
+    /// How long an accepted charge waits before it is asked about again, in clock time.
+    pub accepted_poll: Duration,
+    /// How often the worker looks for due charges when nobody wakes it, in real time.
+    pub poll_interval: Duration,
+    /// How long a lease lasts, in clock time; a crashed worker's charges come back after it.
+    pub lease: Duration,
+}
+
+fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Runs until `shutdown` resolves, finishing the charge in hand before returning.
+pub async fn run_worker(
+    app: App,
+    provider: Arc<dyn PaymentProvider>,
+    s: WorkerSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = app.charges_due.notified() => {}
+            _ = tokio::time::sleep(s.poll_interval) => {}
+        }
+        loop {
+            let now = app.clock.now();
+            let token = format!("{}:{}", s.instance, Uuid::new_v4().simple());
+            let due = match app
+                .store
+                .lease_due_charges(&token, now, later(now, s.lease), 32)
+                .await
+            {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not lease charges");
+                    break;
+                }
+            };
+            if due.is_empty() {
+                break;
+            }
+            let work = due
+                .into_iter()
+                .map(|c| charge_once(&app, provider.as_ref(), &s, &token, c));
+            futures::future::join_all(work).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+}
+
+async fn charge_once(
+    app: &App,
+    provider: &dyn PaymentProvider,
+    s: &WorkerSettings,
+    token: &str,
+    c: Charge,
+) {
+    let attempt = c.attempts + 1;
+    let mandate = match c.mandate_id {
+        Some(id) => app.store.mandate(id).await.ok().flatten(),
+        None => None,
+    };
+    let result = match &mandate {
+        Some(m) if m.status == MandateStatus::Active => provider
+            .debit(&DebitRequest {
+                idempotency_key: c.idempotency_key.clone(),
+                provider_ref: m.provider_ref.clone(),
+                amount: c.amount,
+                description: format!("parking session {}", c.session_id),
+            })
+            .await
+            .map_err(|e| e.to_string()),
+        Some(m) => Ok(ProviderOutcome::Declined {
+            reason: format!("mandate is {}", m.status),
+        }),
+        None => Ok(ProviderOutcome::Declined {
+            reason: "no mandate".into(),
+        }),
+    };
+    let now = app.clock.now();
+    let mut u = ChargeUpdate {
+        id: c.id,
+        lease_owner: token.to_string(),
+        status: c.status,
+        attempts: attempt,
+        next_attempt_at: None,
+        provider_txn: None,
+        last_error: None,
+        settled_at: None,
+        attempt: ChargeAttempt {
+            attempt,
+            at: now,
+            outcome: String::new(),
+            detail: String::new(),
+        },
+        exception: None,
+    };
+    match result {
+        Ok(ProviderOutcome::Succeeded { txn }) => {
+            u.status = ChargeStatus::Succeeded;
+            u.settled_at = Some(now);
+            u.attempt.outcome = "succeeded".into();
+            u.attempt.detail = txn.clone();
+            u.provider_txn = Some(txn);
+        }
+        Ok(ProviderOutcome::Accepted { txn }) => {
+            u.status = ChargeStatus::Accepted;
+            u.next_attempt_at = Some(later(now, s.accepted_poll));
+            u.attempt.outcome = "accepted".into();
+            u.attempt.detail = txn.clone();
+            u.provider_txn = Some(txn);
+            // Asking again is not a new attempt.
+            u.attempts = c.attempts;
+        }
+        Ok(ProviderOutcome::Declined { reason }) | Err(reason) => {
+            u.last_error = Some(reason.clone());
+            u.attempt.outcome = "failed".into();
+            u.attempt.detail = reason.clone();
+            if attempt >= s.max_attempts {
+                u.status = ChargeStatus::Arrears;
+                u.exception = Some(ExceptionRecord {
+                    id: Uuid::now_v7(),
+                    lot: c.lot.clone(),
+                    lane: None,
+                    kind: ExceptionKind::ChargeFailed,
+                    plate: None,
+                    event_id: None,
+                    session_id: Some(c.session_id),
+                    charge_id: Some(c.id),
+                    detail: format!(
+                        "{} not collected after {attempt} attempts: {reason}",
+                        c.amount
+                    ),
+                    created_at: now,
+                    resolved_at: None,
+                    resolution: None,
+                });
+            } else {
+                u.status = ChargeStatus::Failed;
+                let backoff = s
+                    .retry_base
+                    .saturating_mul(2u32.saturating_pow((attempt - 1).clamp(0, 16) as u32));
+                u.next_attempt_at = Some(later(now, backoff));
+            }
+        }
+    }
+    match app.store.update_charge(&u).await {
+        Ok(()) => {
+            app.metrics.charge(u.status);
+            if let Ok(Some(updated)) = app.store.charge(c.id).await {
+                app.live.send(LiveEvent::charge(&updated));
+            }
+        }
+        Err(StoreError::Conflict(why)) => {
+            tracing::info!(charge = %c.id, %why, "charge moved on without us")
+        }
+        Err(e) => {
+            tracing::warn!(charge = %c.id, error = %e, "could not record the charge attempt; the lease will expire and it is retried")
+        }
+    }
+}

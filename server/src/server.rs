@@ -1,0 +1,240 @@
+//! Assembling and running the server: `Server::build` binds its sockets (port 0 allowed),
+//! migrates, starts or connects to the broker and returns once the MQTT subscriptions are
+//! acknowledged; `run` serves until shutdown, then drains in-flight work within a bound.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parkpay_protocol::Clock;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, AppSettings};
+use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::config::{hex_decode, ServerConfig};
+use crate::live::Live;
+use crate::metrics::Metrics;
+use crate::mqtt::{self, GatewayKeys, MqttError, Publisher};
+use crate::payments::{self, PaymentProvider, SandboxProvider, WorkerSettings};
+use crate::store::{self, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("embedded broker: {0}")]
+    Broker(#[from] BrokerError),
+    #[error("MQTT: {0}")]
+    Mqtt(#[from] MqttError),
+    #[error("cannot bind HTTP to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+pub struct Server {
+    app: App,
+    listener: TcpListener,
+    http_addr: SocketAddr,
+    mqtt_url: String,
+    mqtt_client: rumqttc::AsyncClient,
+    connected: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+    _broker: Option<EmbeddedBroker>,
+}
+
+impl Server {
+    pub async fn build(config: ServerConfig, clock: Arc<dyn Clock>) -> Result<Server, ServerError> {
+        config.validate()?;
+        let store = store::connect(&config.database_url).await?;
+        let listener = TcpListener::bind(config.http.bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.http.bind,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.http.bind,
+            source,
+        })?;
+
+        let broker = if config.mqtt.broker == "embedded" {
+            Some(EmbeddedBroker::start(config.mqtt.embedded_bind)?)
+        } else {
+            None
+        };
+        let mqtt_url = broker
+            .as_ref()
+            .map(EmbeddedBroker::url)
+            .unwrap_or_else(|| config.mqtt.broker.clone());
+        let mut opts = mqtt::options(&mqtt_url, &format!("parkpay-{}", config.instance))?;
+        if let (Some(u), Some(p)) = (&config.mqtt.username, &config.mqtt.password) {
+            opts.set_credentials(u.clone(), p.expose().to_string());
+        }
+        let subscriptions = mqtt::server_subscriptions(config.mqtt.shared_subscription);
+        let (client, eventloop, early) = mqtt::connect(opts, subscriptions.clone()).await?;
+
+        let metrics = Arc::new(Metrics::new());
+        let public_url = config
+            .http
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http_addr}"));
+        let app = App {
+            store: store.clone(),
+            clock: clock.clone(),
+            publisher: Publisher::new(client.clone()),
+            live: Live::new(),
+            metrics,
+            charges_due: Arc::new(Notify::new()),
+            settings: Arc::new(AppSettings { public_url }),
+        };
+
+        let cancel = CancellationToken::new();
+        let connected = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel(1024);
+        for p in early {
+            // Capacity is 1024 and nothing has been sent yet; a persistent session rarely holds more.
+            let _ = tx.try_send(p);
+        }
+        let mut tasks = vec![
+            mqtt::spawn_event_loop(
+                eventloop,
+                client.clone(),
+                subscriptions,
+                tx,
+                connected.clone(),
+            ),
+            tokio::spawn(mqtt::process(
+                app.clone(),
+                client.clone(),
+                gateway_keys(&config),
+                rx,
+            )),
+            tokio::spawn(resend_outbox(app.clone(), cancel.clone())),
+        ];
+        tasks.shrink_to_fit();
+
+        let provider: Arc<dyn PaymentProvider> = Arc::new(SandboxProvider::new(
+            store,
+            clock,
+            Duration::from_millis(config.payments.sandbox_latency_ms),
+        ));
+        let p = &config.payments;
+        let settings = WorkerSettings {
+            instance: config.instance.clone(),
+            max_attempts: p.max_attempts,
+            retry_base: ServerConfig::secs(p.retry_base_secs),
+            accepted_poll: ServerConfig::secs(p.accepted_poll_secs),
+            poll_interval: Duration::from_millis(p.poll_interval_ms),
+            lease: ServerConfig::secs(p.lease_secs),
+        };
+        let worker = tokio::spawn(payments::run_worker(
+            app.clone(),
+            provider,
+            settings,
+            cancel.clone(),
+        ));
+        tracing::info!(http = %http_addr, mqtt = %mqtt_url, db = app.store.backend(), "parkpay server ready");
+        Ok(Server {
+            app,
+            listener,
+            http_addr,
+            mqtt_url,
+            mqtt_client: client,
+            connected,
+            cancel,
+            tasks,
+            worker: Some(worker),
+            _broker: broker,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The broker URL this server uses (the embedded one's, when embedded).
+    pub fn mqtt_url(&self) -> &str {
+        &self.mqtt_url
+    }
+
+    pub fn app(&self) -> App {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` resolves: stops accepting, lets the payment worker finish the
+    /// charge in hand (bounded), and disconnects from the broker.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let router = crate::http::router(self.app.clone(), self.connected.clone());
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.cancel.cancel();
+        if let Some(w) = self.worker.take() {
+            if tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .is_err()
+            {
+                tracing::warn!("payment worker did not stop within 5 s");
+            }
+        }
+        let _ = self.mqtt_client.disconnect().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.connected.store(false, Ordering::Relaxed);
+        served.map_err(ServerError::Http)
+    }
+}
+
+fn gateway_keys(config: &ServerConfig) -> GatewayKeys {
+    GatewayKeys {
+        keys: config
+            .mqtt
+            .gateway_keys
+            .iter()
+            // validate() checked every key is hex.
+            .filter_map(|(gw, k)| hex_decode(k.expose()).map(|k| (gw.clone(), k)))
+            .collect(),
+        required: config.mqtt.require_signatures,
+    }
+}
+
+/// Republishes decisions committed but not handed to the broker (a crash between the two).
+async fn resend_outbox(app: App, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let cutoff = app.clock.now() - chrono::Duration::seconds(2);
+        let Ok(rows) = app.store.unpublished(cutoff, 100).await else {
+            continue;
+        };
+        for m in rows {
+            if app
+                .publisher
+                .publish(&m.topic, m.payload.clone())
+                .await
+                .is_ok()
+            {
+                let _ = app.store.mark_published(m.id, app.clock.now()).await;
+            }
+        }
+    }
+}

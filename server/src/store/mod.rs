@@ -1,0 +1,293 @@
+//! The storage seam: one trait, two backends (SQLite and PostgreSQL), one conformance suite.
+//!
+//! Methods are shaped by use case, not by table: `commit_passage` writes an event, its session
+//! changes, its charge, its exceptions and its outbox row in one transaction. Idempotency and
+//! races are settled by constraints (event id, one open session per plate and lot, one charge per
+//! session, idempotency keys) and by conditional updates, never by message order.
+
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use parkpay_protocol::{Currency, Decision, LotId, Money};
+use uuid::Uuid;
+
+use crate::domain::*;
+
+pub use sql::{PgStore, SqliteStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Duplicate(String),
+    /// A conditional update lost a race; the caller re-reads and decides again.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "unsupported database URL {0:?}: use sqlite://PATH (embedded) or postgres://USER@HOST/DB"
+    )]
+    UnsupportedUrl(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The event row written with a passage.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub lot: LotId,
+    pub lane: String,
+    pub gateway: String,
+    pub direction: String,
+    pub captured_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub plate: Option<String>,
+    pub quality: String,
+    pub resent: bool,
+    pub payload: String,
+}
+
+/// A change to a session, applied inside the passage transaction.
+#[derive(Debug, Clone)]
+pub enum SessionChange {
+    Open(Session, /* plate_key */ String),
+    /// Close an open session: fails with `Conflict` if it is no longer open.
+    Close {
+        id: Uuid,
+        status: SessionStatus,
+        exit_event_id: Uuid,
+        exit_lane: String,
+        exit_at: DateTime<Utc>,
+        fee: Money,
+        quote_json: String,
+        driver_id: Option<Uuid>,
+    },
+    /// A second entry for a plate already inside: the stale session becomes an exception.
+    MarkStale {
+        id: Uuid,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: Uuid,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Everything one passage writes, atomically.
+#[derive(Debug, Clone)]
+pub struct PassageWrite {
+    pub event: NewEvent,
+    pub session_id: Option<Uuid>,
+    pub decision: Decision,
+    pub sessions: Vec<SessionChange>,
+    pub charge: Option<Charge>,
+    pub exceptions: Vec<ExceptionRecord>,
+    pub outbox: OutboxMessage,
+}
+
+#[derive(Debug, Clone)]
+pub enum PassageOutcome {
+    Committed,
+    /// The event id was already stored: here is the decision made the first time.
+    Duplicate(Decision),
+}
+
+/// An open session as the matcher sees it.
+#[derive(Debug, Clone)]
+pub struct OpenSession {
+    pub id: Uuid,
+    pub plate: String,
+    pub plate_key: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub lot: Option<LotId>,
+    pub plate: Option<String>,
+    pub status: Option<SessionStatus>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChargeFilter {
+    pub status: Option<ChargeStatus>,
+    pub driver: Option<Uuid>,
+    pub session: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// How a worker moves a charge it holds the lease on.
+#[derive(Debug, Clone)]
+pub struct ChargeUpdate {
+    pub id: Uuid,
+    pub lease_owner: String,
+    pub status: ChargeStatus,
+    pub attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub provider_txn: Option<String>,
+    pub last_error: Option<String>,
+    pub settled_at: Option<DateTime<Utc>>,
+    pub attempt: ChargeAttempt,
+    pub exception: Option<ExceptionRecord>,
+}
+
+/// Settling a payable charge (arrears, or a fee held at the exit) by direct payment.
+#[derive(Debug, Clone)]
+pub struct DirectPayment {
+    pub charge_id: Uuid,
+    pub method: ChargeMethod,
+    pub at: DateTime<Utc>,
+    /// Set when paying releases a car held at the exit: the session closes and the lane opens.
+    pub release: Option<(Uuid, Decision, OutboxMessage)>,
+    pub audit: AuditEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DebitResult {
+    Succeeded {
+        txn_id: String,
+    },
+    Declined {
+        reason: String,
+    },
+    /// Scripted transient failure: the caller should retry with the same key.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LotStats {
+    pub occupancy: i64,
+    pub revenue_minor: i64,
+    pub passages: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> &'static str;
+    async fn ping(&self) -> StoreResult<()>;
+
+    // Lots
+    async fn insert_lot(&self, lot: &Lot) -> StoreResult<()>;
+    async fn update_tariff(
+        &self,
+        lot: &LotId,
+        tariff_json: &str,
+        currency: Currency,
+    ) -> StoreResult<i64>;
+    async fn lot(&self, id: &LotId) -> StoreResult<Option<Lot>>;
+    async fn lots(&self) -> StoreResult<Vec<Lot>>;
+    async fn lot_stats(&self, lot: &LotId, since: DateTime<Utc>) -> StoreResult<LotStats>;
+
+    // Drivers, vehicles, mandates
+    async fn insert_driver(&self, d: &Driver) -> StoreResult<()>;
+    async fn driver(&self, id: Uuid) -> StoreResult<Option<Driver>>;
+    async fn insert_vehicle(&self, v: &Vehicle, plate_key: &str) -> StoreResult<()>;
+    async fn vehicle(&self, plate: &str) -> StoreResult<Option<Vehicle>>;
+    async fn vehicles_of(&self, driver: Uuid) -> StoreResult<Vec<Vehicle>>;
+    async fn insert_mandate(&self, m: &Mandate) -> StoreResult<()>;
+    async fn mandate(&self, id: Uuid) -> StoreResult<Option<Mandate>>;
+    async fn mandates_of(&self, driver: Uuid) -> StoreResult<Vec<Mandate>>;
+    async fn set_mandate_status(
+        &self,
+        id: Uuid,
+        status: MandateStatus,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Sum of the driver's unpaid arrears.
+    async fn arrears_of(&self, driver: Uuid) -> StoreResult<i64>;
+    /// Sum charged (or being charged) under a mandate since an instant, for the monthly cap.
+    async fn mandate_spend_since(&self, mandate: Uuid, since: DateTime<Utc>) -> StoreResult<i64>;
+
+    // Passages
+    async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>>;
+    async fn open_sessions_by_plate(
+        &self,
+        lot: &LotId,
+        plate: &str,
+    ) -> StoreResult<Vec<OpenSession>>;
+    async fn open_sessions_by_key(&self, lot: &LotId, key: &str) -> StoreResult<Vec<OpenSession>>;
+    async fn open_sessions(&self, lot: &LotId) -> StoreResult<Vec<OpenSession>>;
+    async fn commit_passage(&self, w: &PassageWrite) -> StoreResult<PassageOutcome>;
+    async fn session(&self, id: Uuid) -> StoreResult<Option<Session>>;
+    async fn sessions(&self, f: &SessionFilter) -> StoreResult<Vec<Session>>;
+
+    // Charges
+    async fn charge(&self, id: Uuid) -> StoreResult<Option<Charge>>;
+    async fn charge_for_session(&self, session: Uuid) -> StoreResult<Option<Charge>>;
+    async fn charges(&self, f: &ChargeFilter) -> StoreResult<Vec<Charge>>;
+    async fn charge_attempts(&self, id: Uuid) -> StoreResult<Vec<ChargeAttempt>>;
+    /// Leases up to `limit` due charges to `owner` until `lease_until`. Several workers (and
+    /// several server instances) may call this at once; each charge goes to one of them.
+    async fn lease_due_charges(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<Vec<Charge>>;
+    /// Applies a worker's update; `Conflict` if the lease was lost.
+    async fn update_charge(&self, u: &ChargeUpdate) -> StoreResult<()>;
+    async fn pay_directly(&self, p: &DirectPayment) -> StoreResult<()>;
+
+    // Outbox
+    async fn mark_published(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()>;
+    async fn unpublished(
+        &self,
+        older_than: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<Vec<OutboxMessage>>;
+
+    // Operations
+    async fn exceptions(
+        &self,
+        lot: Option<&LotId>,
+        open_only: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<ExceptionRecord>>;
+    async fn insert_audit(&self, a: &AuditEntry) -> StoreResult<()>;
+    async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditEntry>>;
+    async fn insert_dead_letter(&self, d: &DeadLetter, payload: &[u8]) -> StoreResult<()>;
+    async fn dead_letters(&self, limit: i64) -> StoreResult<Vec<DeadLetter>>;
+
+    // Sandbox payment provider state
+    async fn put_wallet(&self, w: &Wallet, at: DateTime<Utc>) -> StoreResult<()>;
+    async fn wallet(&self, reference: &str) -> StoreResult<Option<Wallet>>;
+    /// Debits a wallet once per idempotency key: a repeat returns the first result.
+    async fn sandbox_debit(
+        &self,
+        key: &str,
+        reference: &str,
+        amount: Money,
+        at: DateTime<Utc>,
+    ) -> StoreResult<DebitResult>;
+    async fn sandbox_lookup(&self, key: &str) -> StoreResult<Option<DebitResult>>;
+}
+
+/// Opens the store a URL names, running its migrations: `sqlite://` or `postgres://`.
+pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+pub(crate) fn money(minor: i64, currency: &str) -> StoreResult<Money> {
+    let c = Currency::parse(currency)
+        .ok_or_else(|| StoreError::Corrupt(format!("currency {currency:?}")))?;
+    Ok(Money::new(minor, c))
+}

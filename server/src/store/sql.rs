@@ -1,0 +1,1051 @@
+//! The SQLite and PostgreSQL backends. Both dialects accept `$N` placeholders, `ON CONFLICT`,
+//! partial indexes and `CAST(... AS BIGINT)`, so one body of SQL serves both; the `backend!`
+//! macro stamps it out once per driver, and only connection setup differs.
+//!
+//! Instants are stored as integer milliseconds (UTC) on both backends, so ordering and
+//! arithmetic are identical and no driver-specific date handling can drift between them.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{StoreError, StoreResult};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> StoreResult<SqliteStore> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed charge must survive a power cut, not just a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // One connection: SQLite has a single writer, and deferred transactions that read and
+        // then write would otherwise deadlock each other with SQLITE_BUSY.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> StoreResult<PgStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn at(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("instant {ms}")))
+}
+
+fn opt_at(ms: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
+    ms.map(at).transpose()
+}
+
+fn uuid(s: &str) -> StoreResult<uuid::Uuid> {
+    uuid::Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("uuid {s:?}")))
+}
+
+fn opt_uuid(s: Option<String>) -> StoreResult<Option<uuid::Uuid>> {
+    s.as_deref().map(uuid).transpose()
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    // Domain values serialise infallibly: plain structs with string keys.
+    serde_json::to_string(v).expect("domain values serialise to JSON")
+}
+
+macro_rules! backend {
+    ($store:ident, $db:ty, $row:ty) => {
+        const _: () = {
+            use async_trait::async_trait;
+            use chrono::{DateTime, Utc};
+            use parkpay_protocol::{Currency, Decision, LaneId, LotId, Money, PlateColour};
+            use sqlx::Row;
+            use uuid::Uuid;
+
+            use crate::domain::*;
+            use crate::store::*;
+            use crate::store::sql::*;
+
+            const SESSION_COLS: &str = "id, lot_id, plate, status, driver_id, entry_event_id, entry_lane, entry_at, exit_event_id, exit_lane, exit_at, fee_minor, currency, quote, updated_at";
+            const CHARGE_COLS: &str = "id, session_id, lot_id, driver_id, mandate_id, amount_minor, currency, status, method, idempotency_key, attempts, next_attempt_at, provider_txn, last_error, created_at, updated_at, settled_at";
+            const EXCEPTION_COLS: &str = "id, lot_id, lane_id, kind, plate, event_id, session_id, charge_id, detail, created_at, resolved_at, resolution";
+
+            fn lot_from(r: &$row) -> StoreResult<Lot> {
+                Ok(Lot {
+                    id: LotId::parse(r.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    name: r.try_get("name")?,
+                    capacity: r.try_get("capacity")?,
+                    tariff: json(&r.try_get::<String, _>("tariff")?, "tariff")?,
+                    tariff_version: r.try_get("tariff_version")?,
+                    created_at: at(r.try_get("created_at")?)?,
+                })
+            }
+
+            fn vehicle_from(r: &$row) -> StoreResult<Vehicle> {
+                let colour: String = r.try_get("colour")?;
+                Ok(Vehicle {
+                    plate: r.try_get("plate")?,
+                    colour: PlateColour::parse(&colour).ok_or_else(|| StoreError::Corrupt(format!("colour {colour:?}")))?,
+                    driver_id: uuid(&r.try_get::<String, _>("driver_id")?)?,
+                    created_at: at(r.try_get("created_at")?)?,
+                })
+            }
+
+            fn mandate_from(r: &$row) -> StoreResult<Mandate> {
+                let currency: String = r.try_get("currency")?;
+                let status: String = r.try_get("status")?;
+                let cap = |col: &str| -> StoreResult<Option<Money>> {
+                    r.try_get::<Option<i64>, _>(col)?.map(|m| money(m, &currency)).transpose()
+                };
+                Ok(Mandate {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    driver_id: uuid(&r.try_get::<String, _>("driver_id")?)?,
+                    provider: r.try_get("provider")?,
+                    provider_ref: r.try_get("provider_ref")?,
+                    status: MandateStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("mandate status {status:?}")))?,
+                    per_charge_cap: cap("per_charge_cap")?,
+                    monthly_cap: cap("monthly_cap")?,
+                    channel: r.try_get("channel")?,
+                    signed_at: at(r.try_get("signed_at")?)?,
+                    revoked_at: opt_at(r.try_get("revoked_at")?)?,
+                })
+            }
+
+            fn session_from(r: &$row) -> StoreResult<Session> {
+                let status: String = r.try_get("status")?;
+                let currency: Option<String> = r.try_get("currency")?;
+                let fee = match (r.try_get::<Option<i64>, _>("fee_minor")?, currency) {
+                    (Some(m), Some(c)) => Some(money(m, &c)?),
+                    _ => None,
+                };
+                let lane = |col: &str| -> StoreResult<Option<LaneId>> {
+                    r.try_get::<Option<String>, _>(col)?
+                        .map(|s| LaneId::parse(s).map_err(|e| StoreError::Corrupt(e.to_string())))
+                        .transpose()
+                };
+                Ok(Session {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    plate: r.try_get("plate")?,
+                    status: SessionStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("session status {status:?}")))?,
+                    driver_id: opt_uuid(r.try_get("driver_id")?)?,
+                    entry_event_id: opt_uuid(r.try_get("entry_event_id")?)?,
+                    entry_lane: lane("entry_lane")?,
+                    entry_at: at(r.try_get("entry_at")?)?,
+                    exit_event_id: opt_uuid(r.try_get("exit_event_id")?)?,
+                    exit_lane: lane("exit_lane")?,
+                    exit_at: opt_at(r.try_get("exit_at")?)?,
+                    fee,
+                    quote: r.try_get::<Option<String>, _>("quote")?.map(|q| json(&q, "quote")).transpose()?,
+                    updated_at: at(r.try_get("updated_at")?)?,
+                })
+            }
+
+            fn charge_from(r: &$row) -> StoreResult<Charge> {
+                let status: String = r.try_get("status")?;
+                let method: String = r.try_get("method")?;
+                Ok(Charge {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    session_id: uuid(&r.try_get::<String, _>("session_id")?)?,
+                    lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    driver_id: opt_uuid(r.try_get("driver_id")?)?,
+                    mandate_id: opt_uuid(r.try_get("mandate_id")?)?,
+                    amount: money(r.try_get("amount_minor")?, &r.try_get::<String, _>("currency")?)?,
+                    status: ChargeStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("charge status {status:?}")))?,
+                    method: ChargeMethod::parse(&method).ok_or_else(|| StoreError::Corrupt(format!("charge method {method:?}")))?,
+                    idempotency_key: r.try_get("idempotency_key")?,
+                    attempts: r.try_get("attempts")?,
+                    next_attempt_at: opt_at(r.try_get("next_attempt_at")?)?,
+                    provider_txn: r.try_get("provider_txn")?,
+                    last_error: r.try_get("last_error")?,
+                    created_at: at(r.try_get("created_at")?)?,
+                    updated_at: at(r.try_get("updated_at")?)?,
+                    settled_at: opt_at(r.try_get("settled_at")?)?,
+                })
+            }
+
+            fn exception_from(r: &$row) -> StoreResult<ExceptionRecord> {
+                let kind: String = r.try_get("kind")?;
+                Ok(ExceptionRecord {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    lane: r.try_get::<Option<String>, _>("lane_id")?.and_then(|s| LaneId::parse(s).ok()),
+                    kind: ExceptionKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("exception kind {kind:?}")))?,
+                    plate: r.try_get("plate")?,
+                    event_id: opt_uuid(r.try_get("event_id")?)?,
+                    session_id: opt_uuid(r.try_get("session_id")?)?,
+                    charge_id: opt_uuid(r.try_get("charge_id")?)?,
+                    detail: r.try_get("detail")?,
+                    created_at: at(r.try_get("created_at")?)?,
+                    resolved_at: opt_at(r.try_get("resolved_at")?)?,
+                    resolution: r.try_get("resolution")?,
+                })
+            }
+
+            fn open_from(r: &$row) -> StoreResult<OpenSession> {
+                Ok(OpenSession {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    plate: r.try_get("plate")?,
+                    plate_key: r.try_get("plate_key")?,
+                })
+            }
+
+            fn debit_from(outcome: &str, txn_id: String) -> DebitResult {
+                match outcome.strip_prefix("declined:") {
+                    Some(reason) => DebitResult::Declined { reason: reason.to_string() },
+                    None => DebitResult::Succeeded { txn_id },
+                }
+            }
+
+
+            async fn insert_exception<'c, E>(e: E, x: &ExceptionRecord) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query(
+                    "INSERT INTO exceptions (id, lot_id, lane_id, kind, plate, event_id, session_id, charge_id, detail, created_at, resolved_at, resolution) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .bind(x.id.to_string())
+                .bind(x.lot.as_str())
+                .bind(x.lane.as_ref().map(|l| l.to_string()))
+                .bind(x.kind.as_str())
+                .bind(x.plate.clone())
+                .bind(x.event_id.map(|u| u.to_string()))
+                .bind(x.session_id.map(|u| u.to_string()))
+                .bind(x.charge_id.map(|u| u.to_string()))
+                .bind(x.detail.clone())
+                .bind(ms(x.created_at))
+                .bind(x.resolved_at.map(ms))
+                .bind(x.resolution.clone())
+                .execute(e)
+                .await?;
+                Ok(())
+            }
+
+            async fn insert_outbox<'c, E>(e: E, o: &OutboxMessage, now: DateTime<Utc>) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query("INSERT INTO outbox (id, topic, payload, created_at, published_at) VALUES ($1, $2, $3, $4, NULL)")
+                    .bind(o.id.to_string())
+                    .bind(o.topic.clone())
+                    .bind(o.payload.clone())
+                    .bind(ms(now))
+                    .execute(e)
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_audit_row<'c, E>(e: E, a: &AuditEntry) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(a.id.to_string())
+                    .bind(ms(a.at))
+                    .bind(a.actor.clone())
+                    .bind(a.action.clone())
+                    .bind(a.subject.clone())
+                    .bind(a.detail.clone())
+                    .execute(e)
+                    .await?;
+                Ok(())
+            }
+
+            #[async_trait]
+            impl Store for $store {
+                fn backend(&self) -> &'static str {
+                    <$db as sqlx::Database>::NAME
+                }
+
+                async fn ping(&self) -> StoreResult<()> {
+                    sqlx::query("SELECT 1").execute(&self.pool).await?;
+                    Ok(())
+                }
+
+                async fn insert_lot(&self, lot: &Lot) -> StoreResult<()> {
+                    let r = sqlx::query(
+                        "INSERT INTO lots (id, name, capacity, currency, tariff, tariff_version, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(lot.id.as_str())
+                    .bind(lot.name.clone())
+                    .bind(lot.capacity)
+                    .bind(lot.tariff.currency.as_str())
+                    .bind(to_json(&lot.tariff))
+                    .bind(lot.tariff_version)
+                    .bind(ms(lot.created_at))
+                    .execute(&self.pool)
+                    .await;
+                    match r {
+                        Err(e) if unique_violation(&e) => Err(StoreError::Duplicate(format!("lot {}", lot.id))),
+                        other => other.map(|_| ()).map_err(Into::into),
+                    }
+                }
+
+                async fn update_tariff(&self, lot: &LotId, tariff_json: &str, currency: Currency) -> StoreResult<i64> {
+                    let row = sqlx::query(
+                        "UPDATE lots SET tariff = $1, currency = $2, tariff_version = tariff_version + 1 WHERE id = $3 RETURNING tariff_version",
+                    )
+                    .bind(tariff_json)
+                    .bind(currency.as_str())
+                    .bind(lot.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("lot {lot}")))?;
+                    Ok(row.try_get("tariff_version")?)
+                }
+
+                async fn lot(&self, id: &LotId) -> StoreResult<Option<Lot>> {
+                    sqlx::query("SELECT * FROM lots WHERE id = $1")
+                        .bind(id.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| lot_from(&r))
+                        .transpose()
+                }
+
+                async fn lots(&self) -> StoreResult<Vec<Lot>> {
+                    sqlx::query("SELECT * FROM lots ORDER BY id")
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(lot_from)
+                        .collect()
+                }
+
+                async fn lot_stats(&self, lot: &LotId, since: DateTime<Utc>) -> StoreResult<LotStats> {
+                    let occupancy: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE lot_id = $1 AND status = 'open'")
+                        .bind(lot.as_str())
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get("n")?;
+                    let revenue_minor: i64 = sqlx::query(
+                        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s FROM charges WHERE lot_id = $1 AND status = 'succeeded' AND settled_at >= $2",
+                    )
+                    .bind(lot.as_str())
+                    .bind(ms(since))
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("s")?;
+                    let passages: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE lot_id = $1 AND received_at >= $2")
+                        .bind(lot.as_str())
+                        .bind(ms(since))
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get("n")?;
+                    Ok(LotStats { occupancy, revenue_minor, passages })
+                }
+
+                async fn insert_driver(&self, d: &Driver) -> StoreResult<()> {
+                    sqlx::query("INSERT INTO drivers (id, name, phone, created_at) VALUES ($1, $2, $3, $4)")
+                        .bind(d.id.to_string())
+                        .bind(d.name.clone())
+                        .bind(d.phone.clone())
+                        .bind(ms(d.created_at))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn driver(&self, id: Uuid) -> StoreResult<Option<Driver>> {
+                    sqlx::query("SELECT * FROM drivers WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<Driver> {
+                            Ok(Driver {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                name: r.try_get("name")?,
+                                phone: r.try_get("phone")?,
+                                created_at: at(r.try_get("created_at")?)?,
+                            })
+                        })
+                        .transpose()
+                }
+
+                async fn insert_vehicle(&self, v: &Vehicle, plate_key: &str) -> StoreResult<()> {
+                    let r = sqlx::query("INSERT INTO vehicles (plate, plate_key, colour, driver_id, created_at) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(v.plate.clone())
+                        .bind(plate_key)
+                        .bind(v.colour.as_str())
+                        .bind(v.driver_id.to_string())
+                        .bind(ms(v.created_at))
+                        .execute(&self.pool)
+                        .await;
+                    match r {
+                        Err(e) if unique_violation(&e) => Err(StoreError::Duplicate(format!("plate {} is already bound", v.plate))),
+                        other => other.map(|_| ()).map_err(Into::into),
+                    }
+                }
+
+                async fn vehicle(&self, plate: &str) -> StoreResult<Option<Vehicle>> {
+                    sqlx::query("SELECT * FROM vehicles WHERE plate = $1")
+                        .bind(plate)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| vehicle_from(&r))
+                        .transpose()
+                }
+
+                async fn vehicles_of(&self, driver: Uuid) -> StoreResult<Vec<Vehicle>> {
+                    sqlx::query("SELECT * FROM vehicles WHERE driver_id = $1 ORDER BY created_at")
+                        .bind(driver.to_string())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(vehicle_from)
+                        .collect()
+                }
+
+                async fn insert_mandate(&self, m: &Mandate) -> StoreResult<()> {
+                    let currency = m.per_charge_cap.or(m.monthly_cap).map(|c| c.currency).unwrap_or_default();
+                    sqlx::query(
+                        "INSERT INTO mandates (id, driver_id, provider, provider_ref, status, per_charge_cap, monthly_cap, currency, channel, signed_at, revoked_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(m.id.to_string())
+                    .bind(m.driver_id.to_string())
+                    .bind(m.provider.clone())
+                    .bind(m.provider_ref.clone())
+                    .bind(m.status.as_str())
+                    .bind(m.per_charge_cap.map(|c| c.minor))
+                    .bind(m.monthly_cap.map(|c| c.minor))
+                    .bind(currency.as_str())
+                    .bind(m.channel.clone())
+                    .bind(ms(m.signed_at))
+                    .bind(m.revoked_at.map(ms))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn mandate(&self, id: Uuid) -> StoreResult<Option<Mandate>> {
+                    sqlx::query("SELECT * FROM mandates WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| mandate_from(&r))
+                        .transpose()
+                }
+
+                async fn mandates_of(&self, driver: Uuid) -> StoreResult<Vec<Mandate>> {
+                    sqlx::query("SELECT * FROM mandates WHERE driver_id = $1 ORDER BY signed_at")
+                        .bind(driver.to_string())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(mandate_from)
+                        .collect()
+                }
+
+                async fn set_mandate_status(&self, id: Uuid, status: MandateStatus, now: DateTime<Utc>) -> StoreResult<()> {
+                    let revoked = (status == MandateStatus::Revoked).then(|| ms(now));
+                    let r = sqlx::query("UPDATE mandates SET status = $1, revoked_at = COALESCE($2, revoked_at) WHERE id = $3")
+                        .bind(status.as_str())
+                        .bind(revoked)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    if r.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("mandate {id}")));
+                    }
+                    Ok(())
+                }
+
+                async fn arrears_of(&self, driver: Uuid) -> StoreResult<i64> {
+                    Ok(sqlx::query("SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s FROM charges WHERE driver_id = $1 AND status = 'arrears'")
+                        .bind(driver.to_string())
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get("s")?)
+                }
+
+                async fn mandate_spend_since(&self, mandate: Uuid, since: DateTime<Utc>) -> StoreResult<i64> {
+                    Ok(sqlx::query(
+                        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s FROM charges \
+                         WHERE mandate_id = $1 AND created_at >= $2 AND status NOT IN ('waived')",
+                    )
+                    .bind(mandate.to_string())
+                    .bind(ms(since))
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("s")?)
+                }
+
+                async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>> {
+                    sqlx::query("SELECT decision FROM events WHERE event_id = $1")
+                        .bind(event_id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| json(&r.try_get::<String, _>("decision")?, "decision"))
+                        .transpose()
+                }
+
+                async fn open_sessions_by_plate(&self, lot: &LotId, plate: &str) -> StoreResult<Vec<OpenSession>> {
+                    sqlx::query("SELECT id, plate, plate_key FROM sessions WHERE lot_id = $1 AND plate = $2 AND status = 'open'")
+                        .bind(lot.as_str())
+                        .bind(plate)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(open_from)
+                        .collect()
+                }
+
+                async fn open_sessions_by_key(&self, lot: &LotId, key: &str) -> StoreResult<Vec<OpenSession>> {
+                    sqlx::query("SELECT id, plate, plate_key FROM sessions WHERE lot_id = $1 AND plate_key = $2 AND status = 'open'")
+                        .bind(lot.as_str())
+                        .bind(key)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(open_from)
+                        .collect()
+                }
+
+                async fn open_sessions(&self, lot: &LotId) -> StoreResult<Vec<OpenSession>> {
+                    sqlx::query("SELECT id, plate, plate_key FROM sessions WHERE lot_id = $1 AND status = 'open'")
+                        .bind(lot.as_str())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(open_from)
+                        .collect()
+                }
+
+                async fn commit_passage(&self, w: &PassageWrite) -> StoreResult<PassageOutcome> {
+                    let mut tx = self.pool.begin().await?;
+                    let ev = &w.event;
+                    let inserted = sqlx::query(
+                        "INSERT INTO events (event_id, lot_id, lane_id, gateway_id, direction, captured_at, received_at, plate, quality, resent, payload, session_id, decision) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(ev.event_id.to_string())
+                    .bind(ev.lot.as_str())
+                    .bind(ev.lane.clone())
+                    .bind(ev.gateway.clone())
+                    .bind(ev.direction.clone())
+                    .bind(ms(ev.captured_at))
+                    .bind(ms(ev.received_at))
+                    .bind(ev.plate.clone())
+                    .bind(ev.quality.clone())
+                    .bind(i64::from(ev.resent))
+                    .bind(ev.payload.clone())
+                    .bind(w.session_id.map(|u| u.to_string()))
+                    .bind(to_json(&w.decision))
+                    .execute(&mut *tx)
+                    .await?;
+                    if inserted.rows_affected() == 0 {
+                        tx.rollback().await?;
+                        let stored = self
+                            .event_decision(ev.event_id)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt(format!("event {} has no decision", ev.event_id)))?;
+                        return Ok(PassageOutcome::Duplicate(stored));
+                    }
+                    let now = ev.received_at;
+                    for change in &w.sessions {
+                        let r = match change {
+                            SessionChange::Open(s, key) => {
+                                sqlx::query(
+                                    "INSERT INTO sessions (id, lot_id, plate, plate_key, status, driver_id, entry_event_id, entry_lane, entry_at, updated_at) \
+                                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                )
+                                .bind(s.id.to_string())
+                                .bind(s.lot.as_str())
+                                .bind(s.plate.clone())
+                                .bind(key.clone())
+                                .bind(s.status.as_str())
+                                .bind(s.driver_id.map(|u| u.to_string()))
+                                .bind(s.entry_event_id.map(|u| u.to_string()))
+                                .bind(s.entry_lane.as_ref().map(|l| l.to_string()))
+                                .bind(ms(s.entry_at))
+                                .bind(ms(now))
+                                .execute(&mut *tx)
+                                .await
+                            }
+                            SessionChange::Close { id, status, exit_event_id, exit_lane, exit_at, fee, quote_json, driver_id } => {
+                                sqlx::query(
+                                    "UPDATE sessions SET status = $1, exit_event_id = $2, exit_lane = $3, exit_at = $4, fee_minor = $5, currency = $6, \
+                                     quote = $7, driver_id = COALESCE($8, driver_id), updated_at = $9 WHERE id = $10 AND status = 'open'",
+                                )
+                                .bind(status.as_str())
+                                .bind(exit_event_id.to_string())
+                                .bind(exit_lane.clone())
+                                .bind(ms(*exit_at))
+                                .bind(fee.minor)
+                                .bind(fee.currency.as_str())
+                                .bind(quote_json.clone())
+                                .bind(driver_id.map(|u| u.to_string()))
+                                .bind(ms(now))
+                                .bind(id.to_string())
+                                .execute(&mut *tx)
+                                .await
+                            }
+                            SessionChange::MarkStale { id } => {
+                                sqlx::query("UPDATE sessions SET status = 'exception', updated_at = $1 WHERE id = $2 AND status = 'open'")
+                                    .bind(ms(now))
+                                    .bind(id.to_string())
+                                    .execute(&mut *tx)
+                                    .await
+                            }
+                        };
+                        match r {
+                            Ok(done) if done.rows_affected() == 1 => {}
+                            Ok(_) => return Err(StoreError::Conflict("session is no longer open".into())),
+                            Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("plate already has an open session".into())),
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    if let Some(c) = &w.charge {
+                        let r = sqlx::query(
+                            "INSERT INTO charges (id, session_id, lot_id, driver_id, mandate_id, amount_minor, currency, status, method, idempotency_key, attempts, \
+                             next_attempt_at, provider_txn, last_error, created_at, updated_at, settled_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                        )
+                        .bind(c.id.to_string())
+                        .bind(c.session_id.to_string())
+                        .bind(c.lot.as_str())
+                        .bind(c.driver_id.map(|u| u.to_string()))
+                        .bind(c.mandate_id.map(|u| u.to_string()))
+                        .bind(c.amount.minor)
+                        .bind(c.amount.currency.as_str())
+                        .bind(c.status.as_str())
+                        .bind(c.method.as_str())
+                        .bind(c.idempotency_key.clone())
+                        .bind(c.attempts)
+                        .bind(c.next_attempt_at.map(ms))
+                        .bind(c.provider_txn.clone())
+                        .bind(c.last_error.clone())
+                        .bind(ms(c.created_at))
+                        .bind(ms(c.updated_at))
+                        .bind(c.settled_at.map(ms))
+                        .execute(&mut *tx)
+                        .await;
+                        match r {
+                            Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("session already has a charge".into())),
+                            other => {
+                                other?;
+                            }
+                        }
+                    }
+                    for x in &w.exceptions {
+                        insert_exception(&mut *tx, x).await?;
+                    }
+                    insert_outbox(&mut *tx, &w.outbox, now).await?;
+                    tx.commit().await?;
+                    Ok(PassageOutcome::Committed)
+                }
+
+                async fn session(&self, id: Uuid) -> StoreResult<Option<Session>> {
+                    sqlx::query(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| session_from(&r))
+                        .transpose()
+                }
+
+                async fn sessions(&self, f: &SessionFilter) -> StoreResult<Vec<Session>> {
+                    sqlx::query(&format!(
+                        "SELECT {SESSION_COLS} FROM sessions WHERE ($1 IS NULL OR lot_id = $1) AND ($2 IS NULL OR plate = $2) \
+                         AND ($3 IS NULL OR status = $3) ORDER BY entry_at DESC, id LIMIT $4"
+                    ))
+                    .bind(f.lot.as_ref().map(|l| l.to_string()))
+                    .bind(f.plate.clone())
+                    .bind(f.status.map(|s| s.as_str()))
+                    .bind(if f.limit > 0 { f.limit } else { 100 })
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(session_from)
+                    .collect()
+                }
+
+                async fn charge(&self, id: Uuid) -> StoreResult<Option<Charge>> {
+                    sqlx::query(&format!("SELECT {CHARGE_COLS} FROM charges WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| charge_from(&r))
+                        .transpose()
+                }
+
+                async fn charge_for_session(&self, session: Uuid) -> StoreResult<Option<Charge>> {
+                    sqlx::query(&format!("SELECT {CHARGE_COLS} FROM charges WHERE session_id = $1"))
+                        .bind(session.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| charge_from(&r))
+                        .transpose()
+                }
+
+                async fn charges(&self, f: &ChargeFilter) -> StoreResult<Vec<Charge>> {
+                    sqlx::query(&format!(
+                        "SELECT {CHARGE_COLS} FROM charges WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR driver_id = $2) \
+                         AND ($3 IS NULL OR session_id = $3) ORDER BY created_at DESC, id LIMIT $4"
+                    ))
+                    .bind(f.status.map(|s| s.as_str()))
+                    .bind(f.driver.map(|u| u.to_string()))
+                    .bind(f.session.map(|u| u.to_string()))
+                    .bind(if f.limit > 0 { f.limit } else { 100 })
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(charge_from)
+                    .collect()
+                }
+
+                async fn charge_attempts(&self, id: Uuid) -> StoreResult<Vec<ChargeAttempt>> {
+                    sqlx::query("SELECT attempt, at, outcome, detail FROM charge_attempts WHERE charge_id = $1 ORDER BY attempt, at")
+                        .bind(id.to_string())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| -> StoreResult<ChargeAttempt> {
+                            Ok(ChargeAttempt {
+                                attempt: r.try_get("attempt")?,
+                                at: at(r.try_get("at")?)?,
+                                outcome: r.try_get("outcome")?,
+                                detail: r.try_get("detail")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn lease_due_charges(&self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>, limit: i64) -> StoreResult<Vec<Charge>> {
+                    // The outer lease check is re-evaluated against the latest row version when two
+                    // instances race (PostgreSQL re-checks updated rows; SQLite has one writer), so
+                    // each charge is leased to one owner.
+                    sqlx::query(
+                        "UPDATE charges SET lease_owner = $1, lease_until = $2 \
+                         WHERE id IN (SELECT id FROM charges WHERE status IN ('pending', 'submitted', 'accepted', 'failed') \
+                                      AND (next_attempt_at IS NULL OR next_attempt_at <= $3) \
+                                      AND (lease_until IS NULL OR lease_until < $3) ORDER BY created_at LIMIT $4) \
+                         AND (lease_until IS NULL OR lease_until < $3)",
+                    )
+                    .bind(owner)
+                    .bind(ms(lease_until))
+                    .bind(ms(now))
+                    .bind(limit)
+                    .execute(&self.pool)
+                    .await?;
+                    sqlx::query(&format!("SELECT {CHARGE_COLS} FROM charges WHERE lease_owner = $1 ORDER BY created_at"))
+                        .bind(owner)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(charge_from)
+                        .collect()
+                }
+
+                async fn update_charge(&self, u: &ChargeUpdate) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let r = sqlx::query(
+                        "UPDATE charges SET status = $1, attempts = $2, next_attempt_at = $3, provider_txn = COALESCE($4, provider_txn), last_error = $5, \
+                         settled_at = $6, updated_at = $7, lease_owner = NULL, lease_until = NULL WHERE id = $8 AND lease_owner = $9",
+                    )
+                    .bind(u.status.as_str())
+                    .bind(u.attempts)
+                    .bind(u.next_attempt_at.map(ms))
+                    .bind(u.provider_txn.clone())
+                    .bind(u.last_error.clone())
+                    .bind(u.settled_at.map(ms))
+                    .bind(ms(u.attempt.at))
+                    .bind(u.id.to_string())
+                    .bind(u.lease_owner.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 0 {
+                        return Err(StoreError::Conflict(format!("lease on charge {} was lost", u.id)));
+                    }
+                    sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(Uuid::now_v7().to_string())
+                        .bind(u.id.to_string())
+                        .bind(u.attempt.attempt)
+                        .bind(ms(u.attempt.at))
+                        .bind(u.attempt.outcome.clone())
+                        .bind(u.attempt.detail.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                    if let Some(x) = &u.exception {
+                        insert_exception(&mut *tx, x).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn pay_directly(&self, p: &DirectPayment) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let r = sqlx::query(
+                        "UPDATE charges SET status = 'succeeded', method = $1, settled_at = $2, updated_at = $2, last_error = NULL \
+                         WHERE id = $3 AND status IN ('arrears', 'awaiting_payment')",
+                    )
+                    .bind(p.method.as_str())
+                    .bind(ms(p.at))
+                    .bind(p.charge_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 0 {
+                        return Err(StoreError::Conflict(format!("charge {} is not payable", p.charge_id)));
+                    }
+                    if let Some((session, decision, outbox)) = &p.release {
+                        let r = sqlx::query("UPDATE sessions SET status = 'closed', updated_at = $1 WHERE id = $2 AND status = 'awaiting_payment'")
+                            .bind(ms(p.at))
+                            .bind(session.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::Conflict(format!("session {session} is not awaiting payment")));
+                        }
+                        sqlx::query("UPDATE events SET decision = $1 WHERE event_id = $2")
+                            .bind(to_json(decision))
+                            .bind(decision.event_id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        insert_outbox(&mut *tx, outbox, p.at).await?;
+                    }
+                    insert_audit_row(&mut *tx, &p.audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn mark_published(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+                    sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = $2 AND published_at IS NULL")
+                        .bind(ms(now))
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn unpublished(&self, older_than: DateTime<Utc>, limit: i64) -> StoreResult<Vec<OutboxMessage>> {
+                    sqlx::query("SELECT id, topic, payload FROM outbox WHERE published_at IS NULL AND created_at <= $1 ORDER BY created_at, id LIMIT $2")
+                        .bind(ms(older_than))
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| -> StoreResult<OutboxMessage> {
+                            Ok(OutboxMessage {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                topic: r.try_get("topic")?,
+                                payload: r.try_get("payload")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn exceptions(&self, lot: Option<&LotId>, open_only: bool, limit: i64) -> StoreResult<Vec<ExceptionRecord>> {
+                    sqlx::query(&format!(
+                        "SELECT {EXCEPTION_COLS} FROM exceptions WHERE ($1 IS NULL OR lot_id = $1) AND ($2 = 0 OR resolved_at IS NULL) \
+                         ORDER BY created_at DESC, id LIMIT $3"
+                    ))
+                    .bind(lot.map(|l| l.to_string()))
+                    .bind(i64::from(open_only))
+                    .bind(if limit > 0 { limit } else { 100 })
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(exception_from)
+                    .collect()
+                }
+
+                async fn insert_audit(&self, a: &AuditEntry) -> StoreResult<()> {
+                    insert_audit_row(&self.pool, a).await
+                }
+
+                async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditEntry>> {
+                    sqlx::query("SELECT * FROM audit ORDER BY at DESC, id LIMIT $1")
+                        .bind(if limit > 0 { limit } else { 100 })
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| -> StoreResult<AuditEntry> {
+                            Ok(AuditEntry {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                at: at(r.try_get("at")?)?,
+                                actor: r.try_get("actor")?,
+                                action: r.try_get("action")?,
+                                subject: r.try_get("subject")?,
+                                detail: r.try_get("detail")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn insert_dead_letter(&self, d: &DeadLetter, payload: &[u8]) -> StoreResult<()> {
+                    sqlx::query("INSERT INTO dead_letters (id, received_at, topic, reason, detail, payload) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(d.id.to_string())
+                        .bind(ms(d.received_at))
+                        .bind(d.topic.clone())
+                        .bind(d.reason.clone())
+                        .bind(d.detail.clone())
+                        .bind(payload.to_vec())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn dead_letters(&self, limit: i64) -> StoreResult<Vec<DeadLetter>> {
+                    sqlx::query("SELECT * FROM dead_letters ORDER BY received_at DESC, id LIMIT $1")
+                        .bind(if limit > 0 { limit } else { 100 })
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| -> StoreResult<DeadLetter> {
+                            let payload: Vec<u8> = r.try_get("payload")?;
+                            Ok(DeadLetter {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                received_at: at(r.try_get("received_at")?)?,
+                                topic: r.try_get("topic")?,
+                                reason: r.try_get("reason")?,
+                                detail: r.try_get("detail")?,
+                                payload: String::from_utf8_lossy(&payload).into_owned(),
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn put_wallet(&self, w: &Wallet, now: DateTime<Utc>) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO sandbox_wallets (reference, balance_minor, currency, fail_next, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (reference) DO UPDATE SET balance_minor = $2, currency = $3, fail_next = $4, updated_at = $5",
+                    )
+                    .bind(w.reference.clone())
+                    .bind(w.balance.minor)
+                    .bind(w.balance.currency.as_str())
+                    .bind(w.fail_next)
+                    .bind(ms(now))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn wallet(&self, reference: &str) -> StoreResult<Option<Wallet>> {
+                    sqlx::query("SELECT * FROM sandbox_wallets WHERE reference = $1")
+                        .bind(reference)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<Wallet> {
+                            Ok(Wallet {
+                                reference: r.try_get("reference")?,
+                                balance: money(r.try_get("balance_minor")?, &r.try_get::<String, _>("currency")?)?,
+                                fail_next: r.try_get("fail_next")?,
+                            })
+                        })
+                        .transpose()
+                }
+
+                async fn sandbox_debit(&self, key: &str, reference: &str, amount: Money, now: DateTime<Utc>) -> StoreResult<DebitResult> {
+                    if let Some(done) = self.sandbox_lookup(key).await? {
+                        return Ok(done);
+                    }
+                    let mut tx = self.pool.begin().await?;
+                    let scripted = sqlx::query("UPDATE sandbox_wallets SET fail_next = fail_next - 1 WHERE reference = $1 AND fail_next > 0")
+                        .bind(reference)
+                        .execute(&mut *tx)
+                        .await?;
+                    if scripted.rows_affected() == 1 {
+                        tx.commit().await?;
+                        return Ok(DebitResult::Unavailable);
+                    }
+                    let debited = sqlx::query(
+                        "UPDATE sandbox_wallets SET balance_minor = balance_minor - $1, updated_at = $2 \
+                         WHERE reference = $3 AND currency = $4 AND balance_minor >= $1",
+                    )
+                    .bind(amount.minor)
+                    .bind(ms(now))
+                    .bind(reference)
+                    .bind(amount.currency.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    if debited.rows_affected() == 0 {
+                        // Declines are not remembered: a retry after a top-up must be able to succeed.
+                        let exists = sqlx::query("SELECT reference FROM sandbox_wallets WHERE reference = $1")
+                            .bind(reference)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .is_some();
+                        tx.rollback().await?;
+                        let reason = if exists { "insufficient funds" } else { "no such wallet" };
+                        return Ok(DebitResult::Declined { reason: reason.to_string() });
+                    }
+                    let txn_id = format!("sbx-{}", Uuid::now_v7().simple());
+                    let outcome = "succeeded".to_string();
+                    let claimed = sqlx::query(
+                        "INSERT INTO sandbox_debits (idempotency_key, reference, amount_minor, outcome, txn_id, at) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (idempotency_key) DO NOTHING",
+                    )
+                    .bind(key)
+                    .bind(reference)
+                    .bind(amount.minor)
+                    .bind(outcome.clone())
+                    .bind(txn_id.clone())
+                    .bind(ms(now))
+                    .execute(&mut *tx)
+                    .await?;
+                    if claimed.rows_affected() == 0 {
+                        // Another call with this key got there first: undo ours, report theirs.
+                        tx.rollback().await?;
+                        return self
+                            .sandbox_lookup(key)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt(format!("debit {key} vanished")));
+                    }
+                    tx.commit().await?;
+                    Ok(debit_from(&outcome, txn_id))
+                }
+
+                async fn sandbox_lookup(&self, key: &str) -> StoreResult<Option<DebitResult>> {
+                    sqlx::query("SELECT outcome, txn_id FROM sandbox_debits WHERE idempotency_key = $1")
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<DebitResult> { Ok(debit_from(&r.try_get::<String, _>("outcome")?, r.try_get("txn_id")?)) })
+                        .transpose()
+                }
+            }
+        };
+    };
+}
+
+backend!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
+backend!(PgStore, sqlx::Postgres, sqlx::postgres::PgRow);

@@ -1,0 +1,1182 @@
+//! The tariff engine: prices one parking stay from a lot's tariff, as a pure function.
+//!
+//! A [`Tariff`] is the rule set an operator configures for a lot (it is the `Tariff` JSON of the
+//! HTTP API). [`quote`] takes it with the entry and exit instants and returns a [`Quote`]: the total
+//! and an itemised breakdown that the receipt and the operator's price preview show. Nothing here
+//! reads a clock, the database or the network, so the same inputs always give the same fee.
+//!
+//! How a stay is priced, in order:
+//! 1. A stay no longer than the grace period is free.
+//! 2. Otherwise the whole stay is charged from entry: the grace minutes are not deducted, which is
+//!    the convention most Chinese lots use (free if you leave in time, full price if you do not).
+//! 3. The optional first period covers the first minutes of the stay at a flat price.
+//! 4. The rest is cut into billing units starting where the first period ends; a part of a unit
+//!    counts as a whole unit. Each unit costs the price of the time band (in the lot's local time)
+//!    in which it starts.
+//! 5. Each unit belongs to the daily-cap window in which it starts (the lot's calendar day, or the
+//!    24 h window counted from entry); the first period belongs to the first window. Each window's
+//!    sum is capped at the daily cap, then the stay total at the stay cap, then it is raised to the
+//!    minimum charge (never above the stay cap).
+//!
+//! Every adjustment is a line of its own, so the lines of a quote always add up to its total.
+//! Start reading at [`quote`].
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Timelike, Utc};
+use chrono_tz::Tz;
+use parkpay_protocol::{Currency, Money};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const MINUTES_PER_DAY: u16 = 1440;
+
+/// The most billing units one quote will walk. Pricing walks the stay unit by unit, and the HTTP
+/// preview takes entry and exit from the caller, so an absurd stay must be refused rather than
+/// spin: a million units is 28 years of 15-minute units, or two years of 1-minute ones.
+pub const MAX_UNITS: u64 = 1_000_000;
+
+/// A lot's pricing rules. Amounts are minor units (fen) of `currency`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tariff {
+    pub currency: Currency,
+    /// The lot's IANA zone: bands and calendar days are read on the lot's wall clock.
+    #[serde(with = "tz_name")]
+    pub time_zone: Tz,
+    /// A stay of at most this long is free.
+    #[serde(default)]
+    pub grace_minutes: u32,
+    /// The billing unit; a started unit is charged in full.
+    pub unit_minutes: u32,
+    #[serde(default)]
+    pub first_period: Option<FirstPeriod>,
+    /// Time-of-day bands covering the whole day exactly once.
+    pub bands: Vec<Band>,
+    #[serde(default)]
+    pub daily_cap: Option<DailyCap>,
+    /// The most one stay can cost, whatever its length.
+    #[serde(default)]
+    pub stay_cap: Option<i64>,
+    /// What a chargeable stay costs at least; free stays stay free.
+    #[serde(default)]
+    pub minimum_charge: i64,
+}
+
+/// The first `minutes` of a chargeable stay cost a flat `price`, however short the stay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstPeriod {
+    pub minutes: u32,
+    pub price: i64,
+}
+
+/// A time-of-day band `[start, end)` on the lot's wall clock. It wraps midnight when `end` is not
+/// after `start` (`20:00`-`08:00`); `start == end` covers the whole day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Band {
+    /// Shown on receipt lines ("day 08:00-20:00"); lines show only the hours when it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub start: TimeOfDay,
+    pub end: TimeOfDay,
+    pub unit_price: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DailyCap {
+    pub amount: i64,
+    pub basis: CapBasis,
+}
+
+/// Operators call this "restart or continue after midnight".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CapBasis {
+    /// One window per calendar day in the lot's zone: the cap restarts at local midnight.
+    #[serde(rename = "calendar")]
+    Calendar,
+    /// Consecutive 24 h windows counted from the entry instant.
+    #[serde(rename = "rolling24h")]
+    Rolling24h,
+}
+
+/// A wall-clock time as minutes after midnight, written `"HH:MM"`. `"24:00"` is accepted so a band
+/// can end at midnight either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay(u16);
+
+impl TimeOfDay {
+    pub fn new(hour: u16, minute: u16) -> Option<TimeOfDay> {
+        let total = hour.checked_mul(60)?.checked_add(minute)?;
+        (minute < 60 && total <= MINUTES_PER_DAY).then_some(TimeOfDay(total))
+    }
+
+    pub fn minutes(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.0 / 60, self.0 % 60)
+    }
+}
+
+impl std::str::FromStr for TimeOfDay {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TimeOfDay, String> {
+        let bad = || format!("{s:?} is not a time of day HH:MM between 00:00 and 24:00");
+        let (h, m) = s.split_once(':').ok_or_else(bad)?;
+        if h.len() != 2 || m.len() != 2 {
+            return Err(bad());
+        }
+        let hour = h.parse::<u16>().map_err(|_| bad())?;
+        let minute = m.parse::<u16>().map_err(|_| bad())?;
+        TimeOfDay::new(hour, minute).ok_or_else(bad)
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<TimeOfDay, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The zone travels as its IANA name. Done here rather than with chrono-tz's own serde feature so
+/// the engine does not depend on how the workspace configures that crate.
+mod tz_name {
+    use chrono_tz::Tz;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tz.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse::<Tz>().map_err(|_| {
+            serde::de::Error::custom(format!("time_zone: {name:?} is not an IANA time zone"))
+        })
+    }
+}
+
+/// The priced stay, as the receipt and the API show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    pub total: Money,
+    /// True only for a stay within the grace period.
+    pub free: bool,
+    /// The stay's length in minutes, a started minute counted whole; 0 when free.
+    pub billable_minutes: u64,
+    /// Charges in time order, each window's daily-cap reduction right after it, then the stay-cap
+    /// and minimum-charge adjustments. They add up to `total`.
+    pub lines: Vec<QuoteLine>,
+    /// One entry per adjustment line, e.g. "daily cap 2026-11-25", "stay cap", "minimum charge".
+    pub caps_applied: Vec<String>,
+}
+
+/// One receipt line. `units * unit_price == amount` on every line; an adjustment is one unit of a
+/// negative (cap) or positive (minimum charge) price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteLine {
+    pub label: String,
+    /// Charge lines tile the stay: the first starts at entry, each starts where the one before
+    /// ends, the last ends at exit (a final part unit is shown ending at exit).
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub units: u64,
+    pub unit_price: Money,
+    pub amount: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TariffError {
+    /// The tariff itself is wrong; `field` names the offending field for the operator's form.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("exit {exit} is not after entry {entry}")]
+    ExitNotAfterEntry {
+        entry: DateTime<Utc>,
+        exit: DateTime<Utc>,
+    },
+    #[error("the stay needs {units} billing units, more than the {max} a quote prices")]
+    StayTooLong { units: u64, max: u64 },
+    /// Amounts past i64 minor units, or instants past chrono's range: refused, never wrapped.
+    #[error("the stay or its fee is out of the representable range")]
+    Overflow,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> TariffError {
+    TariffError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Band {
+    fn hours(&self) -> String {
+        format!("{}-{}", self.start, self.end)
+    }
+
+    fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name} {}", self.hours()),
+            None => self.hours(),
+        }
+    }
+
+    /// Minutes of the day `[start, end)` the band covers, wrapping past midnight.
+    fn minutes(&self) -> impl Iterator<Item = u16> {
+        let start = self.start.0 % MINUTES_PER_DAY;
+        let end = self.end.0 % MINUTES_PER_DAY;
+        let len = if end > start {
+            end - start
+        } else {
+            // Wrapping band, or start == end which means the whole day.
+            MINUTES_PER_DAY - start + end
+        };
+        (0..len).map(move |i| (start + i) % MINUTES_PER_DAY)
+    }
+}
+
+impl Tariff {
+    /// The demo lot: Asia/Shanghai, 15 free minutes, 30-minute units, first hour 5 yuan, day
+    /// 08:00-20:00 3 yuan a unit, night 1 yuan a unit, at most 40 yuan per calendar day.
+    pub fn example_cn() -> Tariff {
+        Tariff {
+            currency: Currency::CNY,
+            time_zone: chrono_tz::Asia::Shanghai,
+            grace_minutes: 15,
+            unit_minutes: 30,
+            first_period: Some(FirstPeriod {
+                minutes: 60,
+                price: 500,
+            }),
+            bands: vec![
+                Band {
+                    name: Some("day".into()),
+                    start: TimeOfDay(8 * 60),
+                    end: TimeOfDay(20 * 60),
+                    unit_price: 300,
+                },
+                Band {
+                    name: Some("night".into()),
+                    start: TimeOfDay(20 * 60),
+                    end: TimeOfDay(8 * 60),
+                    unit_price: 100,
+                },
+            ],
+            daily_cap: Some(DailyCap {
+                amount: 4000,
+                basis: CapBasis::Calendar,
+            }),
+            stay_cap: None,
+            minimum_charge: 0,
+        }
+    }
+
+    /// Checks the tariff; the error names the first bad field found.
+    pub fn validate(&self) -> Result<(), TariffError> {
+        self.band_table().map(|_| ())
+    }
+
+    /// Validates, and returns for each minute of the day the index of the band covering it, which
+    /// makes the per-unit band lookup a table read.
+    fn band_table(&self) -> Result<Vec<u16>, TariffError> {
+        if self.unit_minutes == 0 {
+            return Err(invalid("unit_minutes", "must be > 0"));
+        }
+        if let Some(fp) = &self.first_period {
+            if fp.minutes == 0 {
+                return Err(invalid("first_period.minutes", "must be > 0"));
+            }
+            if fp.price < 0 {
+                return Err(invalid("first_period.price", "must be >= 0"));
+            }
+        }
+        if let Some(cap) = &self.daily_cap {
+            if cap.amount < 0 {
+                return Err(invalid("daily_cap.amount", "must be >= 0"));
+            }
+        }
+        if matches!(self.stay_cap, Some(cap) if cap < 0) {
+            return Err(invalid("stay_cap", "must be >= 0"));
+        }
+        if self.minimum_charge < 0 {
+            return Err(invalid("minimum_charge", "must be >= 0"));
+        }
+        if self.bands.is_empty() {
+            return Err(invalid("bands", "at least one band must cover the day"));
+        }
+        // Each band covers at least one minute, so more than a day's worth must overlap; checking
+        // first also keeps band indices within u16.
+        if self.bands.len() > usize::from(MINUTES_PER_DAY) {
+            return Err(invalid("bands", "more bands than minutes in a day"));
+        }
+        const UNSET: u16 = u16::MAX;
+        let mut table = vec![UNSET; usize::from(MINUTES_PER_DAY)];
+        for (i, band) in self.bands.iter().enumerate() {
+            if band.unit_price < 0 {
+                return Err(invalid(format!("bands[{i}].unit_price"), "must be >= 0"));
+            }
+            for m in band.minutes() {
+                let slot = &mut table[usize::from(m)];
+                if *slot != UNSET {
+                    let other = &self.bands[usize::from(*slot)];
+                    return Err(invalid(
+                        "bands",
+                        format!("{} and {} overlap", other.hours(), band.hours()),
+                    ));
+                }
+                // Cannot truncate: the length check above bounds i below 1440.
+                *slot = i as u16;
+            }
+        }
+        if let Some(first_gap) = table.iter().position(|&b| b == UNSET) {
+            let len = table[first_gap..]
+                .iter()
+                .take_while(|&&b| b == UNSET)
+                .count();
+            // first_gap + len <= 1440, so both fit in u16.
+            let from = TimeOfDay(first_gap as u16);
+            let to = TimeOfDay((first_gap + len) as u16);
+            return Err(invalid(
+                "bands",
+                format!("{from}-{to} is not covered by any band"),
+            ));
+        }
+        Ok(table)
+    }
+}
+
+/// Which daily-cap window a unit falls in. Lines are also grouped per calendar day when the tariff
+/// has no daily cap, so a long stay's receipt still reads day by day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Window {
+    Day(NaiveDate),
+    Rolling(i64),
+}
+
+struct WindowLines {
+    key: Window,
+    lines: Vec<QuoteLine>,
+    /// The band the window's last line bills, so that a next unit in that band extends it.
+    last_band: Option<u16>,
+}
+
+/// Prices a stay from `entry` to `exit` under `tariff`. See the module doc for the rules; the
+/// grace period is not deducted from a chargeable stay, the convention most Chinese lots use.
+pub fn quote(
+    tariff: &Tariff,
+    entry: DateTime<Utc>,
+    exit: DateTime<Utc>,
+) -> Result<Quote, TariffError> {
+    let table = tariff.band_table()?;
+    if exit <= entry {
+        return Err(TariffError::ExitNotAfterEntry { entry, exit });
+    }
+    let currency = tariff.currency;
+    let money = |minor: i64| Money::new(minor, currency);
+    let stay = exit - entry;
+
+    if stay <= TimeDelta::minutes(i64::from(tariff.grace_minutes)) {
+        return Ok(Quote {
+            total: money(0),
+            free: true,
+            billable_minutes: 0,
+            lines: vec![QuoteLine {
+                label: "grace".into(),
+                from: entry,
+                to: exit,
+                units: 0,
+                unit_price: money(0),
+                amount: money(0),
+            }],
+            caps_applied: Vec::new(),
+        });
+    }
+
+    // Takes the local time too because the caller already converted it: the zone lookup is the
+    // dearest step of the per-unit loop.
+    let window_of = |t: DateTime<Utc>, local: &DateTime<Tz>| -> Window {
+        match tariff.daily_cap.map(|c| c.basis) {
+            Some(CapBasis::Rolling24h) => Window::Rolling((t - entry).num_seconds() / 86_400),
+            Some(CapBasis::Calendar) | None => Window::Day(local.date_naive()),
+        }
+    };
+
+    let mut windows: Vec<WindowLines> = Vec::new();
+    let mut units_start = entry;
+    if let Some(fp) = &tariff.first_period {
+        let fp_end = entry
+            .checked_add_signed(TimeDelta::minutes(i64::from(fp.minutes)))
+            .ok_or(TariffError::Overflow)?;
+        windows.push(WindowLines {
+            key: window_of(entry, &entry.with_timezone(&tariff.time_zone)),
+            lines: vec![QuoteLine {
+                label: "first period".into(),
+                from: entry,
+                to: fp_end.min(exit),
+                units: 1,
+                unit_price: money(fp.price),
+                amount: money(fp.price),
+            }],
+            last_band: None,
+        });
+        units_start = fp_end;
+    }
+
+    let unit = TimeDelta::minutes(i64::from(tariff.unit_minutes));
+    let units = count_units(units_start, exit, unit);
+    if units > MAX_UNITS {
+        return Err(TariffError::StayTooLong {
+            units,
+            max: MAX_UNITS,
+        });
+    }
+
+    let mut start = units_start;
+    for _ in 0..units {
+        // Checked because instants near chrono's year limit would make `+` panic.
+        let end = start
+            .checked_add_signed(unit)
+            .ok_or(TariffError::Overflow)?;
+        let local = start.with_timezone(&tariff.time_zone);
+        // hour() < 24 and minute() < 60, so the index is below 1440.
+        let band_idx = table[(local.hour() * 60 + local.minute()) as usize];
+        let band = &tariff.bands[usize::from(band_idx)];
+        let key = window_of(start, &local);
+        let to = end.min(exit);
+
+        let extend = match windows.last_mut() {
+            Some(w) if w.key == key && w.last_band == Some(band_idx) => w.lines.last_mut(),
+            _ => None,
+        };
+        match extend {
+            Some(line) => {
+                line.units += 1;
+                line.amount.minor = line
+                    .amount
+                    .minor
+                    .checked_add(band.unit_price)
+                    .ok_or(TariffError::Overflow)?;
+                line.to = to;
+            }
+            None => {
+                let line = QuoteLine {
+                    label: band.label(),
+                    from: start,
+                    to,
+                    units: 1,
+                    unit_price: money(band.unit_price),
+                    amount: money(band.unit_price),
+                };
+                match windows.last_mut() {
+                    Some(w) if w.key == key => {
+                        w.lines.push(line);
+                        w.last_band = Some(band_idx);
+                    }
+                    _ => windows.push(WindowLines {
+                        key,
+                        lines: vec![line],
+                        last_band: Some(band_idx),
+                    }),
+                }
+            }
+        }
+        start = end;
+    }
+
+    let mut lines = Vec::new();
+    let mut caps_applied = Vec::new();
+    let mut total: i64 = 0;
+    for w in windows {
+        let sum = checked_sum(w.lines.iter().map(|l| l.amount.minor))?;
+        let (from, to) = match (w.lines.first(), w.lines.last()) {
+            (Some(first), Some(last)) => (first.from, last.to),
+            // A window is only created together with its first line.
+            _ => continue,
+        };
+        lines.extend(w.lines);
+        let mut window_total = sum;
+        if let Some(cap) = tariff.daily_cap {
+            if sum > cap.amount {
+                let label = format!("daily cap {}", window_label(w.key, entry, tariff.time_zone));
+                lines.push(adjustment(&label, from, to, cap.amount - sum, currency));
+                caps_applied.push(label);
+                window_total = cap.amount;
+            }
+        }
+        total = total
+            .checked_add(window_total)
+            .ok_or(TariffError::Overflow)?;
+    }
+
+    if let Some(cap) = tariff.stay_cap {
+        if total > cap {
+            lines.push(adjustment("stay cap", entry, exit, cap - total, currency));
+            caps_applied.push("stay cap".into());
+            total = cap;
+        }
+    }
+    let floor = tariff
+        .minimum_charge
+        .min(tariff.stay_cap.unwrap_or(i64::MAX));
+    if total < floor {
+        lines.push(adjustment(
+            "minimum charge",
+            entry,
+            exit,
+            floor - total,
+            currency,
+        ));
+        caps_applied.push("minimum charge".into());
+        total = floor;
+    }
+
+    Ok(Quote {
+        total: money(total),
+        free: false,
+        billable_minutes: ceil_minutes(stay),
+        lines,
+        caps_applied,
+    })
+}
+
+/// Units needed to cover `[from, to)`, a started unit counting whole; none when `from >= to`.
+fn count_units(from: DateTime<Utc>, to: DateTime<Utc>, unit: TimeDelta) -> u64 {
+    if to <= from {
+        return 0;
+    }
+    let span = to - from;
+    let unit_secs = unit.num_seconds();
+    // Whole seconds first, then one more unit if the remainder (seconds or nanoseconds) is not 0.
+    let whole = span.num_seconds() / unit_secs;
+    let covered = TimeDelta::seconds(whole * unit_secs);
+    let n = if covered < span { whole + 1 } else { whole };
+    // span > 0 so n >= 1.
+    n as u64
+}
+
+fn ceil_minutes(d: TimeDelta) -> u64 {
+    let secs = d.num_seconds() + i64::from(d.subsec_nanos() > 0);
+    // Only called for a positive stay.
+    ((secs + 59) / 60) as u64
+}
+
+fn checked_sum(mut amounts: impl Iterator<Item = i64>) -> Result<i64, TariffError> {
+    amounts.try_fold(0i64, |acc, a| {
+        acc.checked_add(a).ok_or(TariffError::Overflow)
+    })
+}
+
+fn adjustment(
+    label: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    amount: i64,
+    currency: Currency,
+) -> QuoteLine {
+    QuoteLine {
+        label: label.into(),
+        from,
+        to,
+        units: 1,
+        unit_price: Money::new(amount, currency),
+        amount: Money::new(amount, currency),
+    }
+}
+
+fn window_label(key: Window, entry: DateTime<Utc>, tz: Tz) -> String {
+    match key {
+        Window::Day(date) => date.format("%Y-%m-%d").to_string(),
+        Window::Rolling(i) => {
+            let start = (entry + TimeDelta::days(i)).with_timezone(&tz);
+            format!("24h from {}", start.format("%Y-%m-%d %H:%M"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    /// A wall-clock time in `tz` as a UTC instant. Test inputs avoid DST gaps and folds unless a
+    /// test says otherwise.
+    fn local(tz: Tz, s: &str) -> DateTime<Utc> {
+        let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+            .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M"))
+            .expect("test times are well formed");
+        tz.from_local_datetime(&naive)
+            .single()
+            .expect("test times are unambiguous in their zone")
+            .with_timezone(&Utc)
+    }
+
+    fn sh(s: &str) -> DateTime<Utc> {
+        local(chrono_tz::Asia::Shanghai, s)
+    }
+
+    fn priced(t: &Tariff, entry: DateTime<Utc>, exit: DateTime<Utc>) -> Quote {
+        quote(t, entry, exit).expect("test tariffs are valid and exits follow entries")
+    }
+
+    fn fee(t: &Tariff, entry: DateTime<Utc>, exit: DateTime<Utc>) -> i64 {
+        priced(t, entry, exit).total.minor
+    }
+
+    fn summary(q: &Quote) -> Vec<(String, u64, i64)> {
+        q.lines
+            .iter()
+            .map(|l| (l.label.clone(), l.units, l.amount.minor))
+            .collect()
+    }
+
+    fn line(label: &str, units: u64, amount: i64) -> (String, u64, i64) {
+        (label.to_string(), units, amount)
+    }
+
+    fn assert_lines_sum(q: &Quote) {
+        let sum: i64 = q.lines.iter().map(|l| l.amount.minor).sum();
+        assert_eq!(sum, q.total.minor, "lines must add up to the total: {q:#?}");
+    }
+
+    #[test]
+    fn grace_boundary_is_inclusive() {
+        let t = Tariff::example_cn();
+        let q = priced(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:15:00"));
+        assert!(q.free);
+        assert_eq!(q.total, Money::cny(0));
+        assert_eq!(summary(&q), vec![line("grace", 0, 0)]);
+        assert_eq!(q.billable_minutes, 0);
+
+        // One second over grace: the whole stay is charged from entry, so the first period.
+        let q = priced(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:15:01"));
+        assert!(!q.free);
+        assert_eq!(q.total, Money::cny(500));
+        assert_eq!(summary(&q), vec![line("first period", 1, 500)]);
+        assert_eq!(q.billable_minutes, 16);
+        assert_eq!(fee(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:16")), 500);
+    }
+
+    #[test]
+    fn a_started_unit_is_charged_whole() {
+        let t = Tariff::example_cn();
+        let e = sh("2026-11-25 10:00");
+        assert_eq!(fee(&t, e, sh("2026-11-25 11:00:00")), 500);
+        assert_eq!(fee(&t, e, sh("2026-11-25 11:00:01")), 800);
+        assert_eq!(fee(&t, e, sh("2026-11-25 11:30:00")), 800);
+        assert_eq!(fee(&t, e, sh("2026-11-25 11:30:01")), 1100);
+        let q = priced(&t, e, sh("2026-11-25 11:31"));
+        assert_eq!(
+            summary(&q),
+            vec![
+                line("first period", 1, 500),
+                line("day 08:00-20:00", 2, 600)
+            ]
+        );
+        // The last part unit is shown ending at exit.
+        assert_eq!(q.lines[1].from, sh("2026-11-25 11:00"));
+        assert_eq!(q.lines[1].to, sh("2026-11-25 11:31"));
+    }
+
+    #[test]
+    fn crossing_20_00_prices_each_unit_by_the_band_it_starts_in() {
+        let t = Tariff::example_cn();
+        // Units start 19:00, 19:30 (day) and 20:00, 20:30 (night).
+        let q = priced(&t, sh("2026-11-25 18:00"), sh("2026-11-25 21:00"));
+        assert_eq!(
+            summary(&q),
+            vec![
+                line("first period", 1, 500),
+                line("day 08:00-20:00", 2, 600),
+                line("night 20:00-08:00", 2, 200),
+            ]
+        );
+        assert_eq!(q.total, Money::cny(1300));
+        assert_eq!(q.lines[2].from, sh("2026-11-25 20:00"));
+
+        // A unit from 19:45 to 20:15 straddles the change and is a day unit.
+        let q = priced(&t, sh("2026-11-25 18:45"), sh("2026-11-25 20:45"));
+        assert_eq!(
+            summary(&q),
+            vec![
+                line("first period", 1, 500),
+                line("day 08:00-20:00", 1, 300),
+                line("night 20:00-08:00", 1, 100),
+            ]
+        );
+    }
+
+    #[test]
+    fn crossing_midnight_calendar_cap_restarts_rolling_cap_continues() {
+        let calendar = Tariff::example_cn();
+        let e = sh("2026-11-25 08:00");
+        let x = sh("2026-11-26 10:00");
+        // 25th: 500 + 22 day units (6600) + 8 night units (800) = 7900, capped to 4000.
+        // 26th: 16 night units (1600) + 4 day units (1200) = 2800.
+        let q = priced(&calendar, e, x);
+        assert_eq!(
+            summary(&q),
+            vec![
+                line("first period", 1, 500),
+                line("day 08:00-20:00", 22, 6600),
+                line("night 20:00-08:00", 8, 800),
+                line("daily cap 2026-11-25", 1, -3900),
+                line("night 20:00-08:00", 16, 1600),
+                line("day 08:00-20:00", 4, 1200),
+            ]
+        );
+        assert_eq!(q.total, Money::cny(6800));
+        assert_eq!(q.caps_applied, vec!["daily cap 2026-11-25".to_string()]);
+        assert_lines_sum(&q);
+
+        // Rolling: the first window runs 08:00 to 08:00 and holds the whole night,
+        // 500 + 6600 + 24 night units (2400) = 9500 -> 4000; then 4 day units (1200).
+        let mut rolling = Tariff::example_cn();
+        rolling.daily_cap = Some(DailyCap {
+            amount: 4000,
+            basis: CapBasis::Rolling24h,
+        });
+        let q = priced(&rolling, e, x);
+        assert_eq!(
+            summary(&q),
+            vec![
+                line("first period", 1, 500),
+                line("day 08:00-20:00", 22, 6600),
+                line("night 20:00-08:00", 24, 2400),
+                line("daily cap 24h from 2026-11-25 08:00", 1, -5500),
+                line("day 08:00-20:00", 4, 1200),
+            ]
+        );
+        assert_eq!(q.total, Money::cny(5200));
+        assert_lines_sum(&q);
+    }
+
+    #[test]
+    fn a_week_hits_the_daily_cap_every_day() {
+        let t = Tariff::example_cn();
+        // Seven capped days (the first: 500 + 18 day + 8 night = 6700; the others 9600 each),
+        // then the 8th from 00:00 to 10:00: 16 night + 4 day = 2800.
+        let q = priced(&t, sh("2026-11-23 10:00"), sh("2026-11-30 10:00"));
+        assert_eq!(q.total, Money::cny(7 * 4000 + 2800));
+        assert_eq!(
+            q.caps_applied,
+            (23..=29)
+                .map(|d| format!("daily cap 2026-11-{d}"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(q.billable_minutes, 7 * 24 * 60);
+        assert_lines_sum(&q);
+    }
+
+    #[test]
+    fn stay_cap_limits_the_total_after_daily_caps() {
+        let mut t = Tariff::example_cn();
+        t.stay_cap = Some(10_000);
+        let q = priced(&t, sh("2026-11-23 10:00"), sh("2026-11-30 10:00"));
+        assert_eq!(q.total, Money::cny(10_000));
+        assert_eq!(q.caps_applied.last().map(String::as_str), Some("stay cap"));
+        let last = q
+            .lines
+            .last()
+            .expect("a capped quote has an adjustment line");
+        assert_eq!(
+            (last.label.as_str(), last.amount.minor),
+            ("stay cap", -20_800)
+        );
+        assert_lines_sum(&q);
+    }
+
+    #[test]
+    fn minimum_charge_raises_a_small_fee_but_not_above_the_stay_cap() {
+        let mut t = Tariff::example_cn();
+        t.first_period = None;
+        t.minimum_charge = 500;
+        // One day unit (300), raised to 500.
+        let q = priced(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:20"));
+        assert_eq!(q.total, Money::cny(500));
+        assert_eq!(
+            summary(&q),
+            vec![
+                line("day 08:00-20:00", 1, 300),
+                line("minimum charge", 1, 200)
+            ]
+        );
+        assert_eq!(q.caps_applied, vec!["minimum charge".to_string()]);
+        // Grace still wins over the minimum.
+        assert_eq!(fee(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:10")), 0);
+
+        t.stay_cap = Some(400);
+        assert_eq!(fee(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:20")), 400);
+    }
+
+    fn berlin() -> Tariff {
+        Tariff {
+            currency: Currency::EUR,
+            time_zone: chrono_tz::Europe::Berlin,
+            grace_minutes: 0,
+            unit_minutes: 60,
+            first_period: None,
+            bands: vec![
+                Band {
+                    name: Some("day".into()),
+                    start: TimeOfDay(8 * 60),
+                    end: TimeOfDay(20 * 60),
+                    unit_price: 200,
+                },
+                Band {
+                    name: Some("night".into()),
+                    start: TimeOfDay(20 * 60),
+                    end: TimeOfDay(8 * 60),
+                    unit_price: 100,
+                },
+            ],
+            daily_cap: Some(DailyCap {
+                amount: 1000,
+                basis: CapBasis::Calendar,
+            }),
+            stay_cap: None,
+            minimum_charge: 0,
+        }
+    }
+
+    #[test]
+    fn dst_spring_forward_charges_elapsed_hours_not_wall_clock_hours() {
+        let t = berlin();
+        let tz = t.time_zone;
+        // 2026-03-29 02:00 CET jumps to 03:00 CEST: 22:00 to 10:00 is 11 hours, not 12.
+        // 28th: 22:00, 23:00 night (200). 29th: 00, 01, 03, 04, 05, 06, 07 night (700),
+        // 08, 09 day (400) = 1100, capped to 1000.
+        let q = priced(
+            &t,
+            local(tz, "2026-03-28 22:00"),
+            local(tz, "2026-03-29 10:00"),
+        );
+        assert_eq!(
+            summary(&q),
+            vec![
+                line("night 20:00-08:00", 2, 200),
+                line("night 20:00-08:00", 7, 700),
+                line("day 08:00-20:00", 2, 400),
+                line("daily cap 2026-03-29", 1, -100),
+            ]
+        );
+        assert_eq!(q.total, Money::new(1200, Currency::EUR));
+        assert_eq!(q.billable_minutes, 11 * 60);
+    }
+
+    #[test]
+    fn dst_fall_back_day_has_25_hours() {
+        let t = berlin();
+        let tz = t.time_zone;
+        // 2026-10-25 03:00 CEST falls back to 02:00 CET: 00:00 to 08:00 is 9 night units.
+        let q = priced(
+            &t,
+            local(tz, "2026-10-25 00:00"),
+            local(tz, "2026-10-25 08:00"),
+        );
+        assert_eq!(summary(&q), vec![line("night 20:00-08:00", 9, 900)]);
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let err = |f: &dyn Fn(&mut Tariff)| {
+            let mut t = Tariff::example_cn();
+            f(&mut t);
+            t.validate()
+                .expect_err("the tariff was broken on purpose")
+                .to_string()
+        };
+        assert_eq!(err(&|t| t.unit_minutes = 0), "unit_minutes: must be > 0");
+        assert_eq!(
+            err(&|t| t.bands[1].start = TimeOfDay(19 * 60)),
+            "bands: 08:00-20:00 and 19:00-08:00 overlap"
+        );
+        assert_eq!(
+            err(&|t| t.bands[1].start = TimeOfDay(21 * 60)),
+            "bands: 20:00-21:00 is not covered by any band"
+        );
+        assert_eq!(
+            err(&|t| t.bands.clear()),
+            "bands: at least one band must cover the day"
+        );
+        assert_eq!(
+            err(&|t| t.bands[0].unit_price = -1),
+            "bands[0].unit_price: must be >= 0"
+        );
+        assert_eq!(
+            err(&|t| t.first_period = Some(FirstPeriod {
+                minutes: 0,
+                price: 500
+            })),
+            "first_period.minutes: must be > 0"
+        );
+        assert_eq!(err(&|t| t.stay_cap = Some(-5)), "stay_cap: must be >= 0");
+        assert_eq!(
+            err(&|t| t.minimum_charge = -5),
+            "minimum_charge: must be >= 0"
+        );
+
+        // An invalid tariff is refused by quote too, instead of looping or dividing by zero.
+        let mut t = Tariff::example_cn();
+        t.unit_minutes = 0;
+        assert!(matches!(
+            quote(&t, sh("2026-11-25 10:00"), sh("2026-11-25 12:00")),
+            Err(TariffError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn one_band_may_cover_the_whole_day() {
+        let mut t = Tariff::example_cn();
+        t.bands = vec![Band {
+            name: None,
+            start: TimeOfDay(0),
+            end: TimeOfDay(MINUTES_PER_DAY),
+            unit_price: 200,
+        }];
+        assert_eq!(t.validate(), Ok(()));
+        let q = priced(&t, sh("2026-11-25 10:00"), sh("2026-11-25 12:00"));
+        assert_eq!(
+            summary(&q),
+            vec![line("first period", 1, 500), line("00:00-24:00", 2, 400)]
+        );
+    }
+
+    #[test]
+    fn exit_not_after_entry_is_an_error() {
+        let t = Tariff::example_cn();
+        let e = sh("2026-11-25 10:00");
+        assert_eq!(
+            quote(&t, e, e),
+            Err(TariffError::ExitNotAfterEntry { entry: e, exit: e })
+        );
+        assert!(quote(&t, e, e - TimeDelta::hours(1)).is_err());
+    }
+
+    #[test]
+    fn an_absurd_stay_is_refused_not_walked() {
+        let mut t = Tariff::example_cn();
+        t.unit_minutes = 1;
+        let e = sh("2026-11-25 10:00");
+        assert!(matches!(
+            quote(&t, e, e + TimeDelta::days(3650)),
+            Err(TariffError::StayTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn out_of_range_is_an_error_not_a_panic() {
+        let t = Tariff::example_cn();
+        let exit = DateTime::<Utc>::MAX_UTC;
+        let entry = exit - TimeDelta::minutes(20);
+        assert_eq!(quote(&t, entry, exit), Err(TariffError::Overflow));
+
+        let mut t = Tariff::example_cn();
+        t.daily_cap = None;
+        for b in &mut t.bands {
+            b.unit_price = i64::MAX / 2;
+        }
+        assert_eq!(
+            quote(&t, sh("2026-11-25 10:00"), sh("2026-11-25 13:00")),
+            Err(TariffError::Overflow)
+        );
+    }
+
+    #[test]
+    fn a_thirty_day_stay_prices_quickly_and_exactly() {
+        let mut t = Tariff::example_cn();
+        t.unit_minutes = 15;
+        let q = priced(&t, sh("2026-11-01 00:00"), sh("2026-12-01 00:00"));
+        assert_eq!(q.total, Money::cny(30 * 4000));
+        assert_eq!(q.caps_applied.len(), 30);
+        assert_lines_sum(&q);
+    }
+
+    #[test]
+    fn api_json_shapes() {
+        let json = r#"{
+          "currency": "CNY",
+          "time_zone": "Asia/Shanghai",
+          "grace_minutes": 15,
+          "unit_minutes": 30,
+          "first_period": {"minutes": 60, "price": 500},
+          "bands": [
+            {"start": "08:00", "end": "20:00", "unit_price": 300},
+            {"start": "20:00", "end": "08:00", "unit_price": 100}
+          ],
+          "daily_cap": {"amount": 4000, "basis": "calendar"},
+          "stay_cap": null,
+          "minimum_charge": 0
+        }"#;
+        let parsed: Tariff = serde_json::from_str(json).expect("the documented tariff parses");
+        let mut expected = Tariff::example_cn();
+        for b in &mut expected.bands {
+            b.name = None;
+        }
+        assert_eq!(parsed, expected);
+
+        let round: Tariff = serde_json::from_str(
+            &serde_json::to_string(&Tariff::example_cn()).expect("serialisable"),
+        )
+        .expect("a serialised tariff parses back");
+        assert_eq!(round, Tariff::example_cn());
+
+        let bad_zone = json.replace("Asia/Shanghai", "Mars/Olympus");
+        let e = serde_json::from_str::<Tariff>(&bad_zone).expect_err("unknown zone");
+        assert!(e.to_string().contains("time_zone"), "{e}");
+        assert!(serde_json::from_str::<Tariff>(&json.replace("08:00", "8am")).is_err());
+
+        let q = priced(&parsed, sh("2026-11-25 18:00"), sh("2026-11-25 21:00"));
+        let v = serde_json::to_value(&q).expect("a quote serialises");
+        assert_eq!(
+            v["total"],
+            serde_json::json!({"minor": 1300, "currency": "CNY"})
+        );
+        assert_eq!(v["free"], false);
+        assert_eq!(v["billable_minutes"], 180);
+        assert_eq!(v["lines"][1]["label"], "08:00-20:00");
+        assert_eq!(v["lines"][1]["from"], "2026-11-25T11:00:00Z");
+        assert_eq!(v["lines"][1]["units"], 2);
+        assert_eq!(v["lines"][1]["unit_price"]["minor"], 300);
+        assert_eq!(v["caps_applied"], serde_json::json!([]));
+    }
+
+    const ZONES: &[Tz] = &[
+        chrono_tz::Asia::Shanghai,
+        chrono_tz::Europe::Berlin,
+        chrono_tz::America::New_York,
+        chrono_tz::Australia::Lord_Howe,
+        chrono_tz::UTC,
+    ];
+
+    prop_compose! {
+        fn arb_bands()(cuts in proptest::collection::btree_set(0u16..MINUTES_PER_DAY, 1..5),
+                       prices in proptest::collection::vec(0i64..1000, 4)) -> Vec<Band> {
+            let cuts: Vec<u16> = cuts.into_iter().collect();
+            (0..cuts.len())
+                .map(|i| Band {
+                    name: None,
+                    start: TimeOfDay(cuts[i]),
+                    end: TimeOfDay(cuts[(i + 1) % cuts.len()]),
+                    unit_price: prices[i],
+                })
+                .collect()
+        }
+    }
+
+    prop_compose! {
+        fn arb_tariff()(
+            zone in 0..ZONES.len(),
+            grace_minutes in 0u32..60,
+            unit_minutes in prop::sample::select(vec![1u32, 5, 15, 30, 60, 90]),
+            first_period in prop::option::of((1u32..180, 0i64..2000)),
+            bands in arb_bands(),
+            daily_cap in prop::option::of((0i64..10_000, any::<bool>())),
+            stay_cap in prop::option::of(0i64..50_000),
+            minimum_charge in prop::sample::select(vec![0i64, 0, 300, 5000]),
+        ) -> Tariff {
+            Tariff {
+                currency: Currency::CNY,
+                time_zone: ZONES[zone],
+                grace_minutes,
+                unit_minutes,
+                first_period: first_period.map(|(minutes, price)| FirstPeriod { minutes, price }),
+                bands,
+                daily_cap: daily_cap.map(|(amount, rolling)| DailyCap {
+                    amount,
+                    basis: if rolling { CapBasis::Rolling24h } else { CapBasis::Calendar },
+                }),
+                stay_cap,
+                minimum_charge,
+            }
+        }
+    }
+
+    /// Entries spread over 2026, so stays cross DST changes in the zones that have them.
+    fn arb_entry() -> impl Strategy<Value = DateTime<Utc>> {
+        let base = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("UTC has no gaps");
+        (0i64..365 * 86_400).prop_map(move |s| base + TimeDelta::seconds(s))
+    }
+
+    fn windows_touched(t: &Tariff, entry: DateTime<Utc>, exit: DateTime<Utc>) -> i64 {
+        match t.daily_cap.map(|c| c.basis) {
+            Some(CapBasis::Rolling24h) => ((exit - entry).num_seconds() + 86_399) / 86_400,
+            _ => {
+                let day = |i: DateTime<Utc>| i.with_timezone(&t.time_zone).date_naive();
+                (day(exit - TimeDelta::nanoseconds(1)) - day(entry)).num_days() + 1
+            }
+        }
+    }
+
+    const TEN_DAYS: i64 = 10 * 86_400;
+
+    proptest! {
+        #[test]
+        fn valid_generated_tariffs(t in arb_tariff()) {
+            prop_assert_eq!(t.validate(), Ok(()));
+        }
+
+        #[test]
+        fn fee_is_monotone_in_exit_time(
+            t in arb_tariff(), entry in arb_entry(), a in 1i64..TEN_DAYS, b in 1i64..TEN_DAYS,
+        ) {
+            let (short, long) = (a.min(b), a.max(b));
+            let f_short = fee(&t, entry, entry + TimeDelta::seconds(short));
+            let f_long = fee(&t, entry, entry + TimeDelta::seconds(long));
+            prop_assert!(f_short <= f_long, "{} then {}", f_short, f_long);
+        }
+
+        #[test]
+        fn quote_invariants(t in arb_tariff(), entry in arb_entry(), secs in 1i64..TEN_DAYS) {
+            let exit = entry + TimeDelta::seconds(secs);
+            let q = priced(&t, entry, exit);
+            let total = q.total.minor;
+
+            prop_assert!(total >= 0);
+            prop_assert_eq!(q.lines.iter().map(|l| l.amount.minor).sum::<i64>(), total);
+            for l in &q.lines {
+                prop_assert_eq!(l.units as i64 * l.unit_price.minor, l.amount.minor);
+                prop_assert!(l.from < l.to);
+            }
+            if let Some(cap) = t.stay_cap {
+                prop_assert!(total <= cap);
+            }
+            if let Some(cap) = t.daily_cap {
+                // The first period sits in the first window and is capped with it, so the bound
+                // needs no first-period term; only the minimum charge can lift a fee above it.
+                let floor = t.minimum_charge.min(t.stay_cap.unwrap_or(i64::MAX));
+                let bound = (windows_touched(&t, entry, exit) * cap.amount).max(floor);
+                prop_assert!(total <= bound, "{} > {}", total, bound);
+            }
+            let within_grace = secs <= i64::from(t.grace_minutes) * 60;
+            prop_assert_eq!(q.free, within_grace);
+            if within_grace {
+                prop_assert_eq!(total, 0);
+            }
+            // Charge lines tile the stay from entry to exit.
+            let charges: Vec<&QuoteLine> = q.lines.iter().filter(|l| l.amount.minor >= 0
+                && !q.caps_applied.contains(&l.label)).collect();
+            prop_assert_eq!(charges.first().map(|l| l.from), Some(entry));
+            prop_assert_eq!(charges.last().map(|l| l.to), Some(exit));
+            for pair in charges.windows(2) {
+                prop_assert_eq!(pair[0].to, pair[1].from);
+            }
+        }
+    }
+}
