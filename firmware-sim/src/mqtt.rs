@@ -324,6 +324,7 @@ async fn poll_loop(mut st: PollLoop, mut eventloop: EventLoop) {
         });
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut backoff = BACKOFF_MIN;
+    let mut closing = false;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -346,8 +347,11 @@ async fn poll_loop(mut st: PollLoop, mut eventloop: EventLoop) {
                 // The device may have been dropped; its messages then have nowhere to go.
                 let _ = st.inbox.send(p);
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            // The DISCONNECT may still sit in the write buffer: keep polling until the broker
+            // closes the connection, or it sees an abrupt close and fires the last will.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => closing = true,
             Ok(_) => {}
+            Err(_) if closing => return,
             Err(e) => {
                 let jitter = rng.gen_range(0.0..0.5);
                 let wait = backoff.mul_f64(1.0 + jitter);

@@ -186,13 +186,10 @@ impl LaneRig {
     /// arm does not open for within the lane's `open_wait` backs out and is reported held.
     pub async fn pass(&self, vehicle: &Vehicle) -> Result<PassageOutcome, SimError> {
         let mut p = self.arrive(vehicle).await?;
-        loop {
-            match p.wait(self.open_wait).await {
-                Waited::Opened => return p.drive_through().await,
-                // Without a way to pay, a prompt to pay means waiting out the bound.
-                Waited::PayRequested { .. } => continue,
-                Waited::TimedOut => return p.back_out().await,
-            }
+        if p.wait_open(self.open_wait).await {
+            p.drive_through().await
+        } else {
+            p.back_out().await
         }
     }
 
@@ -274,6 +271,19 @@ impl Passage<'_> {
             Waited::TimedOut => self.held = true,
         }
         outcome
+    }
+
+    /// Waits, at most `bound` in all, for the arm alone; pay prompts are noted and waited past.
+    pub async fn wait_open(&mut self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait(left).await {
+                Waited::Opened => return true,
+                Waited::PayRequested { .. } if !left.is_zero() => continue,
+                Waited::PayRequested { .. } | Waited::TimedOut => return false,
+            }
+        }
     }
 
     /// The car drives under the raised arm and off the loop.

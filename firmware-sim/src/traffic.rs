@@ -257,7 +257,8 @@ async fn go_through(
         if !opened && exiting {
             paid = pay_at_exit(ctx, plan, p.capture().read.as_deref()).await;
             if paid {
-                opened = wait_for_open(&mut p, lane.open_wait()).await;
+                // After paying, only the arm matters; a repeated prompt is the display catching up.
+                opened = p.wait_open(lane.open_wait()).await;
             }
         }
         let outcome = if opened {
@@ -282,19 +283,6 @@ async fn go_through(
         }
     }
     Ok(None)
-}
-
-/// After paying, only the arm matters; a repeated pay prompt is the display catching up.
-async fn wait_for_open(p: &mut crate::rig::Passage<'_>, bound: Duration) -> bool {
-    let deadline = Instant::now() + bound;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match p.wait(left).await {
-            Waited::Opened => return true,
-            Waited::PayRequested { .. } if !left.is_zero() => continue,
-            Waited::PayRequested { .. } | Waited::TimedOut => return false,
-        }
-    }
 }
 
 /// A held driver finds the stay the server is waiting on, by the plate on the car and then by
