@@ -1,1 +1,5 @@
+//! All end-to-end scenarios, built as one test binary. Each runs against SQLite and the
+//! in-process broker by default, and against PostgreSQL and an external broker when
+//! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
+mod store;

@@ -1,0 +1,461 @@
+//! The storage conformance suite: the same contract checked against whichever backend the
+//! environment selects (SQLite by default, PostgreSQL in the second CI pass).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use parkpay_protocol::{
+    BarrierAction, Decision, DecisionReason, DisplayText, EventId, LaneId, LotId, Money,
+};
+use parkpay_server::domain::*;
+use parkpay_server::store::*;
+use parkpay_server::tariff::Tariff;
+use parkpay_tests::{unique_lot, Backend};
+use uuid::Uuid;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-25T08:00:00Z")
+        .unwrap()
+        .into()
+}
+
+async fn store() -> (Arc<dyn Store>, Backend, LotId) {
+    let b = Backend::fresh().await;
+    let s = connect(&b.database_url)
+        .await
+        .expect("store connects and migrates");
+    let lot = LotId::parse(unique_lot()).unwrap();
+    s.insert_lot(&Lot {
+        id: lot.clone(),
+        name: "Test".into(),
+        capacity: 10,
+        tariff: Tariff::example_cn(),
+        tariff_version: 1,
+        created_at: t0(),
+    })
+    .await
+    .unwrap();
+    (s, b, lot)
+}
+
+fn decision(lot: &LotId, event: Uuid) -> Decision {
+    Decision {
+        event_id: EventId(event),
+        lot: lot.clone(),
+        lane: LaneId::parse("in-1").unwrap(),
+        action: BarrierAction::Open,
+        reason: DecisionReason::Entered,
+        plate: Some("京A12345".into()),
+        session_id: None,
+        fee: None,
+        pay_url: None,
+        display: DisplayText::default(),
+        decided_at: t0(),
+    }
+}
+
+fn entry(lot: &LotId, plate: &str, at: DateTime<Utc>) -> (PassageWrite, Uuid) {
+    let event = Uuid::now_v7();
+    let session = Uuid::now_v7();
+    let w = PassageWrite {
+        event: NewEvent {
+            event_id: event,
+            lot: lot.clone(),
+            lane: "in-1".into(),
+            gateway: "gw".into(),
+            direction: "entry".into(),
+            captured_at: at,
+            received_at: at,
+            plate: Some(plate.into()),
+            quality: "confident".into(),
+            resent: false,
+            payload: "{}".into(),
+        },
+        session_id: Some(session),
+        decision: decision(lot, event),
+        sessions: vec![SessionChange::Open(
+            Session {
+                id: session,
+                lot: lot.clone(),
+                plate: plate.into(),
+                status: SessionStatus::Open,
+                driver_id: None,
+                entry_event_id: Some(event),
+                entry_lane: Some(LaneId::parse("in-1").unwrap()),
+                entry_at: at,
+                exit_event_id: None,
+                exit_lane: None,
+                exit_at: None,
+                fee: None,
+                quote: None,
+                updated_at: at,
+            },
+            parkpay_protocol::plate::match_key(plate),
+        )],
+        charge: None,
+        exceptions: vec![],
+        outbox: OutboxMessage {
+            id: Uuid::now_v7(),
+            topic: "t".into(),
+            payload: b"d".to_vec(),
+        },
+    };
+    (w, session)
+}
+
+fn pending_charge(lot: &LotId, session: Uuid, amount: i64, at: DateTime<Utc>) -> Charge {
+    let id = Uuid::now_v7();
+    Charge {
+        id,
+        session_id: session,
+        lot: lot.clone(),
+        driver_id: None,
+        mandate_id: None,
+        amount: Money::cny(amount),
+        status: ChargeStatus::Pending,
+        method: ChargeMethod::Mandate,
+        idempotency_key: id.simple().to_string(),
+        attempts: 0,
+        next_attempt_at: None,
+        provider_txn: None,
+        last_error: None,
+        created_at: at,
+        updated_at: at,
+        settled_at: None,
+    }
+}
+
+fn exit(lot: &LotId, session: Uuid, fee: i64, at: DateTime<Utc>) -> PassageWrite {
+    let event = Uuid::now_v7();
+    let (mut w, _) = entry(lot, "unused", at);
+    w.event.event_id = event;
+    w.event.direction = "exit".into();
+    w.decision = decision(lot, event);
+    w.sessions = vec![SessionChange::Close {
+        id: session,
+        status: SessionStatus::Closed,
+        exit_event_id: event,
+        exit_lane: "out-1".into(),
+        exit_at: at,
+        fee: Money::cny(fee),
+        quote_json: serde_json::to_string(
+            &parkpay_server::tariff::quote(&Tariff::example_cn(), t0(), at).unwrap(),
+        )
+        .unwrap(),
+        driver_id: None,
+    }];
+    w.charge = Some(pending_charge(lot, session, fee, at));
+    w
+}
+
+#[tokio::test]
+async fn lots_and_vehicles_reject_duplicates() {
+    let (s, b, lot) = store().await;
+    let again = s.lot(&lot).await.unwrap().expect("lot stored");
+    assert_eq!(again.tariff_version, 1);
+    assert!(matches!(
+        s.insert_lot(&again).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(
+        s.update_tariff(
+            &lot,
+            &serde_json::to_string(&Tariff::example_cn()).unwrap(),
+            again.tariff.currency
+        )
+        .await
+        .unwrap(),
+        2
+    );
+
+    let d = Driver {
+        id: Uuid::now_v7(),
+        name: "Li".into(),
+        phone: None,
+        created_at: t0(),
+    };
+    s.insert_driver(&d).await.unwrap();
+    let v = Vehicle {
+        plate: "京A12345".into(),
+        colour: parkpay_protocol::PlateColour::Blue,
+        driver_id: d.id,
+        created_at: t0(),
+    };
+    s.insert_vehicle(&v, "k").await.unwrap();
+    assert!(matches!(
+        s.insert_vehicle(&v, "k").await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(
+        s.vehicle("京A12345").await.unwrap().unwrap().driver_id,
+        d.id
+    );
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_is_stored_once_and_replays_its_decision() {
+    let (s, b, lot) = store().await;
+    let (w, session) = entry(&lot, "京A12345", t0());
+    assert!(matches!(
+        s.commit_passage(&w).await.unwrap(),
+        PassageOutcome::Committed
+    ));
+    match s.commit_passage(&w).await.unwrap() {
+        PassageOutcome::Duplicate(d) => assert_eq!(d, w.decision),
+        other => panic!("second commit was {other:?}"),
+    }
+    // The duplicate wrote nothing: still one session, one event.
+    let all = s
+        .sessions(&SessionFilter {
+            lot: Some(lot.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].id, session);
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_commit_once() {
+    let (s, b, lot) = store().await;
+    let (w, _) = entry(&lot, "京A12345", t0());
+    let tries = (0..8).map(|_| {
+        let (s, w) = (s.clone(), w.clone());
+        tokio::spawn(async move { s.commit_passage(&w).await })
+    });
+    let mut committed = 0;
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(PassageOutcome::Committed) => committed += 1,
+            Ok(PassageOutcome::Duplicate(_)) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(committed, 1);
+    assert_eq!(s.open_sessions(&lot).await.unwrap().len(), 1);
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_open_session_per_plate_and_one_charge_per_session() {
+    let (s, b, lot) = store().await;
+    let (w1, session) = entry(&lot, "京A12345", t0());
+    s.commit_passage(&w1).await.unwrap();
+    let (w2, _) = entry(&lot, "京A12345", t0());
+    assert!(matches!(
+        s.commit_passage(&w2).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The failed transaction left nothing behind: its event is not stored.
+    assert!(s.event_decision(w2.event.event_id).await.unwrap().is_none());
+
+    let x = exit(&lot, session, 500, t0() + Duration::hours(1));
+    s.commit_passage(&x).await.unwrap();
+    let closed = s.session(session).await.unwrap().unwrap();
+    assert_eq!(
+        (closed.status, closed.fee),
+        (SessionStatus::Closed, Some(Money::cny(500)))
+    );
+    // Closing again (another exit event for the same session) conflicts and charges nothing.
+    let x2 = exit(&lot, session, 500, t0() + Duration::hours(2));
+    assert!(matches!(
+        s.commit_passage(&x2).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let charges = s
+        .charges(&ChargeFilter {
+            session: Some(session),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(charges.len(), 1);
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
+    let (s, b, lot) = store().await;
+    for i in 0..6 {
+        let (w, session) = entry(&lot, &format!("京A1234{i}"), t0());
+        s.commit_passage(&w).await.unwrap();
+        s.commit_passage(&exit(&lot, session, 100 + i, t0() + Duration::hours(1)))
+            .await
+            .unwrap();
+    }
+    let now = t0() + Duration::hours(2);
+    let (a, c) = tokio::join!(
+        s.lease_due_charges("a", now, now + Duration::minutes(1), 4),
+        s.lease_due_charges("c", now, now + Duration::minutes(1), 4)
+    );
+    let (a, c) = (a.unwrap(), c.unwrap());
+    assert_eq!(a.len() + c.len(), 6, "every due charge leased once");
+    assert!(
+        a.iter().all(|x| c.iter().all(|y| x.id != y.id)),
+        "no charge leased twice"
+    );
+    // Nothing more is due while the leases hold.
+    assert!(s
+        .lease_due_charges("d", now, now + Duration::minutes(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let mine = &a[0];
+    let upd = |owner: &str| ChargeUpdate {
+        id: mine.id,
+        lease_owner: owner.into(),
+        status: ChargeStatus::Succeeded,
+        attempts: 1,
+        next_attempt_at: None,
+        provider_txn: Some("t1".into()),
+        last_error: None,
+        settled_at: Some(now),
+        attempt: ChargeAttempt {
+            attempt: 1,
+            at: now,
+            outcome: "succeeded".into(),
+            detail: "t1".into(),
+        },
+        exception: None,
+    };
+    assert!(matches!(
+        s.update_charge(&upd("c")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.update_charge(&upd("a")).await.unwrap();
+    let done = s.charge(mine.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.provider_txn.as_deref()),
+        (ChargeStatus::Succeeded, Some("t1"))
+    );
+    assert_eq!(s.charge_attempts(mine.id).await.unwrap().len(), 1);
+    // An expired lease comes back.
+    let later = now + Duration::minutes(5);
+    assert_eq!(
+        s.lease_due_charges("e", later, later + Duration::minutes(1), 10)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn sandbox_debits_once_per_key_and_never_below_zero() {
+    let (s, b, _lot) = store().await;
+    s.put_wallet(
+        &Wallet {
+            reference: "w1".into(),
+            balance: Money::cny(1000),
+            fail_next: 1,
+        },
+        t0(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.sandbox_debit("k1", "w1", Money::cny(600), t0())
+            .await
+            .unwrap(),
+        DebitResult::Unavailable
+    );
+    let tries = (0..6).map(|_| {
+        let s = s.clone();
+        tokio::spawn(async move { s.sandbox_debit("k1", "w1", Money::cny(600), t0()).await })
+    });
+    let mut txns = Vec::new();
+    for t in tries {
+        match t.await.unwrap().unwrap() {
+            DebitResult::Succeeded { txn_id } => txns.push(txn_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    txns.dedup();
+    assert_eq!(txns.len(), 1, "one transaction for one key");
+    assert_eq!(
+        s.wallet("w1").await.unwrap().unwrap().balance,
+        Money::cny(400)
+    );
+    assert!(matches!(
+        s.sandbox_debit("k2", "w1", Money::cny(600), t0())
+            .await
+            .unwrap(),
+        DebitResult::Declined { .. }
+    ));
+    assert_eq!(
+        s.wallet("w1").await.unwrap().unwrap().balance,
+        Money::cny(400)
+    );
+    // A decline is not remembered: after a top-up the same key goes through.
+    s.put_wallet(
+        &Wallet {
+            reference: "w1".into(),
+            balance: Money::cny(700),
+            fail_next: 0,
+        },
+        t0(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.sandbox_debit("k2", "w1", Money::cny(600), t0())
+            .await
+            .unwrap(),
+        DebitResult::Succeeded { .. }
+    ));
+    assert_eq!(
+        s.wallet("w1").await.unwrap().unwrap().balance,
+        Money::cny(100)
+    );
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn outbox_dead_letters_and_audit_round_trip() {
+    let (s, b, lot) = store().await;
+    let (w, _) = entry(&lot, "京A12345", t0());
+    s.commit_passage(&w).await.unwrap();
+    let pending = s
+        .unpublished(t0() + Duration::seconds(1), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].payload, b"d");
+    s.mark_published(pending[0].id, t0()).await.unwrap();
+    assert!(s
+        .unpublished(t0() + Duration::seconds(1), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let dl = DeadLetter {
+        id: Uuid::now_v7(),
+        received_at: t0(),
+        topic: "parkpay/v1/x".into(),
+        reason: "malformed".into(),
+        detail: "not json".into(),
+        payload: String::new(),
+    };
+    s.insert_dead_letter(&dl, b"\xff\x00garbage").await.unwrap();
+    let back = s.dead_letters(10).await.unwrap();
+    assert_eq!((back.len(), back[0].reason.as_str()), (1, "malformed"));
+    assert!(back[0].payload.contains("garbage"));
+
+    s.insert_audit(&AuditEntry {
+        id: Uuid::now_v7(),
+        at: t0(),
+        actor: "op".into(),
+        action: "a".into(),
+        subject: "s".into(),
+        detail: "d".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.audit(10).await.unwrap().len(), 1);
+    b.cleanup().await;
+}
