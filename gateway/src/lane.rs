@@ -1,0 +1,758 @@
+//! One lane's behaviour as a pure state machine: inputs in, outputs out, no I/O.
+//!
+//! The MQTT shell in [`crate::gateway`] decodes messages into [`Input`]s, feeds them to
+//! [`Lane::handle`], and carries out the returned [`Output`]s (journal, then publish). Everything
+//! that decides what a lane does lives here, so it is tested without a broker.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use parkpay_protocol::plate::match_key;
+use parkpay_protocol::{
+    ArmCommand, ArmPosition, BarrierAction, BarrierCommand, CommandAck, Decision, Direction,
+    DisplayCommand, DisplayText, EventId, GatewayId, LaneAction, LaneId, LaneState, LotId,
+    OperatorCommand, PassageEvent, PlateCandidate, ReadQuality, Release,
+};
+use uuid::Uuid;
+
+use crate::reader::vote;
+
+/// The present moment, twice: `at` on the injected clock (timestamps, the dedupe window) and
+/// `mono` in real time (network timeouts, which a scaled clock does not shorten).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: DateTime<Utc>,
+    pub mono: Instant,
+}
+
+/// What a lane needs to know about itself.
+#[derive(Debug, Clone)]
+pub struct LaneSpec {
+    pub lot: LotId,
+    pub lane: LaneId,
+    pub gateway: GatewayId,
+    pub direction: Direction,
+    pub dedupe_window: Duration,
+    pub decision_timeout: Duration,
+}
+
+/// Match keys of the plates the server allows out while it cannot be reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowSet {
+    keys: HashSet<String>,
+    pub version: i64,
+}
+
+impl AllowSet {
+    pub fn new<'a>(plates: impl IntoIterator<Item = &'a str>, version: i64) -> AllowSet {
+        AllowSet {
+            keys: plates.into_iter().map(match_key).collect(),
+            version,
+        }
+    }
+
+    pub fn allows(&self, plate: &str) -> bool {
+        self.keys.contains(&match_key(plate))
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Plate reads of one passage: one entry per frame (a smart camera's read is one frame).
+    Reads {
+        captured_at: DateTime<Utc>,
+        frames: Vec<Vec<PlateCandidate>>,
+        evidence_digest: Option<String>,
+    },
+    Loop {
+        present: bool,
+    },
+    Arm(ArmPosition),
+    Decision(Decision),
+    Command(OperatorCommand),
+    Allowlist(Arc<AllowSet>),
+    Tick,
+}
+
+/// Things worth counting that produce no message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    DuplicateSuppressed,
+    DecisionApplied,
+    /// A decision for an event the offline policy already let out: only the journal is cleared.
+    LateDecision,
+    OfflineOpen,
+    OfflineHold,
+    /// A decision or command whose lot or lane is not this lane's.
+    Misrouted,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Journal it, then publish it.
+    Event(PassageEvent),
+    /// The event is decided: drop it from the journal.
+    Forget(EventId),
+    Arm(BarrierCommand),
+    Display(DisplayCommand),
+    State(LaneState),
+    Ack(CommandAck),
+    Count(Count),
+}
+
+#[derive(Debug)]
+struct Awaiting {
+    deadline: Instant,
+    top: Option<PlateCandidate>,
+    quality: ReadQuality,
+}
+
+/// How many offline-opened event ids to remember, so a late decision does not move the arm for a
+/// vehicle that has long left.
+const OFFLINE_MEMORY: usize = 256;
+
+#[derive(Debug)]
+pub struct Lane {
+    spec: LaneSpec,
+    /// Match key -> when its last event was emitted.
+    last_emitted: HashMap<String, DateTime<Utc>>,
+    awaiting: BTreeMap<EventId, Awaiting>,
+    offline_opened: VecDeque<EventId>,
+    allow: Arc<AllowSet>,
+    arm: ArmPosition,
+    vehicle_present: bool,
+    /// We opened the arm for a vehicle; close it once the loop clears behind that vehicle.
+    close_on_clear: bool,
+}
+
+impl Lane {
+    pub fn new(spec: LaneSpec) -> Lane {
+        Lane {
+            spec,
+            last_emitted: HashMap::new(),
+            awaiting: BTreeMap::new(),
+            offline_opened: VecDeque::new(),
+            allow: Arc::new(AllowSet::default()),
+            // Until the arm reports, assume the safe resting position.
+            arm: ArmPosition::Closed,
+            vehicle_present: false,
+            close_on_clear: false,
+        }
+    }
+
+    pub fn spec(&self) -> &LaneSpec {
+        &self.spec
+    }
+
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Output> {
+        match input {
+            Input::Reads {
+                captured_at,
+                frames,
+                evidence_digest,
+            } => self.on_reads(captured_at, &frames, evidence_digest, now),
+            Input::Loop { present } => self.on_loop(present, now),
+            Input::Arm(pos) => self.on_arm(pos, now),
+            Input::Decision(d) => self.on_decision(d, now),
+            Input::Command(c) => self.on_command(c, now),
+            Input::Allowlist(a) => {
+                self.allow = a;
+                Vec::new()
+            }
+            Input::Tick => self.on_tick(now),
+        }
+    }
+
+    /// The lane's state as a message, for publishing after a (re)connect.
+    pub fn state(&self, now: Now) -> LaneState {
+        LaneState {
+            lot: self.spec.lot.clone(),
+            lane: self.spec.lane.clone(),
+            gateway: self.spec.gateway.clone(),
+            direction: self.spec.direction,
+            arm: self.arm,
+            vehicle_present: self.vehicle_present,
+            at: now.at,
+        }
+    }
+
+    fn on_reads(
+        &mut self,
+        captured_at: DateTime<Utc>,
+        frames: &[Vec<PlateCandidate>],
+        evidence_digest: Option<String>,
+        now: Now,
+    ) -> Vec<Output> {
+        let (candidates, quality) = vote(frames);
+        // A no-read has no key: two of them may be two different vehicles, so both go out.
+        let key = candidates
+            .first()
+            .map(|c| match_key(&c.plate))
+            .filter(|k| !k.is_empty());
+        if let Some(key) = &key {
+            if let Some(last) = self.last_emitted.get(key) {
+                if within(now.at, *last, self.spec.dedupe_window) {
+                    return vec![Output::Count(Count::DuplicateSuppressed)];
+                }
+            }
+            self.last_emitted.insert(key.clone(), now.at);
+        }
+        let event = PassageEvent {
+            event_id: EventId::new(),
+            lot: self.spec.lot.clone(),
+            lane: self.spec.lane.clone(),
+            gateway: self.spec.gateway.clone(),
+            direction: self.spec.direction,
+            captured_at,
+            candidates,
+            quality,
+            evidence_digest,
+            resent: false,
+        };
+        if self.spec.direction == Direction::Exit {
+            self.awaiting.insert(
+                event.event_id,
+                Awaiting {
+                    deadline: now.mono + self.spec.decision_timeout,
+                    top: event.candidates.first().cloned(),
+                    quality,
+                },
+            );
+        }
+        vec![Output::Event(event)]
+    }
+
+    fn on_loop(&mut self, present: bool, now: Now) -> Vec<Output> {
+        if present == self.vehicle_present {
+            return Vec::new();
+        }
+        self.vehicle_present = present;
+        let mut out = vec![Output::State(self.state(now))];
+        if !present && self.close_on_clear {
+            self.close_on_clear = false;
+            out.push(Output::Arm(arm_command(
+                ArmCommand::Close,
+                Release::Normal,
+                now,
+            )));
+        }
+        out
+    }
+
+    fn on_arm(&mut self, pos: ArmPosition, now: Now) -> Vec<Output> {
+        if pos == self.arm {
+            return Vec::new();
+        }
+        self.arm = pos;
+        vec![Output::State(self.state(now))]
+    }
+
+    fn on_decision(&mut self, d: Decision, now: Now) -> Vec<Output> {
+        if d.lot != self.spec.lot || d.lane != self.spec.lane {
+            return vec![Output::Count(Count::Misrouted)];
+        }
+        self.awaiting.remove(&d.event_id);
+        if self.offline_opened.contains(&d.event_id) {
+            // The vehicle already left under the offline policy: moving the arm or changing the
+            // display now would act on whoever stands at the barrier next.
+            return vec![
+                Output::Forget(d.event_id),
+                Output::Count(Count::LateDecision),
+            ];
+        }
+        let mut out = Vec::with_capacity(4);
+        match d.action {
+            BarrierAction::Open => {
+                self.close_on_clear = true;
+                out.push(Output::Arm(arm_command(
+                    ArmCommand::Open,
+                    Release::Normal,
+                    now,
+                )));
+                out.push(Output::Display(DisplayCommand {
+                    text: d.display,
+                    qr: None,
+                    at: now.at,
+                }));
+            }
+            BarrierAction::Hold => out.push(Output::Display(DisplayCommand {
+                text: d.display,
+                qr: d.pay_url,
+                at: now.at,
+            })),
+        }
+        // The arm first: the journal is bookkeeping, the driver is waiting.
+        out.push(Output::Forget(d.event_id));
+        out.push(Output::Count(Count::DecisionApplied));
+        out
+    }
+
+    fn on_command(&mut self, c: OperatorCommand, now: Now) -> Vec<Output> {
+        if c.lot != self.spec.lot || c.lane != self.spec.lane {
+            return vec![
+                Output::Ack(CommandAck {
+                    command_id: c.command_id,
+                    ok: false,
+                    detail: format!(
+                        "lane {}/{} is not {}/{}",
+                        c.lot, c.lane, self.spec.lot, self.spec.lane
+                    ),
+                }),
+                Output::Count(Count::Misrouted),
+            ];
+        }
+        let action = match c.action {
+            LaneAction::OpenBarrier => {
+                // A manual lift for a waiting vehicle closes behind it like any other; one for an
+                // empty lane (maintenance) stays open until the operator closes it.
+                self.close_on_clear = self.vehicle_present;
+                ArmCommand::Open
+            }
+            LaneAction::CloseBarrier => {
+                self.close_on_clear = false;
+                ArmCommand::Close
+            }
+        };
+        vec![
+            Output::Arm(arm_command(action, Release::Abnormal, now)),
+            Output::Ack(CommandAck {
+                command_id: c.command_id,
+                ok: true,
+                detail: String::new(),
+            }),
+        ]
+    }
+
+    fn on_tick(&mut self, now: Now) -> Vec<Output> {
+        let window = self.spec.dedupe_window;
+        self.last_emitted.retain(|_, t| within(now.at, *t, window));
+        let due: Vec<EventId> = self
+            .awaiting
+            .iter()
+            .filter(|(_, a)| a.deadline <= now.mono)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Vec::new();
+        for id in due {
+            let Some(a) = self.awaiting.remove(&id) else {
+                continue;
+            };
+            // Only a confident read may open on our own authority: a confident wrong plate is
+            // far worse than making a driver wait for the server.
+            let allowed = a.quality == ReadQuality::Confident
+                && a.top.as_ref().is_some_and(|c| self.allow.allows(&c.plate));
+            if allowed {
+                self.close_on_clear = true;
+                self.offline_opened.push_back(id);
+                if self.offline_opened.len() > OFFLINE_MEMORY {
+                    self.offline_opened.pop_front();
+                }
+                out.push(Output::Arm(arm_command(
+                    ArmCommand::Open,
+                    Release::Normal,
+                    now,
+                )));
+                out.push(Output::Display(DisplayCommand {
+                    text: DisplayText {
+                        line1: "Goodbye".into(),
+                        line2: "Offline: fee will be settled later".into(),
+                    },
+                    qr: None,
+                    at: now.at,
+                }));
+                out.push(Output::Count(Count::OfflineOpen));
+            } else {
+                out.push(Output::Display(DisplayCommand {
+                    text: DisplayText {
+                        line1: "Please wait".into(),
+                        line2: "An attendant will help you".into(),
+                    },
+                    qr: None,
+                    at: now.at,
+                }));
+                out.push(Output::Count(Count::OfflineHold));
+            }
+        }
+        out
+    }
+}
+
+/// True when `at` is less than `window` after `since` (or before it: clocks may disagree).
+fn within(at: DateTime<Utc>, since: DateTime<Utc>, window: Duration) -> bool {
+    match (at - since).to_std() {
+        Ok(elapsed) => elapsed < window,
+        Err(_) => true,
+    }
+}
+
+fn arm_command(action: ArmCommand, release: Release, now: Now) -> BarrierCommand {
+    BarrierCommand {
+        command_id: Uuid::now_v7(),
+        action,
+        release,
+        at: now.at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parkpay_protocol::{DecisionReason, PlateColour};
+
+    struct T {
+        lane: Lane,
+        t0: DateTime<Utc>,
+        m0: Instant,
+    }
+
+    impl T {
+        fn new(direction: Direction) -> T {
+            T {
+                lane: Lane::new(LaneSpec {
+                    lot: LotId::parse("lot1").unwrap(),
+                    lane: LaneId::parse("x1").unwrap(),
+                    gateway: GatewayId::parse("gw").unwrap(),
+                    direction,
+                    dedupe_window: Duration::from_secs(60),
+                    decision_timeout: Duration::from_secs(3),
+                }),
+                t0: DateTime::parse_from_rfc3339("2026-11-25T08:00:00Z")
+                    .unwrap()
+                    .into(),
+                m0: Instant::now(),
+            }
+        }
+
+        fn at(&self, secs: u64) -> Now {
+            Now {
+                at: self.t0 + chrono::Duration::seconds(secs as i64),
+                mono: self.m0 + Duration::from_secs(secs),
+            }
+        }
+
+        fn send(&mut self, secs: u64, input: Input) -> Vec<Output> {
+            let now = self.at(secs);
+            self.lane.handle(input, now)
+        }
+
+        fn read(&mut self, secs: u64, plate: &str, conf: f32) -> Vec<Output> {
+            let captured_at = self.at(secs).at - chrono::Duration::milliseconds(300);
+            let frames = if plate.is_empty() {
+                vec![vec![]]
+            } else {
+                vec![vec![cand(plate, conf)]]
+            };
+            self.send(
+                secs,
+                Input::Reads {
+                    captured_at,
+                    frames,
+                    evidence_digest: None,
+                },
+            )
+        }
+
+        fn decision(&self, id: EventId, action: BarrierAction) -> Decision {
+            Decision {
+                event_id: id,
+                lot: self.lane.spec.lot.clone(),
+                lane: self.lane.spec.lane.clone(),
+                action,
+                reason: DecisionReason::Mandate,
+                plate: None,
+                session_id: None,
+                fee: None,
+                pay_url: Some("https://pay/x".into()),
+                display: DisplayText {
+                    line1: "Fee 5.00".into(),
+                    line2: String::new(),
+                },
+                decided_at: self.t0,
+            }
+        }
+
+        fn command(&self, action: LaneAction) -> OperatorCommand {
+            OperatorCommand {
+                command_id: Uuid::now_v7(),
+                lot: self.lane.spec.lot.clone(),
+                lane: self.lane.spec.lane.clone(),
+                action,
+                reason: "stuck".into(),
+                operator: "alice".into(),
+                issued_at: self.t0,
+            }
+        }
+    }
+
+    fn cand(p: &str, conf: f32) -> PlateCandidate {
+        PlateCandidate {
+            plate: p.into(),
+            confidence: conf,
+            colour: PlateColour::Blue,
+        }
+    }
+
+    fn event(out: &[Output]) -> PassageEvent {
+        match out {
+            [Output::Event(e)] => e.clone(),
+            other => panic!("expected one event, got {other:?}"),
+        }
+    }
+
+    fn arms(out: &[Output]) -> Vec<(ArmCommand, Release)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Arm(c) => Some((c.action, c.release)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn counts(out: &[Output]) -> Vec<Count> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Count(c) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_becomes_an_event_with_the_cameras_capture_time() {
+        let mut t = T::new(Direction::Entry);
+        let e = event(&t.read(0, "京A12345", 0.95));
+        assert_eq!(e.quality, ReadQuality::Confident);
+        assert_eq!(
+            e.captured_at,
+            t.at(0).at - chrono::Duration::milliseconds(300)
+        );
+        assert_eq!(e.direction, Direction::Entry);
+        assert_eq!(e.event_id.0.get_version_num(), 7);
+        assert!(!e.resent);
+    }
+
+    #[test]
+    fn the_same_plate_within_the_window_is_suppressed_then_allowed_again() {
+        let mut t = T::new(Direction::Entry);
+        event(&t.read(0, "京A12345", 0.95));
+        assert_eq!(
+            t.read(30, "京A12345", 0.9),
+            vec![Output::Count(Count::DuplicateSuppressed)]
+        );
+        // Confusables fold to the same key: 5 and S are one plate to the dedupe.
+        assert_eq!(
+            counts(&t.read(31, "京A1234S", 0.9)),
+            vec![Count::DuplicateSuppressed]
+        );
+        event(&t.read(30, "京B99999", 0.95));
+        // The window runs from the emitted event, not from the suppressed reads.
+        event(&t.read(61, "京A12345", 0.95));
+    }
+
+    #[test]
+    fn a_no_read_is_never_suppressed() {
+        let mut t = T::new(Direction::Exit);
+        let a = event(&t.read(0, "", 0.0));
+        let b = event(&t.read(1, "", 0.0));
+        assert_eq!(a.quality, ReadQuality::NoRead);
+        assert!(a.candidates.is_empty());
+        assert_ne!(a.event_id, b.event_id);
+    }
+
+    #[test]
+    fn frames_are_voted() {
+        let mut t = T::new(Direction::Entry);
+        let out = t.send(
+            0,
+            Input::Reads {
+                captured_at: t.t0,
+                frames: vec![
+                    vec![cand("京A12345", 0.9)],
+                    vec![cand("京A12345", 0.9)],
+                    vec![],
+                ],
+                evidence_digest: Some("ab".into()),
+            },
+        );
+        let e = event(&out);
+        assert_eq!(e.candidates[0].plate, "京A12345");
+        assert_eq!(
+            e.quality,
+            ReadQuality::LowConfidence,
+            "0.6 mean over three frames"
+        );
+        assert_eq!(e.evidence_digest.as_deref(), Some("ab"));
+    }
+
+    #[test]
+    fn open_decision_opens_the_arm_and_forgets_the_event() {
+        let mut t = T::new(Direction::Exit);
+        let e = event(&t.read(0, "京A12345", 0.95));
+        let d = t.decision(e.event_id, BarrierAction::Open);
+        let out = t.send(1, Input::Decision(d));
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+        assert!(out.contains(&Output::Forget(e.event_id)));
+        assert!(out.iter().any(
+            |o| matches!(o, Output::Display(d) if d.text.line1 == "Fee 5.00" && d.qr.is_none())
+        ));
+        assert_eq!(counts(&out), vec![Count::DecisionApplied]);
+        // Decided in time: the offline policy has nothing to do.
+        assert!(t.send(10, Input::Tick).is_empty());
+    }
+
+    #[test]
+    fn hold_shows_the_pay_link_and_a_later_paid_decision_still_opens() {
+        let mut t = T::new(Direction::Exit);
+        let e = event(&t.read(0, "京A12345", 0.95));
+        let out = t.send(
+            1,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Hold)),
+        );
+        assert!(arms(&out).is_empty());
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Display(d) if d.qr.as_deref() == Some("https://pay/x"))));
+        let mut paid = t.decision(e.event_id, BarrierAction::Open);
+        paid.reason = DecisionReason::Paid;
+        let out = t.send(20, Input::Decision(paid));
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+        // A decision for an event this lane never saw (e.g. from before a restart) applies too.
+        let out = t.send(
+            21,
+            Input::Decision(t.decision(EventId::new(), BarrierAction::Open)),
+        );
+        assert_eq!(counts(&out), vec![Count::DecisionApplied]);
+    }
+
+    #[test]
+    fn the_arm_closes_when_the_loop_clears_behind_the_vehicle() {
+        let mut t = T::new(Direction::Exit);
+        let out = t.send(0, Input::Loop { present: true });
+        assert!(matches!(&out[..], [Output::State(s)] if s.vehicle_present));
+        let e = event(&t.read(0, "京A12345", 0.95));
+        t.send(
+            1,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
+        );
+        let out = t.send(2, Input::Arm(ArmPosition::Open));
+        assert!(matches!(&out[..], [Output::State(s)] if s.arm == ArmPosition::Open));
+        assert!(
+            t.send(2, Input::Arm(ArmPosition::Open)).is_empty(),
+            "no change, no state"
+        );
+        let out = t.send(4, Input::Loop { present: false });
+        assert_eq!(arms(&out), vec![(ArmCommand::Close, Release::Normal)]);
+        assert!(matches!(&out[0], Output::State(s) if !s.vehicle_present));
+        // Only once: the next vehicle's loop cycle without an open does not close again.
+        t.send(5, Input::Loop { present: true });
+        assert!(arms(&t.send(6, Input::Loop { present: false })).is_empty());
+    }
+
+    #[test]
+    fn operator_commands_move_the_arm_as_abnormal_and_are_acked() {
+        let mut t = T::new(Direction::Entry);
+        let c = t.command(LaneAction::OpenBarrier);
+        let out = t.send(0, Input::Command(c.clone()));
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Abnormal)]);
+        assert!(out.contains(&Output::Ack(CommandAck {
+            command_id: c.command_id,
+            ok: true,
+            detail: String::new()
+        })));
+        // An empty-lane lift stays open through loop noise until the operator closes it.
+        t.send(1, Input::Loop { present: true });
+        assert!(arms(&t.send(2, Input::Loop { present: false })).is_empty());
+        let out = t.send(3, Input::Command(t.command(LaneAction::CloseBarrier)));
+        assert_eq!(arms(&out), vec![(ArmCommand::Close, Release::Abnormal)]);
+
+        let mut wrong = t.command(LaneAction::OpenBarrier);
+        wrong.lane = LaneId::parse("other").unwrap();
+        let out = t.send(4, Input::Command(wrong));
+        assert!(arms(&out).is_empty());
+        assert!(out.iter().any(|o| matches!(o, Output::Ack(a) if !a.ok)));
+    }
+
+    #[test]
+    fn offline_policy_opens_for_allowlisted_confident_plates_and_holds_others() {
+        let mut t = T::new(Direction::Exit);
+        let allow = Arc::new(AllowSet::new(["京A12345", "京C77777"], 3));
+        t.send(0, Input::Allowlist(allow));
+        let listed = event(&t.read(0, "京A12345", 0.95));
+        let unlisted = event(&t.read(0, "京B54321", 0.95));
+        let unsure = event(&t.read(0, "京C77777", 0.5));
+        let noread = event(&t.read(0, "", 0.0));
+        assert!(t.send(2, Input::Tick).is_empty(), "before the timeout");
+        let out = t.send(3, Input::Tick);
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+        let mut c = counts(&out);
+        c.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            c,
+            vec![
+                Count::OfflineHold,
+                Count::OfflineHold,
+                Count::OfflineHold,
+                Count::OfflineOpen
+            ]
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Forget(_))),
+            "still journaled, so the server hears of it"
+        );
+        assert!(
+            t.send(4, Input::Tick).is_empty(),
+            "each event is decided once"
+        );
+
+        // The server's late answers: the one let out moves nothing; a held one may still open.
+        let out = t.send(
+            9,
+            Input::Decision(t.decision(listed.event_id, BarrierAction::Hold)),
+        );
+        assert_eq!(
+            out,
+            vec![
+                Output::Forget(listed.event_id),
+                Output::Count(Count::LateDecision)
+            ]
+        );
+        let out = t.send(
+            9,
+            Input::Decision(t.decision(unlisted.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+        let _ = (unsure, noread);
+    }
+
+    #[test]
+    fn entries_have_no_offline_policy() {
+        let mut t = T::new(Direction::Entry);
+        t.send(
+            0,
+            Input::Allowlist(Arc::new(AllowSet::new(["京A12345"], 1))),
+        );
+        event(&t.read(0, "京A12345", 0.95));
+        assert!(t.send(30, Input::Tick).is_empty());
+    }
+
+    #[test]
+    fn misrouted_decisions_are_ignored() {
+        let mut t = T::new(Direction::Exit);
+        let mut d = t.decision(EventId::new(), BarrierAction::Open);
+        d.lot = LotId::parse("lot2").unwrap();
+        assert_eq!(
+            t.send(0, Input::Decision(d)),
+            vec![Output::Count(Count::Misrouted)]
+        );
+    }
+}
