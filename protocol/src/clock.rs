@@ -68,6 +68,41 @@ impl Clock for ScaledClock {
     }
 }
 
+/// A clock that runs in real time from a chosen instant and can be moved forward by hand, so a
+/// test can let a car stay a week without waiting a week.
+#[derive(Debug)]
+pub struct ManualClock {
+    origin_real: Instant,
+    origin: DateTime<Utc>,
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl ManualClock {
+    pub fn new(origin: DateTime<Utc>) -> ManualClock {
+        ManualClock {
+            origin_real: Instant::now(),
+            origin,
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Moves the clock forward by `span`.
+    pub fn advance(&self, span: chrono::Duration) {
+        self.offset_ms
+            .fetch_add(span.num_milliseconds(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        let real = chrono::Duration::milliseconds(self.origin_real.elapsed().as_millis() as i64);
+        let offset = chrono::Duration::milliseconds(
+            self.offset_ms.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        self.origin + real + offset
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +116,19 @@ mod tests {
         assert!(c.now() >= origin);
         assert_eq!(c.real(Duration::from_secs(3600)), Duration::from_secs(1));
         assert_eq!(ScaledClock::new(origin, -1.0).speed(), 1.0);
+    }
+
+    #[test]
+    fn manual_clock_jumps_forward() {
+        let origin = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .into();
+        let c = ManualClock::new(origin);
+        c.advance(chrono::Duration::days(7));
+        let d = c.now() - origin;
+        assert!(
+            d >= chrono::Duration::days(7)
+                && d < chrono::Duration::days(7) + chrono::Duration::minutes(1)
+        );
     }
 }

@@ -18,7 +18,7 @@ pub mod money;
 pub mod plate;
 pub mod topics;
 
-pub use clock::{Clock, ScaledClock, SystemClock};
+pub use clock::{Clock, ManualClock, ScaledClock, SystemClock};
 pub use envelope::{decode, encode, DecodeError, Message};
 pub use ids::{DeviceId, EventId, GatewayId, IdError, LaneId, LotId};
 pub use messages::*;
