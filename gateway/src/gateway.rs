@@ -865,6 +865,52 @@ mod tests {
     use super::*;
     use parkpay_protocol::PlateColour;
 
+    #[tokio::test]
+    async fn build_reports_an_unreachable_broker_instead_of_hanging() {
+        // A port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let c = GatewayConfig::from_toml_str(&format!(
+            r#"
+gateway_id = "gw"
+lot = "lot1"
+mqtt_url = "mqtt://127.0.0.1:{port}"
+journal_dir = "{}"
+connect_timeout = "300ms"
+[[lanes]]
+id = "x1"
+direction = "exit"
+camera = "cam"
+loop = "loop"
+barrier = "arm"
+display = "disp"
+"#,
+            dir.path().display()
+        ))
+        .unwrap();
+        let err = Gateway::build(
+            c,
+            Arc::new(parkpay_protocol::SystemClock),
+            Arc::new(NoFrameReader),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GatewayError::Connect {
+                    last_error: Some(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
     #[test]
     fn sanitise_drops_nonsense_candidates() {
         let c = |p: &str, conf: f32| PlateCandidate {
