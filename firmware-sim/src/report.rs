@@ -144,8 +144,9 @@ fn judge(car: &CarTruth, rows: &CarLedger<'_>, fee: &FeeFn) -> Option<String> {
             charge.status
         ));
     }
-    if car.has_mandate && car.exit_held {
-        return Some("held at the exit despite a mandate".to_string());
+    // Being held for a no-read is the lane doing its job; being asked to pay is not.
+    if car.has_mandate && car.paid_at_exit {
+        return Some("asked to pay at the exit despite a mandate".to_string());
     }
     if held_ok && !car.paid_at_exit {
         return Some("let out without paying at the exit".to_string());

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parkpay_protocol::plate::match_key;
 use parkpay_protocol::{Clock, Money, PlateColour};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -255,7 +256,9 @@ async fn go_through(
         let mut paid = false;
         let mut opened = matches!(p.wait(lane.open_wait()).await, Waited::Opened);
         if !opened && exiting {
-            paid = pay_at_exit(ctx, plan, p.capture().read.as_deref()).await;
+            let read = p.capture().read.clone();
+            let prompt = p.pay_prompt().map(str::to_string);
+            paid = pay_at_exit(ctx, plan, read.as_deref(), prompt.as_deref()).await;
             if paid {
                 // After paying, only the arm matters; a repeated prompt is the display catching up.
                 opened = p.wait_open(lane.open_wait()).await;
@@ -285,15 +288,31 @@ async fn go_through(
     Ok(None)
 }
 
-/// A held driver finds the stay the server is waiting on, by the plate on the car and then by
-/// what the camera made of it, and pays it by QR. True when a payment went through.
-async fn pay_at_exit(ctx: &CarContext, plan: &CarPlan, read: Option<&str>) -> bool {
-    let mut plates = vec![plan.vehicle.plate.as_str()];
-    plates.extend(read.filter(|r| *r != plan.vehicle.plate.as_str()));
-    for plate in plates {
+/// A held driver pays the stay the server is waiting on, by QR. The pay link on the display names
+/// the stay when it carries an id; otherwise the driver looks the stay up by the plate on the car,
+/// then by what the camera made of it, then among all waiting stays by the folded plate (the
+/// entry may have been misread). True when a payment went through.
+async fn pay_at_exit(
+    ctx: &CarContext,
+    plan: &CarPlan,
+    read: Option<&str>,
+    prompt: Option<&str>,
+) -> bool {
+    if let Some(id) = prompt.and_then(session_in_link) {
+        match ctx.api.pay_session(id).await {
+            Ok(_) => return true,
+            Err(e) => tracing::debug!(car = plan.car, error = %e, "pay link did not name a stay"),
+        }
+    }
+    let own = plan.vehicle.plate.as_str();
+    let mut lookups: Vec<Option<&str>> = vec![Some(own)];
+    lookups.extend(read.filter(|r| *r != own).map(Some));
+    lookups.push(None);
+    let key = plan.vehicle.plate.match_key();
+    for plate in lookups {
         let sessions = match ctx
             .api
-            .sessions(None, Some(plate), Some(SessionStatus::AwaitingPayment))
+            .sessions(None, plate, Some(SessionStatus::AwaitingPayment))
             .await
         {
             Ok(s) => s,
@@ -302,7 +321,7 @@ async fn pay_at_exit(ctx: &CarContext, plan: &CarPlan, read: Option<&str>) -> bo
                 continue;
             }
         };
-        let Some(session) = sessions.first() else {
+        let Some(session) = sessions.iter().find(|s| match_key(&s.plate) == key) else {
             continue;
         };
         match ctx.api.pay_session(session.id).await {
@@ -316,10 +335,27 @@ async fn pay_at_exit(ctx: &CarContext, plan: &CarPlan, read: Option<&str>) -> bo
     false
 }
 
+/// The first UUID in a pay link's path or query, which is what a phone scanning it would open.
+fn session_in_link(link: &str) -> Option<uuid::Uuid> {
+    link.split(['/', '?', '&', '=', '#'])
+        .find_map(|part| uuid::Uuid::parse_str(part).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn pay_links_name_their_stay() {
+        let id = uuid::Uuid::from_u128(7);
+        assert_eq!(session_in_link(&format!("http://h/pay/{id}")), Some(id));
+        assert_eq!(
+            session_in_link(&format!("http://h/pay?session={id}&x=1")),
+            Some(id)
+        );
+        assert_eq!(session_in_link("http://h/pay/abc"), None);
+    }
 
     #[test]
     fn dwell_mix_proportions_hold_on_a_fixed_seed() {
