@@ -173,6 +173,13 @@ impl fmt::Display for Plate {
     }
 }
 
+impl std::str::FromStr for Plate {
+    type Err = PlateError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Plate::parse(s)
+    }
+}
+
 impl TryFrom<String> for Plate {
     type Error = PlateError;
     fn try_from(s: String) -> Result<Self, Self::Error> {

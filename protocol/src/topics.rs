@@ -114,8 +114,9 @@ impl fmt::Display for Topic {
 pub mod filters {
     use super::{ROOT, SHARE_GROUP};
 
-    pub fn events(shared: bool) -> String {
-        let f = format!("{ROOT}/lots/+/lanes/+/events");
+    /// Passage events of one lot (`Some`) or of every lot (`None`).
+    pub fn events(lot: Option<&str>, shared: bool) -> String {
+        let f = format!("{ROOT}/lots/{}/lanes/+/events", lot.unwrap_or("+"));
         if shared {
             format!("$share/{SHARE_GROUP}/{f}")
         } else {
@@ -123,16 +124,16 @@ pub mod filters {
         }
     }
 
-    pub fn acks() -> String {
-        format!("{ROOT}/lots/+/lanes/+/acks")
+    pub fn acks(lot: Option<&str>) -> String {
+        format!("{ROOT}/lots/{}/lanes/+/acks", lot.unwrap_or("+"))
     }
 
-    pub fn lane_state() -> String {
-        format!("{ROOT}/lots/+/lanes/+/state")
+    pub fn lane_state(lot: Option<&str>) -> String {
+        format!("{ROOT}/lots/{}/lanes/+/state", lot.unwrap_or("+"))
     }
 
-    pub fn gateway_status() -> String {
-        format!("{ROOT}/lots/+/gateways/+/status")
+    pub fn gateway_status(lot: Option<&str>) -> String {
+        format!("{ROOT}/lots/{}/gateways/+/status", lot.unwrap_or("+"))
     }
 
     /// Everything about one lane that a gateway listens to from the server.

@@ -317,7 +317,7 @@ impl App {
         else {
             return Ok(self.unreadable(ev, payload).await);
         };
-        let driver_id = self.store.vehicle(&plate).await?.map(|v| v.driver_id);
+        let driver_id = self.driver_of(&[(plate.clone(), key.clone())]).await?;
         let session_id = new_id();
         let mut d = self.decision(
             ev,
@@ -456,7 +456,11 @@ impl App {
             serde_json::to_string(&quote).map_err(|e| AppError::Unprocessable(e.to_string()))?;
         let driver_id = match session.driver_id {
             Some(d) => Some(d),
-            None => self.store.vehicle(&plate).await?.map(|v| v.driver_id),
+            None => {
+                let mut known = vec![(plate.clone(), parkpay_protocol::plate::match_key(&plate))];
+                known.extend(reads.iter().cloned());
+                self.driver_of(&known).await?
+            }
         };
         let close = |status| SessionChange::Close {
             id: session.id,
@@ -551,6 +555,24 @@ impl App {
             write: w,
             new_charge,
         })
+    }
+
+    /// Whose car this is: the exact plate's owner first, then the one vehicle whose plate folds to
+    /// the same key. Two owners with confusable plates means we do not know, and nobody is charged
+    /// by deduction.
+    async fn driver_of(&self, reads: &[(String, String)]) -> AppResult<Option<Uuid>> {
+        for (plate, _) in reads {
+            if let Some(v) = self.store.vehicle(plate).await? {
+                return Ok(Some(v.driver_id));
+            }
+        }
+        for (_, key) in reads {
+            let owners = self.store.vehicles_by_key(key).await?;
+            if let [only] = owners.as_slice() {
+                return Ok(Some(only.driver_id));
+            }
+        }
+        Ok(None)
     }
 
     /// The driver's active mandate, if it may carry this fee (per-charge and monthly caps).

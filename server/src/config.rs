@@ -66,6 +66,8 @@ pub struct MqttConfig {
     pub gateway_keys: HashMap<String, Secret>,
     /// Reject events from gateways without a key.
     pub require_signatures: bool,
+    /// Serve only these lots (several deployments sharing one broker); all lots when unset.
+    pub lots: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +116,7 @@ impl Default for MqttConfig {
             password: None,
             gateway_keys: HashMap::new(),
             require_signatures: false,
+            lots: None,
         }
     }
 }
@@ -196,6 +199,11 @@ impl ServerConfig {
         for (gw, key) in &self.mqtt.gateway_keys {
             if hex_decode(key.expose()).is_none() {
                 return bad(&format!("mqtt.gateway_keys.{gw}"), "must be hex");
+            }
+        }
+        for lot in self.mqtt.lots.iter().flatten() {
+            if let Err(e) = parkpay_protocol::LotId::parse(lot.as_str()) {
+                return bad("mqtt.lots", &e.to_string());
             }
         }
         if self.instance.is_empty() {

@@ -12,7 +12,7 @@ use parkpay_protocol::{
 };
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Publish, QoS};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 use crate::app::App;
@@ -148,14 +148,20 @@ pub fn spawn_event_loop(
     })
 }
 
-/// The subscriptions the server needs.
-pub fn server_subscriptions(shared: bool) -> Vec<String> {
-    vec![
-        filters::events(shared),
-        filters::acks(),
-        filters::lane_state(),
-        filters::gateway_status(),
-    ]
+/// The subscriptions the server needs: for every lot, or only for the lots it is given.
+pub fn server_subscriptions(shared: bool, lots: Option<&[String]>) -> Vec<String> {
+    let per_lot = |lot: Option<&str>| {
+        [
+            filters::events(lot, shared),
+            filters::acks(lot),
+            filters::lane_state(lot),
+            filters::gateway_status(lot),
+        ]
+    };
+    match lots {
+        None => per_lot(None).to_vec(),
+        Some(lots) => lots.iter().flat_map(|l| per_lot(Some(l))).collect(),
+    }
 }
 
 /// Signing keys by gateway id; when `required`, unsigned or unknown gateways are rejected.
@@ -166,6 +172,10 @@ pub struct GatewayKeys {
 }
 
 /// Handles incoming messages: passage events concurrently (bounded), the rest inline.
+///
+/// Acknowledgements go out in arrival order, whatever order the work finishes in: MQTT 3.1.1
+/// lets a broker require it (rumqttd does), and an event is acknowledged only once its
+/// transaction has committed.
 pub async fn process(
     app: App,
     client: AsyncClient,
@@ -173,6 +183,13 @@ pub async fn process(
     mut rx: mpsc::Receiver<Publish>,
 ) {
     let permits = Arc::new(Semaphore::new(16));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Publish, oneshot::Receiver<bool>)>();
+    tokio::spawn(ack_in_order(client, ack_rx));
+    let done = |p: &Publish, handled: bool| {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(handled);
+        (p.clone(), rx)
+    };
     while let Some(p) = rx.recv().await {
         let received = Instant::now();
         match Topic::parse(&p.topic) {
@@ -180,31 +197,40 @@ pub async fn process(
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let (app, client, keys) = (app.clone(), client.clone(), keys.clone());
+                let (tx, rx) = oneshot::channel();
+                if ack_tx.send((p.clone(), rx)).is_err() {
+                    return;
+                }
+                let (app, keys) = (app.clone(), keys.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match decode_event(&p.payload, &keys) {
+                    let handled = match decode_event(&p.payload, &keys) {
                         Ok(ev) if ev.lot != lot || ev.lane != lane => {
                             let detail = format!(
                                 "event for {}/{} published on the topic of {lot}/{lane}",
                                 ev.lot, ev.lane
                             );
                             dead_letter(&app, &p, "topic_mismatch", detail).await;
+                            true
                         }
                         Ok(ev) => {
                             let text = String::from_utf8_lossy(&p.payload);
-                            if let Err(e) = app.handle_passage(&ev, &text, received).await {
-                                // Not acknowledged: the broker redelivers it, and the gateway
-                                // replays it from its journal.
-                                tracing::error!(event = %ev.event_id, error = %e, "passage not handled");
-                                return;
+                            match app.handle_passage(&ev, &text, received).await {
+                                Ok(_) => true,
+                                Err(e) => {
+                                    // Not acknowledged: the broker redelivers it on reconnect,
+                                    // and the gateway replays it from its journal.
+                                    tracing::error!(event = %ev.event_id, error = %e, "passage not handled");
+                                    false
+                                }
                             }
                         }
-                        Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
-                    }
-                    if let Err(e) = client.ack(&p).await {
-                        tracing::warn!(error = %e, "ack failed");
-                    }
+                        Err(e) => {
+                            dead_letter(&app, &p, e.reason(), e.to_string()).await;
+                            true
+                        }
+                    };
+                    let _ = tx.send(handled);
                 });
             }
             Ok(Topic::GatewayStatus(..)) => {
@@ -215,14 +241,14 @@ pub async fn process(
                     }
                     Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
                 }
-                ack(&client, &p).await;
+                let _ = ack_tx.send(done(&p, true));
             }
             Ok(Topic::LaneState(..)) => {
                 match decode::<LaneState>(&p.payload, None) {
                     Ok(s) => app.live.lane_state(s.body),
                     Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
                 }
-                ack(&client, &p).await;
+                let _ = ack_tx.send(done(&p, true));
             }
             Ok(Topic::Acks(lot, lane)) => {
                 match decode::<CommandAck>(&p.payload, None) {
@@ -245,13 +271,26 @@ pub async fn process(
                     }
                     Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
                 }
-                ack(&client, &p).await;
+                let _ = ack_tx.send(done(&p, true));
             }
-            Ok(_) => ack(&client, &p).await,
+            Ok(_) => {
+                let _ = ack_tx.send(done(&p, true));
+            }
             Err(e) => {
                 dead_letter(&app, &p, "unknown_topic", e.to_string()).await;
-                ack(&client, &p).await;
+                let _ = ack_tx.send(done(&p, true));
             }
+        }
+    }
+}
+
+async fn ack_in_order(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<(Publish, oneshot::Receiver<bool>)>,
+) {
+    while let Some((p, handled)) = rx.recv().await {
+        if handled.await.unwrap_or(false) {
+            ack(&client, &p).await;
         }
     }
 }

@@ -82,7 +82,10 @@ impl Server {
         if let (Some(u), Some(p)) = (&config.mqtt.username, &config.mqtt.password) {
             opts.set_credentials(u.clone(), p.expose().to_string());
         }
-        let subscriptions = mqtt::server_subscriptions(config.mqtt.shared_subscription);
+        let subscriptions = mqtt::server_subscriptions(
+            config.mqtt.shared_subscription,
+            config.mqtt.lots.as_deref(),
+        );
         let (client, eventloop, early) = mqtt::connect(opts, subscriptions.clone()).await?;
 
         let metrics = Arc::new(Metrics::new());

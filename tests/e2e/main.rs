@@ -2,4 +2,6 @@
 //! in-process broker by default, and against PostgreSQL and an external broker when
 //! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
+mod fleet;
+mod scenarios;
 mod store;

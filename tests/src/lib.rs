@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+pub mod world;
+
 use parkpay_server::broker::EmbeddedBroker;
 use sqlx::Connection;
 

@@ -196,6 +196,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_vehicle(&self, v: &Vehicle, plate_key: &str) -> StoreResult<()>;
     async fn vehicle(&self, plate: &str) -> StoreResult<Option<Vehicle>>;
     async fn vehicles_of(&self, driver: Uuid) -> StoreResult<Vec<Vehicle>>;
+    /// Vehicles whose plate folds to this confusable-folded key.
+    async fn vehicles_by_key(&self, key: &str) -> StoreResult<Vec<Vehicle>>;
     async fn insert_mandate(&self, m: &Mandate) -> StoreResult<()>;
     async fn mandate(&self, id: Uuid) -> StoreResult<Option<Mandate>>;
     async fn mandates_of(&self, driver: Uuid) -> StoreResult<Vec<Mandate>>;

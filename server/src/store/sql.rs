@@ -434,6 +434,16 @@ macro_rules! backend {
                         .collect()
                 }
 
+                async fn vehicles_by_key(&self, key: &str) -> StoreResult<Vec<Vehicle>> {
+                    sqlx::query("SELECT * FROM vehicles WHERE plate_key = $1 ORDER BY plate")
+                        .bind(key)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(vehicle_from)
+                        .collect()
+                }
+
                 async fn insert_mandate(&self, m: &Mandate) -> StoreResult<()> {
                     let currency = m.per_charge_cap.or(m.monthly_cap).map(|c| c.currency).unwrap_or_default();
                     sqlx::query(

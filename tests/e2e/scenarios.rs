@@ -1,0 +1,500 @@
+//! Scenarios a driver or an operator would check, each through the whole system: simulated
+//! barrier hardware, the gateway, the broker, the server and its database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkpay_protocol::{
+    encode, Direction, EventId, GatewayId, LaneId, ManualClock, PassageEvent, PlateCandidate,
+    PlateColour, ReadQuality, Topic,
+};
+use parkpay_server::tariff::{quote, Tariff};
+use parkpay_sim::rig::{Vehicle, Waited};
+use parkpay_tests::eventually;
+use parkpay_tests::world::{World, WorldOptions};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn origin() -> DateTime<Utc> {
+    // 09:00 in Shanghai: day band.
+    DateTime::parse_from_rfc3339("2026-11-25T01:00:00Z")
+        .unwrap()
+        .into()
+}
+
+async fn world() -> (World, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(origin()));
+    (
+        World::start(WorldOptions::default(), clock.clone()).await,
+        clock,
+    )
+}
+
+fn tariff() -> Tariff {
+    serde_json::from_value(parkpay_sim::api::example_tariff()).unwrap()
+}
+
+fn fen(v: &Value) -> i64 {
+    v["minor"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not money: {v}"))
+}
+
+async fn sessions(w: &World, plate: &str) -> Vec<Value> {
+    let lot = w.lot.to_string();
+    w.get_json(&format!(
+        "/api/sessions?lot={lot}&plate={}",
+        urlencode(plate)
+    ))
+    .await
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+async fn charges_of(w: &World, session: &str) -> Vec<Value> {
+    w.get_json(&format!("/api/charges?session={session}"))
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Waits for the charge of `session` to reach a final state and returns it.
+async fn settled_charge(w: &World, session: &str) -> Value {
+    eventually("the charge to settle", WAIT, || async {
+        let c = charges_of(w, session).await;
+        let status = c.first()?["status"].as_str()?.to_string();
+        matches!(status.as_str(), "succeeded" | "arrears").then(|| c[0].clone())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_car_without_a_mandate_is_held_and_paying_opens_the_barrier() {
+    let (w, clock) = world().await;
+    w.driver("京A10002", None).await;
+    let entry = w.pass("in-1", "京A10002", WAIT).await;
+    assert!(entry.opened, "entry opens for every readable plate");
+    clock.advance(chrono::Duration::minutes(130));
+
+    let rig = w.rig("out-1");
+    let vehicle = Vehicle {
+        plate: "京A10002".parse().unwrap(),
+        colour: PlateColour::Blue,
+    };
+    let mut p = rig.arrive(&vehicle).await.unwrap();
+    let exit_at = p.capture().captured_at;
+    let qr = match p.wait(WAIT).await {
+        Waited::PayRequested { qr } => qr,
+        other => panic!("expected a pay prompt, got {other:?}"),
+    };
+    let expected = quote(&tariff(), entry.capture.captured_at, exit_at)
+        .unwrap()
+        .total
+        .minor;
+    assert_eq!(
+        expected,
+        500 + 3 * 300,
+        "first hour plus three half hours in the day band"
+    );
+    let display = rig.display().watch().borrow().clone();
+    assert!(
+        display.text.line1.contains("¥14.00"),
+        "the display shows the fee: {:?}",
+        display.text
+    );
+    assert!(
+        rig.arm().watch().borrow().position == parkpay_protocol::ArmPosition::Closed,
+        "held: the arm stays down"
+    );
+
+    // The driver scans the QR code and pays.
+    let session = sessions(&w, "京A10002").await[0].clone();
+    assert_eq!(session["status"], "awaiting_payment");
+    assert!(
+        qr.ends_with(session["id"].as_str().unwrap()),
+        "the QR code leads to this session's pay page: {qr}"
+    );
+    let paid = w
+        .api
+        .pay_session(session["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(paid.amount.minor, expected);
+    assert!(p.wait_open(WAIT).await, "paying opens the barrier");
+    p.drive_through().await.unwrap();
+
+    let s = sessions(&w, "京A10002").await[0].clone();
+    assert_eq!(s["status"], "closed");
+    let c = charges_of(&w, s["id"].as_str().unwrap()).await;
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0]["status"].as_str(), fen(&c[0]["amount"])),
+        (Some("succeeded"), expected)
+    );
+    // Paying twice is refused, and charges nothing more.
+    let again = w
+        .client
+        .post(w.url(&format!("/api/sessions/{}/pay", s["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    w.stop().await;
+}
+
+fn raw_event(
+    w: &World,
+    lane: &str,
+    direction: Direction,
+    plate: &str,
+    at: DateTime<Utc>,
+) -> PassageEvent {
+    PassageEvent {
+        event_id: EventId::new(),
+        lot: w.lot.clone(),
+        lane: LaneId::parse(lane).unwrap(),
+        gateway: GatewayId::parse("replaying-gw").unwrap(),
+        direction,
+        captured_at: at,
+        candidates: vec![PlateCandidate {
+            plate: plate.into(),
+            confidence: 0.97,
+            colour: PlateColour::Blue,
+        }],
+        quality: ReadQuality::Confident,
+        evidence_digest: None,
+        resent: false,
+    }
+}
+
+/// Publishes like a gateway would, on the real broker.
+async fn publish(w: &World, ev: &PassageEvent) {
+    let mut opts = parkpay_server::mqtt::options(
+        &w.backend.mqtt_url,
+        &format!("t-pub-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    opts.set_clean_session(true);
+    opts.set_manual_acks(false);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    let topic = Topic::Events(ev.lot.clone(), ev.lane.clone()).to_string();
+    client
+        .publish(
+            topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            encode(ev, w.now(), None),
+        )
+        .await
+        .unwrap();
+    // Drive the event loop until the broker acknowledged the publish.
+    loop {
+        match tokio::time::timeout(WAIT, el.poll())
+            .await
+            .expect("broker answers")
+            .expect("connected")
+        {
+            rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)) => break,
+            _ => continue,
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+}
+
+#[tokio::test]
+async fn the_same_event_twice_and_a_second_entry_give_one_session_and_one_charge() {
+    let (w, clock) = world().await;
+    w.driver("沪B20003", Some(100_000)).await;
+    let ev = raw_event(&w, "in-1", Direction::Entry, "沪B20003", w.now());
+    publish(&w, &ev).await;
+    publish(&w, &ev).await;
+    let first = eventually("the entry to be recorded", WAIT, || async {
+        let s = sessions(&w, "沪B20003").await;
+        (!s.is_empty()).then_some(s)
+    })
+    .await;
+    // Both deliveries are processed before we count: the duplicate metric moves.
+    eventually("the duplicate to be answered", WAIT, || async {
+        let m = w
+            .client
+            .get(w.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        m.contains("outcome=\"duplicate\"").then_some(())
+    })
+    .await;
+    assert_eq!(
+        sessions(&w, "沪B20003").await.len(),
+        1,
+        "a repeated event id opens nothing new: {first:?}"
+    );
+
+    // The car is seen entering again at the other lane (its exit was missed): the stale
+    // session becomes an exception and only one stays open.
+    clock.advance(chrono::Duration::minutes(5));
+    assert!(w.pass("in-2", "沪B20003", WAIT).await.opened);
+    let all = sessions(&w, "沪B20003").await;
+    let open: Vec<&Value> = all.iter().filter(|s| s["status"] == "open").collect();
+    assert_eq!(open.len(), 1, "{all:?}");
+    let exceptions = w.get_json(&format!("/api/exceptions?lot={}", w.lot)).await;
+    assert!(
+        exceptions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "stale_entry"),
+        "{exceptions}"
+    );
+
+    clock.advance(chrono::Duration::minutes(50));
+    let out = w.pass("out-1", "沪B20003", WAIT).await;
+    assert!(out.opened, "mandate: open now, charge after");
+    let charged: Vec<Value> = w
+        .get_json("/api/charges?limit=1000")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["lot"] == w.lot.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(charged.len(), 1, "one charge for the visit: {charged:?}");
+    let c = settled_charge(&w, open[0]["id"].as_str().unwrap()).await;
+    assert_eq!(c["status"], "succeeded");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn grace_stays_are_free_and_a_week_hits_the_daily_caps() {
+    let (w, clock) = world().await;
+    w.driver("粤C30004", Some(1_000_000)).await;
+    w.driver("粤C30005", Some(1_000_000)).await;
+    let short_in = w.pass("in-1", "粤C30004", WAIT).await;
+    let long_in = w.pass("in-2", "粤C30005", WAIT).await;
+    clock.advance(chrono::Duration::minutes(10));
+    let short_out = w.pass("out-1", "粤C30004", WAIT).await;
+    assert!(short_out.opened);
+    let s = sessions(&w, "粤C30004").await[0].clone();
+    assert_eq!((s["status"].as_str(), fen(&s["fee"])), (Some("closed"), 0));
+    assert!(
+        charges_of(&w, s["id"].as_str().unwrap()).await.is_empty(),
+        "a grace stay is not charged"
+    );
+    assert!(
+        quote(
+            &tariff(),
+            short_in.capture.captured_at,
+            short_out.capture.captured_at
+        )
+        .unwrap()
+        .free
+    );
+
+    clock.advance(chrono::Duration::days(7) + chrono::Duration::hours(3));
+    let long_out = w.pass("out-2", "粤C30005", WAIT).await;
+    assert!(long_out.opened);
+    let q = quote(
+        &tariff(),
+        long_in.capture.captured_at,
+        long_out.capture.captured_at,
+    )
+    .unwrap();
+    let daily_caps = q
+        .caps_applied
+        .iter()
+        .filter(|c| c.contains("daily"))
+        .count();
+    assert!(
+        daily_caps >= 6,
+        "a week of full days is capped daily: {:?}",
+        q.caps_applied
+    );
+    assert!(
+        q.total.minor <= 9 * 4000,
+        "at most nine calendar days at the cap"
+    );
+    let s = sessions(&w, "粤C30005").await[0].clone();
+    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (c["status"].as_str(), fen(&c["amount"])),
+        (Some("succeeded"), q.total.minor)
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_exit_without_entry_is_an_exception_and_a_misread_exit_still_matches() {
+    let (w, clock) = world().await;
+    let out = w.pass("out-1", "苏E40006", Duration::from_secs(3)).await;
+    assert!(
+        !out.opened,
+        "no entry record: the car is held for an operator"
+    );
+    let exceptions = w
+        .get_json(&format!("/api/exceptions?lot={}&open=true", w.lot))
+        .await;
+    assert!(
+        exceptions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "no_entry" && e["plate"] == "苏E40006"),
+        "{exceptions}"
+    );
+
+    w.driver("苏AB1234", Some(100_000)).await;
+    let entry = w.pass("in-1", "苏AB1234", WAIT).await;
+    clock.advance(chrono::Duration::minutes(75));
+    // The exit camera reads 8 for B: a confident read of a plate that does not exist.
+    let exit = w.pass("out-2", "苏A81234", WAIT).await;
+    assert!(exit.opened, "the misread still finds the session");
+    let s = sessions(&w, "苏AB1234").await[0].clone();
+    assert_eq!(s["status"], "closed");
+    let expected = quote(
+        &tariff(),
+        entry.capture.captured_at,
+        exit.capture.captured_at,
+    )
+    .unwrap()
+    .total
+    .minor;
+    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (c["status"].as_str(), fen(&c["amount"])),
+        (Some("succeeded"), expected)
+    );
+    assert!(
+        sessions(&w, "苏A81234").await.is_empty(),
+        "no session was invented for the misread"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_wallet_opens_then_ends_in_arrears_that_block_the_next_open_now() {
+    let (w, clock) = world().await;
+    let driver = w.driver("浙D50007", Some(0)).await;
+    w.pass("in-1", "浙D50007", WAIT).await;
+    clock.advance(chrono::Duration::hours(2));
+    let out = w.pass("out-1", "浙D50007", WAIT).await;
+    assert!(
+        out.opened,
+        "open now, charge after: the barrier does not wait for the provider"
+    );
+    let s = sessions(&w, "浙D50007").await[0].clone();
+    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
+    assert_eq!(c["status"], "arrears");
+    let detail = w
+        .get_json(&format!("/api/charges/{}", c["id"].as_str().unwrap()))
+        .await;
+    let history = detail["history"].as_array().unwrap();
+    assert_eq!(
+        history.len(),
+        3,
+        "three attempts, then arrears: {history:?}"
+    );
+    assert!(history.iter().all(|a| a["outcome"] == "failed"));
+    let d = w.get_json(&format!("/api/drivers/{driver}")).await;
+    assert_eq!(fen(&d["arrears"]), fen(&c["amount"]));
+
+    // Next visit: arrears block "open now".
+    clock.advance(chrono::Duration::hours(1));
+    w.pass("in-1", "浙D50007", WAIT).await;
+    clock.advance(chrono::Duration::hours(1));
+    let rig = w.rig("out-2");
+    let mut p = rig
+        .arrive(&Vehicle {
+            plate: "浙D50007".parse().unwrap(),
+            colour: PlateColour::Blue,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(p.wait(WAIT).await, Waited::PayRequested { .. }),
+        "held with arrears"
+    );
+    assert!(rig
+        .display()
+        .watch()
+        .borrow()
+        .text
+        .line2
+        .contains("arrears"));
+    // Paying the arrears settles the debt; paying this stay lets the car out.
+    let paid = w
+        .client
+        .post(w.url(&format!("/api/charges/{}/pay", c["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status().as_u16(), 200);
+    assert_eq!(
+        fen(&w.get_json(&format!("/api/drivers/{driver}")).await["arrears"]),
+        0
+    );
+    let held = sessions(&w, "浙D50007")
+        .await
+        .into_iter()
+        .find(|s| s["status"] == "awaiting_payment")
+        .unwrap();
+    w.api
+        .pay_session(held["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    assert!(p.wait_open(WAIT).await);
+    p.drive_through().await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_restart_between_entry_and_exit_loses_nothing() {
+    let (mut w, clock) = world().await;
+    w.driver("鲁F60008", Some(100_000)).await;
+    let entry = w.pass("in-1", "鲁F60008", WAIT).await;
+    assert!(entry.opened);
+    w.restart_server().await;
+    clock.advance(chrono::Duration::hours(3));
+    let exit = w.pass("out-1", "鲁F60008", WAIT).await;
+    assert!(exit.opened, "the session survived the restart");
+    let s = sessions(&w, "鲁F60008").await[0].clone();
+    let expected = quote(
+        &tariff(),
+        entry.capture.captured_at,
+        exit.capture.captured_at,
+    )
+    .unwrap()
+    .total
+    .minor;
+    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (c["status"].as_str(), fen(&c["amount"])),
+        (Some("succeeded"), expected)
+    );
+    assert_eq!(
+        w.gateway().journal_pending(),
+        0,
+        "every event got its decision"
+    );
+    w.stop().await;
+}

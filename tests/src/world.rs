@@ -1,0 +1,314 @@
+//! A whole site for a scenario: the server, one gateway serving the lot's lanes, and each lane's
+//! simulated barrier hardware, all over a real broker and a real database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkpay_gateway::{
+    Gateway, GatewayConfig, GatewayHandle, LaneConfig as GwLane, MqttUrl as GwMqttUrl,
+    NoFrameReader,
+};
+use parkpay_protocol::{Clock, Direction, LaneId, LotId, Money, Plate, PlateColour};
+use parkpay_server::app::App;
+use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
+use parkpay_server::{Server, ServerConfig};
+use parkpay_sim::api::Api;
+use parkpay_sim::mqtt::{DeviceContext, MqttUrl};
+use parkpay_sim::rig::{LaneConfig, LaneDeviceIds, LaneRig, PassageOutcome, Vehicle};
+use reqwest::Url;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::{unique_lot, Backend};
+
+pub struct WorldOptions {
+    pub lanes: Vec<(&'static str, Direction)>,
+    pub tariff: serde_json::Value,
+    pub max_attempts: i64,
+    /// First payment retry delay, in seconds of the world's clock.
+    pub retry_base_secs: f64,
+    /// Start the lanes' simulated hardware here; off when a traffic run brings its own.
+    pub rigs: bool,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        WorldOptions {
+            lanes: vec![
+                ("in-1", Direction::Entry),
+                ("in-2", Direction::Entry),
+                ("out-1", Direction::Exit),
+                ("out-2", Direction::Exit),
+            ],
+            tariff: parkpay_sim::api::example_tariff(),
+            max_attempts: 3,
+            retry_base_secs: 0.05,
+            rigs: true,
+        }
+    }
+}
+
+struct Running<H> {
+    handle: H,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl<H> Running<H> {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.done).await;
+    }
+}
+
+/// A running site. Drop order does not matter; call [`World::stop`] to shut down cleanly.
+pub struct World {
+    pub backend: Backend,
+    pub lot: LotId,
+    pub clock: Arc<dyn Clock>,
+    pub api: Api,
+    pub http: Url,
+    pub client: reqwest::Client,
+    server_config: ServerConfig,
+    server: Option<Running<App>>,
+    gateway: Option<Running<GatewayHandle>>,
+    rigs: HashMap<String, LaneRig>,
+    _journal: tempfile::TempDir,
+}
+
+async fn start_server(config: ServerConfig, clock: Arc<dyn Clock>) -> (Running<App>, Url) {
+    let server = Server::build(config, clock).await.expect("server builds");
+    let http = Url::parse(&format!("http://{}", server.http_addr())).expect("a valid URL");
+    let app = server.app();
+    let (stop, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+    });
+    (
+        Running {
+            handle: app,
+            stop,
+            done,
+        },
+        http,
+    )
+}
+
+impl World {
+    pub async fn start(opts: WorldOptions, clock: Arc<dyn Clock>) -> World {
+        let backend = Backend::fresh().await;
+        let lot = LotId::parse(unique_lot()).expect("a valid lot id");
+        let server_config = ServerConfig {
+            database_url: backend.database_url.clone(),
+            http: HttpConfig {
+                bind: ([127, 0, 0, 1], 0).into(),
+                public_url: None,
+            },
+            // A shared broker carries other tests' lots too: serve only ours.
+            mqtt: MqttConfig {
+                broker: backend.mqtt_url.clone(),
+                lots: Some(vec![lot.to_string()]),
+                ..MqttConfig::default()
+            },
+            payments: PaymentsConfig {
+                max_attempts: opts.max_attempts,
+                retry_base_secs: opts.retry_base_secs,
+                poll_interval_ms: 20,
+                ..PaymentsConfig::default()
+            },
+            instance: format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]),
+        };
+        let (server, http) = start_server(server_config.clone(), clock.clone()).await;
+        let client = reqwest::Client::new();
+        let created = client
+            .post(http.join("/api/lots").expect("a valid path"))
+            .json(&serde_json::json!({"id": lot, "name": "Test lot", "capacity": 1000, "tariff": opts.tariff}))
+            .send()
+            .await
+            .expect("lot request");
+        assert_eq!(
+            created.status().as_u16(),
+            201,
+            "creating the lot: {}",
+            created.text().await.unwrap_or_default()
+        );
+
+        let journal = tempfile::tempdir().expect("a journal directory");
+        let mqtt = MqttUrl::parse(&backend.mqtt_url).expect("broker URL parses");
+        let ctx = DeviceContext::new(mqtt, clock.clone());
+        let mut rigs = HashMap::new();
+        let mut gw_lanes = Vec::new();
+        for (name, direction) in &opts.lanes {
+            let lane = LaneId::parse(*name).expect("a valid lane id");
+            let mut cfg = LaneConfig::new(lot.clone(), lane.clone(), *direction);
+            cfg.camera.misread_rate = 0.0;
+            cfg.camera.no_read_rate = 0.0;
+            cfg.arm.open_time = Duration::from_millis(50);
+            cfg.arm.close_time = Duration::from_millis(50);
+            cfg.drive_through = Duration::from_millis(20);
+            cfg.open_wait = Duration::from_secs(10);
+            if opts.rigs {
+                rigs.insert(
+                    name.to_string(),
+                    LaneRig::start(&ctx, cfg).await.expect("lane devices start"),
+                );
+            }
+            let ids = LaneDeviceIds::new(&lot, &lane).expect("device ids");
+            gw_lanes.push(GwLane {
+                id: lane,
+                direction: *direction,
+                camera: ids.camera,
+                loop_detector: ids.loop_detector,
+                barrier: ids.arm,
+                display: ids.display,
+                roi: None,
+            });
+        }
+        let gw_config: GatewayConfig = GatewayConfig {
+            gateway_id: parkpay_protocol::GatewayId::parse(format!("gw-{lot}"))
+                .expect("a valid gateway id"),
+            lot: lot.clone(),
+            mqtt_url: GwMqttUrl::parse(&backend.mqtt_url).expect("broker URL parses"),
+            username: None,
+            password: None,
+            signing_key: None,
+            journal_dir: journal.path().to_path_buf(),
+            dedupe_window: Duration::from_secs(60),
+            decision_timeout: Duration::from_secs(20),
+            heartbeat_interval: Duration::from_secs(30),
+            burst_timeout: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(10),
+            lanes: gw_lanes,
+        };
+        let gw = Gateway::build(gw_config, clock.clone(), Arc::new(NoFrameReader))
+            .await
+            .expect("gateway builds");
+        let handle = gw.handle();
+        let (stop, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            gw.run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("gateway runs");
+        });
+        World {
+            backend,
+            lot,
+            clock,
+            api: Api::new(&http),
+            http,
+            client,
+            server_config,
+            server: Some(server),
+            gateway: Some(Running { handle, stop, done }),
+            rigs,
+            _journal: journal,
+        }
+    }
+
+    pub fn rig(&self, lane: &str) -> &LaneRig {
+        self.rigs
+            .get(lane)
+            .unwrap_or_else(|| panic!("no lane {lane}"))
+    }
+
+    pub fn app(&self) -> &App {
+        &self.server.as_ref().expect("the server is running").handle
+    }
+
+    pub fn gateway(&self) -> &GatewayHandle {
+        &self
+            .gateway
+            .as_ref()
+            .expect("the gateway is running")
+            .handle
+    }
+
+    pub fn url(&self, path: &str) -> Url {
+        self.http.join(path).expect("a valid path")
+    }
+
+    /// Stops the server (gracefully) and starts it again on the same database and broker.
+    pub async fn restart_server(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        let (server, http) = start_server(self.server_config.clone(), self.clock.clone()).await;
+        self.api = Api::new(&http);
+        self.http = http;
+        self.server = Some(server);
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.stop().await;
+        }
+        for (_, rig) in self.rigs.drain() {
+            rig.shutdown().await;
+        }
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        self.backend.cleanup().await;
+    }
+
+    /// Registers a driver with a vehicle; with `wallet`, also a sandbox wallet of that balance
+    /// (fen) and an active deduction mandate on it.
+    pub async fn driver(&self, plate: &str, wallet: Option<i64>) -> Uuid {
+        let driver = self
+            .api
+            .create_driver(&format!("driver of {plate}"), "13800000000")
+            .await
+            .expect("driver created");
+        self.api
+            .add_vehicle(driver, plate, PlateColour::Blue)
+            .await
+            .expect("vehicle bound");
+        if let Some(balance) = wallet {
+            let reference = format!("wallet-{driver}");
+            self.api
+                .create_wallet(&reference, Money::cny(balance))
+                .await
+                .expect("wallet created");
+            self.api
+                .create_mandate(driver, &reference)
+                .await
+                .expect("mandate signed");
+        }
+        driver
+    }
+
+    /// A car arrives at `lane`, waits for the arm (at most `bound`) and drives through if it
+    /// opened, or backs out if it did not.
+    pub async fn pass(&self, lane: &str, plate: &str, bound: Duration) -> PassageOutcome {
+        let vehicle = Vehicle {
+            plate: Plate::parse(plate).expect("a valid plate"),
+            colour: PlateColour::Blue,
+        };
+        let rig = self.rig(lane);
+        let mut p = rig.arrive(&vehicle).await.expect("the car arrives");
+        if p.wait_open(bound).await {
+            p.drive_through().await.expect("drives through")
+        } else {
+            p.back_out().await.expect("backs out")
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self.client.get(self.url(path)).send().await.expect("GET");
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.expect("JSON")
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
