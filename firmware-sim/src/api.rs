@@ -222,7 +222,9 @@ impl Api {
     }
 
     pub async fn charges(&self) -> Result<Vec<Charge>, SimError> {
-        self.call(Method::GET, "/api/charges", &[], None).await
+        // The whole ledger, not the API's default page.
+        let q = [("limit", "100000".to_string())];
+        self.call(Method::GET, "/api/charges", &q, None).await
     }
 
     pub async fn lot_exists(&self, lot: &str) -> Result<bool, SimError> {

@@ -18,6 +18,7 @@
 //! Start reading at [`rig::LaneRig::pass`], then [`traffic::run_car`] and [`report::audit`].
 
 pub mod api;
+pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod mqtt;

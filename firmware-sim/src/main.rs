@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use parkpay_protocol::{LotId, ScaledClock};
+use parkpay_sim::demo::DemoOptions;
 use parkpay_sim::{drive, MqttUrl, WorldConfig};
 use reqwest::Url;
 
@@ -24,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// One command, everything embedded: server, broker, gateway and traffic.
-    Demo(WorldArgs),
+    Demo(DemoArgs),
     /// Drive an external server and broker.
     Run {
         /// The server's HTTP base URL.
@@ -36,6 +37,75 @@ enum Command {
         #[command(flatten)]
         world: WorldArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Stop after this many cars have left and print the ledger check as JSON; without it the
+    /// demo runs until Ctrl-C.
+    #[arg(long)]
+    cars: Option<u32>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How much faster than real time the simulated clock runs (1440: a day per minute).
+    #[arg(long, default_value_t = 1440.0)]
+    speed: f64,
+    /// The simulated clock's start (RFC 3339); now when left out.
+    #[arg(long)]
+    origin: Option<DateTime<Utc>>,
+    #[arg(long, default_value_t = 0.03)]
+    misread_rate: f64,
+    #[arg(long, default_value_t = 0.0)]
+    no_read_rate: f64,
+    /// Where the dashboard listens (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// Keep the data in this SQLite file instead of a temporary one.
+    #[arg(long)]
+    database: Option<PathBuf>,
+    /// Write ground truth as JSON lines here.
+    #[arg(long)]
+    truth_log: Option<PathBuf>,
+}
+
+async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
+    let opts = DemoOptions {
+        cars: a.cars,
+        seed: a.seed,
+        speed: a.speed,
+        origin: a.origin,
+        misread_rate: a.misread_rate,
+        no_read_rate: a.no_read_rate,
+        http: a.http,
+        database: a.database,
+        truth_log: a.truth_log,
+    };
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let outcome = parkpay_sim::demo::run_demo(
+        opts,
+        |url| eprintln!("parkpay demo running: dashboard {url}  (Ctrl-C to stop)"),
+        ctrl_c,
+    )
+    .await
+    .context("the demo failed")?;
+    if let Some(o) = outcome {
+        eprintln!(
+            "decision latency over {} decisions: p50 <= {:.1} ms, p99 <= {:.1} ms",
+            o.decisions,
+            o.latency_p50 * 1000.0,
+            o.latency_p99 * 1000.0
+        );
+        println!("{}", serde_json::to_string(&o.report)?);
+        if o.report.mismatches > 0 {
+            bail!(
+                "{} cars were not treated as the tariff says",
+                o.report.mismatches
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -95,16 +165,13 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttc=warn".into()),
+                .unwrap_or_else(|_| "info,rumqttc=warn,rumqttd=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo(_) => bail!(
-            "the embedded demo (server, broker and gateway in one process) is not wired into \
-             this build yet; start a server and gateway yourself and use `parkpay-sim run`"
-        ),
+        Command::Demo(demo) => run_demo(demo).await,
         Command::Run {
             server,
             mqtt,

@@ -533,7 +533,7 @@ async fn list_sessions(
         lot: q.lot.map(lot_id).transpose()?,
         plate,
         status,
-        limit: q.limit.unwrap_or(100).clamp(1, 10_000),
+        limit: q.limit.unwrap_or(100).clamp(1, 100_000),
     };
     Ok(Json(ctx.app.store.sessions(&f).await?))
 }
@@ -614,7 +614,7 @@ async fn list_charges(
         status,
         driver: q.driver.as_deref().map(|d| id(d, "driver")).transpose()?,
         session: q.session.as_deref().map(|s| id(s, "session")).transpose()?,
-        limit: q.limit.unwrap_or(100).clamp(1, 10_000),
+        limit: q.limit.unwrap_or(100).clamp(1, 100_000),
     };
     Ok(Json(ctx.app.store.charges(&f).await?))
 }
@@ -666,7 +666,7 @@ async fn exceptions(
             .exceptions(
                 lot.as_ref(),
                 q.open.unwrap_or(false),
-                q.limit.unwrap_or(100).clamp(1, 10_000),
+                q.limit.unwrap_or(100).clamp(1, 100_000),
             )
             .await?,
     ))
@@ -676,7 +676,7 @@ async fn audit(State(ctx): State<Ctx>, Q(q): Q<ListQuery>) -> ApiResult<Json<Vec
     Ok(Json(
         ctx.app
             .store
-            .audit(q.limit.unwrap_or(100).clamp(1, 10_000))
+            .audit(q.limit.unwrap_or(100).clamp(1, 100_000))
             .await?,
     ))
 }
@@ -688,7 +688,7 @@ async fn dead_letters(
     Ok(Json(
         ctx.app
             .store
-            .dead_letters(q.limit.unwrap_or(100).clamp(1, 10_000))
+            .dead_letters(q.limit.unwrap_or(100).clamp(1, 100_000))
             .await?,
     ))
 }

@@ -1,0 +1,236 @@
+//! The one-command demo: the whole system in one process on embedded defaults. The server runs
+//! with its embedded broker and a fresh SQLite file, one gateway serves the four lanes of one lot,
+//! the lanes' hardware is simulated, and traffic flows on a compressed clock.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkpay_gateway::{
+    Gateway, GatewayConfig, GatewayError, LaneConfig as GwLane, MqttUrl as GwMqttUrl, NoFrameReader,
+};
+use parkpay_protocol::{Clock, GatewayId, LotId, ScaledClock};
+use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
+use parkpay_server::tariff::{quote, Tariff};
+use parkpay_server::{Server, ServerConfig, ServerError};
+use reqwest::Url;
+use tokio::sync::oneshot;
+
+use crate::api::example_tariff;
+use crate::rig::LaneDeviceIds;
+use crate::{drive, FeeFn, MqttUrl, Report, SimError, WorldConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("server: {0}")]
+    Server(#[from] ServerError),
+    #[error("gateway: {0}")]
+    Gateway(#[from] GatewayError),
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Stop after this many cars have left; run until interrupted when `None`.
+    pub cars: Option<u32>,
+    pub seed: u64,
+    /// Simulated seconds per real second (1440: a day per minute).
+    pub speed: f64,
+    pub origin: Option<DateTime<Utc>>,
+    pub misread_rate: f64,
+    pub no_read_rate: f64,
+    pub http: SocketAddr,
+    /// SQLite file to use; a fresh temporary one when `None`.
+    pub database: Option<PathBuf>,
+    pub truth_log: Option<PathBuf>,
+}
+
+/// What a finished demo run measured.
+#[derive(Debug, Clone)]
+pub struct DemoOutcome {
+    pub report: Report,
+    /// Decision latency quantiles from the server's histogram, upper bucket bounds in seconds.
+    pub latency_p50: f64,
+    pub latency_p99: f64,
+    pub decisions: u64,
+}
+
+/// Runs the demo. `on_ready` gets the dashboard URL as soon as the server listens.
+pub async fn run_demo(
+    opts: DemoOptions,
+    on_ready: impl FnOnce(&Url),
+    interrupted: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Option<DemoOutcome>, DemoError> {
+    let dir =
+        tempfile::tempdir().map_err(|e| DemoError::Setup(format!("temporary directory: {e}")))?;
+    let db = opts
+        .database
+        .clone()
+        .unwrap_or_else(|| dir.path().join("parkpay-demo.db"));
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(
+        opts.origin.unwrap_or_else(Utc::now),
+        opts.speed,
+    ));
+    let config = ServerConfig {
+        database_url: format!("sqlite://{}", db.display()),
+        http: HttpConfig {
+            bind: opts.http,
+            public_url: None,
+        },
+        mqtt: MqttConfig {
+            broker: "embedded".into(),
+            embedded_bind: ([127, 0, 0, 1], 0).into(),
+            ..MqttConfig::default()
+        },
+        payments: PaymentsConfig {
+            retry_base_secs: 600.0,
+            poll_interval_ms: 50,
+            ..PaymentsConfig::default()
+        },
+        instance: "demo".into(),
+    };
+    let server = Server::build(config, clock.clone()).await?;
+    let http = Url::parse(&format!("http://{}/", server.http_addr()))
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let mqtt_url = server.mqtt_url().to_string();
+    on_ready(&http);
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    let server_task = tokio::spawn(server.run(async {
+        let _ = server_stopped.await;
+    }));
+
+    let lot = LotId::parse("lot1").map_err(SimError::from)?;
+    let mut world = WorldConfig::four_lanes(lot.clone())?;
+    world.create_lot = true;
+    world.traffic.seed = opts.seed;
+    world.traffic.cars = opts.cars.unwrap_or(100_000);
+    world.misread_rate = opts.misread_rate;
+    world.no_read_rate = opts.no_read_rate;
+    world.truth_log = opts.truth_log.clone();
+    let tariff: Tariff = serde_json::from_value(example_tariff())
+        .map_err(|e| DemoError::Setup(format!("example tariff: {e}")))?;
+    let fee: FeeFn = Arc::new(move |entry, exit| {
+        quote(&tariff, entry, exit)
+            .map(|q| q.total.minor)
+            .unwrap_or(0)
+    });
+    world.fee = Some(fee);
+
+    let lanes = world
+        .lanes
+        .iter()
+        .map(|(lane, direction)| {
+            let ids = LaneDeviceIds::new(&lot, lane)?;
+            Ok(GwLane {
+                id: lane.clone(),
+                direction: *direction,
+                camera: ids.camera,
+                loop_detector: ids.loop_detector,
+                barrier: ids.arm,
+                display: ids.display,
+                roi: None,
+            })
+        })
+        .collect::<Result<Vec<_>, SimError>>()?;
+    let gw_config = GatewayConfig {
+        gateway_id: GatewayId::parse("gw-1").map_err(SimError::from)?,
+        lot: lot.clone(),
+        mqtt_url: GwMqttUrl::parse(&mqtt_url).map_err(DemoError::Setup)?,
+        username: None,
+        password: None,
+        signing_key: None,
+        journal_dir: dir.path().join("journal"),
+        dedupe_window: Duration::from_secs(60),
+        decision_timeout: Duration::from_secs(5),
+        heartbeat_interval: Duration::from_secs(10),
+        burst_timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_secs(10),
+        lanes,
+    };
+    let gateway = Gateway::build(gw_config, clock.clone(), Arc::new(NoFrameReader)).await?;
+    let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
+    let gateway_task = tokio::spawn(gateway.run(async {
+        let _ = gateway_stopped.await;
+    }));
+
+    let mqtt = MqttUrl::parse(&mqtt_url)?;
+    let outcome = tokio::select! {
+        r = drive(world, http.clone(), mqtt, clock) => Some(r?),
+        _ = interrupted => None,
+    };
+    let outcome = match outcome {
+        Some(report) => {
+            let metrics = reqwest::get(
+                http.join("metrics")
+                    .map_err(|e| DemoError::Setup(e.to_string()))?,
+            )
+            .await
+            .map_err(|e| DemoError::Setup(format!("reading /metrics: {e}")))?
+            .text()
+            .await
+            .map_err(|e| DemoError::Setup(format!("reading /metrics: {e}")))?;
+            let (latency_p50, latency_p99, decisions) = latency_quantiles(&metrics);
+            Some(DemoOutcome {
+                report,
+                latency_p50,
+                latency_p99,
+                decisions,
+            })
+        }
+        None => None,
+    };
+    let _ = stop_gateway.send(());
+    let _ = gateway_task.await;
+    let _ = stop_server.send(());
+    let _ = server_task.await;
+    Ok(outcome)
+}
+
+/// p50 and p99 of the decision-latency histogram (the upper bound of the bucket each falls in),
+/// and the number of decisions.
+pub fn latency_quantiles(metrics: &str) -> (f64, f64, u64) {
+    let mut buckets: Vec<(f64, u64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("parkpay_decision_latency_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map(|b| b.1).unwrap_or(0);
+    let q = |p: f64| {
+        let want = (total as f64 * p).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= want.max(1))
+            .map(|b| b.0)
+            .unwrap_or(f64::NAN)
+    };
+    (q(0.5), q(0.99), total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_cumulative_buckets() {
+        let m = "parkpay_decision_latency_seconds_bucket{le=\"0.001\"} 10\n\
+                 parkpay_decision_latency_seconds_bucket{le=\"0.002\"} 60\n\
+                 parkpay_decision_latency_seconds_bucket{le=\"0.005\"} 99\n\
+                 parkpay_decision_latency_seconds_bucket{le=\"0.01\"} 100\n\
+                 parkpay_decision_latency_seconds_bucket{le=\"+Inf\"} 100\n";
+        assert_eq!(latency_quantiles(m), (0.002, 0.005, 100));
+    }
+}
