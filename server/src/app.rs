@@ -227,7 +227,7 @@ impl App {
                 Ok(PassageOutcome::Duplicate(stored)) => {
                     self.metrics.event("duplicate");
                     self.publish_decision(&stored, None).await;
-                    return Ok(stored);
+                    return Ok(*stored);
                 }
                 Err(StoreError::Conflict(why)) if attempts < 4 => {
                     tracing::debug!(event = %ev.event_id, %why, "passage conflicted; deciding again");

@@ -23,11 +23,17 @@ pub enum MqttError {
     #[error("invalid MQTT URL {url:?}: {detail} (expected mqtt://HOST:PORT)")]
     Url { url: String, detail: String },
     #[error("MQTT connection failed: {0}")]
-    Connection(#[from] rumqttc::ConnectionError),
+    Connection(Box<rumqttc::ConnectionError>),
     #[error("MQTT client error: {0}")]
     Client(#[from] rumqttc::ClientError),
     #[error("the broker did not acknowledge the subscriptions within {0:?}")]
     SubscribeTimeout(Duration),
+}
+
+impl From<rumqttc::ConnectionError> for MqttError {
+    fn from(e: rumqttc::ConnectionError) -> MqttError {
+        MqttError::Connection(Box::new(e))
+    }
 }
 
 /// Publishes at QoS 1. Cheap to clone.

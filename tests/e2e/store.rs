@@ -202,7 +202,7 @@ async fn an_event_is_stored_once_and_replays_its_decision() {
         PassageOutcome::Committed
     ));
     match s.commit_passage(&w).await.unwrap() {
-        PassageOutcome::Duplicate(d) => assert_eq!(d, w.decision),
+        PassageOutcome::Duplicate(d) => assert_eq!(*d, w.decision),
         other => panic!("second commit was {other:?}"),
     }
     // The duplicate wrote nothing: still one session, one event.

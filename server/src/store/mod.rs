@@ -101,7 +101,7 @@ pub struct PassageWrite {
 pub enum PassageOutcome {
     Committed,
     /// The event id was already stored: here is the decision made the first time.
-    Duplicate(Decision),
+    Duplicate(Box<Decision>),
 }
 
 /// An open session as the matcher sees it.

@@ -588,7 +588,7 @@ macro_rules! backend {
                             .event_decision(ev.event_id)
                             .await?
                             .ok_or_else(|| StoreError::Corrupt(format!("event {} has no decision", ev.event_id)))?;
-                        return Ok(PassageOutcome::Duplicate(stored));
+                        return Ok(PassageOutcome::Duplicate(Box::new(stored)));
                     }
                     let now = ev.received_at;
                     for change in &w.sessions {
