@@ -3,5 +3,6 @@
 //! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
 mod fleet;
+mod operations;
 mod scenarios;
 mod store;

@@ -1,0 +1,315 @@
+//! What an operator relies on: manual lifts are carried out and audited, bad input is rejected
+//! with a reason and kept, and the service reports its health.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parkpay_protocol::{ArmPosition, ManualClock, Topic};
+use parkpay_tests::eventually;
+use parkpay_tests::world::{World, WorldOptions};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn world() -> World {
+    let origin: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-11-25T01:00:00Z")
+        .unwrap()
+        .into();
+    World::start(WorldOptions::default(), Arc::new(ManualClock::new(origin))).await
+}
+
+#[tokio::test]
+async fn a_manual_lift_opens_the_arm_and_is_audited() {
+    let w = world().await;
+    let rig = w.rig("out-1");
+    let mut arm = rig.arm().watch();
+    let url = w.url(&format!("/api/lots/{}/lanes/out-1/open", w.lot));
+
+    let refused = w
+        .client
+        .post(url.clone())
+        .json(&json!({"reason": " ", "operator": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400, "a lift needs a reason");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request");
+    assert!(body["message"].as_str().unwrap().contains("reason"));
+
+    let r = w
+        .client
+        .post(url)
+        .json(&json!({"reason": "driver paid cash at the booth", "operator": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let command: Value = r.json().await.unwrap();
+    tokio::time::timeout(
+        WAIT,
+        arm.wait_for(|s| s.position == ArmPosition::Open && s.abnormal_releases == 1),
+    )
+    .await
+    .expect("the arm opens")
+    .unwrap();
+    let id = command["command_id"].as_str().unwrap().to_string();
+    let audit = eventually("the lane to acknowledge the command", WAIT, || async {
+        let a = w.get_json("/api/audit").await;
+        let entries = a.as_array()?.clone();
+        entries
+            .iter()
+            .any(|e| e["action"] == "command.done" && e["subject"].as_str().is_some_and(|s| s.contains(&id)))
+            .then_some(entries)
+    })
+    .await;
+    let lift = audit
+        .iter()
+        .find(|e| e["action"] == "lane.manual_open")
+        .expect("the lift is audited");
+    assert_eq!(lift["actor"], "alice");
+    assert!(lift["detail"]
+        .as_str()
+        .unwrap()
+        .contains("driver paid cash"));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_counted_and_kept_with_their_reason() {
+    let w = world().await;
+    let topic = Topic::Events(w.lot.clone(), "in-1".parse().unwrap()).to_string();
+    let mut opts = parkpay_server::mqtt::options(
+        &w.backend.mqtt_url,
+        &format!("t-bad-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    opts.set_clean_session(true);
+    opts.set_manual_acks(false);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    let future_version =
+        br#"{"v":9,"type":"passage","sent_at":"2026-11-25T01:00:00Z","body":{}}"#.to_vec();
+    for payload in [b"\xff\xfe not json".to_vec(), future_version] {
+        client
+            .publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < 2 {
+        if let rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)) =
+            tokio::time::timeout(WAIT, el.poll())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            acked += 1;
+        }
+    }
+    let letters = eventually("both messages to be dead-lettered", WAIT, || async {
+        let d = w.get_json("/api/dead-letters").await.as_array()?.clone();
+        (d.len() >= 2).then_some(d)
+    })
+    .await;
+    let reasons: Vec<&str> = letters
+        .iter()
+        .filter_map(|d| d["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"malformed") && reasons.contains(&"version"),
+        "{reasons:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|d| d["payload"].as_str().unwrap_or("").contains("not json")),
+        "the payload is kept"
+    );
+    let metrics = w
+        .client
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("parkpay_dead_letters_total{reason=\"malformed\"} 1"),
+        "{metrics}"
+    );
+    // The server is still serving.
+    assert!(w.pass("in-1", "京A77777", WAIT).await.opened);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn bad_http_requests_get_a_4xx_with_a_message() {
+    let w = world().await;
+    let post = |path: &str, body: Value| w.client.post(w.url(path)).json(&body).send();
+
+    let bad_tariff = json!({"id": "lot-x", "name": "X", "capacity": 10, "tariff": {
+        "currency": "CNY", "time_zone": "Asia/Shanghai", "unit_minutes": 0,
+        "bands": [{"start": "00:00", "end": "00:00", "unit_price": 100}]}});
+    let r = post("/api/lots", bad_tariff).await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("unit_minutes"),
+        "{body}"
+    );
+
+    let r = w
+        .client
+        .post(w.url("/api/lots"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = post(
+        &format!("/api/lots/{}/lanes/in-1/open", "bad/lot"),
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_client_error());
+    let r = w
+        .client
+        .get(w.url("/api/sessions/not-a-uuid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = w
+        .client
+        .get(w.url(&format!("/api/sessions/{}", uuid::Uuid::new_v4())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let r = w
+        .client
+        .get(w.url("/api/sessions?status=parked"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    let driver: Value = post("/api/drivers", json!({"name": "Li"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = driver["id"].as_str().unwrap();
+    let r = post(
+        &format!("/api/drivers/{id}/vehicles"),
+        json!({"plate": "京A1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 422, "a plate that fits no layout");
+    assert_eq!(
+        post(
+            &format!("/api/drivers/{id}/vehicles"),
+            json!({"plate": "京A12345"})
+        )
+        .await
+        .unwrap()
+        .status()
+        .as_u16(),
+        201
+    );
+    let other: Value = post("/api/drivers", json!({"name": "Han"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = post(
+        &format!("/api/drivers/{}/vehicles", other["id"].as_str().unwrap()),
+        json!({"plate": "京a·12345"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 409, "a plate is bound to one driver");
+
+    let r = w.client.get(w.url("/no/such/page")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_live_lane_state() {
+    let w = world().await;
+    assert_eq!(
+        w.client
+            .get(w.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let ready: Value = w
+        .client
+        .get(w.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready, json!({"database": true, "mqtt": true}));
+    w.pass("in-1", "京A88888", WAIT).await;
+    let metrics = w
+        .client
+        .get(w.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("parkpay_decision_latency_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("parkpay_events_total{outcome=\"entered\"} 1"));
+    let lanes = eventually("the gateway to report its lanes", WAIT, || async {
+        let l = w
+            .get_json(&format!("/api/lots/{}/lanes", w.lot))
+            .await
+            .as_array()?
+            .clone();
+        (l.len() == 4 && l.iter().all(|x| x["gateway_online"] == true)).then_some(l)
+    })
+    .await;
+    assert!(lanes
+        .iter()
+        .any(|l| l["lane"] == "in-1" && l["direction"] == "entry"));
+    let stats = w.get_json("/api/stats").await;
+    let ours = stats["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lot"] == w.lot.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(ours["occupancy"], 1);
+    let page = w
+        .client
+        .get(w.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("parkpay"));
+    w.stop().await;
+}
