@@ -197,6 +197,9 @@ pub struct CarContext {
 
 /// Registers the car's driver, then lives its plan: arrive, enter, stay, leave.
 pub async fn run_car(ctx: &CarContext, plan: &CarPlan) -> Result<(), SimError> {
+    // Drivers sign up just before they first drive in, not all at once: a long run plans
+    // many thousands of cars, and registering them together would exhaust connections.
+    tokio::time::sleep_until(ctx.start + ctx.clock.real(plan.arrives_after)).await;
     let driver = register(ctx, plan).await?;
     ctx.truth.record(Fact::Car {
         car: plan.car,
@@ -206,7 +209,6 @@ pub async fn run_car(ctx: &CarContext, plan: &CarPlan) -> Result<(), SimError> {
         wallet_fen: plan.wallet_fen,
         driver_id: Some(driver),
     })?;
-    tokio::time::sleep_until(ctx.start + ctx.clock.real(plan.arrives_after)).await;
     let Some(entry) = ctx.entry_lanes.get(plan.entry_lane) else {
         return Err(SimError::Config("no entry lane".into()));
     };

@@ -231,12 +231,19 @@ async fn charge_once(
             u.attempt.detail = reason.clone();
             if attempt >= s.max_attempts {
                 u.status = ChargeStatus::Arrears;
+                let plate = app
+                    .store
+                    .session(c.session_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| s.plate);
                 u.exception = Some(ExceptionRecord {
                     id: Uuid::now_v7(),
                     lot: c.lot.clone(),
                     lane: None,
                     kind: ExceptionKind::ChargeFailed,
-                    plate: None,
+                    plate,
                     event_id: None,
                     session_id: Some(c.session_id),
                     charge_id: Some(c.id),
