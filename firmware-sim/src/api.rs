@@ -267,20 +267,10 @@ impl Api {
     }
 }
 
-/// The example tariff of docs/api.md, used when the simulator has to create its lot.
+/// The example tariff of docs/api.md (the server's `Tariff::example_cn`), used when the
+/// simulator has to create its lot.
 pub fn example_tariff() -> serde_json::Value {
-    serde_json::json!({
-        "currency": "CNY",
-        "time_zone": "Asia/Shanghai",
-        "grace_minutes": 15,
-        "unit_minutes": 30,
-        "first_period": {"minutes": 60, "price": 500},
-        "bands": [
-            {"start": "08:00", "end": "20:00", "unit_price": 300},
-            {"start": "20:00", "end": "08:00", "unit_price": 100}
-        ],
-        "daily_cap": {"amount": 4000, "basis": "calendar"},
-        "stay_cap": null,
-        "minimum_charge": 0
-    })
+    // A plain struct of numbers and strings: serialising it cannot fail.
+    serde_json::to_value(parkpay_server::tariff::Tariff::example_cn())
+        .expect("a tariff serialises to JSON")
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use parkpay_gateway::{
     Gateway, GatewayConfig, GatewayError, LaneConfig as GwLane, MqttUrl as GwMqttUrl, NoFrameReader,
 };
-use parkpay_protocol::{Clock, GatewayId, LotId, ScaledClock};
+use parkpay_protocol::{Clock, Direction, GatewayId, LaneId, LotId, ScaledClock};
 use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
 use parkpay_server::tariff::{quote, Tariff};
 use parkpay_server::{Server, ServerConfig, ServerError};
@@ -121,37 +121,7 @@ pub async fn run_demo(
     });
     world.fee = Some(fee);
 
-    let lanes = world
-        .lanes
-        .iter()
-        .map(|(lane, direction)| {
-            let ids = LaneDeviceIds::new(&lot, lane)?;
-            Ok(GwLane {
-                id: lane.clone(),
-                direction: *direction,
-                camera: ids.camera,
-                loop_detector: ids.loop_detector,
-                barrier: ids.arm,
-                display: ids.display,
-                roi: None,
-            })
-        })
-        .collect::<Result<Vec<_>, SimError>>()?;
-    let gw_config = GatewayConfig {
-        gateway_id: GatewayId::parse("gw-1").map_err(SimError::from)?,
-        lot: lot.clone(),
-        mqtt_url: GwMqttUrl::parse(&mqtt_url).map_err(DemoError::Setup)?,
-        username: None,
-        password: None,
-        signing_key: None,
-        journal_dir: dir.path().join("journal"),
-        dedupe_window: Duration::from_secs(60),
-        decision_timeout: Duration::from_secs(5),
-        heartbeat_interval: Duration::from_secs(10),
-        burst_timeout: Duration::from_millis(800),
-        connect_timeout: Duration::from_secs(10),
-        lanes,
-    };
+    let gw_config = gateway_config(&lot, &world.lanes, &mqtt_url, dir.path().join("journal"))?;
     let gateway = Gateway::build(gw_config, clock.clone(), Arc::new(NoFrameReader)).await?;
     let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway.run(async {
@@ -189,6 +159,46 @@ pub async fn run_demo(
     let _ = stop_server.send(());
     let _ = server_task.await;
     Ok(outcome)
+}
+
+/// A gateway configuration serving `lanes` of `lot`, with the simulator's device-naming rule
+/// (`{lot}-{lane}-cam`, `-loop`, `-arm`, `-disp`).
+pub fn gateway_config(
+    lot: &LotId,
+    lanes: &[(LaneId, Direction)],
+    mqtt_url: &str,
+    journal_dir: PathBuf,
+) -> Result<GatewayConfig, DemoError> {
+    let lanes = lanes
+        .iter()
+        .map(|(lane, direction)| {
+            let ids = LaneDeviceIds::new(lot, lane)?;
+            Ok(GwLane {
+                id: lane.clone(),
+                direction: *direction,
+                camera: ids.camera,
+                loop_detector: ids.loop_detector,
+                barrier: ids.arm,
+                display: ids.display,
+                roi: None,
+            })
+        })
+        .collect::<Result<Vec<_>, SimError>>()?;
+    Ok(GatewayConfig {
+        gateway_id: GatewayId::parse(format!("gw-{lot}")).map_err(SimError::from)?,
+        lot: lot.clone(),
+        mqtt_url: GwMqttUrl::parse(mqtt_url).map_err(DemoError::Setup)?,
+        username: None,
+        password: None,
+        signing_key: None,
+        journal_dir,
+        dedupe_window: Duration::from_secs(60),
+        decision_timeout: Duration::from_secs(5),
+        heartbeat_interval: Duration::from_secs(10),
+        burst_timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_secs(10),
+        lanes,
+    })
 }
 
 /// p50 and p99 of the decision-latency histogram (the upper bound of the bucket each falls in),

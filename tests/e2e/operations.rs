@@ -60,7 +60,10 @@ async fn a_manual_lift_opens_the_arm_and_is_audited() {
         let entries = a.as_array()?.clone();
         entries
             .iter()
-            .any(|e| e["action"] == "command.done" && e["subject"].as_str().is_some_and(|s| s.contains(&id)))
+            .any(|e| {
+                e["action"] == "command.done"
+                    && e["subject"].as_str().is_some_and(|s| s.contains(&id))
+            })
             .then_some(entries)
     })
     .await;

@@ -6,17 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parkpay_gateway::{
-    Gateway, GatewayConfig, GatewayHandle, LaneConfig as GwLane, MqttUrl as GwMqttUrl,
-    NoFrameReader,
-};
+use parkpay_gateway::{Gateway, GatewayHandle, NoFrameReader};
 use parkpay_protocol::{Clock, Direction, LaneId, LotId, Money, Plate, PlateColour};
 use parkpay_server::app::App;
 use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
 use parkpay_server::{Server, ServerConfig};
 use parkpay_sim::api::Api;
+use parkpay_sim::demo::gateway_config;
 use parkpay_sim::mqtt::{DeviceContext, MqttUrl};
-use parkpay_sim::rig::{LaneConfig, LaneDeviceIds, LaneRig, PassageOutcome, Vehicle};
+use parkpay_sim::rig::{LaneConfig, LaneRig, PassageOutcome, Vehicle};
 use reqwest::Url;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -144,7 +142,6 @@ impl World {
         let mqtt = MqttUrl::parse(&backend.mqtt_url).expect("broker URL parses");
         let ctx = DeviceContext::new(mqtt, clock.clone());
         let mut rigs = HashMap::new();
-        let mut gw_lanes = Vec::new();
         for (name, direction) in &opts.lanes {
             let lane = LaneId::parse(*name).expect("a valid lane id");
             let mut cfg = LaneConfig::new(lot.clone(), lane.clone(), *direction);
@@ -160,33 +157,21 @@ impl World {
                     LaneRig::start(&ctx, cfg).await.expect("lane devices start"),
                 );
             }
-            let ids = LaneDeviceIds::new(&lot, &lane).expect("device ids");
-            gw_lanes.push(GwLane {
-                id: lane,
-                direction: *direction,
-                camera: ids.camera,
-                loop_detector: ids.loop_detector,
-                barrier: ids.arm,
-                display: ids.display,
-                roi: None,
-            });
         }
-        let gw_config: GatewayConfig = GatewayConfig {
-            gateway_id: parkpay_protocol::GatewayId::parse(format!("gw-{lot}"))
-                .expect("a valid gateway id"),
-            lot: lot.clone(),
-            mqtt_url: GwMqttUrl::parse(&backend.mqtt_url).expect("broker URL parses"),
-            username: None,
-            password: None,
-            signing_key: None,
-            journal_dir: journal.path().to_path_buf(),
-            dedupe_window: Duration::from_secs(60),
-            decision_timeout: Duration::from_secs(20),
-            heartbeat_interval: Duration::from_secs(30),
-            burst_timeout: Duration::from_millis(500),
-            connect_timeout: Duration::from_secs(10),
-            lanes: gw_lanes,
-        };
+        let lanes: Vec<(LaneId, Direction)> = opts
+            .lanes
+            .iter()
+            .map(|(l, d)| (LaneId::parse(*l).expect("a valid lane id"), *d))
+            .collect();
+        let mut gw_config = gateway_config(
+            &lot,
+            &lanes,
+            &backend.mqtt_url,
+            journal.path().to_path_buf(),
+        )
+        .expect("gateway configuration");
+        // Scenario tests jump the clock and never lose the server for long.
+        gw_config.decision_timeout = Duration::from_secs(20);
         let gw = Gateway::build(gw_config, clock.clone(), Arc::new(NoFrameReader))
             .await
             .expect("gateway builds");
