@@ -78,6 +78,8 @@ pub struct Counters {
     pub journal_errors: u64,
     pub journal_corrupt: u64,
     pub connects: u64,
+    /// Plates in the allowlist the offline policy currently uses.
+    pub allowlist_plates: u64,
     /// Rejected incoming messages by reason (`malformed`, `bad_image`, `unknown_device`, ...).
     pub rejected: BTreeMap<String, u64>,
 }
@@ -95,6 +97,7 @@ struct Stats {
     journal_errors: AtomicU64,
     journal_corrupt: AtomicU64,
     connects: AtomicU64,
+    allowlist_plates: AtomicU64,
     rejected: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -123,6 +126,7 @@ impl Stats {
             journal_errors: get(&self.journal_errors),
             journal_corrupt: get(&self.journal_corrupt),
             connects: get(&self.connects),
+            allowlist_plates: get(&self.allowlist_plates),
             rejected: self
                 .rejected
                 .lock()
@@ -684,6 +688,9 @@ impl Shell {
             version = set.version,
             "allowlist updated"
         );
+        self.stats
+            .allowlist_plates
+            .store(set.len() as u64, Ordering::Relaxed);
         let set = Arc::new(set);
         for i in 0..self.lanes.len() {
             self.feed(i, Input::Allowlist(set.clone())).await;

@@ -63,6 +63,8 @@ pub struct App {
     pub live: Live,
     pub metrics: Arc<Metrics>,
     pub charges_due: Arc<Notify>,
+    /// Wakes the allowlist publisher: a gateway came online or a mandate changed.
+    pub allowlists_due: Arc<Notify>,
     pub settings: Arc<AppSettings>,
 }
 

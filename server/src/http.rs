@@ -468,6 +468,7 @@ async fn add_mandate(
         revoked_at: None,
     };
     ctx.app.store.insert_mandate(&m).await?;
+    ctx.app.allowlists_due.notify_one();
     Ok((StatusCode::CREATED, Json(m)))
 }
 
@@ -494,6 +495,7 @@ async fn revoke_mandate(
         .store
         .set_mandate_status(mid, MandateStatus::Revoked, ctx.app.clock.now())
         .await?;
+    ctx.app.allowlists_due.notify_one();
     let m = ctx
         .app
         .store

@@ -47,6 +47,17 @@ impl Publisher {
         Publisher { client }
     }
 
+    /// Publishes a retained message: the latest state for whoever subscribes later.
+    pub async fn publish_retained(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), rumqttc::ClientError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+    }
+
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), rumqttc::ClientError> {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -242,6 +253,9 @@ pub async fn process(
             Ok(Topic::GatewayStatus(..)) => {
                 match decode::<GatewayStatus>(&p.payload, None) {
                     Ok(s) => {
+                        if s.body.online {
+                            app.allowlists_due.notify_one();
+                        }
                         app.live.gateway_status(s.body);
                         app.metrics.gateways_online.set(app.live.gateways_online());
                     }

@@ -101,6 +101,7 @@ impl Server {
             live: Live::new(),
             metrics,
             charges_due: Arc::new(Notify::new()),
+            allowlists_due: Arc::new(Notify::new()),
             settings: Arc::new(AppSettings { public_url }),
         };
 
@@ -126,6 +127,7 @@ impl Server {
                 rx,
             )),
             tokio::spawn(resend_outbox(app.clone(), cancel.clone())),
+            tokio::spawn(publish_allowlists(app.clone(), cancel.clone())),
         ];
         tasks.shrink_to_fit();
 
@@ -238,6 +240,55 @@ async fn resend_outbox(app: App, cancel: CancellationToken) {
             {
                 let _ = app.store.mark_published(m.id, app.clock.now()).await;
             }
+        }
+    }
+}
+
+/// Keeps every known gateway's retained allowlist current: the plates it may let out on its own
+/// when it cannot reach us (drivers with an active mandate and no arrears).
+async fn publish_allowlists(app: App, cancel: CancellationToken) {
+    let mut published: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    loop {
+        let Ok(plates) = app.store.trusted_plates(50_000).await else {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+            }
+        };
+        for gw in app.live.gateways().into_iter().filter(|g| g.online) {
+            let key = format!("{}/{}", gw.lot, gw.gateway);
+            if published.get(&key) == Some(&plates) {
+                continue;
+            }
+            let (Ok(lot), Ok(gateway)) = (
+                parkpay_protocol::LotId::parse(gw.lot),
+                parkpay_protocol::GatewayId::parse(gw.gateway),
+            ) else {
+                continue;
+            };
+            let list = parkpay_protocol::Allowlist {
+                lot: lot.clone(),
+                plates: plates.clone(),
+                version: app.clock.now().timestamp_millis(),
+            };
+            let topic = parkpay_protocol::Topic::Allowlist(lot, gateway).to_string();
+            if app
+                .publisher
+                .publish_retained(
+                    &topic,
+                    parkpay_protocol::encode(&list, app.clock.now(), None),
+                )
+                .await
+                .is_ok()
+            {
+                published.insert(key, plates.clone());
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = app.allowlists_due.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
 }

@@ -49,6 +49,9 @@ async fn two_hundred_cars_with_mandates_are_each_charged_once_and_exactly() {
     world.no_read_rate = 0.0;
     world.fee = Some(fee);
     world.settle_wait = Duration::from_secs(30);
+    // Patience measured in real time: on a loaded test machine an arm may answer late, which
+    // must not make a car give up and drive in twice.
+    world.open_wait = Duration::from_secs(10);
 
     let audit = drive_audited(
         world,

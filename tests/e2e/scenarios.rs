@@ -498,3 +498,60 @@ async fn a_server_restart_between_entry_and_exit_loses_nothing() {
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn with_the_server_down_mandated_cars_still_leave_and_are_charged_later() {
+    let clock = Arc::new(ManualClock::new(origin()));
+    let opts = WorldOptions {
+        decision_timeout: Duration::from_millis(1500),
+        ..WorldOptions::default()
+    };
+    let mut w = World::start(opts, clock.clone()).await;
+    w.driver("闽A70009", Some(100_000)).await;
+    w.driver("闽A70010", None).await;
+    let trusted_in = w.pass("in-1", "闽A70009", WAIT).await;
+    assert!(w.pass("in-2", "闽A70010", WAIT).await.opened);
+    // The gateway learns whom it may let out alone before the server goes away.
+    eventually("the allowlist to reach the gateway", WAIT, || async {
+        (w.gateway().counters().allowlist_plates > 0).then_some(())
+    })
+    .await;
+
+    w.stop_server().await;
+    clock.advance(chrono::Duration::minutes(90));
+    let trusted_out = w.pass("out-1", "闽A70009", WAIT).await;
+    assert!(
+        trusted_out.opened,
+        "an allowlisted car is let out by the gateway alone"
+    );
+    let unknown = w.pass("out-2", "闽A70010", Duration::from_secs(4)).await;
+    assert!(
+        !unknown.opened,
+        "a car without a mandate waits for the server"
+    );
+    assert!(
+        w.gateway().journal_pending() >= 1,
+        "the exits wait in the journal"
+    );
+
+    w.start_server().await;
+    let s = eventually("the offline exit to reach the ledger", WAIT, || async {
+        let s = sessions(&w, "闽A70009").await;
+        (s.first()?["status"] == "closed").then(|| s[0].clone())
+    })
+    .await;
+    let expected = quote(
+        &tariff(),
+        trusted_in.capture.captured_at,
+        trusted_out.capture.captured_at,
+    )
+    .unwrap()
+    .total
+    .minor;
+    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (c["status"].as_str(), fen(&c["amount"])),
+        (Some("succeeded"), expected)
+    );
+    w.stop().await;
+}

@@ -29,6 +29,8 @@ pub struct WorldOptions {
     pub retry_base_secs: f64,
     /// Start the lanes' simulated hardware here; off when a traffic run brings its own.
     pub rigs: bool,
+    /// How long the gateway waits for the server before its offline policy decides.
+    pub decision_timeout: Duration,
 }
 
 impl Default for WorldOptions {
@@ -44,6 +46,7 @@ impl Default for WorldOptions {
             max_attempts: 3,
             retry_base_secs: 0.05,
             rigs: true,
+            decision_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -170,8 +173,7 @@ impl World {
             journal.path().to_path_buf(),
         )
         .expect("gateway configuration");
-        // Scenario tests jump the clock and never lose the server for long.
-        gw_config.decision_timeout = Duration::from_secs(20);
+        gw_config.decision_timeout = opts.decision_timeout;
         let gw = Gateway::build(gw_config, clock.clone(), Arc::new(NoFrameReader))
             .await
             .expect("gateway builds");
@@ -219,6 +221,21 @@ impl World {
 
     pub fn url(&self, path: &str) -> Url {
         self.http.join(path).expect("a valid path")
+    }
+
+    /// Stops the server (gracefully); the broker keeps its session and queues its events.
+    pub async fn stop_server(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+
+    /// Starts the server again on the same database and broker, as the same instance.
+    pub async fn start_server(&mut self) {
+        let (server, http) = start_server(self.server_config.clone(), self.clock.clone()).await;
+        self.api = Api::new(&http);
+        self.http = http;
+        self.server = Some(server);
     }
 
     /// Stops the server (gracefully) and starts it again on the same database and broker.

@@ -207,6 +207,9 @@ pub trait Store: Send + Sync + 'static {
         status: MandateStatus,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Plates whose drivers hold an active mandate and owe nothing: a gateway may let them out
+    /// on its own while the server is unreachable.
+    async fn trusted_plates(&self, limit: i64) -> StoreResult<Vec<String>>;
     /// Sum of the driver's unpaid arrears.
     async fn arrears_of(&self, driver: Uuid) -> StoreResult<i64>;
     /// Sum charged (or being charged) under a mandate since an instant, for the monthly cap.

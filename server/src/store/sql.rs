@@ -499,6 +499,19 @@ macro_rules! backend {
                     Ok(())
                 }
 
+                async fn trusted_plates(&self, limit: i64) -> StoreResult<Vec<String>> {
+                    sqlx::query(
+                        "SELECT v.plate FROM vehicles v WHERE EXISTS (SELECT 1 FROM mandates m WHERE m.driver_id = v.driver_id AND m.status = 'active') \
+                         AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.driver_id = v.driver_id AND c.status = 'arrears') ORDER BY v.plate LIMIT $1",
+                    )
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok(r.try_get("plate")?))
+                    .collect()
+                }
+
                 async fn arrears_of(&self, driver: Uuid) -> StoreResult<i64> {
                     Ok(sqlx::query("SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s FROM charges WHERE driver_id = $1 AND status = 'arrears'")
                         .bind(driver.to_string())
