@@ -459,3 +459,71 @@ async fn outbox_dead_letters_and_audit_round_trip() {
     assert_eq!(s.audit(10).await.unwrap().len(), 1);
     b.cleanup().await;
 }
+
+#[tokio::test]
+async fn trusted_plates_are_mandated_and_owe_nothing() {
+    let (s, b, lot) = store().await;
+    let mut drivers = Vec::new();
+    for (plate, mandate) in [("京A11111", true), ("京A22222", false), ("京A33333", true)] {
+        let d = Driver {
+            id: Uuid::now_v7(),
+            name: plate.into(),
+            phone: None,
+            created_at: t0(),
+        };
+        s.insert_driver(&d).await.unwrap();
+        let v = Vehicle {
+            plate: plate.into(),
+            colour: parkpay_protocol::PlateColour::Blue,
+            driver_id: d.id,
+            created_at: t0(),
+        };
+        s.insert_vehicle(&v, &parkpay_protocol::plate::match_key(plate))
+            .await
+            .unwrap();
+        if mandate {
+            s.insert_mandate(&Mandate {
+                id: Uuid::now_v7(),
+                driver_id: d.id,
+                provider: "sandbox".into(),
+                provider_ref: format!("w-{plate}"),
+                status: MandateStatus::Active,
+                per_charge_cap: None,
+                monthly_cap: None,
+                channel: "api".into(),
+                signed_at: t0(),
+                revoked_at: None,
+            })
+            .await
+            .unwrap();
+        }
+        drivers.push(d.id);
+    }
+    assert_eq!(
+        s.trusted_plates(100).await.unwrap(),
+        vec!["京A11111".to_string(), "京A33333".to_string()]
+    );
+    assert_eq!(
+        s.vehicles_by_key(&parkpay_protocol::plate::match_key("京A1I1I1"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Unpaid arrears take a driver off the list.
+    let (w, session) = entry(&lot, "京A33333", t0());
+    s.commit_passage(&w).await.unwrap();
+    let mut x = exit(&lot, session, 800, t0() + Duration::hours(2));
+    if let Some(c) = x.charge.as_mut() {
+        c.driver_id = Some(drivers[2]);
+        c.status = ChargeStatus::Arrears;
+    }
+    s.commit_passage(&x).await.unwrap();
+    assert_eq!(s.arrears_of(drivers[2]).await.unwrap(), 800);
+    assert_eq!(
+        s.trusted_plates(100).await.unwrap(),
+        vec!["京A11111".to_string()]
+    );
+    b.cleanup().await;
+}
