@@ -240,13 +240,13 @@ pub fn random_plate(format: PlateFormat, rng: &mut impl Rng) -> (String, PlateCo
             (s, PlateColour::Green)
         }
         PlateFormat::De => {
-            let d: String = (0..rng.gen_range(1..=3))
-                .map(|_| pick(rng, DE_LETTERS))
-                .collect();
-            let l: String = (0..rng.gen_range(1..=2))
-                .map(|_| pick(rng, DE_LETTERS))
-                .collect();
-            let n = rng.gen_range(1..10_000u32);
+            // At most eight characters in all, as the German rules have it.
+            let dn = rng.gen_range(1..=3);
+            let ln = rng.gen_range(1..=2);
+            let digits = rng.gen_range(1..=(8 - dn - ln).min(4));
+            let d: String = (0..dn).map(|_| pick(rng, DE_LETTERS)).collect();
+            let l: String = (0..ln).map(|_| pick(rng, DE_LETTERS)).collect();
+            let n = rng.gen_range(10u32.pow(digits as u32 - 1)..10u32.pow(digits as u32));
             (format!("{d} {l} {n}"), PlateColour::White)
         }
         PlateFormat::Uk => {

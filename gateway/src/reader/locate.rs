@@ -20,8 +20,10 @@ pub(crate) enum Hue {
 #[derive(Debug, Clone)]
 pub(crate) struct Blob {
     pub hue: Hue,
-    /// Top-left, top-right, bottom-right, bottom-left.
+    /// Top-left, top-right, bottom-right, bottom-left: edges fitted along the blob's main axis.
     pub quad: [(f32, f32); 4],
+    /// The blob's extreme points along the diagonals: a second opinion when the fit is fooled.
+    pub extreme_quad: [(f32, f32); 4],
     pub score: f32,
 }
 
@@ -65,7 +67,7 @@ pub(crate) fn locate(rgb: &RgbImage) -> Vec<Blob> {
         let mut mask = GrayImage::new(w, h);
         for (i, &(hh, s, v)) in hsvs.iter().enumerate() {
             let on = match hue {
-                Hue::Blue => (195.0..255.0).contains(&hh) && s > 0.45 && v > 45.0,
+                Hue::Blue => (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0,
                 Hue::Yellow => (30.0..70.0).contains(&hh) && s > 0.45 && v > 60.0,
                 Hue::Green => (85.0..160.0).contains(&hh) && s > 0.2 && v > 80.0,
                 Hue::White => s < 0.28 && v > 60.0 && v > local[i] * 1.12,
@@ -159,33 +161,34 @@ fn components(mask: &GrayImage, hue: Hue) -> Vec<Blob> {
             st.max_diff = (d, (fx, fy));
         }
     }
-    stats
+    let keep: Vec<Option<Stats>> = stats
         .into_iter()
-        .flatten()
-        .filter_map(|st| {
+        .map(|st| st.filter(plausible(w, h)))
+        .collect();
+    let mut points: Vec<Vec<(f32, f32)>> = vec![Vec::new(); keep.len()];
+    for (x, y, l) in labels.enumerate_pixels() {
+        let l = l.0[0] as usize;
+        if l != 0 && keep.get(l).is_some_and(Option::is_some) {
+            points[l].push((x as f32 + 0.5, y as f32 + 0.5));
+        }
+    }
+    keep.into_iter()
+        .zip(points)
+        .filter_map(|(st, pts)| Some((st?, pts)))
+        .filter_map(|(st, pts)| {
             let bw = (st.x1 - st.x0 + 1) as f32;
             let bh = (st.y1 - st.y0 + 1) as f32;
             let fill = st.n as f32 / (bw * bh);
-            let aspect = bw / bh;
-            let plausible = st.n >= 250
-                && bw >= 50.0
-                && bh >= 14.0
-                && bw <= w as f32 * 0.7
-                && bh <= h as f32 * 0.4
-                && (1.6..8.0).contains(&aspect)
-                && fill >= 0.25;
-            if !plausible {
-                return None;
-            }
             // Pixel centres lie half a pixel inside the blob's outline.
             let grow = |p: (f32, f32), dx: f32, dy: f32| (p.0 + dx * 0.5, p.1 + dy * 0.5);
-            let quad = [
+            let extreme_quad = [
                 grow(st.min_sum.1, -1.0, -1.0),
                 grow(st.max_diff.1, 1.0, -1.0),
                 grow(st.max_sum.1, 1.0, 1.0),
                 grow(st.min_diff.1, -1.0, 1.0),
             ];
-            let blob = Blob { hue, quad, score: 0.0 };
+            let quad = fit_quad(&pts).unwrap_or(extreme_quad);
+            let blob = Blob { hue, quad, extreme_quad, score: 0.0 };
             let a = blob.aspect();
             if !(1.8..7.0).contains(&a) {
                 return None;
@@ -194,4 +197,100 @@ fn components(mask: &GrayImage, hue: Hue) -> Vec<Blob> {
             Some(Blob { score, ..blob })
         })
         .collect()
+}
+
+fn plausible(w: u32, h: u32) -> impl Fn(&Stats) -> bool {
+    move |st: &Stats| {
+        let bw = (st.x1 - st.x0 + 1) as f32;
+        let bh = (st.y1 - st.y0 + 1) as f32;
+        let fill = st.n as f32 / (bw * bh);
+        let aspect = bw / bh;
+        st.n >= 250
+            && bw >= 50.0
+            && bh >= 14.0
+            && bw <= w as f32 * 0.7
+            && bh <= h as f32 * 0.4
+            && (1.6..8.0).contains(&aspect)
+            && fill >= 0.25
+    }
+}
+
+/// Fits a quad to a blob: main axis from its second moments, then a line each through the top
+/// and bottom extents of slices along that axis (so yaw's trapezoid survives), refitted without
+/// the slices a shadow or a glyph touching the edge pulled astray.
+fn fit_quad(pts: &[(f32, f32)]) -> Option<[(f32, f32); 4]> {
+    let n = pts.len() as f32;
+    if n < 50.0 {
+        return None;
+    }
+    let (mx, my) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0 / n, a.1 + p.1 / n));
+    let (mut sxx, mut syy, mut sxy) = (0.0f32, 0.0f32, 0.0f32);
+    for p in pts {
+        let (dx, dy) = (p.0 - mx, p.1 - my);
+        sxx += dx * dx;
+        syy += dy * dy;
+        sxy += dx * dy;
+    }
+    let theta = 0.5 * (2.0 * sxy).atan2(sxx - syy);
+    let (e1x, e1y) = (theta.cos(), theta.sin());
+    let (e2x, e2y) = (-e1y, e1x);
+    let uv: Vec<(f32, f32)> = pts
+        .iter()
+        .map(|p| {
+            let (dx, dy) = (p.0 - mx, p.1 - my);
+            (dx * e1x + dy * e1y, dx * e2x + dy * e2y)
+        })
+        .collect();
+    let umin = uv.iter().map(|p| p.0).fold(f32::MAX, f32::min) - 0.5;
+    let umax = uv.iter().map(|p| p.0).fold(f32::MIN, f32::max) + 0.5;
+    const BINS: usize = 16;
+    let span = (umax - umin).max(1.0);
+    let mut lo = [f32::MAX; BINS];
+    let mut hi = [f32::MIN; BINS];
+    for &(u, v) in &uv {
+        let b = (((u - umin) / span) * BINS as f32).clamp(0.0, BINS as f32 - 1.0) as usize;
+        lo[b] = lo[b].min(v - 0.5);
+        hi[b] = hi[b].max(v + 0.5);
+    }
+    let centres: Vec<f32> = (0..BINS).map(|b| umin + span * (b as f32 + 0.5) / BINS as f32).collect();
+    // Skip the end slices: their extents are cut short by the plate's rounded or rolled corners.
+    let inner = 1..BINS - 1;
+    let top: Vec<(f32, f32)> = inner.clone().filter(|&b| lo[b] < f32::MAX).map(|b| (centres[b], lo[b])).collect();
+    let bottom: Vec<(f32, f32)> = inner.filter(|&b| hi[b] > f32::MIN).map(|b| (centres[b], hi[b])).collect();
+    let (ta, tb) = robust_line(&top, true)?;
+    let (ba, bb) = robust_line(&bottom, false)?;
+    let back = |u: f32, v: f32| (mx + u * e1x + v * e2x, my + u * e1y + v * e2y);
+    Some([
+        back(umin, ta + tb * umin),
+        back(umax, ta + tb * umax),
+        back(umax, ba + bb * umax),
+        back(umin, ba + bb * umin),
+    ])
+}
+
+/// Least-squares line v = a + b u, refitted after dropping the slices lying inside the plate
+/// (`upper`: a top edge, where outliers lie below the line).
+fn robust_line(pts: &[(f32, f32)], upper: bool) -> Option<(f32, f32)> {
+    let fit = |p: &[(f32, f32)]| -> Option<(f32, f32)> {
+        let n = p.len() as f32;
+        if n < 2.0 {
+            return None;
+        }
+        let (mu, mv) = p.iter().fold((0.0, 0.0), |a, q| (a.0 + q.0 / n, a.1 + q.1 / n));
+        let suu: f32 = p.iter().map(|q| (q.0 - mu).powi(2)).sum();
+        let suv: f32 = p.iter().map(|q| (q.0 - mu) * (q.1 - mv)).sum();
+        let b = if suu > 1e-3 { suv / suu } else { 0.0 };
+        Some((mv - b * mu, b))
+    };
+    let (a, b) = fit(pts)?;
+    let mut res: Vec<(f32, (f32, f32))> = pts
+        .iter()
+        .map(|&q| {
+            let r = q.1 - (a + b * q.0);
+            (if upper { r } else { -r }, q)
+        })
+        .collect();
+    res.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let keep: Vec<(f32, f32)> = res.iter().take((pts.len() * 2).div_ceil(3)).map(|r| r.1).collect();
+    fit(&keep)
 }

@@ -136,9 +136,13 @@ impl PureReader {
                 Hue::White => &[Layout::De, Layout::Uk],
             };
             for &layout in layouts {
-                if let Some(r) = self.read_blob(rgb, blob, layout) {
-                    reads.push(r);
+                let first = self.read_blob(rgb, blob, blob.quad, layout);
+                if first.as_ref().is_some_and(|r| r.quality > 0.85) {
+                    reads.extend(first);
+                    continue;
                 }
+                reads.extend(first);
+                reads.extend(self.read_blob(rgb, blob, blob.extreme_quad, layout));
             }
         }
         reads.sort_by(|a, b| b.quality.total_cmp(&a.quality));
@@ -148,22 +152,31 @@ impl PureReader {
         candidates(best)
     }
 
-    fn read_blob(&self, rgb: &RgbImage, blob: &Blob, layout: Layout) -> Option<Read> {
+    fn read_blob(&self, rgb: &RgbImage, blob: &Blob, quad: [(f32, f32); 4], layout: Layout) -> Option<Read> {
         let (wmm, hmm) = layout.size_mm();
         let (w, h) = (
             (wmm * PX_PER_MM).round() as u32,
             (hmm * PX_PER_MM).round() as u32,
         );
-        let gray = rectify(rgb, blob.quad, w, h)?;
+        let quad = if layout == Layout::CnGreen {
+            grow_to_aspect(quad, wmm / hmm)
+        } else {
+            quad
+        };
+        let (gray, blue_cols) = rectify(rgb, quad, w, h)?;
         let light_text = blob.hue == Hue::Blue;
         let ink = ink_map(&gray, light_text, (h as f32 * 0.45) as usize);
+        if std::env::var_os("PARKPAY_PLATE_DEBUG").is_some() {
+            let img = GrayImage::from_fn(w, h, |x, y| image::Luma([255 - (ink.at(x as usize, y as usize) * 255.0) as u8]));
+            let _ = img.save(format!("/tmp/ink-{layout:?}-{}.png", quad[0].0 as i32));
+        }
         let (top, bottom) = text_band(&ink)?;
         let band_h = bottom - top;
         if (band_h as f32) < h as f32 * 0.4 {
             return None;
         }
         let boxes: Vec<(usize, usize)> = match layout {
-            Layout::De => de_boxes(&ink, top, bottom)?,
+            Layout::De => de_boxes(&ink, top, bottom, &blue_cols)?,
             _ => fit_grid(&ink, top, bottom, &layout.grid()),
         };
         let pad_y = (band_h as f32 * 0.08) as usize;
@@ -217,9 +230,28 @@ impl PureReader {
         let typical = {
             let mut s = gaps.clone();
             s.sort_unstable();
-            s[s.len() / 2]
+            s[0]
         };
         (g > typical * 2 + 2 && boxes.len() - (i + 1) >= 2).then_some(i + 1)
+    }
+}
+
+impl PureReader {
+    /// What the reader saw, step by step, for a person tuning it: candidates, layouts, reads.
+    #[doc(hidden)]
+    pub fn explain(&self, image: &DynamicImage) -> String {
+        let rgb = image.to_rgb8();
+        let mut out = String::new();
+        for blob in locate(&rgb).iter().take(8) {
+            out.push_str(&format!("blob {:?} aspect {:.2} score {:.1} quad {:?}\n", blob.hue, blob.aspect(), blob.score, blob.quad.map(|(x, y)| (x as i32, y as i32))));
+            for layout in [Layout::Cn, Layout::CnGreen, Layout::De, Layout::Uk] {
+                if let Some(r) = self.read_blob(&rgb, blob, blob.quad, layout) {
+                    let slots: Vec<String> = r.slots.iter().map(|s| format!("{}{:.2}/{:.2}", s.best().0, s.best().1, s.margin())).collect();
+                    out.push_str(&format!("  {layout:?}: {} q {:.2} [{}]\n", r.plate, r.quality, slots.join(" ")));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -341,17 +373,42 @@ fn slot_confidence(s: &Slot) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Flattens the quad to `w x h` grey pixels; `None` for a degenerate quad.
-fn rectify(rgb: &RgbImage, quad: [(f32, f32); 4], w: u32, h: u32) -> Option<GrayImage> {
+/// Raises the top edge of a blob that is too flat for its layout: the near-white upper half of a
+/// new-energy plate does not pass as green, so only the lower half is found.
+fn grow_to_aspect(quad: [(f32, f32); 4], aspect: f32) -> [(f32, f32); 4] {
+    let [tl, tr, br, bl] = quad;
+    let d = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    let width = (d(tl, tr) + d(bl, br)) / 2.0;
+    let height = (d(tl, bl) + d(tr, br)) / 2.0;
+    let want = width / aspect;
+    if height <= 0.0 || height > want * 0.85 {
+        return quad;
+    }
+    let k = want / height;
+    let up = |top: (f32, f32), bottom: (f32, f32)| {
+        (bottom.0 + (top.0 - bottom.0) * k, bottom.1 + (top.1 - bottom.1) * k)
+    };
+    [up(tl, bl), up(tr, br), br, bl]
+}
+
+/// Flattens the quad to `w x h` grey pixels, with the share of blue pixels in each column (the EU
+/// band); `None` for a degenerate quad.
+fn rectify(rgb: &RgbImage, quad: [(f32, f32); 4], w: u32, h: u32) -> Option<(GrayImage, Vec<f32>)> {
     let (wf, hf) = (w as f32, h as f32);
     let proj = Projection::from_control_points([(0.0, 0.0), (wf, 0.0), (wf, hf), (0.0, hf)], quad)?;
     let (iw, ih) = (rgb.width() as i64, rgb.height() as i64);
     let mut out = GrayImage::new(w, h);
+    let mut blue = vec![0.0f32; w as usize];
     for y in 0..h {
         for x in 0..w {
             let (u, v) = proj * (x as f32 + 0.5, y as f32 + 0.5);
             if !u.is_finite() || !v.is_finite() {
                 return None;
+            }
+            let near = rgb.get_pixel(u.clamp(0.0, (iw - 1) as f32) as u32, v.clamp(0.0, (ih - 1) as f32) as u32).0;
+            let (r, g, b) = (near[0] as f32, near[1] as f32, near[2] as f32);
+            if b > 40.0 && b - r.max(g) > 0.25 * b {
+                blue[x as usize] += 1.0 / h as f32;
             }
             let (u, v) = (u - 0.5, v - 0.5);
             let (xi, yi) = (u.floor() as i64, v.floor() as i64);
@@ -365,7 +422,7 @@ fn rectify(rgb: &RgbImage, quad: [(f32, f32); 4], w: u32, h: u32) -> Option<Gray
             out.put_pixel(x, y, image::Luma([(top * (1.0 - fy) + bot * fy).round() as u8]));
         }
     }
-    Some(out)
+    Some((out, blue))
 }
 
 /// Separable running max or min over a window of radius `r`.
@@ -499,10 +556,15 @@ fn fit_grid(ink: &InkMap, top: usize, bottom: usize, grid: &[(f32, f32)]) -> Vec
 
 /// Glyph boxes on a German plate: runs of inked columns right of the EU band, with runs that are
 /// too short to be glyphs (seals, the frame) dropped and merged glyphs split.
-fn de_boxes(ink: &InkMap, top: usize, bottom: usize) -> Option<Vec<(usize, usize)>> {
+fn de_boxes(ink: &InkMap, top: usize, bottom: usize, blue_cols: &[f32]) -> Option<Vec<(usize, usize)>> {
     let band_h = (bottom - top) as f32;
     let prof = column_profile(ink, top, bottom);
-    let x_start = (ink.w as f32 * 0.09) as usize;
+    // The EU band reads as solid ink: start right of it, wherever the crop put it.
+    let band_end = (ink.w as f32 * 0.2) as usize;
+    let x_start = (0..band_end.min(blue_cols.len()))
+        .rev()
+        .find(|&x| blue_cols[x] > 0.4)
+        .map_or((ink.w as f32 * 0.09) as usize, |x| x + 2);
     let x_end = (ink.w as f32 * 0.985) as usize;
     let mut runs = Vec::new();
     let mut start = None;
