@@ -502,7 +502,7 @@ fn text_band(ink: &InkMap) -> Option<(usize, usize)> {
 
 fn column_profile(ink: &InkMap, top: usize, bottom: usize) -> Vec<f32> {
     (0..ink.w)
-        .map(|x| (top..bottom).map(|y| ink.at(x, y)).sum::<f32>() / (bottom - top).max(1) as f32)
+        .map(|x| (top..bottom).filter(|&y| ink.at(x, y) > 0.5).count() as f32 / (bottom - top).max(1) as f32)
         .collect()
 }
 
@@ -602,6 +602,9 @@ fn de_boxes(ink: &InkMap, top: usize, bottom: usize, blue_cols: &[f32]) -> Optio
             let x0 = a as f32 + k as f32 * step;
             boxes.push((x0 as usize, (x0 + step).round() as usize));
         }
+    }
+    if std::env::var_os("PARKPAY_PLATE_DEBUG").is_some() {
+        eprintln!("de runs: band {top}..{bottom} start {x_start} boxes {boxes:?}");
     }
     ((3..=8).contains(&boxes.len())).then_some(boxes)
 }
