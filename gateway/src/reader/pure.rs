@@ -124,6 +124,10 @@ impl PureReader {
     }
 
     fn read_rgb(&self, rgb: &RgbImage) -> Vec<PlateCandidate> {
+        self.best_read(rgb).map(|r| candidates(&r)).unwrap_or_default()
+    }
+
+    fn best_read(&self, rgb: &RgbImage) -> Option<Read> {
         let blobs = locate(rgb);
         let mut reads: Vec<Read> = Vec::new();
         for blob in blobs.iter().take(8) {
@@ -146,10 +150,7 @@ impl PureReader {
             }
         }
         reads.sort_by(|a, b| b.quality.total_cmp(&a.quality));
-        let Some(best) = reads.first() else {
-            return Vec::new();
-        };
-        candidates(best)
+        reads.into_iter().next()
     }
 
     fn read_blob(&self, rgb: &RgbImage, blob: &Blob, quad: [(f32, f32); 4], layout: Layout) -> Option<Read> {
@@ -158,10 +159,11 @@ impl PureReader {
             (wmm * PX_PER_MM).round() as u32,
             (hmm * PX_PER_MM).round() as u32,
         );
-        let quad = if layout == Layout::CnGreen {
-            grow_to_aspect(quad, wmm / hmm)
-        } else {
-            quad
+        let quad = match layout {
+            Layout::CnGreen => grow_to_aspect(quad, wmm / hmm),
+            // The white blob of a German plate usually stops at the EU band: look left of it.
+            Layout::De => extend_left(quad, 0.1),
+            Layout::Cn | Layout::Uk => quad,
         };
         let (gray, blue_cols) = rectify(rgb, quad, w, h)?;
         let light_text = blob.hue == Hue::Blue;
@@ -252,6 +254,16 @@ impl PureReader {
             }
         }
         out
+    }
+}
+
+impl PureReader {
+    /// The best read with each glyph's (character, score, margin), for fitting the confidence.
+    #[doc(hidden)]
+    pub fn read_slots(&self, image: &DynamicImage) -> Option<(String, Vec<(char, f32, f32)>)> {
+        let best = self.best_read(&image.to_rgb8())?;
+        let slots = best.slots.iter().map(|s| (s.best().0, s.best().1, s.margin())).collect();
+        Some((best.plate.as_str().to_string(), slots))
     }
 }
 
@@ -389,6 +401,13 @@ fn grow_to_aspect(quad: [(f32, f32); 4], aspect: f32) -> [(f32, f32); 4] {
         (bottom.0 + (top.0 - bottom.0) * k, bottom.1 + (top.1 - bottom.1) * k)
     };
     [up(tl, bl), up(tr, br), br, bl]
+}
+
+/// Moves the quad's left edge outwards by `k` of its width.
+fn extend_left(quad: [(f32, f32); 4], k: f32) -> [(f32, f32); 4] {
+    let [tl, tr, br, bl] = quad;
+    let out = |l: (f32, f32), r: (f32, f32)| (l.0 - (r.0 - l.0) * k, l.1 - (r.1 - l.1) * k);
+    [out(tl, tr), tr, br, out(bl, br)]
 }
 
 /// Flattens the quad to `w x h` grey pixels, with the share of blue pixels in each column (the EU
@@ -560,11 +579,12 @@ fn de_boxes(ink: &InkMap, top: usize, bottom: usize, blue_cols: &[f32]) -> Optio
     let band_h = (bottom - top) as f32;
     let prof = column_profile(ink, top, bottom);
     // The EU band reads as solid ink: start right of it, wherever the crop put it.
-    let band_end = (ink.w as f32 * 0.2) as usize;
+    let band_end = (ink.w as f32 * 0.3) as usize;
+    // No band, no German plate: the white top of a new-energy plate must not pass for one.
     let x_start = (0..band_end.min(blue_cols.len()))
         .rev()
-        .find(|&x| blue_cols[x] > 0.4)
-        .map_or((ink.w as f32 * 0.09) as usize, |x| x + 2);
+        .find(|&x| blue_cols[x] > 0.4)?
+        + 2;
     let x_end = (ink.w as f32 * 0.985) as usize;
     let mut runs = Vec::new();
     let mut start = None;
