@@ -8,7 +8,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let font = args.get(3).and_then(|f| FontChoice::parse(f)).unwrap_or_default();
+    let font = args
+        .get(3)
+        .and_then(|f| FontChoice::parse(f))
+        .unwrap_or_default();
     let reader = PureReader::new();
     println!("format,condition,seed,pos,province,score,margin,correct,plate_ok");
     for format in PlateFormat::ALL {
@@ -16,7 +19,8 @@ fn main() {
             for i in 0..n {
                 let s = Scene::generate(format, condition, seed + i, font);
                 let truth: Vec<char> = s.plate.chars().filter(|c| *c != ' ').collect();
-                let Some((plate, slots)) = reader.read_slots(&DynamicImage::ImageRgb8(s.image)) else {
+                let Some((plate, slots)) = reader.read_slots(&DynamicImage::ImageRgb8(s.image))
+                else {
                     continue;
                 };
                 let ok = plate == s.plate;

@@ -13,9 +13,19 @@ fn main() {
         .find(|c| Some(c.as_str()) == args.get(2).map(String::as_str))
         .unwrap_or(Condition::Clean);
     let seed = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let font = args.get(4).and_then(|f| FontChoice::parse(f)).unwrap_or_default();
+    let font = args
+        .get(4)
+        .and_then(|f| FontChoice::parse(f))
+        .unwrap_or_default();
     let scene = Scene::generate(format, condition, seed, font);
-    println!("truth {} quad {:?}", scene.plate, scene.plate_quad.map(|(x, y)| (x as i32, y as i32)));
+    println!(
+        "truth {} quad {:?}",
+        scene.plate,
+        scene.plate_quad.map(|(x, y)| (x as i32, y as i32))
+    );
     let _ = scene.image.save("/tmp/explain.png");
-    print!("{}", PureReader::new().explain(&image::DynamicImage::ImageRgb8(scene.image)));
+    print!(
+        "{}",
+        PureReader::new().explain(&image::DynamicImage::ImageRgb8(scene.image))
+    );
 }

@@ -2,6 +2,7 @@
 //! figures in `docs/plates.md` (scenes drawn by `parkpay-scenes`, optionally dumped for a peer
 //! reader to run over the very same pixels).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -44,6 +45,7 @@ pub struct BenchPlatesArgs {
 
 pub fn read_plate(args: &ReadPlateArgs) -> anyhow::Result<()> {
     let reader = PureReader::new();
+    let mut out = std::io::stdout().lock();
     for path in &args.images {
         let img = image::open(path).with_context(|| format!("reading {}", path.display()))?;
         let t = Instant::now();
@@ -58,18 +60,19 @@ pub fn read_plate(args: &ReadPlateArgs) -> anyhow::Result<()> {
                 "confidence": top.map_or(0.0, |c| c.confidence),
                 "ms": (ms * 100.0).round() / 100.0,
             });
-            println!("{line}");
+            writeln!(out, "{line}")?;
         } else {
             match top {
-                Some(c) => println!(
+                Some(c) => writeln!(
+                    out,
                     "{}\t{}\t{}\t{:.2}\t{:.1} ms",
                     path.display(),
                     c.plate,
                     c.colour.as_str(),
                     c.confidence,
                     ms
-                ),
-                None => println!("{}\t-\t-\t0.00\t{:.1} ms", path.display(), ms),
+                )?,
+                None => writeln!(out, "{}\t-\t-\t0.00\t{:.1} ms", path.display(), ms)?,
             }
         }
     }
@@ -157,7 +160,12 @@ pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
             for i in 0..args.per_cell {
                 let scene = Scene::generate(format, condition, args.seed + i, font);
                 if let Some(dir) = &args.dump {
-                    let name = format!("{}-{}-{}.png", format.as_str(), condition.as_str(), args.seed + i);
+                    let name = format!(
+                        "{}-{}-{}.png",
+                        format.as_str(),
+                        condition.as_str(),
+                        args.seed + i
+                    );
                     std::fs::write(dir.join(&name), encode_png(&scene.image)?)?;
                     truth.push_str(&format!(
                         "{name}\t{}\t{}\t{}\n",
@@ -170,7 +178,11 @@ pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
                 let start = Instant::now();
                 let cands = reader.read(&img, None);
                 t.ms.push(start.elapsed().as_secs_f64() * 1000.0);
-                score(&mut t, &scene.plate, cands.first().map(|c| (c.plate.as_str(), c.confidence)));
+                score(
+                    &mut t,
+                    &scene.plate,
+                    cands.first().map(|c| (c.plate.as_str(), c.confidence)),
+                );
             }
             cells.push((format, condition, t));
         }

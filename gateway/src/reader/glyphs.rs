@@ -33,10 +33,28 @@ impl InkMap {
     }
 }
 
+/// Two views of one glyph: its softened pixels and a coarse histogram of stroke directions.
+/// They fail differently (pixels on stroke weight, directions on blur), so the reader trusts a
+/// glyph only where both views name the same character.
+#[derive(Debug, Clone)]
+pub(crate) struct Feature {
+    pix: Vec<f32>,
+    grad: Vec<f32>,
+}
+
+/// A glyph's classes, best first, by the pixel view's correlation (the more accurate view alone;
+/// the direction view only vetoes).
+#[derive(Debug, Clone)]
+pub(crate) struct Ranking {
+    pub ranked: Vec<(char, f32)>,
+    /// Whether the pixel view and the direction view each put the same class first.
+    pub agree: bool,
+}
+
 pub(crate) struct Templates {
     classes: Vec<char>,
     /// (class index, feature).
-    feats: Vec<(usize, Vec<f32>)>,
+    feats: Vec<(usize, Feature)>,
 }
 
 impl Templates {
@@ -77,26 +95,38 @@ impl Templates {
     }
 
     /// Best score per class (cross-correlation in -1..=1), for the classes `allowed` admits.
-    pub fn scores(&self, feat: &[f32], allowed: impl Fn(char) -> bool) -> Vec<(char, f32)> {
-        let mut best: Vec<f32> = vec![f32::NEG_INFINITY; self.classes.len()];
+    pub fn scores(&self, feat: &Feature, allowed: impl Fn(char) -> bool) -> Ranking {
+        let n = self.classes.len();
+        let mut best = vec![f32::NEG_INFINITY; n];
+        let mut best_pix = vec![f32::NEG_INFINITY; n];
+        let mut best_grad = vec![f32::NEG_INFINITY; n];
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
         for (ci, t) in &self.feats {
             if !allowed(self.classes[*ci]) {
                 continue;
             }
-            let s: f32 = t.iter().zip(feat).map(|(a, b)| a * b).sum();
-            if s > best[*ci] {
-                best[*ci] = s;
-            }
+            let p = dot(&t.pix, &feat.pix);
+            let g = dot(&t.grad, &feat.grad);
+            best[*ci] = best[*ci].max(p);
+            best_pix[*ci] = best_pix[*ci].max(p);
+            best_grad[*ci] = best_grad[*ci].max(g);
         }
-        let mut out: Vec<(char, f32)> = self
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i)
+        };
+        let agree = argmax(&best_pix) == argmax(&best_grad);
+        let mut ranked: Vec<(char, f32)> = self
             .classes
             .iter()
             .zip(best)
             .filter(|(_, s)| s.is_finite())
             .map(|(&c, s)| (c, s))
             .collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1));
-        out
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ranking { ranked, agree }
     }
 }
 
@@ -125,7 +155,11 @@ fn reweight(ink: &InkMap, t: f32) -> InkMap {
         .iter()
         .map(|&v| ((v - t) / 0.2 + 0.5).clamp(0.0, 1.0))
         .collect();
-    InkMap { w: ink.w, h: ink.h, px }
+    InkMap {
+        w: ink.w,
+        h: ink.h,
+        px,
+    }
 }
 
 fn box_blur(ink: &InkMap, r: usize) -> InkMap {
@@ -150,7 +184,7 @@ fn box_blur(ink: &InkMap, r: usize) -> InkMap {
 }
 
 /// The feature of the glyph inside `[x0, x1) x [y0, y1)` of `ink`; `None` when there is no ink.
-pub(crate) fn feature(ink: &InkMap, x0: usize, y0: usize, x1: usize, y1: usize) -> Option<Vec<f32>> {
+pub(crate) fn feature(ink: &InkMap, x0: usize, y0: usize, x1: usize, y1: usize) -> Option<Feature> {
     let (x1, y1) = (x1.min(ink.w), y1.min(ink.h));
     if x1 <= x0 + 1 || y1 <= y0 + 1 {
         return None;
@@ -158,8 +192,16 @@ pub(crate) fn feature(ink: &InkMap, x0: usize, y0: usize, x1: usize, y1: usize) 
     // Tight box: rows and columns holding a meaningful amount of ink.
     let col_min = ((y1 - y0) as f32 * 0.06).max(0.9);
     let row_min = ((x1 - x0) as f32 * 0.06).max(0.9);
-    let col = |x: usize| (y0..y1).map(|y| (ink.at(x, y) > 0.5) as u8 as f32).sum::<f32>();
-    let row = |y: usize| (x0..x1).map(|x| (ink.at(x, y) > 0.5) as u8 as f32).sum::<f32>();
+    let col = |x: usize| {
+        (y0..y1)
+            .map(|y| (ink.at(x, y) > 0.5) as u8 as f32)
+            .sum::<f32>()
+    };
+    let row = |y: usize| {
+        (x0..x1)
+            .map(|x| (ink.at(x, y) > 0.5) as u8 as f32)
+            .sum::<f32>()
+    };
     let bx0 = (x0..x1).find(|&x| col(x) >= col_min)?;
     let bx1 = (x0..x1).rev().find(|&x| col(x) >= col_min)? + 1;
     let by0 = (y0..y1).find(|&y| row(y) >= row_min)?;
@@ -196,15 +238,50 @@ pub(crate) fn feature(ink: &InkMap, x0: usize, y0: usize, x1: usize, y1: usize) 
             f[fy * FW + fx] = acc / 9.0;
         }
     }
-    let f = soften(&f);
+    let grad = directions(&f);
+    Some(Feature {
+        pix: standardise(soften(&f))?,
+        grad: standardise(grad)?,
+    })
+}
+
+/// Zero mean, unit length: a dot product of two such vectors is their correlation.
+fn standardise(mut f: Vec<f32>) -> Option<Vec<f32>> {
     let mean = f.iter().sum::<f32>() / f.len() as f32;
-    let mut f: Vec<f32> = f.iter().map(|v| v - mean).collect();
+    f.iter_mut().for_each(|v| *v -= mean);
     let norm = f.iter().map(|v| v * v).sum::<f32>().sqrt();
     if norm < 1e-3 {
         return None;
     }
     f.iter_mut().for_each(|v| *v /= norm);
     Some(f)
+}
+
+/// Stroke directions: gradient magnitude binned into four unsigned orientations per 4x4 cell.
+fn directions(f: &[f32]) -> Vec<f32> {
+    const C: usize = 4;
+    let (cw, ch) = (FW / C, FH / C);
+    let mut out = vec![0.0f32; cw * ch * 4];
+    let at = |x: usize, y: usize| f[y * FW + x];
+    for y in 1..FH - 1 {
+        for x in 1..FW - 1 {
+            let gx = at(x + 1, y) - at(x - 1, y);
+            let gy = at(x, y + 1) - at(x, y - 1);
+            let mag = (gx * gx + gy * gy).sqrt();
+            if mag < 1e-3 {
+                continue;
+            }
+            let angle = gy.atan2(gx).rem_euclid(std::f32::consts::PI);
+            let pos = angle / (std::f32::consts::PI / 4.0);
+            let b0 = pos.floor() as usize % 4;
+            let b1 = (b0 + 1) % 4;
+            let t = pos.fract();
+            let cell = ((y / C) * cw + x / C) * 4;
+            out[cell + b0] += mag * (1.0 - t);
+            out[cell + b1] += mag * t;
+        }
+    }
+    out
 }
 
 fn sample(ink: &InkMap, x: f32, y: f32) -> f32 {
@@ -252,7 +329,7 @@ mod tests {
         for (ci, &c) in t.classes.iter().enumerate() {
             let own = t.feats.iter().find(|(k, _)| *k == ci);
             let (_, f) = own.unwrap_or_else(|| panic!("no template for {c}"));
-            assert_eq!(t.scores(f, |_| true)[0].0, c);
+            assert_eq!(t.scores(f, |_| true).ranked[0].0, c);
         }
     }
 }

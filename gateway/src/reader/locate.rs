@@ -91,7 +91,12 @@ fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
     let (w, h) = rgb.dimensions();
     let hsvs: Vec<(f32, f32, f32)> = rgb.pixels().map(|p| hsv(p.0)).collect();
     let radius = (30.0 * scale).round() as usize;
-    let local = local_mean(&hsvs.iter().map(|p| p.2).collect::<Vec<_>>(), w as usize, h as usize, radius);
+    let local = local_mean(
+        &hsvs.iter().map(|p| p.2).collect::<Vec<_>>(),
+        w as usize,
+        h as usize,
+        radius,
+    );
     let mut blobs = Vec::new();
     for hue in HUES {
         let mut mask = GrayImage::new(w, h);
@@ -126,7 +131,9 @@ fn local_mean(v: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
         let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(h));
         for x in 0..w {
             let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(w));
-            let s = integral[y1 * (w + 1) + x1] - integral[y0 * (w + 1) + x1] - integral[y1 * (w + 1) + x0]
+            let s = integral[y1 * (w + 1) + x1]
+                - integral[y0 * (w + 1) + x1]
+                - integral[y1 * (w + 1) + x0]
                 + integral[y0 * (w + 1) + x0];
             out[y * w + x] = (s / ((x1 - x0) * (y1 - y0)) as f64) as f32;
         }
@@ -218,7 +225,12 @@ fn components(mask: &GrayImage, hue: Hue, scale: f32) -> Vec<Blob> {
                 grow(st.min_diff.1, -1.0, 1.0),
             ];
             let quad = fit_quad(&pts).unwrap_or(extreme_quad);
-            let blob = Blob { hue, quad, extreme_quad, score: 0.0 };
+            let blob = Blob {
+                hue,
+                quad,
+                extreme_quad,
+                score: 0.0,
+            };
             let a = blob.aspect();
             if !(1.8..7.0).contains(&a) {
                 return None;
@@ -238,8 +250,8 @@ fn plausible(w: u32, h: u32, scale: f32) -> impl Fn(&Stats) -> bool {
         st.n as f32 >= 250.0 * scale * scale
             && bw >= 50.0 * scale
             && bh >= 14.0 * scale
-            && bw <= w as f32 * 0.7
-            && bh <= h as f32 * 0.4
+            && bw <= w as f32 * 0.95
+            && bh <= h as f32 * 0.8
             && (1.6..8.0).contains(&aspect)
             && fill >= 0.25
     }
@@ -253,7 +265,9 @@ fn fit_quad(pts: &[(f32, f32)]) -> Option<[(f32, f32); 4]> {
     if n < 50.0 {
         return None;
     }
-    let (mx, my) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0 / n, a.1 + p.1 / n));
+    let (mx, my) = pts
+        .iter()
+        .fold((0.0, 0.0), |a, p| (a.0 + p.0 / n, a.1 + p.1 / n));
     let (mut sxx, mut syy, mut sxy) = (0.0f32, 0.0f32, 0.0f32);
     for p in pts {
         let (dx, dy) = (p.0 - mx, p.1 - my);
@@ -282,11 +296,20 @@ fn fit_quad(pts: &[(f32, f32)]) -> Option<[(f32, f32); 4]> {
         lo[b] = lo[b].min(v - 0.5);
         hi[b] = hi[b].max(v + 0.5);
     }
-    let centres: Vec<f32> = (0..BINS).map(|b| umin + span * (b as f32 + 0.5) / BINS as f32).collect();
+    let centres: Vec<f32> = (0..BINS)
+        .map(|b| umin + span * (b as f32 + 0.5) / BINS as f32)
+        .collect();
     // Skip the end slices: their extents are cut short by the plate's rounded or rolled corners.
     let inner = 1..BINS - 1;
-    let top: Vec<(f32, f32)> = inner.clone().filter(|&b| lo[b] < f32::MAX).map(|b| (centres[b], lo[b])).collect();
-    let bottom: Vec<(f32, f32)> = inner.filter(|&b| hi[b] > f32::MIN).map(|b| (centres[b], hi[b])).collect();
+    let top: Vec<(f32, f32)> = inner
+        .clone()
+        .filter(|&b| lo[b] < f32::MAX)
+        .map(|b| (centres[b], lo[b]))
+        .collect();
+    let bottom: Vec<(f32, f32)> = inner
+        .filter(|&b| hi[b] > f32::MIN)
+        .map(|b| (centres[b], hi[b]))
+        .collect();
     let (ta, tb) = robust_line(&top, true)?;
     let (ba, bb) = robust_line(&bottom, false)?;
     let back = |u: f32, v: f32| (mx + u * e1x + v * e2x, my + u * e1y + v * e2y);
@@ -306,7 +329,9 @@ fn robust_line(pts: &[(f32, f32)], upper: bool) -> Option<(f32, f32)> {
         if n < 2.0 {
             return None;
         }
-        let (mu, mv) = p.iter().fold((0.0, 0.0), |a, q| (a.0 + q.0 / n, a.1 + q.1 / n));
+        let (mu, mv) = p
+            .iter()
+            .fold((0.0, 0.0), |a, q| (a.0 + q.0 / n, a.1 + q.1 / n));
         let suu: f32 = p.iter().map(|q| (q.0 - mu).powi(2)).sum();
         let suv: f32 = p.iter().map(|q| (q.0 - mu) * (q.1 - mv)).sum();
         let b = if suu > 1e-3 { suv / suu } else { 0.0 };
@@ -321,6 +346,10 @@ fn robust_line(pts: &[(f32, f32)], upper: bool) -> Option<(f32, f32)> {
         })
         .collect();
     res.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let keep: Vec<(f32, f32)> = res.iter().take((pts.len() * 2).div_ceil(3)).map(|r| r.1).collect();
+    let keep: Vec<(f32, f32)> = res
+        .iter()
+        .take((pts.len() * 2).div_ceil(3))
+        .map(|r| r.1)
+        .collect();
     fit(&keep)
 }

@@ -77,17 +77,32 @@ mod tests {
     use parkpay_protocol::PlateColour;
 
     fn c(p: &str, conf: f32) -> PlateCandidate {
-        PlateCandidate { plate: p.into(), confidence: conf, colour: PlateColour::Blue }
+        PlateCandidate {
+            plate: p.into(),
+            confidence: conf,
+            colour: PlateColour::Blue,
+        }
     }
 
     #[test]
     fn a_consistent_majority_beats_one_confident_outlier() {
-        let frames = vec![vec![c("京A12345", 0.9)], vec![c("京A12345", 0.85)], vec![c("京A12346", 0.99)]];
+        let frames = vec![
+            vec![c("京A12345", 0.9)],
+            vec![c("京A12345", 0.85)],
+            vec![c("京A12346", 0.99)],
+        ];
         let (ranked, q) = vote(&frames);
         assert_eq!(ranked[0].plate, "京A12345");
-        assert_eq!(q, ReadQuality::LowConfidence, "0.58 mean is below the threshold");
+        assert_eq!(
+            q,
+            ReadQuality::LowConfidence,
+            "0.58 mean is below the threshold"
+        );
         let (ranked, q) = vote(&[vec![c("京A12345", 0.9)], vec![c("京A12345", 0.95)]]);
-        assert_eq!((ranked[0].plate.as_str(), q), ("京A12345", ReadQuality::Confident));
+        assert_eq!(
+            (ranked[0].plate.as_str(), q),
+            ("京A12345", ReadQuality::Confident)
+        );
         assert_eq!(vote(&[vec![], vec![]]).1, ReadQuality::NoRead);
     }
 }
