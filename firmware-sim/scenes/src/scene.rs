@@ -228,16 +228,14 @@ fn warp_onto(img: &mut RgbImage, flat: &RgbImage, quad: [(f32, f32); 4]) {
                     continue;
                 }
                 let s = bilinear(flat, u - 0.5, v - 0.5);
-                for k in 0..3 {
-                    acc[k] += s[k];
-                }
+                acc.iter_mut().zip(s).for_each(|(a, v)| *a += v);
                 hits += 1.0;
             }
             if hits > 0.0 {
                 let p = img.get_pixel_mut(x, y);
                 let a = hits / 4.0;
-                for k in 0..3 {
-                    p.0[k] = (p.0[k] as f32 * (1.0 - a) + acc[k] / 4.0).round() as u8;
+                for (c, v) in p.0.iter_mut().zip(acc) {
+                    *c = (*c as f32 * (1.0 - a) + v / 4.0).round() as u8;
                 }
             }
         }

@@ -21,6 +21,11 @@ use super::glyphs::{feature, InkMap, Templates};
 use super::locate::{locate, Blob, Hue};
 use super::{PlateReader, Roi};
 
+/// One glyph of a read, for tuning: character, score, and lead over the runner-up (negative when
+/// the two feature views disagree).
+#[doc(hidden)]
+pub type GlyphRead = (char, f32, f32);
+
 /// The layouts the reader knows, with their physical size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -209,7 +214,7 @@ impl PureReader {
         let mut slots = Vec::with_capacity(boxes.len());
         let n = boxes.len();
         let de_split = if layout == Layout::De {
-            Some(self.de_split(&ink, &boxes, y0, y1)?)
+            Some(Self::de_split(&boxes)?)
         } else {
             None
         };
@@ -245,13 +250,7 @@ impl PureReader {
     }
 
     /// Where the district ends on a German plate: before the widest gap (the seals' place).
-    fn de_split(
-        &self,
-        _ink: &InkMap,
-        boxes: &[(usize, usize)],
-        _y0: usize,
-        _y1: usize,
-    ) -> Option<usize> {
+    fn de_split(boxes: &[(usize, usize)]) -> Option<usize> {
         if boxes.len() < 3 {
             return None;
         }
@@ -306,7 +305,7 @@ impl PureReader {
 impl PureReader {
     /// The best read with each glyph's (character, score, margin), for fitting the confidence.
     #[doc(hidden)]
-    pub fn read_slots(&self, image: &DynamicImage) -> Option<(String, Vec<(char, f32, f32)>)> {
+    pub fn read_slots(&self, image: &DynamicImage) -> Option<(String, Vec<GlyphRead>)> {
         let best = self.best_read(&image.to_rgb8())?;
         let slots = best
             .slots
@@ -713,7 +712,7 @@ fn de_boxes(
     let mut runs = Vec::new();
     let mut start = None;
     for x in x_start..=x_end {
-        let on = x < x_end && prof[x] > 0.06;
+        let on = x < x_end && prof.get(x).is_some_and(|&p| p > 0.06);
         match (on, start) {
             (true, None) => start = Some(x),
             (false, Some(s)) => {
