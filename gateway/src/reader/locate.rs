@@ -103,9 +103,9 @@ fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
         for (i, &(hh, s, v)) in hsvs.iter().enumerate() {
             let on = match hue {
                 Hue::Blue => (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0,
-                Hue::Yellow => (30.0..70.0).contains(&hh) && s > 0.45 && v > 60.0,
-                Hue::Green => (85.0..160.0).contains(&hh) && s > 0.2 && v > 80.0,
-                Hue::White => s < 0.28 && v > 60.0 && v > local[i] * 1.12,
+                Hue::Yellow => (30.0..70.0).contains(&hh) && s > 0.45 && v > 35.0,
+                Hue::Green => (85.0..160.0).contains(&hh) && s > 0.22 && v > 35.0,
+                Hue::White => s < 0.28 && v > 40.0 && v > local[i] * 1.12,
             };
             if on {
                 mask.put_pixel(i as u32 % w, i as u32 / w, Luma([255]));
