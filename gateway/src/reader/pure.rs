@@ -127,6 +127,8 @@ struct Read {
     quality: f32,
     /// Whether a second, independently cropped read spelt the same plate.
     corroborated: bool,
+    /// Share of the text's ink that is half-tone: near 0.3 for sharp glyphs, higher when blurred.
+    softness: f32,
 }
 
 impl PureReader {
@@ -233,6 +235,7 @@ impl PureReader {
         }
         let plate = Plate::parse_in(&raw, layout.region()).ok()?;
         let quality = slots.iter().map(|s| s.best().1).sum::<f32>() / slots.len().max(1) as f32;
+        let softness = softness(&ink, y0, y1);
         let colour = match (blob.hue, layout) {
             (Hue::Blue, _) => PlateColour::Blue,
             (Hue::Yellow, _) => PlateColour::Yellow,
@@ -246,6 +249,7 @@ impl PureReader {
             slots,
             quality,
             corroborated: false,
+            softness,
         })
     }
 
@@ -388,7 +392,10 @@ fn allowed(layout: Layout, i: usize, n: usize, de_split: Option<usize>, c: char)
 fn candidates(read: &Read) -> Vec<PlateCandidate> {
     let confs: Vec<f32> = read.slots.iter().map(slot_confidence).collect();
     let corroboration = if read.corroborated { 1.0 } else { 0.6 };
-    let top = confs.iter().product::<f32>() * corroboration;
+    // Blurred glyphs lose exactly the strokes that tell 8 from B and P from D, and then both
+    // feature views can agree on the wrong one: a soft plate is never trusted on its own.
+    let sharpness = ((0.7 - read.softness) / 0.1).clamp(0.0, 1.0);
+    let top = confs.iter().product::<f32>() * corroboration * sharpness;
     let mut out = vec![PlateCandidate {
         plate: read.plate.as_str().to_string(),
         confidence: top,
@@ -521,6 +528,14 @@ fn rectify(rgb: &RgbImage, quad: [(f32, f32); 4], w: u32, h: u32) -> Option<(Gra
         }
     }
     Some((out, blue))
+}
+
+/// Share of half-tone pixels among the inked ones in the text rows.
+fn softness(ink: &InkMap, y0: usize, y1: usize) -> f32 {
+    let rows = &ink.px[y0 * ink.w..y1.min(ink.h) * ink.w];
+    let inked = rows.iter().filter(|&&v| v > 0.25).count();
+    let half = rows.iter().filter(|&&v| v > 0.25 && v < 0.75).count();
+    half as f32 / inked.max(1) as f32
 }
 
 /// Separable running max or min over a window of radius `r`.
