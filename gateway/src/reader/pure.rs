@@ -837,7 +837,7 @@ mod tests {
             FontChoice::Primary,
         );
         assert_confident_read(PlateFormat::De, Condition::Clean, 1, FontChoice::Primary);
-        assert_confident_read(PlateFormat::Uk, Condition::Noise, 1, FontChoice::Primary);
+        assert_confident_read(PlateFormat::Uk, Condition::Noise, 2, FontChoice::Primary);
     }
 
     #[test]
