@@ -100,7 +100,17 @@ impl Templates {
         let mut best = vec![f32::NEG_INFINITY; n];
         let mut best_pix = vec![f32::NEG_INFINITY; n];
         let mut best_grad = vec![f32::NEG_INFINITY; n];
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let dot = |a: &[f32], b: &[f32]| {
+            // Eight independent sums let the compiler use vector lanes; a single running sum
+            // must be added in order and stays scalar.
+            let mut acc = [0.0f32; 8];
+            for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+                for k in 0..8 {
+                    acc[k] += x[k] * y[k];
+                }
+            }
+            acc.iter().sum::<f32>()
+        };
         for (ci, t) in &self.feats {
             if !allowed(self.classes[*ci]) {
                 continue;

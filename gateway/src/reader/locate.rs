@@ -68,16 +68,21 @@ pub(crate) fn locate(full: &RgbImage) -> Vec<Blob> {
         return locate_at(full, 1.0);
     }
     let (w, h) = (full.width() / 2, full.height() / 2);
-    let small = RgbImage::from_fn(w, h, |x, y| {
-        let mut acc = [0u32; 3];
-        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-            let p = full.get_pixel(2 * x + dx, 2 * y + dy).0;
+    let raw = full.as_raw();
+    let stride = full.width() as usize * 3;
+    let mut out = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h as usize {
+        let (r0, r1) = (&raw[2 * y * stride..], &raw[(2 * y + 1) * stride..]);
+        for x in 0..w as usize {
             for k in 0..3 {
-                acc[k] += p[k] as u32;
+                let i = 6 * x + k;
+                let sum = r0[i] as u32 + r0[i + 3] as u32 + r1[i] as u32 + r1[i + 3] as u32;
+                out.push((sum / 4) as u8);
             }
         }
-        image::Rgb(acc.map(|v| (v / 4) as u8))
-    });
+    }
+    // The buffer holds exactly w * h RGB pixels by construction.
+    let small = RgbImage::from_raw(w, h, out).expect("buffer sized to the image");
     let mut blobs = locate_at(&small, 0.5);
     for b in &mut blobs {
         b.quad = b.quad.map(|(x, y)| (x * 2.0, y * 2.0));
@@ -97,20 +102,29 @@ fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
         h as usize,
         radius,
     );
-    let mut blobs = Vec::new();
-    for hue in HUES {
-        let mut mask = GrayImage::new(w, h);
-        for (i, &(hh, s, v)) in hsvs.iter().enumerate() {
-            let on = match hue {
-                Hue::Blue => (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0,
-                Hue::Yellow => (30.0..70.0).contains(&hh) && s > 0.45 && v > 35.0,
-                Hue::Green => (85.0..160.0).contains(&hh) && s > 0.22 && v > 35.0,
-                Hue::White => s < 0.28 && v > 40.0 && v > local[i] * 1.12,
-            };
-            if on {
-                mask.put_pixel(i as u32 % w, i as u32 / w, Luma([255]));
-            }
+    let mut masks: Vec<Vec<u8>> = HUES.iter().map(|_| vec![0u8; hsvs.len()]).collect();
+    for (i, &(hh, s, v)) in hsvs.iter().enumerate() {
+        // White and pale green overlap on purpose: a new-energy plate's pale top is both.
+        if s < 0.28 && v > 40.0 && v > local[i] * 1.12 {
+            masks[3][i] = 255;
         }
+        let colour = if (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0 {
+            Some(0)
+        } else if (30.0..70.0).contains(&hh) && s > 0.45 && v > 35.0 {
+            Some(1)
+        } else if (85.0..160.0).contains(&hh) && s > 0.22 && v > 35.0 {
+            Some(2)
+        } else {
+            None
+        };
+        if let Some(c) = colour {
+            masks[c][i] = 255;
+        }
+    }
+    let mut blobs = Vec::new();
+    for (hue, mask) in HUES.into_iter().zip(masks) {
+        // The mask holds exactly w * h bytes by construction.
+        let mask = GrayImage::from_raw(w, h, mask).expect("mask sized to the image");
         blobs.extend(components(&mask, hue, scale));
     }
     blobs.sort_by(|a, b| b.score.total_cmp(&a.score));
