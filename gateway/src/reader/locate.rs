@@ -37,7 +37,10 @@ impl Blob {
     }
 }
 
-const HUES: [Hue; 4] = [Hue::Blue, Hue::Yellow, Hue::Green, Hue::White];
+/// One mask per entry. Blue and green appear twice: a loose class that survives dim light, and a
+/// strict one that tells a vivid plate from a dull car body of the same hue, with which the loose
+/// class merges it.
+const HUES: [Hue; 6] = [Hue::Blue, Hue::Yellow, Hue::Green, Hue::White, Hue::Blue, Hue::Green];
 
 fn hsv(p: [u8; 3]) -> (f32, f32, f32) {
     let [r, g, b] = p.map(|v| v as f32);
@@ -119,6 +122,13 @@ fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
         };
         if let Some(c) = colour {
             masks[c][i] = 255;
+            let vivid = match c {
+                0 => s > 0.75 && v > 110.0,
+                _ => v > 130.0,
+            };
+            if c != 1 && vivid {
+                masks[if c == 0 { 4 } else { 5 }][i] = 255;
+            }
         }
     }
     let mut blobs = Vec::new();
