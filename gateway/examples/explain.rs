@@ -23,7 +23,10 @@ fn main() {
         scene.plate,
         scene.plate_quad.map(|(x, y)| (x as i32, y as i32))
     );
-    let _ = scene.image.save("/tmp/explain.png");
+    let path = std::env::temp_dir().join("explain.png");
+    if scene.image.save(&path).is_ok() {
+        println!("frame written to {}", path.display());
+    }
     print!(
         "{}",
         PureReader::new().explain(&image::DynamicImage::ImageRgb8(scene.image))

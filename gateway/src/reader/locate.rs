@@ -40,7 +40,14 @@ impl Blob {
 /// One mask per entry. Blue and green appear twice: a loose class that survives dim light, and a
 /// strict one that tells a vivid plate from a dull car body of the same hue, with which the loose
 /// class merges it.
-const HUES: [Hue; 6] = [Hue::Blue, Hue::Yellow, Hue::Green, Hue::White, Hue::Blue, Hue::Green];
+const HUES: [Hue; 6] = [
+    Hue::Blue,
+    Hue::Yellow,
+    Hue::Green,
+    Hue::White,
+    Hue::Blue,
+    Hue::Green,
+];
 
 fn hsv(p: [u8; 3]) -> (f32, f32, f32) {
     let [r, g, b] = p.map(|v| v as f32);
