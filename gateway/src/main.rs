@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use parkpay_gateway::{Gateway, GatewayConfig, NoFrameReader, Overrides};
+use parkpay_gateway::reader::cli::{bench_plates, read_plate, BenchPlatesArgs, ReadPlateArgs};
+use parkpay_gateway::reader::PureReader;
+use parkpay_gateway::{Gateway, GatewayConfig, Overrides};
 use parkpay_protocol::SystemClock;
 
 #[derive(Debug, Parser)]
@@ -24,6 +26,10 @@ struct Cli {
 enum Command {
     /// Serve the lanes in the config file until interrupted.
     Run(RunArgs),
+    /// Read the plate in each image file (check a camera's snapshots).
+    ReadPlate(ReadPlateArgs),
+    /// Measure the plate reader on simulated scenes.
+    BenchPlates(BenchPlatesArgs),
 }
 
 /// Flags override `PARKPAY_GATEWAY_*` variables, which override the file. Secrets (password,
@@ -80,9 +86,13 @@ impl RunArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => {
+            init_tracing();
+            run(args)
+        }
+        Command::ReadPlate(args) => read_plate(&args),
+        Command::BenchPlates(args) => bench_plates(&args),
     }
 }
 
@@ -98,8 +108,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = GatewayConfig::load(&args.config, &[env, args.overrides()?])?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        // Frames read as nothing until the pure-Rust reader lands; smart cameras work already.
-        let reader = Arc::new(NoFrameReader);
+        // Built once: the reader renders its character templates at startup.
+        let reader = Arc::new(PureReader::new());
         let gateway = Gateway::build(config, Arc::new(SystemClock), reader)
             .await
             .context("cannot start the gateway")?;

@@ -2,6 +2,19 @@
 //!
 //! The gateway depends only on [`PlateReader`]; the pure-Rust reader lives beside it and a learned
 //! recogniser can sit behind a cargo feature.
+//!
+//! - [`PureReader`] (in `pure`): colour blobs -> rectified plate -> glyph grid -> template
+//!   classification -> layout correction -> calibrated confidence. Start reading there.
+//! - `locate`: where the plate is; `glyphs`: the character models and their features.
+//! - [`cli`]: the `read-plate` and `bench-plates` subcommands, the benchmark drawing its scenes with
+//!   `parkpay-scenes`.
+
+pub mod cli;
+mod glyphs;
+mod locate;
+mod pure;
+
+pub use pure::PureReader;
 
 use image::DynamicImage;
 use parkpay_protocol::{PlateCandidate, ReadQuality};

@@ -1,0 +1,386 @@
+//! Finding plates: blobs of a plate's background colour, of plate proportions.
+//!
+//! Every pixel is classed by hue and saturation (robust to exposure) into the four plate
+//! backgrounds; white is judged against its neighbourhood, since "white" in a dim frame is grey.
+//! Each class's connected components are kept when their size, aspect and fill look like a plate,
+//! and a blob's corners are its extreme points along the two diagonals, which stay the true
+//! corners under the roll and perspective a barrier camera sees.
+
+use image::{GrayImage, Luma, RgbImage};
+use imageproc::region_labelling::{connected_components, Connectivity};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hue {
+    Blue,
+    Yellow,
+    Green,
+    White,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Blob {
+    pub hue: Hue,
+    /// Top-left, top-right, bottom-right, bottom-left: edges fitted along the blob's main axis.
+    pub quad: [(f32, f32); 4],
+    /// The blob's extreme points along the diagonals: a second opinion when the fit is fooled.
+    pub extreme_quad: [(f32, f32); 4],
+    pub score: f32,
+}
+
+impl Blob {
+    pub fn aspect(&self) -> f32 {
+        let d = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+        let [tl, tr, br, bl] = self.quad;
+        let w = (d(tl, tr) + d(bl, br)) / 2.0;
+        let h = (d(tl, bl) + d(tr, br)) / 2.0;
+        w / h.max(1.0)
+    }
+}
+
+/// One mask per entry. Blue and green appear twice: a loose class that survives dim light, and a
+/// strict one that tells a vivid plate from a dull car body of the same hue, with which the loose
+/// class merges it.
+const HUES: [Hue; 6] = [
+    Hue::Blue,
+    Hue::Yellow,
+    Hue::Green,
+    Hue::White,
+    Hue::Blue,
+    Hue::Green,
+];
+
+fn hsv(p: [u8; 3]) -> (f32, f32, f32) {
+    let [r, g, b] = p.map(|v| v as f32);
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let d = max - min;
+    let s = if max > 0.0 { d / max } else { 0.0 };
+    let h = if d < 1e-3 {
+        0.0
+    } else if max == r {
+        60.0 * ((g - b) / d).rem_euclid(6.0)
+    } else if max == g {
+        60.0 * ((b - r) / d + 2.0)
+    } else {
+        60.0 * ((r - g) / d + 4.0)
+    };
+    (h, s, max)
+}
+
+/// Candidate plates, most plate-like first, in `full`'s coordinates.
+///
+/// Blobs are found at half resolution when the frame is large enough: a plate's background is a
+/// big flat area, and the corner fit averages over whole edges, so little precision is lost for a
+/// quarter of the work.
+pub(crate) fn locate(full: &RgbImage) -> Vec<Blob> {
+    let half = full.width() >= 400 && full.height() >= 200;
+    if !half {
+        return locate_at(full, 1.0);
+    }
+    let (w, h) = (full.width() / 2, full.height() / 2);
+    let raw = full.as_raw();
+    let stride = full.width() as usize * 3;
+    let mut out = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h as usize {
+        let (r0, r1) = (&raw[2 * y * stride..], &raw[(2 * y + 1) * stride..]);
+        for x in 0..w as usize {
+            for k in 0..3 {
+                let i = 6 * x + k;
+                let sum = r0[i] as u32 + r0[i + 3] as u32 + r1[i] as u32 + r1[i + 3] as u32;
+                out.push((sum / 4) as u8);
+            }
+        }
+    }
+    // The buffer holds exactly w * h RGB pixels by construction.
+    let small = RgbImage::from_raw(w, h, out).expect("buffer sized to the image");
+    let mut blobs = locate_at(&small, 0.5);
+    for b in &mut blobs {
+        b.quad = b.quad.map(|(x, y)| (x * 2.0, y * 2.0));
+        b.extreme_quad = b.extreme_quad.map(|(x, y)| (x * 2.0, y * 2.0));
+    }
+    blobs
+}
+
+/// Blobs in `rgb`, which is `scale` times the original frame's size.
+fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
+    let (w, h) = rgb.dimensions();
+    let hsvs: Vec<(f32, f32, f32)> = rgb.pixels().map(|p| hsv(p.0)).collect();
+    let radius = (30.0 * scale).round() as usize;
+    let local = local_mean(
+        &hsvs.iter().map(|p| p.2).collect::<Vec<_>>(),
+        w as usize,
+        h as usize,
+        radius,
+    );
+    let mut masks: Vec<Vec<u8>> = HUES.iter().map(|_| vec![0u8; hsvs.len()]).collect();
+    for (i, &(hh, s, v)) in hsvs.iter().enumerate() {
+        // White and pale green overlap on purpose: a new-energy plate's pale top is both.
+        if s < 0.28 && v > 40.0 && v > local[i] * 1.12 {
+            masks[3][i] = 255;
+        }
+        let colour = if (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0 {
+            Some(0)
+        } else if (30.0..70.0).contains(&hh) && s > 0.45 && v > 35.0 {
+            Some(1)
+        } else if (85.0..160.0).contains(&hh) && s > 0.22 && v > 35.0 {
+            Some(2)
+        } else {
+            None
+        };
+        if let Some(c) = colour {
+            masks[c][i] = 255;
+            let vivid = match c {
+                0 => s > 0.75 && v > 110.0,
+                _ => v > 130.0,
+            };
+            if c != 1 && vivid {
+                masks[if c == 0 { 4 } else { 5 }][i] = 255;
+            }
+        }
+    }
+    let mut blobs = Vec::new();
+    for (hue, mask) in HUES.into_iter().zip(masks) {
+        // The mask holds exactly w * h bytes by construction.
+        let mask = GrayImage::from_raw(w, h, mask).expect("mask sized to the image");
+        blobs.extend(components(&mask, hue, scale));
+    }
+    blobs.sort_by(|a, b| b.score.total_cmp(&a.score));
+    blobs
+}
+
+fn local_mean(v: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
+    let mut integral = vec![0.0f64; (w + 1) * (h + 1)];
+    for y in 0..h {
+        let mut row = 0.0f64;
+        for x in 0..w {
+            row += v[y * w + x] as f64;
+            integral[(y + 1) * (w + 1) + x + 1] = integral[y * (w + 1) + x + 1] + row;
+        }
+    }
+    let mut out = vec![0.0f32; w * h];
+    for y in 0..h {
+        let (y0, y1) = (y.saturating_sub(r), (y + r + 1).min(h));
+        for x in 0..w {
+            let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(w));
+            let s = integral[y1 * (w + 1) + x1]
+                - integral[y0 * (w + 1) + x1]
+                - integral[y1 * (w + 1) + x0]
+                + integral[y0 * (w + 1) + x0];
+            out[y * w + x] = (s / ((x1 - x0) * (y1 - y0)) as f64) as f32;
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+struct Stats {
+    n: u32,
+    x0: u32,
+    y0: u32,
+    x1: u32,
+    y1: u32,
+    /// Extremes of x+y and x-y, with the points that reach them.
+    min_sum: (f32, (f32, f32)),
+    max_sum: (f32, (f32, f32)),
+    min_diff: (f32, (f32, f32)),
+    max_diff: (f32, (f32, f32)),
+}
+
+fn components(mask: &GrayImage, hue: Hue, scale: f32) -> Vec<Blob> {
+    let (w, h) = mask.dimensions();
+    let labels = connected_components(mask, Connectivity::Four, Luma([0u8]));
+    let mut stats: Vec<Option<Stats>> = Vec::new();
+    for (x, y, l) in labels.enumerate_pixels() {
+        let l = l.0[0] as usize;
+        if l == 0 {
+            continue;
+        }
+        if stats.len() <= l {
+            stats.resize(l + 1, None);
+        }
+        let (fx, fy) = (x as f32 + 0.5, y as f32 + 0.5);
+        let st = stats[l].get_or_insert(Stats {
+            n: 0,
+            x0: x,
+            y0: y,
+            x1: x,
+            y1: y,
+            min_sum: (f32::MAX, (fx, fy)),
+            max_sum: (f32::MIN, (fx, fy)),
+            min_diff: (f32::MAX, (fx, fy)),
+            max_diff: (f32::MIN, (fx, fy)),
+        });
+        st.n += 1;
+        st.x0 = st.x0.min(x);
+        st.x1 = st.x1.max(x);
+        st.y0 = st.y0.min(y);
+        st.y1 = st.y1.max(y);
+        let (s, d) = (fx + fy, fx - fy);
+        if s < st.min_sum.0 {
+            st.min_sum = (s, (fx, fy));
+        }
+        if s > st.max_sum.0 {
+            st.max_sum = (s, (fx, fy));
+        }
+        if d < st.min_diff.0 {
+            st.min_diff = (d, (fx, fy));
+        }
+        if d > st.max_diff.0 {
+            st.max_diff = (d, (fx, fy));
+        }
+    }
+    let keep: Vec<Option<Stats>> = stats
+        .into_iter()
+        .map(|st| st.filter(plausible(w, h, scale)))
+        .collect();
+    let mut points: Vec<Vec<(f32, f32)>> = vec![Vec::new(); keep.len()];
+    for (x, y, l) in labels.enumerate_pixels() {
+        let l = l.0[0] as usize;
+        if l != 0 && keep.get(l).is_some_and(Option::is_some) {
+            points[l].push((x as f32 + 0.5, y as f32 + 0.5));
+        }
+    }
+    keep.into_iter()
+        .zip(points)
+        .filter_map(|(st, pts)| Some((st?, pts)))
+        .filter_map(|(st, pts)| {
+            let bw = (st.x1 - st.x0 + 1) as f32;
+            let bh = (st.y1 - st.y0 + 1) as f32;
+            let fill = st.n as f32 / (bw * bh);
+            // Pixel centres lie half a pixel inside the blob's outline.
+            let grow = |p: (f32, f32), dx: f32, dy: f32| (p.0 + dx * 0.5, p.1 + dy * 0.5);
+            let extreme_quad = [
+                grow(st.min_sum.1, -1.0, -1.0),
+                grow(st.max_diff.1, 1.0, -1.0),
+                grow(st.max_sum.1, 1.0, 1.0),
+                grow(st.min_diff.1, -1.0, 1.0),
+            ];
+            let quad = fit_quad(&pts).unwrap_or(extreme_quad);
+            let blob = Blob {
+                hue,
+                quad,
+                extreme_quad,
+                score: 0.0,
+            };
+            let a = blob.aspect();
+            if !(1.8..7.0).contains(&a) {
+                return None;
+            }
+            let score = (st.n as f32).sqrt() / scale * fill.min(0.7);
+            Some(Blob { score, ..blob })
+        })
+        .collect()
+}
+
+fn plausible(w: u32, h: u32, scale: f32) -> impl Fn(&Stats) -> bool {
+    move |st: &Stats| {
+        let bw = (st.x1 - st.x0 + 1) as f32;
+        let bh = (st.y1 - st.y0 + 1) as f32;
+        let fill = st.n as f32 / (bw * bh);
+        let aspect = bw / bh;
+        st.n as f32 >= 250.0 * scale * scale
+            && bw >= 50.0 * scale
+            && bh >= 14.0 * scale
+            && bw <= w as f32 * 0.95
+            && bh <= h as f32 * 0.8
+            && (1.6..8.0).contains(&aspect)
+            && fill >= 0.25
+    }
+}
+
+/// Fits a quad to a blob: main axis from its second moments, then a line each through the top
+/// and bottom extents of slices along that axis (so yaw's trapezoid survives), refitted without
+/// the slices a shadow or a glyph touching the edge pulled astray.
+fn fit_quad(pts: &[(f32, f32)]) -> Option<[(f32, f32); 4]> {
+    let n = pts.len() as f32;
+    if n < 50.0 {
+        return None;
+    }
+    let (mx, my) = pts
+        .iter()
+        .fold((0.0, 0.0), |a, p| (a.0 + p.0 / n, a.1 + p.1 / n));
+    let (mut sxx, mut syy, mut sxy) = (0.0f32, 0.0f32, 0.0f32);
+    for p in pts {
+        let (dx, dy) = (p.0 - mx, p.1 - my);
+        sxx += dx * dx;
+        syy += dy * dy;
+        sxy += dx * dy;
+    }
+    let theta = 0.5 * (2.0 * sxy).atan2(sxx - syy);
+    let (e1x, e1y) = (theta.cos(), theta.sin());
+    let (e2x, e2y) = (-e1y, e1x);
+    let uv: Vec<(f32, f32)> = pts
+        .iter()
+        .map(|p| {
+            let (dx, dy) = (p.0 - mx, p.1 - my);
+            (dx * e1x + dy * e1y, dx * e2x + dy * e2y)
+        })
+        .collect();
+    let umin = uv.iter().map(|p| p.0).fold(f32::MAX, f32::min) - 0.5;
+    let umax = uv.iter().map(|p| p.0).fold(f32::MIN, f32::max) + 0.5;
+    const BINS: usize = 16;
+    let span = (umax - umin).max(1.0);
+    let mut lo = [f32::MAX; BINS];
+    let mut hi = [f32::MIN; BINS];
+    for &(u, v) in &uv {
+        let b = (((u - umin) / span) * BINS as f32).clamp(0.0, BINS as f32 - 1.0) as usize;
+        lo[b] = lo[b].min(v - 0.5);
+        hi[b] = hi[b].max(v + 0.5);
+    }
+    let centres: Vec<f32> = (0..BINS)
+        .map(|b| umin + span * (b as f32 + 0.5) / BINS as f32)
+        .collect();
+    // Skip the end slices: their extents are cut short by the plate's rounded or rolled corners.
+    let inner = 1..BINS - 1;
+    let top: Vec<(f32, f32)> = inner
+        .clone()
+        .filter(|&b| lo[b] < f32::MAX)
+        .map(|b| (centres[b], lo[b]))
+        .collect();
+    let bottom: Vec<(f32, f32)> = inner
+        .filter(|&b| hi[b] > f32::MIN)
+        .map(|b| (centres[b], hi[b]))
+        .collect();
+    let (ta, tb) = robust_line(&top, true)?;
+    let (ba, bb) = robust_line(&bottom, false)?;
+    let back = |u: f32, v: f32| (mx + u * e1x + v * e2x, my + u * e1y + v * e2y);
+    Some([
+        back(umin, ta + tb * umin),
+        back(umax, ta + tb * umax),
+        back(umax, ba + bb * umax),
+        back(umin, ba + bb * umin),
+    ])
+}
+
+/// Least-squares line v = a + b u, refitted after dropping the slices lying inside the plate
+/// (`upper`: a top edge, where outliers lie below the line).
+fn robust_line(pts: &[(f32, f32)], upper: bool) -> Option<(f32, f32)> {
+    let fit = |p: &[(f32, f32)]| -> Option<(f32, f32)> {
+        let n = p.len() as f32;
+        if n < 2.0 {
+            return None;
+        }
+        let (mu, mv) = p
+            .iter()
+            .fold((0.0, 0.0), |a, q| (a.0 + q.0 / n, a.1 + q.1 / n));
+        let suu: f32 = p.iter().map(|q| (q.0 - mu).powi(2)).sum();
+        let suv: f32 = p.iter().map(|q| (q.0 - mu) * (q.1 - mv)).sum();
+        let b = if suu > 1e-3 { suv / suu } else { 0.0 };
+        Some((mv - b * mu, b))
+    };
+    let (a, b) = fit(pts)?;
+    let mut res: Vec<(f32, (f32, f32))> = pts
+        .iter()
+        .map(|&q| {
+            let r = q.1 - (a + b * q.0);
+            (if upper { r } else { -r }, q)
+        })
+        .collect();
+    res.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let keep: Vec<(f32, f32)> = res
+        .iter()
+        .take((pts.len() * 2).div_ceil(3))
+        .map(|r| r.1)
+        .collect();
+    fit(&keep)
+}
