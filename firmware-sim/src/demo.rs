@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use parkpay_gateway::reader::PureReader;
 use parkpay_gateway::{
-    Gateway, GatewayConfig, GatewayError, LaneConfig as GwLane, MqttUrl as GwMqttUrl, NoFrameReader,
+    Gateway, GatewayConfig, GatewayError, LaneConfig as GwLane, MqttUrl as GwMqttUrl,
 };
 use parkpay_protocol::{Clock, Direction, GatewayId, LaneId, LotId, ScaledClock};
 use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
@@ -122,7 +123,7 @@ pub async fn run_demo(
     world.fee = Some(fee);
 
     let gw_config = gateway_config(&lot, &world.lanes, &mqtt_url, dir.path().join("journal"))?;
-    let gateway = Gateway::build(gw_config, clock.clone(), Arc::new(NoFrameReader)).await?;
+    let gateway = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new())).await?;
     let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway.run(async {
         let _ = gateway_stopped.await;

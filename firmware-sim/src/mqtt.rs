@@ -131,6 +131,8 @@ impl Link {
         );
         let mut opts = MqttOptions::new(device.as_str(), ctx.mqtt.host(), ctx.mqtt.port());
         opts.set_keep_alive(Duration::from_secs(10));
+        // Camera frames are JPEG files in base64: far above rumqttc's 10 KB default.
+        opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         // A clean session on purpose: a barrier command queued by the broker while the arm was
         // offline would lift it for a car that left long ago. Subscriptions are renewed on every
         // connect instead.

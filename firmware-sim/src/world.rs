@@ -24,6 +24,8 @@ use crate::truth::{CarTruth, GroundTruth};
 #[derive(Clone)]
 pub struct WorldConfig {
     pub lot: LotId,
+    /// Smart cameras (plate reads) when `None`; plain cameras sending rendered frames otherwise.
+    pub frames: Option<crate::devices::SceneCamera>,
     /// The lot's lanes; at least one of each direction.
     pub lanes: Vec<(LaneId, Direction)>,
     pub traffic: TrafficConfig,
@@ -67,6 +69,7 @@ impl WorldConfig {
         let lane = |s: &str, d| LaneId::parse(s).map(|l| (l, d));
         Ok(WorldConfig {
             lot,
+            frames: None,
             lanes: vec![
                 lane("in-1", Direction::Entry)?,
                 lane("in-2", Direction::Entry)?,
@@ -94,7 +97,10 @@ impl WorldConfig {
         LaneConfig {
             arm: self.arm.clone(),
             camera: CameraConfig {
-                mode: CameraMode::Smart,
+                mode: match &self.frames {
+                    Some(cam) => CameraMode::Frames(Box::new(cam.clone())),
+                    None => CameraMode::Smart,
+                },
                 misread_rate: self.misread_rate,
                 no_read_rate: self.no_read_rate,
                 seed: self.traffic.seed.wrapping_add(1 + n as u64),

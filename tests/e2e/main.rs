@@ -3,6 +3,7 @@
 //! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
 mod fleet;
+mod frames;
 mod operations;
 mod scenarios;
 mod store;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parkpay_gateway::{Gateway, GatewayHandle, NoFrameReader};
+use parkpay_gateway::reader::PureReader;
+use parkpay_gateway::{Gateway, GatewayHandle};
 use parkpay_protocol::{Clock, Direction, LaneId, LotId, Money, Plate, PlateColour};
 use parkpay_server::app::App;
 use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
@@ -31,6 +32,8 @@ pub struct WorldOptions {
     pub rigs: bool,
     /// How long the gateway waits for the server before its offline policy decides.
     pub decision_timeout: Duration,
+    /// Plain cameras sending rendered frames (read by the gateway) instead of smart cameras.
+    pub frames: Option<parkpay_sim::devices::SceneCamera>,
 }
 
 impl Default for WorldOptions {
@@ -47,6 +50,7 @@ impl Default for WorldOptions {
             retry_base_secs: 0.05,
             rigs: true,
             decision_timeout: Duration::from_secs(20),
+            frames: None,
         }
     }
 }
@@ -150,6 +154,9 @@ impl World {
             let mut cfg = LaneConfig::new(lot.clone(), lane.clone(), *direction);
             cfg.camera.misread_rate = 0.0;
             cfg.camera.no_read_rate = 0.0;
+            if let Some(cam) = &opts.frames {
+                cfg.camera.mode = parkpay_sim::devices::CameraMode::Frames(Box::new(cam.clone()));
+            }
             cfg.arm.open_time = Duration::from_millis(50);
             cfg.arm.close_time = Duration::from_millis(50);
             cfg.drive_through = Duration::from_millis(20);
@@ -174,7 +181,7 @@ impl World {
         )
         .expect("gateway configuration");
         gw_config.decision_timeout = opts.decision_timeout;
-        let gw = Gateway::build(gw_config, clock.clone(), Arc::new(NoFrameReader))
+        let gw = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new()))
             .await
             .expect("gateway builds");
         let handle = gw.handle();

@@ -169,6 +169,46 @@ impl Scene {
     }
 }
 
+impl Scene {
+    /// Draws a scene of one given plate (canonical text, as `Plate::parse` gives it): what the
+    /// simulator's camera sees when a particular car drives up. Deterministic in its inputs.
+    pub fn of_plate(
+        format: PlateFormat,
+        plate: &str,
+        colour: PlateColour,
+        condition: Condition,
+        seed: u64,
+        font: FontChoice,
+    ) -> Scene {
+        let mut rng = scene_rng(format, condition, seed);
+        let (image, plate_quad) = scene::compose(format, condition, plate, colour, font, &mut rng);
+        Scene {
+            image,
+            plate: plate.to_string(),
+            colour,
+            format,
+            plate_quad,
+        }
+    }
+}
+
+/// The plate format a plate is printed in, from its text and colour; `None` for a plate of no
+/// supported layout.
+pub fn format_of(plate: &str, colour: PlateColour) -> Option<PlateFormat> {
+    use parkpay_protocol::Region;
+    let p = parkpay_protocol::Plate::parse(plate).ok()?;
+    Some(match p.region() {
+        Region::Cn if p.as_str().chars().count() == 8 || colour == PlateColour::Green => {
+            PlateFormat::CnGreen
+        }
+        Region::Cn if colour == PlateColour::Yellow => PlateFormat::CnYellow,
+        Region::Cn => PlateFormat::CnBlue,
+        Region::De => PlateFormat::De,
+        Region::Uk => PlateFormat::Uk,
+        Region::Generic => return None,
+    })
+}
+
 /// Separate streams per format and condition, so adding a condition never reshuffles the others.
 fn scene_rng(format: PlateFormat, condition: Condition, seed: u64) -> ChaCha8Rng {
     let f = PlateFormat::ALL
