@@ -221,6 +221,39 @@ impl Api {
         self.call(Method::POST, &path, &[], Some(body)).await
     }
 
+    /// Open exceptions of a lot: (id, kind, lane).
+    pub async fn open_exceptions(
+        &self,
+        lot: &str,
+    ) -> Result<Vec<(Uuid, String, Option<String>, DateTime<Utc>)>, SimError> {
+        #[derive(Deserialize)]
+        struct X {
+            id: Uuid,
+            kind: String,
+            lane: Option<String>,
+            created_at: DateTime<Utc>,
+        }
+        let q = [
+            ("lot", lot.to_string()),
+            ("open", "true".to_string()),
+            ("limit", "1000".to_string()),
+        ];
+        let xs: Vec<X> = self.call(Method::GET, "/api/exceptions", &q, None).await?;
+        Ok(xs
+            .into_iter()
+            .map(|x| (x.id, x.kind, x.lane, x.created_at))
+            .collect())
+    }
+
+    /// An attendant reads the plate off the evidence and corrects the passage.
+    pub async fn correct_plate(&self, exception: Uuid, plate: &str) -> Result<(), SimError> {
+        let body = serde_json::json!({ "plate": plate, "operator": "attendant" });
+        let path = format!("/api/exceptions/{exception}/correct");
+        self.call::<serde_json::Value>(Method::POST, &path, &[], Some(body))
+            .await
+            .map(drop)
+    }
+
     pub async fn charges(&self) -> Result<Vec<Charge>, SimError> {
         // The whole ledger, not the API's default page.
         let q = [("limit", "100000".to_string())];

@@ -49,6 +49,8 @@ pub struct DemoOptions {
     /// SQLite file to use; a fresh temporary one when `None`.
     pub database: Option<PathBuf>,
     pub truth_log: Option<PathBuf>,
+    /// Plain cameras sending rendered frames for the gateway to read; smart cameras when `None`.
+    pub frames: Option<crate::devices::SceneCamera>,
 }
 
 /// What a finished demo run measured.
@@ -113,6 +115,7 @@ pub async fn run_demo(
     world.misread_rate = opts.misread_rate;
     world.no_read_rate = opts.no_read_rate;
     world.truth_log = opts.truth_log.clone();
+    world.frames = opts.frames.clone();
     let tariff: Tariff = serde_json::from_value(example_tariff())
         .map_err(|e| DemoError::Setup(format!("example tariff: {e}")))?;
     let fee: FeeFn = Arc::new(move |entry, exit| {

@@ -57,6 +57,13 @@ struct DemoArgs {
     misread_rate: f64,
     #[arg(long, default_value_t = 0.0)]
     no_read_rate: f64,
+    /// `frames`: cameras send rendered JPEG bursts and the gateway reads the plates itself;
+    /// `smart`: cameras send their own plate reads (with --misread-rate and --no-read-rate).
+    #[arg(long, value_enum, default_value_t = CameraKind::Frames)]
+    camera: CameraKind,
+    /// Scene condition for frame cameras: clean, noise, blur, skew, light, combined, small.
+    #[arg(long, default_value = "clean")]
+    condition: String,
     /// Where the dashboard listens (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
@@ -68,8 +75,28 @@ struct DemoArgs {
     truth_log: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CameraKind {
+    Frames,
+    Smart,
+}
+
 async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
+    let frames = match a.camera {
+        CameraKind::Smart => None,
+        CameraKind::Frames => {
+            let condition = parkpay_scenes::Condition::ALL
+                .into_iter()
+                .find(|c| c.as_str() == a.condition)
+                .with_context(|| format!("--condition {:?}: use one of clean, noise, blur, skew, light, combined, small", a.condition))?;
+            Some(parkpay_sim::devices::SceneCamera {
+                condition,
+                ..Default::default()
+            })
+        }
+    };
     let opts = DemoOptions {
+        frames,
         cars: a.cars,
         seed: a.seed,
         speed: a.speed,

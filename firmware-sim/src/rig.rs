@@ -87,6 +87,8 @@ pub struct LaneRig {
     clear_wait: Duration,
     /// The queue: whoever holds it is the car standing at the barrier.
     turn: Mutex<()>,
+    /// The plate of the car at the barrier, as a person looking at the lane would see it.
+    at_barrier: std::sync::Mutex<Option<(String, chrono::DateTime<chrono::Utc>)>>,
 }
 
 impl LaneRig {
@@ -111,7 +113,16 @@ impl LaneRig {
             open_wait: cfg.open_wait,
             clear_wait: cfg.clear_wait,
             turn: Mutex::new(()),
+            at_barrier: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The true plate of the car standing at the barrier and when it was captured, if one is.
+    pub fn car_at_barrier(&self) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
+        self.at_barrier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn lot(&self) -> &LotId {
@@ -169,6 +180,8 @@ impl LaneRig {
         self.arm.vehicle(true);
         self.loop_detector.set(true).await?;
         let capture = self.camera.capture(&vehicle.plate, vehicle.colour).await?;
+        *self.at_barrier.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((vehicle.plate.as_str().to_string(), capture.captured_at));
         Ok(Passage {
             rig: self,
             _turn: turn,
@@ -299,6 +312,11 @@ impl Passage<'_> {
 
     async fn leave(self) -> Result<PassageOutcome, SimError> {
         self.rig.arm.vehicle(false);
+        *self
+            .rig
+            .at_barrier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         self.rig.loop_detector.set(false).await?;
         Ok(PassageOutcome {
             lane: self.rig.lane.clone(),

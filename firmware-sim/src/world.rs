@@ -169,6 +169,12 @@ pub async fn drive_audited(
         start: Instant::now(),
     };
     tracing::info!(cars = cars.len(), "traffic starts");
+    let attendant = tokio::spawn(attend(
+        api.clone(),
+        world.lot.to_string(),
+        car_ctx.entry_lanes.clone(),
+        car_ctx.exit_lanes.clone(),
+    ));
     let mut running = JoinSet::new();
     for car in cars {
         let ctx = car_ctx.clone();
@@ -182,6 +188,7 @@ pub async fn drive_audited(
             first_error.get_or_insert(e);
         }
     }
+    attendant.abort();
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -239,4 +246,37 @@ async fn quoted_fees(api: &Api, lot: &LotId, cars: &[CarTruth]) -> Result<FeeFn,
     Ok(Arc::new(move |a, b| {
         quotes.get(&(a, b)).copied().unwrap_or(0)
     }))
+}
+
+/// The lot's attendant: watches the exception queue and, for a passage whose plate could not be
+/// read while the car still waits at the barrier, reads the plate off the car (the evidence photo)
+/// and corrects it, as staff do in a real lot.
+async fn attend(api: Api, lot: String, entries: Arc<Vec<LaneRig>>, exits: Arc<Vec<LaneRig>>) {
+    let mut handled = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(open) = api.open_exceptions(&lot).await else {
+            continue;
+        };
+        for (id, kind, lane, created) in open {
+            if handled.contains(&id) || !matches!(kind.as_str(), "unreadable" | "low_confidence") {
+                continue;
+            }
+            let rig = entries
+                .iter()
+                .chain(exits.iter())
+                .find(|r| Some(r.lane().as_str()) == lane.as_deref());
+            // Only the passage of the car standing there now: an earlier car may have backed out.
+            let Some((plate, _)) = rig
+                .and_then(LaneRig::car_at_barrier)
+                .filter(|(_, arrived)| created >= *arrived)
+            else {
+                continue;
+            };
+            handled.insert(id);
+            if let Err(e) = api.correct_plate(id, &plate).await {
+                tracing::warn!(error = %e, "the attendant could not correct a plate");
+            }
+        }
+    }
 }

@@ -588,8 +588,8 @@ mod tests {
         assert_eq!(e.candidates[0].plate, "京A12345");
         assert_eq!(
             e.quality,
-            ReadQuality::LowConfidence,
-            "0.6 mean over three frames"
+            ReadQuality::Confident,
+            "two confident frames and a blank one: the blank frame does not veto"
         );
         assert_eq!(e.evidence_digest.as_deref(), Some("ab"));
     }

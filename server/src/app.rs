@@ -718,6 +718,86 @@ impl App {
         Ok(paid)
     }
 
+    /// An operator resolves an unreadable passage by reading the plate off the evidence: the
+    /// passage is decided again as if the camera had read `plate` surely, under a new event id
+    /// (the original keeps its record), and the lane gets the new decision.
+    pub async fn correct_plate(
+        &self,
+        exception_id: Uuid,
+        plate: &str,
+        operator: &str,
+    ) -> AppResult<Decision> {
+        if operator.trim().is_empty() {
+            return Err(AppError::BadRequest("operator is required".into()));
+        }
+        let plate = Plate::parse(plate).map_err(|e| AppError::Unprocessable(e.to_string()))?;
+        let x = self
+            .store
+            .exception(exception_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("exception {exception_id}")))?;
+        if x.resolved_at.is_some() {
+            return Err(AppError::Conflict(format!(
+                "exception {exception_id} is already resolved"
+            )));
+        }
+        match x.kind {
+            ExceptionKind::Unreadable
+            | ExceptionKind::LowConfidence
+            | ExceptionKind::NoEntry
+            | ExceptionKind::Ambiguous => {}
+            ExceptionKind::StaleEntry | ExceptionKind::ChargeFailed | ExceptionKind::UnknownLot => {
+                return Err(AppError::Conflict(format!(
+                    "a {} exception is not resolved by correcting a plate",
+                    x.kind
+                )));
+            }
+        }
+        let event_id = x
+            .event_id
+            .ok_or_else(|| AppError::Conflict("the exception has no passage".into()))?;
+        let payload = self
+            .store
+            .event_payload(event_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("event {event_id}")))?;
+        let mut ev = parkpay_protocol::decode::<PassageEvent>(payload.as_bytes(), None)
+            .map_err(|e| AppError::Unprocessable(format!("stored event {event_id}: {e}")))?
+            .body;
+        ev.event_id = parkpay_protocol::EventId::new();
+        ev.candidates = vec![parkpay_protocol::PlateCandidate {
+            plate: plate.as_str().to_string(),
+            confidence: 1.0,
+            colour: ev.candidates.first().map(|c| c.colour).unwrap_or_default(),
+        }];
+        ev.quality = ReadQuality::Confident;
+        ev.resent = false;
+        let now = self.clock.now();
+        let corrected = String::from_utf8_lossy(&encode(&ev, now, None)).into_owned();
+        self.store
+            .resolve_exception(
+                exception_id,
+                &format!("plate corrected to {} by {operator}", plate.as_str()),
+                now,
+            )
+            .await?;
+        self.store
+            .insert_audit(&AuditEntry {
+                id: new_id(),
+                at: now,
+                actor: operator.to_string(),
+                action: "exception.plate_corrected".into(),
+                subject: format!("exception {exception_id}"),
+                detail: format!(
+                    "event {event_id} read as {}; decided again as event {}",
+                    plate.as_str(),
+                    ev.event_id
+                ),
+            })
+            .await?;
+        self.handle_passage(&ev, &corrected, Instant::now()).await
+    }
+
     /// An operator lifts a lane's barrier by hand. Always audited; a reason is required.
     pub async fn open_lane(
         &self,

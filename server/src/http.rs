@@ -61,6 +61,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>) -> Router {
         .route("/api/charges/{id}", get(get_charge))
         .route("/api/charges/{id}/pay", post(pay_charge))
         .route("/api/exceptions", get(exceptions))
+        .route("/api/exceptions/{id}/correct", post(correct_plate))
         .route("/api/audit", get(audit))
         .route("/api/dead-letters", get(dead_letters))
         .route("/api/stats", get(stats))
@@ -671,6 +672,24 @@ async fn exceptions(
                 q.limit.unwrap_or(100).clamp(1, 100_000),
             )
             .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Correction {
+    plate: String,
+    operator: String,
+}
+
+async fn correct_plate(
+    State(ctx): State<Ctx>,
+    Path(id_s): Path<String>,
+    Body(c): Body<Correction>,
+) -> ApiResult<Json<parkpay_protocol::Decision>> {
+    let xid = id(&id_s, "exception")?;
+    Ok(Json(
+        ctx.app.correct_plate(xid, &c.plate, &c.operator).await?,
     ))
 }
 

@@ -555,3 +555,78 @@ async fn with_the_server_down_mandated_cars_still_leave_and_are_charged_later() 
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn an_attendant_corrects_an_unreadable_plate_and_the_passage_is_decided_again() {
+    let (w, _clock) = world().await;
+    let mut ev = raw_event(&w, "in-1", Direction::Entry, "京A?", w.now());
+    ev.candidates.clear();
+    ev.quality = ReadQuality::NoRead;
+    publish(&w, &ev).await;
+    let lot = w.lot.to_string();
+    let x = eventually(
+        "the unreadable plate to reach the exception queue",
+        WAIT,
+        || async {
+            let xs = w
+                .get_json(&format!("/api/exceptions?lot={lot}&open=true"))
+                .await;
+            xs.as_array()?
+                .iter()
+                .find(|x| x["kind"] == "unreadable")
+                .cloned()
+        },
+    )
+    .await;
+    assert!(
+        sessions(&w, "京A90011").await.is_empty(),
+        "nothing is opened for an unread plate"
+    );
+
+    let url = w.url(&format!(
+        "/api/exceptions/{}/correct",
+        x["id"].as_str().unwrap()
+    ));
+    let bad = w
+        .client
+        .post(url.clone())
+        .json(&serde_json::json!({"plate": "京A1", "operator": "amy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 422, "a correction must be a plate");
+    let r = w
+        .client
+        .post(url.clone())
+        .json(&serde_json::json!({"plate": "京A90011", "operator": "amy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(
+        (d["action"].as_str(), d["reason"].as_str()),
+        (Some("open"), Some("entered"))
+    );
+    let s = sessions(&w, "京A90011").await;
+    assert_eq!((s.len(), s[0]["status"].as_str()), (1, Some("open")));
+    let again = w
+        .client
+        .post(url)
+        .json(&serde_json::json!({"plate": "京A90011", "operator": "amy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status().as_u16(),
+        409,
+        "an exception is resolved once"
+    );
+    let audit = w.get_json("/api/audit").await;
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["action"] == "exception.plate_corrected" && a["actor"] == "amy"));
+    w.stop().await;
+}

@@ -40,34 +40,67 @@ pub const ACCEPT_THRESHOLD: f32 = 0.80;
 
 /// Combines the reads of one passage's frames into ranked candidates and a quality verdict.
 ///
-/// Each frame's candidates vote with their confidence; a plate's score is the mean over all
-/// frames (a frame that did not see it contributes zero), so one lucky frame cannot outvote a
-/// consistent majority.
+/// Candidates are ranked by their mean confidence over all frames (a frame that did not see a
+/// plate contributes zero), so one lucky frame cannot outvote a consistent majority. The burst is
+/// `Confident` when its top plate was read at or above [`ACCEPT_THRESHOLD`] in at least one frame,
+/// no frame read a *different* plate that confidently, and no other plate was read in more frames.
+/// A reader's confidence is calibrated per frame so that a confident read is practically never
+/// wrong; requiring every frame to agree would only turn glare on one frame into a held car.
 pub fn vote(frames: &[Vec<PlateCandidate>]) -> (Vec<PlateCandidate>, ReadQuality) {
-    let mut tally: Vec<(PlateCandidate, f32)> = Vec::new();
+    struct Tally {
+        candidate: PlateCandidate,
+        sum: f32,
+        best: f32,
+        frames: usize,
+    }
+    let mut tally: Vec<Tally> = Vec::new();
     for cands in frames {
         for c in cands {
-            match tally.iter_mut().find(|(t, _)| t.plate == c.plate) {
-                Some((_, score)) => *score += c.confidence,
-                None => tally.push((c.clone(), c.confidence)),
+            match tally.iter_mut().find(|t| t.candidate.plate == c.plate) {
+                Some(t) => {
+                    t.sum += c.confidence;
+                    t.best = t.best.max(c.confidence);
+                    t.frames += 1;
+                }
+                None => tally.push(Tally {
+                    candidate: c.clone(),
+                    sum: c.confidence,
+                    best: c.confidence,
+                    frames: 1,
+                }),
             }
         }
     }
     let n = frames.len().max(1) as f32;
+    tally.sort_by(|a, b| b.sum.total_cmp(&a.sum));
+    let quality = match tally.split_first() {
+        None => ReadQuality::NoRead,
+        Some((top, rest)) => {
+            let contested = rest
+                .iter()
+                .any(|t| t.best >= ACCEPT_THRESHOLD || t.frames > top.frames);
+            if top.best >= ACCEPT_THRESHOLD && !contested {
+                ReadQuality::Confident
+            } else {
+                ReadQuality::LowConfidence
+            }
+        }
+    };
     let mut ranked: Vec<PlateCandidate> = tally
         .into_iter()
-        .map(|(mut c, score)| {
-            c.confidence = (score / n).clamp(0.0, 1.0);
+        .enumerate()
+        .map(|(i, t)| {
+            let mut c = t.candidate;
+            // The accepted plate carries the confidence that carried it; the rest their mean.
+            c.confidence = if i == 0 && quality == ReadQuality::Confident {
+                t.best
+            } else {
+                (t.sum / n).clamp(0.0, 1.0)
+            };
             c
         })
         .collect();
-    ranked.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
     ranked.truncate(5);
-    let quality = match ranked.first() {
-        None => ReadQuality::NoRead,
-        Some(top) if top.confidence >= ACCEPT_THRESHOLD => ReadQuality::Confident,
-        Some(_) => ReadQuality::LowConfidence,
-    };
     (ranked, quality)
 }
 
@@ -85,23 +118,38 @@ mod tests {
     }
 
     #[test]
-    fn a_consistent_majority_beats_one_confident_outlier() {
+    fn a_confident_read_carries_the_burst_unless_contested() {
+        // Two frames say A confidently, one says B confidently: contested, never a guess.
         let frames = vec![
             vec![c("京A12345", 0.9)],
             vec![c("京A12345", 0.85)],
             vec![c("京A12346", 0.99)],
         ];
         let (ranked, q) = vote(&frames);
-        assert_eq!(ranked[0].plate, "京A12345");
         assert_eq!(
-            q,
-            ReadQuality::LowConfidence,
-            "0.58 mean is below the threshold"
+            ranked[0].plate, "京A12345",
+            "the consistent majority ranks first"
         );
-        let (ranked, q) = vote(&[vec![c("京A12345", 0.9)], vec![c("京A12345", 0.95)]]);
+        assert_eq!(q, ReadQuality::LowConfidence);
+        // One confident frame, the others unsure of the same plate or blank: accepted.
+        let frames = vec![vec![c("京A12345", 0.92)], vec![c("京A12345", 0.4)], vec![]];
+        let (ranked, q) = vote(&frames);
         assert_eq!(
             (ranked[0].plate.as_str(), q),
             ("京A12345", ReadQuality::Confident)
+        );
+        assert!((ranked[0].confidence - 0.92).abs() < 1e-6);
+        // A plate read (unsurely) in more frames than the confident one contests it.
+        let frames = vec![
+            vec![c("京A12345", 0.95)],
+            vec![c("京A12845", 0.5)],
+            vec![c("京A12845", 0.6)],
+        ];
+        assert_eq!(vote(&frames).1, ReadQuality::LowConfidence);
+        // Nothing confident anywhere: low confidence.
+        assert_eq!(
+            vote(&[vec![c("京A12345", 0.7)], vec![c("京A12345", 0.75)]]).1,
+            ReadQuality::LowConfidence
         );
         assert_eq!(vote(&[vec![], vec![]]).1, ReadQuality::NoRead);
     }

@@ -261,6 +261,16 @@ pub trait Store: Send + Sync + 'static {
         open_only: bool,
         limit: i64,
     ) -> StoreResult<Vec<ExceptionRecord>>;
+    async fn exception(&self, id: Uuid) -> StoreResult<Option<ExceptionRecord>>;
+    /// Marks an open exception resolved; `Conflict` if somebody resolved it first.
+    async fn resolve_exception(
+        &self,
+        id: Uuid,
+        resolution: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// The payload of a stored passage event, as received.
+    async fn event_payload(&self, event_id: Uuid) -> StoreResult<Option<String>>;
     async fn insert_audit(&self, a: &AuditEntry) -> StoreResult<()>;
     async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditEntry>>;
     async fn insert_dead_letter(&self, d: &DeadLetter, payload: &[u8]) -> StoreResult<()>;

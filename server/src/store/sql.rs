@@ -911,6 +911,37 @@ macro_rules! backend {
                     .collect()
                 }
 
+                async fn exception(&self, id: Uuid) -> StoreResult<Option<ExceptionRecord>> {
+                    sqlx::query(&format!("SELECT {EXCEPTION_COLS} FROM exceptions WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| exception_from(&r))
+                        .transpose()
+                }
+
+                async fn resolve_exception(&self, id: Uuid, resolution: &str, now: DateTime<Utc>) -> StoreResult<()> {
+                    let r = sqlx::query("UPDATE exceptions SET resolved_at = $1, resolution = $2 WHERE id = $3 AND resolved_at IS NULL")
+                        .bind(ms(now))
+                        .bind(resolution)
+                        .bind(id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    if r.rows_affected() == 0 {
+                        return Err(StoreError::Conflict(format!("exception {id} is already resolved")));
+                    }
+                    Ok(())
+                }
+
+                async fn event_payload(&self, event_id: Uuid) -> StoreResult<Option<String>> {
+                    sqlx::query("SELECT payload FROM events WHERE event_id = $1")
+                        .bind(event_id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| Ok(r.try_get("payload")?))
+                        .transpose()
+                }
+
                 async fn insert_audit(&self, a: &AuditEntry) -> StoreResult<()> {
                     insert_audit_row(&self.pool, a).await
                 }
