@@ -10,25 +10,8 @@ use uuid::Uuid;
 
 use crate::error::SimError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionStatus {
-    Open,
-    AwaitingPayment,
-    Closed,
-    Exception,
-}
-
-impl SessionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionStatus::Open => "open",
-            SessionStatus::AwaitingPayment => "awaiting_payment",
-            SessionStatus::Closed => "closed",
-            SessionStatus::Exception => "exception",
-        }
-    }
-}
+/// The server's own status types: the simulator speaks the API it is built against.
+pub use parkpay_server::domain::{ChargeStatus, SessionStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
@@ -44,35 +27,6 @@ pub struct Session {
     pub fee: Option<Money>,
     #[serde(default)]
     pub charge_id: Option<Uuid>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChargeStatus {
-    Pending,
-    Submitted,
-    Accepted,
-    Succeeded,
-    Failed,
-    Arrears,
-    AwaitingPayment,
-    Waived,
-}
-
-impl ChargeStatus {
-    /// The payment worker may still move a charge in this state.
-    pub fn in_flight(self) -> bool {
-        match self {
-            ChargeStatus::Pending
-            | ChargeStatus::Submitted
-            | ChargeStatus::Accepted
-            | ChargeStatus::Failed => true,
-            ChargeStatus::Succeeded
-            | ChargeStatus::Arrears
-            | ChargeStatus::AwaitingPayment
-            | ChargeStatus::Waived => false,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

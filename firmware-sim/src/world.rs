@@ -219,7 +219,10 @@ async fn settled_ledger(api: &Api, lot: &LotId, wait: Duration) -> Result<Ledger
     let mut pause = Duration::from_millis(50);
     let charges = loop {
         let charges: Vec<Charge> = api.charges().await?;
-        let moving = charges.iter().filter(|c| c.status.in_flight()).count();
+        let moving = charges
+            .iter()
+            .filter(|c| c.status.is_worker_owned())
+            .count();
         if moving == 0 || Instant::now() >= deadline {
             if moving > 0 {
                 tracing::warn!(moving, "charges still in flight when the report was made");

@@ -46,6 +46,16 @@ pub enum ReadQuality {
     NoRead,
 }
 
+impl ReadQuality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadQuality::Confident => "confident",
+            ReadQuality::LowConfidence => "low_confidence",
+            ReadQuality::NoRead => "no_read",
+        }
+    }
+}
+
 /// A vehicle passed (or stands at) a lane's barrier. Gateway -> server, QoS 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PassageEvent {

@@ -174,10 +174,7 @@ impl App {
                 captured_at: ev.captured_at,
                 received_at: self.clock.now(),
                 plate: ev.candidates.first().map(|c| c.plate.clone()),
-                quality: serde_json::to_value(ev.quality)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                quality: ev.quality.as_str().to_string(),
                 resent: ev.resent,
                 payload: payload.to_string(),
             },
@@ -278,7 +275,7 @@ impl App {
         let mut w = self.write(ev, payload, d, None);
         let detail = format!(
             "{} read at {} {}",
-            ev.quality_str(),
+            ev.quality.as_str(),
             ev.direction.as_str(),
             ev.lane
         );
@@ -873,18 +870,4 @@ fn month_start(now: DateTime<Utc>, tariff: &Tariff) -> DateTime<Utc> {
         .earliest()
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or(now)
-}
-
-trait QualityStr {
-    fn quality_str(&self) -> &'static str;
-}
-
-impl QualityStr for PassageEvent {
-    fn quality_str(&self) -> &'static str {
-        match self.quality {
-            ReadQuality::Confident => "confident",
-            ReadQuality::LowConfidence => "low-confidence",
-            ReadQuality::NoRead => "no",
-        }
-    }
 }

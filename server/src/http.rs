@@ -196,10 +196,11 @@ async fn dashboard() -> Html<&'static str> {
 }
 
 async fn pay_page(Path(session): Path<String>) -> Html<String> {
-    Html(include_str!("pay.html").replace("{{SESSION}}", &html_escape(&session)))
+    Html(include_str!("pay.html").replace("{{SESSION}}", &session_token(&session)))
 }
 
-fn html_escape(s: &str) -> String {
+/// Keeps only what a session id can contain, so the page never echoes markup.
+fn session_token(s: &str) -> String {
     s.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect()

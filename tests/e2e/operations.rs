@@ -129,15 +129,7 @@ async fn malformed_messages_are_counted_and_kept_with_their_reason() {
             .any(|d| d["payload"].as_str().unwrap_or("").contains("not json")),
         "the payload is kept"
     );
-    let metrics = w
-        .client
-        .get(w.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics().await;
     assert!(
         metrics.contains("parkpay_dead_letters_total{reason=\"malformed\"} 1"),
         "{metrics}"
@@ -269,15 +261,7 @@ async fn health_readiness_metrics_and_live_lane_state() {
         .unwrap();
     assert_eq!(ready, json!({"database": true, "mqtt": true}));
     w.pass("in-1", "京A88888", WAIT).await;
-    let metrics = w
-        .client
-        .get(w.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics().await;
     assert!(
         metrics.contains("parkpay_decision_latency_seconds_count 1"),
         "{metrics}"

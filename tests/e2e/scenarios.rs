@@ -10,7 +10,7 @@ use parkpay_protocol::{
     PlateColour, ReadQuality, Topic,
 };
 use parkpay_server::tariff::{quote, Tariff};
-use parkpay_sim::rig::{Vehicle, Waited};
+use parkpay_sim::rig::{PassageOutcome, Vehicle, Waited};
 use parkpay_tests::eventually;
 use parkpay_tests::world::{World, WorldOptions};
 use serde_json::Value;
@@ -82,6 +82,31 @@ async fn settled_charge(w: &World, session: &str) -> Value {
         matches!(status.as_str(), "succeeded" | "arrears").then(|| c[0].clone())
     })
     .await
+}
+
+/// Waits for the session's deduction and checks it succeeded for exactly what the tariff gives
+/// for the stay the simulator saw (the entry and exit capture instants), never what the server
+/// says it should be.
+async fn assert_charged_for_stay(
+    w: &World,
+    session: &Value,
+    entry: &PassageOutcome,
+    exit: &PassageOutcome,
+) {
+    let expected = quote(
+        &tariff(),
+        entry.capture.captured_at,
+        exit.capture.captured_at,
+    )
+    .unwrap()
+    .total
+    .minor;
+    let c = settled_charge(w, session["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (c["status"].as_str(), fen(&c["amount"])),
+        (Some("succeeded"), expected),
+        "{c}"
+    );
 }
 
 #[tokio::test]
@@ -232,16 +257,10 @@ async fn the_same_event_twice_and_a_second_entry_give_one_session_and_one_charge
     .await;
     // Both deliveries are processed before we count: the duplicate metric moves.
     eventually("the duplicate to be answered", WAIT, || async {
-        let m = w
-            .client
-            .get(w.url("/metrics"))
-            .send()
+        w.metrics()
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        m.contains("outcome=\"duplicate\"").then_some(())
+            .contains("outcome=\"duplicate\"")
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -371,19 +390,7 @@ async fn an_exit_without_entry_is_an_exception_and_a_misread_exit_still_matches(
     assert!(exit.opened, "the misread still finds the session");
     let s = sessions(&w, "苏AB1234").await[0].clone();
     assert_eq!(s["status"], "closed");
-    let expected = quote(
-        &tariff(),
-        entry.capture.captured_at,
-        exit.capture.captured_at,
-    )
-    .unwrap()
-    .total
-    .minor;
-    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
-    assert_eq!(
-        (c["status"].as_str(), fen(&c["amount"])),
-        (Some("succeeded"), expected)
-    );
+    assert_charged_for_stay(&w, &s, &entry, &exit).await;
     assert!(
         sessions(&w, "苏A81234").await.is_empty(),
         "no session was invented for the misread"
@@ -478,19 +485,7 @@ async fn a_server_restart_between_entry_and_exit_loses_nothing() {
     let exit = w.pass("out-1", "鲁F60008", WAIT).await;
     assert!(exit.opened, "the session survived the restart");
     let s = sessions(&w, "鲁F60008").await[0].clone();
-    let expected = quote(
-        &tariff(),
-        entry.capture.captured_at,
-        exit.capture.captured_at,
-    )
-    .unwrap()
-    .total
-    .minor;
-    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
-    assert_eq!(
-        (c["status"].as_str(), fen(&c["amount"])),
-        (Some("succeeded"), expected)
-    );
+    assert_charged_for_stay(&w, &s, &entry, &exit).await;
     assert_eq!(
         w.gateway().journal_pending(),
         0,
@@ -540,19 +535,7 @@ async fn with_the_server_down_mandated_cars_still_leave_and_are_charged_later() 
         (s.first()?["status"] == "closed").then(|| s[0].clone())
     })
     .await;
-    let expected = quote(
-        &tariff(),
-        trusted_in.capture.captured_at,
-        trusted_out.capture.captured_at,
-    )
-    .unwrap()
-    .total
-    .minor;
-    let c = settled_charge(&w, s["id"].as_str().unwrap()).await;
-    assert_eq!(
-        (c["status"].as_str(), fen(&c["amount"])),
-        (Some("succeeded"), expected)
-    );
+    assert_charged_for_stay(&w, &s, &trusted_in, &trusted_out).await;
     w.stop().await;
 }
 

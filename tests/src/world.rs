@@ -317,6 +317,17 @@ impl World {
         r.json().await.expect("JSON")
     }
 
+    /// The server's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        r.text().await.expect("metrics text")
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }

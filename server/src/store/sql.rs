@@ -226,13 +226,6 @@ macro_rules! backend {
                 })
             }
 
-            fn debit_from(outcome: &str, txn_id: String) -> DebitResult {
-                match outcome.strip_prefix("declined:") {
-                    Some(reason) => DebitResult::Declined { reason: reason.to_string() },
-                    None => DebitResult::Succeeded { txn_id },
-                }
-            }
-
 
             async fn insert_exception<'c, E>(e: E, x: &ExceptionRecord) -> StoreResult<()>
             where
@@ -1063,7 +1056,6 @@ macro_rules! backend {
                         return Ok(DebitResult::Declined { reason: reason.to_string() });
                     }
                     let txn_id = format!("sbx-{}", Uuid::now_v7().simple());
-                    let outcome = "succeeded".to_string();
                     let claimed = sqlx::query(
                         "INSERT INTO sandbox_debits (idempotency_key, reference, amount_minor, outcome, txn_id, at) VALUES ($1, $2, $3, $4, $5, $6) \
                          ON CONFLICT (idempotency_key) DO NOTHING",
@@ -1071,7 +1063,7 @@ macro_rules! backend {
                     .bind(key)
                     .bind(reference)
                     .bind(amount.minor)
-                    .bind(outcome.clone())
+                    .bind("succeeded")
                     .bind(txn_id.clone())
                     .bind(ms(now))
                     .execute(&mut *tx)
@@ -1085,15 +1077,16 @@ macro_rules! backend {
                             .ok_or_else(|| StoreError::Corrupt(format!("debit {key} vanished")));
                     }
                     tx.commit().await?;
-                    Ok(debit_from(&outcome, txn_id))
+                    Ok(DebitResult::Succeeded { txn_id })
                 }
 
                 async fn sandbox_lookup(&self, key: &str) -> StoreResult<Option<DebitResult>> {
-                    sqlx::query("SELECT outcome, txn_id FROM sandbox_debits WHERE idempotency_key = $1")
+                    // Only successful debits are stored: a decline must not stop a retry after a top-up.
+                    sqlx::query("SELECT txn_id FROM sandbox_debits WHERE idempotency_key = $1")
                         .bind(key)
                         .fetch_optional(&self.pool)
                         .await?
-                        .map(|r| -> StoreResult<DebitResult> { Ok(debit_from(&r.try_get::<String, _>("outcome")?, r.try_get("txn_id")?)) })
+                        .map(|r| -> StoreResult<DebitResult> { Ok(DebitResult::Succeeded { txn_id: r.try_get("txn_id")? }) })
                         .transpose()
                 }
             }
