@@ -2,7 +2,7 @@
 //! that the simulator uses the same way.
 
 use chrono::{DateTime, Utc};
-use parkpay_protocol::{Money, PlateColour};
+use parkpay_protocol::{Direction, GatewayId, LaneId, Money, PlateColour};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -176,27 +176,13 @@ impl Api {
     }
 
     /// Open exceptions of a lot: (id, kind, lane).
-    pub async fn open_exceptions(
-        &self,
-        lot: &str,
-    ) -> Result<Vec<(Uuid, String, Option<String>, DateTime<Utc>)>, SimError> {
-        #[derive(Deserialize)]
-        struct X {
-            id: Uuid,
-            kind: String,
-            lane: Option<String>,
-            created_at: DateTime<Utc>,
-        }
+    pub async fn open_exceptions(&self, lot: &str) -> Result<Vec<OpenException>, SimError> {
         let q = [
             ("lot", lot.to_string()),
             ("open", "true".to_string()),
             ("limit", "1000".to_string()),
         ];
-        let xs: Vec<X> = self.call(Method::GET, "/api/exceptions", &q, None).await?;
-        Ok(xs
-            .into_iter()
-            .map(|x| (x.id, x.kind, x.lane, x.created_at))
-            .collect())
+        self.call(Method::GET, "/api/exceptions", &q, None).await
     }
 
     /// An attendant reads the plate off the evidence and corrects the passage.
@@ -231,9 +217,15 @@ impl Api {
         name: &str,
         capacity: u32,
         tariff: &serde_json::Value,
+        lanes: &[(LaneId, Direction)],
+        gateway: &GatewayId,
     ) -> Result<(), SimError> {
+        let lanes: Vec<serde_json::Value> = lanes
+            .iter()
+            .map(|(id, direction)| serde_json::json!({"id": id, "direction": direction, "gateway": gateway}))
+            .collect();
         let body = serde_json::json!({
-            "id": lot, "name": name, "capacity": capacity, "tariff": tariff,
+            "id": lot, "name": name, "capacity": capacity, "tariff": tariff, "lanes": lanes,
         });
         self.call::<serde_json::Value>(Method::POST, "/api/lots", &[], Some(body))
             .await
@@ -252,6 +244,16 @@ impl Api {
         let quote: Quote = self.call(Method::GET, &path, &q, None).await?;
         Ok(quote.total.minor)
     }
+}
+
+/// An exception in the operator's queue, as the attendant sees it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenException {
+    pub id: Uuid,
+    pub kind: String,
+    pub lane: Option<String>,
+    pub plate: Option<String>,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The example tariff of docs/api.md (the server's `Tariff::example_cn`), used when the

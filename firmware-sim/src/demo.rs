@@ -95,7 +95,8 @@ pub async fn run_demo(
             poll_interval_ms: 50,
             ..PaymentsConfig::default()
         },
-        instance: "demo".into(),
+        instance: Some("demo".into()),
+        ..ServerConfig::default()
     };
     let server = Server::build(config, clock.clone()).await?;
     let http = Url::parse(&format!("http://{}/", server.http_addr()))
@@ -167,6 +168,11 @@ pub async fn run_demo(
 
 /// A gateway configuration serving `lanes` of `lot`, with the simulator's device-naming rule
 /// (`{lot}-{lane}-cam`, `-loop`, `-arm`, `-disp`).
+/// The id of the simulated site's gateway: the lot's lanes are configured as served by it.
+pub fn gateway_id(lot: &LotId) -> Result<GatewayId, SimError> {
+    Ok(GatewayId::parse(format!("gw-{lot}"))?)
+}
+
 pub fn gateway_config(
     lot: &LotId,
     lanes: &[(LaneId, Direction)],
@@ -189,7 +195,7 @@ pub fn gateway_config(
         })
         .collect::<Result<Vec<_>, SimError>>()?;
     Ok(GatewayConfig {
-        gateway_id: GatewayId::parse(format!("gw-{lot}")).map_err(SimError::from)?,
+        gateway_id: gateway_id(lot)?,
         lot: lot.clone(),
         mqtt_url: GwMqttUrl::parse(mqtt_url).map_err(DemoError::Setup)?,
         username: None,

@@ -103,6 +103,7 @@ impl WorldConfig {
                 },
                 misread_rate: self.misread_rate,
                 no_read_rate: self.no_read_rate,
+                confidence: None,
                 seed: self.traffic.seed.wrapping_add(1 + n as u64),
             },
             drive_through: self.drive_through,
@@ -136,8 +137,16 @@ pub async fn drive_audited(
 ) -> Result<Audit, SimError> {
     let api = Api::new(&http);
     if world.create_lot && !api.lot_exists(world.lot.as_str()).await? {
-        api.create_lot(world.lot.as_str(), "Simulated lot", 400, &example_tariff())
-            .await?;
+        let gateway = crate::demo::gateway_id(&world.lot)?;
+        api.create_lot(
+            world.lot.as_str(),
+            "Simulated lot",
+            400,
+            &example_tariff(),
+            &world.lanes,
+            &gateway,
+        )
+        .await?;
     }
     let truth = Arc::new(match &world.truth_log {
         Some(path) => GroundTruth::with_file(path)?,
@@ -261,21 +270,33 @@ async fn attend(api: Api, lot: String, entries: Arc<Vec<LaneRig>>, exits: Arc<Ve
         let Ok(open) = api.open_exceptions(&lot).await else {
             continue;
         };
-        for (id, kind, lane, created) in open {
-            if handled.contains(&id) || !matches!(kind.as_str(), "unreadable" | "low_confidence") {
+        for x in open {
+            // Unread and unsure plates, and exits whose read matched nobody exactly (a misread
+            // is held as no entry): the attendant compares the evidence with the car.
+            if handled.contains(&x.id)
+                || !matches!(
+                    x.kind.as_str(),
+                    "unreadable" | "low_confidence" | "no_entry"
+                )
+            {
                 continue;
             }
             let rig = entries
                 .iter()
                 .chain(exits.iter())
-                .find(|r| Some(r.lane().as_str()) == lane.as_deref());
+                .find(|r| Some(r.lane().as_str()) == x.lane.as_deref());
             // Only the passage of the car standing there now: an earlier car may have backed out.
             let Some((plate, _)) = rig
                 .and_then(LaneRig::car_at_barrier)
-                .filter(|(_, arrived)| created >= *arrived)
+                .filter(|(_, arrived)| x.created_at >= *arrived)
             else {
                 continue;
             };
+            // The read was right: there is nothing to correct (a real exit without entry).
+            if x.plate.as_deref() == Some(plate.as_str()) {
+                continue;
+            }
+            let id = x.id;
             handled.insert(id);
             if let Err(e) = api.correct_plate(id, &plate).await {
                 tracing::warn!(error = %e, "the attendant could not correct a plate");

@@ -472,6 +472,7 @@ mod tests {
                 plate: None,
                 session_id: None,
                 fee: None,
+                owed: None,
                 pay_url: Some("https://pay/x".into()),
                 display: DisplayText {
                     line1: "Fee 5.00".into(),

@@ -1,18 +1,22 @@
 //! The versioned JSON envelope every message travels in, with optional HMAC signing.
 //!
 //! ```json
-//! {"v":1,"type":"passage","sent_at":"2026-11-25T08:00:00Z","body":{...},"sig":"9f2c..."}
+//! {"v":1,"type":"passage","sent_at":"2026-11-25T08:00:00.000Z","body":{...},"sig":"9f2c..."}
 //! ```
 //!
-//! `sig`, when present, is the lowercase hex HMAC-SHA256, under the sender's key, of
-//! `"{v}\n{type}\n{sent_at}\n{body}"`, where `body` is the body re-serialised with its object
-//! keys sorted (serde_json's default map order) and no whitespace. Receivers verify it by the
-//! same recipe, so key order and spacing on the wire do not matter.
+//! `sig`, when present, is the lowercase hex HMAC-SHA256, under the sender's key, of the UTF-8
+//! text `"{v}\n{type}\n{sent_at}\n{body}"`, where `sent_at` is the string value exactly as sent
+//! and `body` is the body's JSON text **exactly as it appears in the payload**, from its opening
+//! `{` to its closing `}`. Nothing is re-serialised on either side: a receiver hashes the bytes
+//! it was given, so number formatting (an `f32` confidence), key order and spacing can never make
+//! a correct signature fail, and no two payloads that differ in their body share a signature.
+//! `sent_at` is always written with milliseconds (`...T08:00:00.000Z`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::Sha256;
 
 /// The envelope version this crate writes and reads.
@@ -53,108 +57,142 @@ impl DecodeError {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawEnvelope {
+/// The envelope as it arrived: borrowed slices of the payload, so the signed bytes are the
+/// received bytes.
+#[derive(Deserialize)]
+struct Wire<'a> {
     v: u32,
     #[serde(rename = "type")]
-    kind: String,
-    sent_at: DateTime<Utc>,
-    body: serde_json::Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sig: Option<String>,
+    kind: &'a str,
+    sent_at: &'a str,
+    #[serde(borrow)]
+    body: &'a RawValue,
+    #[serde(default)]
+    sig: Option<&'a str>,
 }
 
-fn signing_input(v: u32, kind: &str, sent_at: &DateTime<Utc>, body: &serde_json::Value) -> String {
-    format!(
-        "{v}\n{kind}\n{}\n{}",
-        sent_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        body
-    )
-}
-
-fn mac(key: &[u8], input: &str) -> Hmac<Sha256> {
+fn mac(key: &[u8], v: u32, kind: &str, sent_at: &str, body: &str) -> Hmac<Sha256> {
     // HMAC takes keys of any length; new_from_slice only fails for fixed-size-key MACs.
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
-    m.update(input.as_bytes());
+    m.update(format!("{v}\n{kind}\n{sent_at}\n").as_bytes());
+    m.update(body.as_bytes());
     m
 }
 
 /// Serialises a message in an envelope, signed when a key is given.
 pub fn encode<M: Message>(body: &M, sent_at: DateTime<Utc>, key: Option<&[u8]>) -> Vec<u8> {
     // Serialising our own plain data types cannot fail: no maps with non-string keys.
-    let body = serde_json::to_value(body).expect("message types serialise to JSON");
-    // Millisecond precision, so the signed text survives a round trip through the JSON.
-    let sent_at = DateTime::from_timestamp_millis(sent_at.timestamp_millis()).unwrap_or(sent_at);
-    let sig = key.map(|k| {
-        hex::encode(
-            mac(k, &signing_input(VERSION, M::KIND, &sent_at, &body))
-                .finalize()
-                .into_bytes(),
-        )
-    });
-    let env = RawEnvelope {
-        v: VERSION,
-        kind: M::KIND.to_string(),
-        sent_at,
-        body,
-        sig,
-    };
-    serde_json::to_vec(&env).expect("envelope serialises to JSON")
+    let body = serde_json::to_string(body).expect("message types serialise to JSON");
+    let sent_at = sent_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    // KIND is a plain identifier and sent_at an RFC 3339 instant: neither needs JSON escaping.
+    let mut out = format!(
+        "{{\"v\":{VERSION},\"type\":\"{}\",\"sent_at\":\"{sent_at}\",\"body\":{body}",
+        M::KIND
+    );
+    if let Some(k) = key {
+        let sig = mac(k, VERSION, M::KIND, &sent_at, &body)
+            .finalize()
+            .into_bytes();
+        out.push_str(",\"sig\":\"");
+        out.push_str(&hex::encode(sig));
+        out.push('"');
+    }
+    out.push('}');
+    out.into_bytes()
 }
 
-/// A decoded envelope: the body, when it was sent, and whether a signature came with it.
+/// A decoded envelope: the body and when it was sent.
 #[derive(Debug, Clone)]
 pub struct Decoded<M> {
     pub body: M,
     pub sent_at: DateTime<Utc>,
 }
 
+/// An envelope whose version is known, opened but not yet verified or decoded.
+pub struct Opened<'a> {
+    wire: Wire<'a>,
+    sent_at: DateTime<Utc>,
+}
+
+impl<'a> Opened<'a> {
+    /// Reads the envelope without trusting it: check [`Opened::verify`] before acting on it.
+    pub fn new(payload: &'a [u8]) -> Result<Opened<'a>, DecodeError> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        // Check the version before the shape, so a future envelope is reported as such.
+        let v: Version =
+            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if v.v != VERSION {
+            return Err(DecodeError::Version(v.v));
+        }
+        let wire: Wire<'a> =
+            serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let sent_at = DateTime::parse_from_rfc3339(wire.sent_at)
+            .map_err(|e| DecodeError::Malformed(format!("sent_at {:?}: {e}", wire.sent_at)))?
+            .with_timezone(&Utc);
+        Ok(Opened { wire, sent_at })
+    }
+
+    pub fn kind(&self) -> &str {
+        self.wire.kind
+    }
+
+    pub fn sent_at(&self) -> DateTime<Utc> {
+        self.sent_at
+    }
+
+    pub fn is_signed(&self) -> bool {
+        self.wire.sig.is_some()
+    }
+
+    /// Checks the signature over the bytes as received.
+    pub fn verify(&self, key: &[u8]) -> Result<(), DecodeError> {
+        let w = &self.wire;
+        let sig = w.sig.ok_or(DecodeError::Unsigned)?;
+        let sig = hex::decode(sig).map_err(|_| DecodeError::BadSignature)?;
+        mac(key, w.v, w.kind, w.sent_at, w.body.get())
+            .verify_slice(&sig)
+            .map_err(|_| DecodeError::BadSignature)
+    }
+
+    /// Decodes the body as `M`, which must be the envelope's type.
+    pub fn body<M: Message>(&self) -> Result<M, DecodeError> {
+        if self.wire.kind != M::KIND {
+            return Err(DecodeError::WrongType {
+                expected: M::KIND,
+                got: self.wire.kind.to_string(),
+            });
+        }
+        serde_json::from_str(self.wire.body.get()).map_err(|e| DecodeError::Body {
+            kind: M::KIND,
+            detail: e.to_string(),
+        })
+    }
+}
+
 /// Decodes a message; with `key`, the signature must be present and verify.
 pub fn decode<M: Message>(payload: &[u8], key: Option<&[u8]>) -> Result<Decoded<M>, DecodeError> {
-    let env = peek(payload)?;
-    if env.kind != M::KIND {
+    let env = Opened::new(payload)?;
+    if env.kind() != M::KIND {
         return Err(DecodeError::WrongType {
             expected: M::KIND,
-            got: env.kind,
+            got: env.kind().to_string(),
         });
     }
     if let Some(key) = key {
-        let sig = env.sig.as_deref().ok_or(DecodeError::Unsigned)?;
-        let sig = hex::decode(sig).map_err(|_| DecodeError::BadSignature)?;
-        mac(
-            key,
-            &signing_input(env.v, &env.kind, &env.sent_at, &env.body),
-        )
-        .verify_slice(&sig)
-        .map_err(|_| DecodeError::BadSignature)?;
+        env.verify(key)?;
     }
-    let body = serde_json::from_value(env.body).map_err(|e| DecodeError::Body {
-        kind: M::KIND,
-        detail: e.to_string(),
-    })?;
     Ok(Decoded {
-        body,
-        sent_at: env.sent_at,
+        body: env.body()?,
+        sent_at: env.sent_at(),
     })
-}
-
-fn peek(payload: &[u8]) -> Result<RawEnvelope, DecodeError> {
-    #[derive(Deserialize)]
-    struct Version {
-        v: u32,
-    }
-    // Check the version before the shape, so a future envelope is reported as such.
-    let v: Version =
-        serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if v.v != VERSION {
-        return Err(DecodeError::Version(v.v));
-    }
-    serde_json::from_slice(payload).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
 /// The `type` tag of an envelope, without decoding its body.
 pub fn kind_of(payload: &[u8]) -> Result<String, DecodeError> {
-    peek(payload).map(|e| e.kind)
+    Opened::new(payload).map(|e| e.kind().to_string())
 }
 
 #[cfg(test)]
@@ -222,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn key_order_on_the_wire_does_not_matter() {
+    fn the_signature_covers_the_bytes_sent_not_a_re_serialisation() {
         let signed = encode(
             &Ping {
                 n: 7,
@@ -231,10 +269,59 @@ mod tests {
             now(),
             Some(b"k"),
         );
-        let reordered = String::from_utf8(signed)
+        let text = String::from_utf8(signed).unwrap();
+        assert!(text.contains("\"body\":{\"n\":7,\"s\":\"x\"}"), "{text}");
+        // The same body with other spacing is other bytes: it is not what was signed.
+        let respaced = text.replace("{\"n\":7,\"s\":\"x\"}", "{ \"n\": 7, \"s\": \"x\" }");
+        assert_eq!(
+            decode::<Ping>(respaced.as_bytes(), Some(b"k")).unwrap_err(),
+            DecodeError::BadSignature
+        );
+        // A second body key cannot smuggle another body past the signature.
+        let doubled = text.replace("\"body\":", "\"body\":{\"n\":8,\"s\":\"y\"},\"body\":");
+        assert_eq!(
+            decode::<Ping>(doubled.as_bytes(), Some(b"k"))
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn sent_at_always_carries_milliseconds() {
+        let whole = DateTime::parse_from_rfc3339("2026-11-30T08:17:12Z")
             .unwrap()
-            .replace("{\"n\":7,\"s\":\"x\"}", "{ \"s\": \"x\", \"n\": 7 }");
-        assert!(decode::<Ping>(reordered.as_bytes(), Some(b"k")).is_ok());
+            .with_timezone(&Utc);
+        let text = String::from_utf8(encode(&Pong {}, whole, None)).unwrap();
+        assert!(
+            text.contains("\"sent_at\":\"2026-11-30T08:17:12.000Z\""),
+            "{text}"
+        );
+        assert_eq!(
+            decode::<Pong>(text.as_bytes(), None).unwrap().sent_at,
+            whole
+        );
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Read {
+        confidence: f32,
+        plate: String,
+    }
+    impl Message for Read {
+        const KIND: &'static str = "read";
+    }
+
+    proptest::proptest! {
+        // f32 confidences once failed verification whenever their widened f64 text differed
+        // from their own (0.97 -> 0.9700000286102295): every value must verify.
+        #[test]
+        fn every_f32_confidence_verifies(c in 0.0f32..=1.0, plate in "\\PC{0,12}") {
+            let r = Read { confidence: c, plate };
+            let signed = encode(&r, now(), Some(b"gateway key"));
+            let back = decode::<Read>(&signed, Some(b"gateway key")).unwrap();
+            proptest::prop_assert_eq!(back.body, r);
+        }
     }
 
     #[test]

@@ -110,8 +110,10 @@ pub enum DecisionReason {
     Arrears,
     /// Exit with no matching entry: an operator must look.
     NoEntry,
-    /// The plate could not be read surely enough.
+    /// No plate was read.
     Unreadable,
+    /// A plate was read, but not surely enough to charge anybody for it.
+    LowConfidence,
     /// Two open sessions are equally close to the read: never guess.
     Ambiguous,
     /// Blacklisted vehicle.
@@ -120,6 +122,14 @@ pub enum DecisionReason {
     Operator,
     /// The lot is not configured on this server.
     UnknownLot,
+    /// The capture instant is too far from the server's clock to be believed.
+    ClockSkew,
+    /// The exit was captured before the entry of the only session it could close.
+    ExitBeforeEntry,
+    /// The lot's tariff could not price this stay: an operator must look.
+    CannotPrice,
+    /// The server could not process the event; it is kept as a dead letter.
+    Rejected,
 }
 
 /// The two lines a lane display shows.
@@ -145,6 +155,9 @@ pub struct Decision {
     pub session_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fee: Option<Money>,
+    /// Everything the driver owes when unpaid arrears hold the car: arrears plus this stay's fee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owed: Option<Money>,
     /// Where a driver without a mandate pays (shown as a QR code on the display).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay_url: Option<String>,

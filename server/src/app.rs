@@ -1,24 +1,27 @@
 //! The use cases, one function each: a passage (entry or exit), paying at the exit, paying
-//! arrears, an operator's manual lift. Business logic lives here, once, above the storage seam.
+//! arrears, correcting a plate, an operator's manual lift, the lot's configuration. Business
+//! logic lives here, once, above the storage seam; the rules themselves are the pure functions
+//! of [`crate::decide`]. Each use case loads the facts it needs, lets the rules decide, commits
+//! once, and publishes through the [`Outbound`] port (MQTT in production, anything in tests).
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use parkpay_protocol::{
-    encode, BarrierAction, Clock, Decision, DecisionReason, Direction, DisplayText, LaneAction,
-    LaneId, LotId, Money, OperatorCommand, PassageEvent, Plate, ReadQuality, Topic,
+    encode, BarrierAction, Clock, Decision, DecisionReason, Direction, GatewayId, LaneAction,
+    LaneId, LotId, OperatorCommand, PassageEvent, Plate, ReadQuality, Topic,
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::decide::{self, Collect, Effect, EntryFacts, ExitFacts, MandateFacts, Plan, TimeLimits};
 use crate::domain::*;
 use crate::live::{Live, LiveEvent};
-use crate::matching::{self, Match};
 use crate::metrics::Metrics;
-use crate::mqtt::Publisher;
 use crate::store::*;
-use crate::tariff::{self, Tariff};
+use crate::tariff::Tariff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -38,20 +41,37 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         match e {
             StoreError::NotFound(what) => AppError::NotFound(what),
-            StoreError::Duplicate(what) => AppError::Conflict(format!("{what} already exists")),
+            StoreError::Duplicate(what) => AppError::Conflict(what),
             StoreError::Conflict(what) => AppError::Conflict(what),
             other => AppError::Store(other),
         }
     }
 }
 
+impl AppError {
+    /// True for failures that may pass by themselves (the database restarting, a dropped
+    /// connection, a busy lock): the work is tried again rather than given up.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AppError::Store(e) if e.is_transient())
+    }
+}
+
 pub type AppResult<T> = Result<T, AppError>;
+
+/// Where the server's messages to the lanes go: the MQTT broker in production.
+#[async_trait]
+pub trait Outbound: Send + Sync + 'static {
+    /// Publishes at QoS 1; `retain` keeps it as the topic's latest state.
+    async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String>;
+}
 
 /// Settings the use cases need.
 #[derive(Debug, Clone)]
 pub struct AppSettings {
     /// Base URL drivers are sent to for paying at the exit.
     pub public_url: String,
+    /// How far capture instants may lie from our clock.
+    pub limits: TimeLimits,
 }
 
 /// Everything a use case may touch. Cheap to clone.
@@ -59,7 +79,7 @@ pub struct AppSettings {
 pub struct App {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    pub publisher: Publisher,
+    pub outbound: Arc<dyn Outbound>,
     pub live: Live,
     pub metrics: Arc<Metrics>,
     pub charges_due: Arc<Notify>,
@@ -68,10 +88,13 @@ pub struct App {
     pub settings: Arc<AppSettings>,
 }
 
-/// A decision with the writes that make it true, not yet committed.
-struct Plan {
-    write: PassageWrite,
-    new_charge: bool,
+/// Writes that ride along with a passage in its transaction.
+#[derive(Default)]
+struct Extra {
+    resolves: Option<(Uuid, String)>,
+    audit: Vec<AuditEntry>,
+    /// The capture instant was already checked when the event first arrived (a correction).
+    time_checked: bool,
 }
 
 fn new_id() -> Uuid {
@@ -87,103 +110,14 @@ impl App {
         }
     }
 
-    fn decision(
-        &self,
-        ev: &PassageEvent,
-        action: BarrierAction,
-        reason: DecisionReason,
-        plate: Option<&str>,
-    ) -> Decision {
-        let shown = plate.map(|p| {
-            Plate::parse(p)
-                .map(|p| p.display())
-                .unwrap_or_else(|_| p.to_string())
-        });
-        let line1 = shown.clone().unwrap_or_else(|| "--".to_string());
-        let line2 = match reason {
-            DecisionReason::Entered => "Welcome",
-            DecisionReason::Grace => "Free stay, goodbye",
-            DecisionReason::Whitelisted | DecisionReason::Pass => "Goodbye",
-            DecisionReason::Mandate => "Charged to your account",
-            DecisionReason::Paid => "Paid, goodbye",
-            DecisionReason::PaymentRequired => "Scan to pay",
-            DecisionReason::Arrears => "Unpaid arrears: scan to pay",
-            DecisionReason::NoEntry => "No entry record: staff coming",
-            DecisionReason::Unreadable => "Plate not read: staff coming",
-            DecisionReason::Ambiguous => "Please wait: staff coming",
-            DecisionReason::Blacklisted => "Entry refused",
-            DecisionReason::Operator => "Opened by staff",
-            DecisionReason::UnknownLot => "Lane not configured",
-        };
-        Decision {
-            event_id: ev.event_id,
-            lot: ev.lot.clone(),
-            lane: ev.lane.clone(),
-            action,
-            reason,
-            plate: plate.map(str::to_string),
-            session_id: None,
-            fee: None,
-            pay_url: None,
-            display: DisplayText {
-                line1,
-                line2: line2.to_string(),
-            },
-            decided_at: self.clock.now(),
-        }
-    }
-
-    fn exception(
-        &self,
-        ev: &PassageEvent,
-        kind: ExceptionKind,
-        plate: Option<&str>,
-        session: Option<Uuid>,
-        detail: String,
-    ) -> ExceptionRecord {
-        ExceptionRecord {
+    fn audit(&self, actor: &str, action: &str, subject: String, detail: String) -> AuditEntry {
+        AuditEntry {
             id: new_id(),
-            lot: ev.lot.clone(),
-            lane: Some(ev.lane.clone()),
-            kind,
-            plate: plate.map(str::to_string),
-            event_id: Some(ev.event_id.0),
-            session_id: session,
-            charge_id: None,
+            at: self.clock.now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            subject,
             detail,
-            created_at: self.clock.now(),
-            resolved_at: None,
-            resolution: None,
-        }
-    }
-
-    fn write(
-        &self,
-        ev: &PassageEvent,
-        payload: &str,
-        decision: Decision,
-        session_id: Option<Uuid>,
-    ) -> PassageWrite {
-        PassageWrite {
-            event: NewEvent {
-                event_id: ev.event_id.0,
-                lot: ev.lot.clone(),
-                lane: ev.lane.to_string(),
-                gateway: ev.gateway.to_string(),
-                direction: ev.direction.as_str().to_string(),
-                captured_at: ev.captured_at,
-                received_at: self.clock.now(),
-                plate: ev.candidates.first().map(|c| c.plate.clone()),
-                quality: ev.quality.as_str().to_string(),
-                resent: ev.resent,
-                payload: payload.to_string(),
-            },
-            session_id,
-            outbox: self.outbox(&decision),
-            decision,
-            sessions: Vec::new(),
-            charge: None,
-            exceptions: Vec::new(),
         }
     }
 
@@ -195,6 +129,16 @@ impl App {
         payload: &str,
         received: Instant,
     ) -> AppResult<Decision> {
+        self.passage(ev, payload, received, Extra::default()).await
+    }
+
+    async fn passage(
+        &self,
+        ev: &PassageEvent,
+        payload: &str,
+        received: Instant,
+        extra: Extra,
+    ) -> AppResult<Decision> {
         if let Some(stored) = self.store.event_decision(ev.event_id.0).await? {
             self.metrics.event("duplicate");
             self.publish_decision(&stored, None).await;
@@ -205,22 +149,31 @@ impl App {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let plan = match ev.direction {
-                Direction::Entry => self.plan_entry(ev, payload).await?,
-                Direction::Exit => self.plan_exit(ev, payload).await?,
+            let limits = if extra.time_checked {
+                TimeLimits::unbounded()
+            } else {
+                self.settings.limits
             };
-            match self.store.commit_passage(&plan.write).await {
+            let plan = match ev.direction {
+                Direction::Entry => self.plan_entry(ev, limits).await?,
+                Direction::Exit => self.plan_exit(ev, limits).await?,
+            };
+            let (mut write, new_charge) = self.write(ev, payload, &plan);
+            write.resolves = extra.resolves.clone();
+            write.audit = extra.audit.clone();
+            match self.store.commit_passage(&write).await {
                 Ok(PassageOutcome::Committed) => {
-                    let d = plan.write.decision.clone();
+                    let d = write.decision.clone();
                     self.metrics.event(reason_label(d.reason));
                     self.metrics
                         .decision_latency
                         .observe(received.elapsed().as_secs_f64());
-                    self.publish_decision(&d, Some(plan.write.outbox.id)).await;
-                    if plan.new_charge {
+                    self.publish_decision(&d, Some(write.outbox.id)).await;
+                    if new_charge {
                         self.charges_due.notify_one();
                     }
                     self.live.send(LiveEvent::passage(ev, &d));
+                    self.live.send(LiveEvent::decision(&d));
                     return Ok(d);
                 }
                 Ok(PassageOutcome::Duplicate(stored)) => {
@@ -228,7 +181,7 @@ impl App {
                     self.publish_decision(&stored, None).await;
                     return Ok(*stored);
                 }
-                Err(StoreError::Conflict(why)) if attempts < 4 => {
+                Err(StoreError::Conflict(why)) if attempts < 4 && extra.resolves.is_none() => {
                     tracing::debug!(event = %ev.event_id, %why, "passage conflicted; deciding again");
                 }
                 Err(e) => return Err(e.into()),
@@ -236,11 +189,35 @@ impl App {
         }
     }
 
+    /// Tells the lane that an event it sent could not be processed (it is a dead letter), so
+    /// the car is held for an attendant instead of waiting for an answer that will not come.
+    pub async fn reject_passage(&self, ev: &PassageEvent) {
+        let plate = decide::reads(ev).first().map(|r| r.plate.clone());
+        let reason = DecisionReason::Rejected;
+        let d = Decision {
+            event_id: ev.event_id,
+            lot: ev.lot.clone(),
+            lane: ev.lane.clone(),
+            action: BarrierAction::Hold,
+            reason,
+            display: decide::display(reason, plate.as_deref(), None, None),
+            plate,
+            session_id: None,
+            fee: None,
+            owed: None,
+            pay_url: None,
+            decided_at: self.clock.now(),
+        };
+        self.metrics.event(reason_label(reason));
+        self.publish_decision(&d, None).await;
+        self.live.send(LiveEvent::decision(&d));
+    }
+
     async fn publish_decision(&self, d: &Decision, outbox: Option<Uuid>) {
         let topic = Topic::Decisions(d.lot.clone(), d.lane.clone()).to_string();
         match self
-            .publisher
-            .publish(&topic, encode(d, self.clock.now(), None))
+            .outbound
+            .publish(&topic, encode(d, self.clock.now(), None), false)
             .await
         {
             Ok(()) => {
@@ -256,350 +233,252 @@ impl App {
         }
     }
 
-    /// Parsed candidates, best first: (canonical plate, match key).
-    fn reads(ev: &PassageEvent) -> Vec<(String, String)> {
-        ev.candidates
-            .iter()
-            .filter_map(|c| Plate::parse(&c.plate).ok())
-            .map(|p| (p.as_str().to_string(), p.match_key()))
-            .collect()
+    async fn plan_entry(&self, ev: &PassageEvent, limits: TimeLimits) -> AppResult<Plan> {
+        let lot_known = self.store.lot(&ev.lot).await?.is_some();
+        let reads = decide::reads(ev);
+        let (mut owner, mut inside) = (None, None);
+        if let (true, ReadQuality::Confident, Some(top)) = (lot_known, ev.quality, reads.first()) {
+            owner = self.owner_of(&top.plate).await?;
+            inside = self
+                .store
+                .open_session_of(&ev.lot, &top.plate)
+                .await?
+                .map(|s| OpenSession {
+                    id: s.id,
+                    plate_key: top.key.clone(),
+                    plate: s.plate,
+                });
+        }
+        Ok(decide::decide_entry(&EntryFacts {
+            now: self.clock.now(),
+            limits,
+            event: ev,
+            lot_known,
+            reads: &reads,
+            owner,
+            inside,
+        }))
     }
 
-    async fn unreadable(&self, ev: &PassageEvent, payload: &str) -> Plan {
-        let kind = match ev.quality {
-            ReadQuality::LowConfidence if !ev.candidates.is_empty() => ExceptionKind::LowConfidence,
-            _ => ExceptionKind::Unreadable,
-        };
-        let top = ev.candidates.first().map(|c| c.plate.as_str());
-        let d = self.decision(ev, BarrierAction::Hold, DecisionReason::Unreadable, top);
-        let mut w = self.write(ev, payload, d, None);
-        let detail = format!(
-            "{} read at {} {}",
-            ev.quality.as_str(),
-            ev.direction.as_str(),
-            ev.lane
-        );
-        w.exceptions
-            .push(self.exception(ev, kind, top, None, detail));
-        Plan {
-            write: w,
-            new_charge: false,
-        }
-    }
-
-    async fn unknown_lot(&self, ev: &PassageEvent, payload: &str) -> Plan {
-        let top = ev.candidates.first().map(|c| c.plate.as_str());
-        let d = self.decision(ev, BarrierAction::Hold, DecisionReason::UnknownLot, top);
-        let mut w = self.write(ev, payload, d, None);
-        w.exceptions.push(self.exception(
-            ev,
-            ExceptionKind::UnknownLot,
-            top,
-            None,
-            format!("lot {} is not configured", ev.lot),
-        ));
-        Plan {
-            write: w,
-            new_charge: false,
-        }
-    }
-
-    async fn plan_entry(&self, ev: &PassageEvent, payload: &str) -> AppResult<Plan> {
-        if self.store.lot(&ev.lot).await?.is_none() {
-            return Ok(self.unknown_lot(ev, payload).await);
-        }
-        let reads = Self::reads(ev);
-        let Some((plate, key)) = reads
+    async fn plan_exit(&self, ev: &PassageEvent, limits: TimeLimits) -> AppResult<Plan> {
+        let lot = self.store.lot(&ev.lot).await?;
+        let reads = decide::reads(ev);
+        let top = reads
             .first()
-            .filter(|_| ev.quality == ReadQuality::Confident)
-            .cloned()
-        else {
-            return Ok(self.unreadable(ev, payload).await);
+            .filter(|_| ev.quality == ReadQuality::Confident);
+        let session = match (&lot, top) {
+            (Some(_), Some(top)) => self.store.open_session_of(&ev.lot, &top.plate).await?,
+            _ => None,
         };
-        let driver_id = self.driver_of(&[(plate.clone(), key.clone())]).await?;
-        let session_id = new_id();
-        let mut d = self.decision(
-            ev,
-            BarrierAction::Open,
-            DecisionReason::Entered,
-            Some(&plate),
-        );
-        d.session_id = Some(session_id);
-        let mut w = self.write(ev, payload, d, Some(session_id));
-        // A plate already inside means we missed its exit (or a misread made two sessions):
-        // close the stale session as an exception rather than keep two open.
-        for stale in self.store.open_sessions_by_key(&ev.lot, &key).await? {
-            w.sessions.push(SessionChange::MarkStale { id: stale.id });
-            let detail = format!(
-                "{} entered again while session {} was open",
-                plate, stale.id
-            );
-            w.exceptions.push(self.exception(
-                ev,
-                ExceptionKind::StaleEntry,
-                Some(&stale.plate),
-                Some(stale.id),
-                detail,
-            ));
-        }
-        w.sessions.push(SessionChange::Open(
-            Session {
-                id: session_id,
-                lot: ev.lot.clone(),
-                plate: plate.clone(),
-                status: SessionStatus::Open,
-                driver_id,
-                entry_event_id: Some(ev.event_id.0),
-                entry_lane: Some(ev.lane.clone()),
-                entry_at: ev.captured_at,
-                exit_event_id: None,
-                exit_lane: None,
-                exit_at: None,
-                fee: None,
-                quote: None,
-                updated_at: self.clock.now(),
+        let look_alikes = match (&lot, top, &session) {
+            // Only on the way to a hold: the scan helps the attendant, it never decides.
+            (Some(_), Some(_), None) => {
+                decide::look_alikes(&reads, &self.store.open_sessions(&ev.lot).await?)
+            }
+            _ => Vec::new(),
+        };
+        let driver = match &session {
+            Some(s) => match s.driver_id {
+                Some(d) => Some(d),
+                None => self.owner_of(&s.plate).await?,
             },
-            key,
-        ));
-        Ok(Plan {
-            write: w,
-            new_charge: false,
-        })
+            None => None,
+        };
+        let (mut mandates, mut arrears) = (Vec::new(), 0);
+        if let (Some(driver), Some(lot)) = (driver, &lot) {
+            mandates = self.mandate_facts(driver, &lot.tariff).await?;
+            arrears = self.store.arrears_of(driver).await?;
+        }
+        Ok(decide::decide_exit(&ExitFacts {
+            now: self.clock.now(),
+            limits,
+            event: ev,
+            tariff: lot.as_ref().map(|l| &l.tariff),
+            reads: &reads,
+            session: session.as_ref(),
+            look_alikes: &look_alikes,
+            driver,
+            mandates: &mandates,
+            arrears,
+        }))
     }
 
-    async fn find_session(&self, lot: &LotId, reads: &[(String, String)]) -> AppResult<Match> {
-        let mut near: Vec<OpenSession> = Vec::new();
-        for (plate, key) in reads {
-            near.extend(self.store.open_sessions_by_plate(lot, plate).await?);
-            near.extend(self.store.open_sessions_by_key(lot, key).await?);
-        }
-        near.sort_by_key(|s| s.id);
-        near.dedup_by_key(|s| s.id);
-        match matching::find(reads, &near) {
-            Match::NotFound => Ok(matching::find(reads, &self.store.open_sessions(lot).await?)),
-            found => Ok(found),
-        }
+    /// The driver whose vehicle has exactly this plate. A look-alike plate is somebody else's
+    /// car: it is never taken for this one.
+    async fn owner_of(&self, plate: &str) -> AppResult<Option<Uuid>> {
+        Ok(self.store.vehicle(plate).await?.map(|v| v.driver_id))
     }
 
-    async fn plan_exit(&self, ev: &PassageEvent, payload: &str) -> AppResult<Plan> {
-        let Some(lot) = self.store.lot(&ev.lot).await? else {
-            return Ok(self.unknown_lot(ev, payload).await);
-        };
-        let reads = Self::reads(ev);
-        if reads.is_empty() || ev.quality != ReadQuality::Confident {
-            return Ok(self.unreadable(ev, payload).await);
-        }
-        let read_plate = reads[0].0.clone();
-        let session_id = match self.find_session(&ev.lot, &reads).await? {
-            Match::Found { session, .. } => session,
-            Match::NotFound => {
-                let d = self.decision(
-                    ev,
-                    BarrierAction::Hold,
-                    DecisionReason::NoEntry,
-                    Some(&read_plate),
-                );
-                let mut w = self.write(ev, payload, d, None);
-                let detail = format!("exit of {read_plate} at {} with no open session", ev.lane);
-                w.exceptions.push(self.exception(
-                    ev,
-                    ExceptionKind::NoEntry,
-                    Some(&read_plate),
-                    None,
-                    detail,
-                ));
-                return Ok(Plan {
-                    write: w,
-                    new_charge: false,
-                });
-            }
-            Match::Ambiguous(ids) => {
-                let d = self.decision(
-                    ev,
-                    BarrierAction::Hold,
-                    DecisionReason::Ambiguous,
-                    Some(&read_plate),
-                );
-                let mut w = self.write(ev, payload, d, None);
-                let detail = format!(
-                    "{read_plate} is equally close to {} open sessions",
-                    ids.len()
-                );
-                w.exceptions.push(self.exception(
-                    ev,
-                    ExceptionKind::Ambiguous,
-                    Some(&read_plate),
-                    None,
-                    detail,
-                ));
-                return Ok(Plan {
-                    write: w,
-                    new_charge: false,
-                });
-            }
-        };
-        let session = self
-            .store
-            .session(session_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("session {session_id}")))?;
-        let plate = session.plate.clone();
-        let exit_at = ev
-            .captured_at
-            .max(session.entry_at + chrono::Duration::milliseconds(1));
-        let quote = tariff::quote(&lot.tariff, session.entry_at, exit_at).map_err(|e| {
-            AppError::Unprocessable(format!("lot {} tariff cannot price this stay: {e}", lot.id))
-        })?;
-        let fee = quote.total;
-        let quote_json =
-            serde_json::to_string(&quote).map_err(|e| AppError::Unprocessable(e.to_string()))?;
-        let driver_id = match session.driver_id {
-            Some(d) => Some(d),
-            None => {
-                let mut known = vec![(plate.clone(), parkpay_protocol::plate::match_key(&plate))];
-                known.extend(reads.iter().cloned());
-                self.driver_of(&known).await?
-            }
-        };
-        let close = |status| SessionChange::Close {
-            id: session.id,
-            status,
-            exit_event_id: ev.event_id.0,
-            exit_lane: ev.lane.to_string(),
-            exit_at,
-            fee,
-            quote_json: quote_json.clone(),
-            driver_id,
-        };
-
-        if fee.is_zero() {
-            let mut d = self.decision(ev, BarrierAction::Open, DecisionReason::Grace, Some(&plate));
-            d.session_id = Some(session.id);
-            d.fee = Some(fee);
-            let mut w = self.write(ev, payload, d, Some(session.id));
-            w.sessions.push(close(SessionStatus::Closed));
-            return Ok(Plan {
-                write: w,
-                new_charge: false,
+    async fn mandate_facts(&self, driver: Uuid, tariff: &Tariff) -> AppResult<Vec<MandateFacts>> {
+        let mut out = Vec::new();
+        for m in self.store.mandates_of(driver).await? {
+            let spent_this_month = match (m.status, m.monthly_cap) {
+                (MandateStatus::Active, Some(_)) => {
+                    self.store
+                        .mandate_spend_since(m.id, month_start(self.clock.now(), tariff))
+                        .await?
+                }
+                _ => 0,
+            };
+            out.push(MandateFacts {
+                mandate: m,
+                spent_this_month,
             });
         }
+        Ok(out)
+    }
 
-        let (mandate, arrears) = match driver_id {
-            Some(driver) => (
-                self.usable_mandate(driver, fee, &lot.tariff).await?,
-                self.store.arrears_of(driver).await?,
-            ),
-            None => (None, 0),
-        };
+    /// Turns a plan into the rows that make it true and the decision the lane gets.
+    fn write(&self, ev: &PassageEvent, payload: &str, plan: &Plan) -> (PassageWrite, bool) {
         let now = self.clock.now();
-        let charge_id = new_id();
-        let mut charge = Charge {
-            id: charge_id,
-            session_id: session.id,
+        let mut decision = Decision {
+            event_id: ev.event_id,
             lot: ev.lot.clone(),
-            driver_id,
-            mandate_id: None,
-            amount: fee,
-            status: ChargeStatus::Pending,
-            method: ChargeMethod::Mandate,
-            // Fixed for the life of the charge: every retry reuses it (WeChat's out_trade_no, <= 32).
-            idempotency_key: charge_id.simple().to_string(),
-            attempts: 0,
-            next_attempt_at: None,
-            provider_txn: None,
-            last_error: None,
-            created_at: now,
-            updated_at: now,
-            settled_at: None,
+            lane: ev.lane.clone(),
+            action: plan.action,
+            reason: plan.reason,
+            plate: plan.plate.clone(),
+            session_id: plan.session,
+            fee: plan.fee,
+            owed: plan.owed,
+            pay_url: None,
+            display: decide::display(plan.reason, plan.plate.as_deref(), plan.fee, plan.owed),
+            decided_at: now,
         };
-        let (status, d) = match mandate {
-            Some(m) if arrears == 0 => {
-                charge.mandate_id = Some(m.id);
-                (
-                    SessionStatus::Closed,
-                    self.decision(
-                        ev,
-                        BarrierAction::Open,
-                        DecisionReason::Mandate,
-                        Some(&plate),
-                    ),
-                )
-            }
-            _ => {
-                charge.status = ChargeStatus::AwaitingPayment;
-                charge.method = ChargeMethod::PayAtExit;
-                let reason = if arrears > 0 {
-                    DecisionReason::Arrears
-                } else {
-                    DecisionReason::PaymentRequired
-                };
-                let mut d = self.decision(ev, BarrierAction::Hold, reason, Some(&plate));
-                d.pay_url = Some(format!(
-                    "{}/pay/{}",
-                    self.settings.public_url.trim_end_matches('/'),
-                    session.id
+        let mut sessions = Vec::new();
+        let mut charge = None;
+        match &plan.effect {
+            Effect::None => {}
+            Effect::Open {
+                read,
+                driver,
+                stale,
+            } => {
+                let id = new_id();
+                decision.session_id = Some(id);
+                sessions.extend(stale.iter().map(|&id| SessionChange::MarkStale { id }));
+                sessions.push(SessionChange::Open(
+                    Session {
+                        id,
+                        lot: ev.lot.clone(),
+                        plate: read.plate.clone(),
+                        status: SessionStatus::Open,
+                        driver_id: *driver,
+                        entry_event_id: Some(ev.event_id.0),
+                        entry_lane: Some(ev.lane.clone()),
+                        entry_at: ev.captured_at,
+                        exit_event_id: None,
+                        exit_lane: None,
+                        exit_at: None,
+                        fee: None,
+                        quote: None,
+                        updated_at: now,
+                    },
+                    read.key.clone(),
                 ));
-                (SessionStatus::AwaitingPayment, d)
             }
-        };
-        let mut d = d;
-        d.session_id = Some(session.id);
-        d.fee = Some(fee);
-        d.display.line1 = format!("{}  {}", d.display.line1, fee);
-        let new_charge = charge.status == ChargeStatus::Pending;
-        let mut w = self.write(ev, payload, d, Some(session.id));
-        w.sessions.push(close(status));
-        w.charge = Some(charge);
-        Ok(Plan {
-            write: w,
-            new_charge,
-        })
-    }
-
-    /// Whose car this is: the exact plate's owner first, then the one vehicle whose plate folds to
-    /// the same key. Two owners with confusable plates means we do not know, and nobody is charged
-    /// by deduction.
-    async fn driver_of(&self, reads: &[(String, String)]) -> AppResult<Option<Uuid>> {
-        for (plate, _) in reads {
-            if let Some(v) = self.store.vehicle(plate).await? {
-                return Ok(Some(v.driver_id));
-            }
-        }
-        for (_, key) in reads {
-            let owners = self.store.vehicles_by_key(key).await?;
-            if let [only] = owners.as_slice() {
-                return Ok(Some(only.driver_id));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The driver's active mandate, if it may carry this fee (per-charge and monthly caps).
-    async fn usable_mandate(
-        &self,
-        driver: Uuid,
-        fee: Money,
-        tariff: &Tariff,
-    ) -> AppResult<Option<Mandate>> {
-        for m in self.store.mandates_of(driver).await? {
-            if m.status != MandateStatus::Active {
-                continue;
-            }
-            if m.per_charge_cap.is_some_and(|cap| fee.minor > cap.minor) {
-                continue;
-            }
-            if let Some(cap) = m.monthly_cap {
-                let spent = self
-                    .store
-                    .mandate_spend_since(m.id, month_start(self.clock.now(), tariff))
-                    .await?;
-                if spent + fee.minor > cap.minor {
-                    continue;
+            Effect::Close {
+                session,
+                status,
+                exit_at,
+                quote,
+                driver,
+                collect,
+            } => {
+                sessions.push(SessionChange::Close {
+                    id: *session,
+                    status: *status,
+                    exit_event_id: ev.event_id.0,
+                    exit_lane: ev.lane.to_string(),
+                    exit_at: *exit_at,
+                    fee: quote.total,
+                    // A quote is plain data: serialising it cannot fail.
+                    quote_json: serde_json::to_string(quote).expect("a quote serialises"),
+                    driver_id: *driver,
+                });
+                if let Some(collect) = collect {
+                    let id = new_id();
+                    let (status, method, mandate_id) = match collect {
+                        Collect::Mandate(m) => {
+                            (ChargeStatus::Pending, ChargeMethod::Mandate, Some(*m))
+                        }
+                        Collect::PayAtExit => {
+                            decision.pay_url = Some(format!(
+                                "{}/pay/{session}",
+                                self.settings.public_url.trim_end_matches('/')
+                            ));
+                            (ChargeStatus::AwaitingPayment, ChargeMethod::PayAtExit, None)
+                        }
+                    };
+                    charge = Some(Charge {
+                        id,
+                        session_id: *session,
+                        lot: ev.lot.clone(),
+                        driver_id: *driver,
+                        mandate_id,
+                        amount: quote.total,
+                        status,
+                        method,
+                        // Fixed for the life of the charge: every retry reuses it (WeChat's
+                        // out_trade_no, <= 32 characters).
+                        idempotency_key: id.simple().to_string(),
+                        attempts: 0,
+                        next_attempt_at: None,
+                        provider_txn: None,
+                        last_error: None,
+                        created_at: now,
+                        updated_at: now,
+                        settled_at: None,
+                    });
                 }
             }
-            return Ok(Some(m));
         }
-        Ok(None)
+        let exceptions = plan
+            .issues
+            .iter()
+            .map(|i| ExceptionRecord {
+                id: new_id(),
+                lot: ev.lot.clone(),
+                lane: Some(ev.lane.clone()),
+                kind: i.kind,
+                plate: i.plate.clone(),
+                event_id: Some(ev.event_id.0),
+                session_id: i.session,
+                charge_id: None,
+                detail: i.detail.clone(),
+                created_at: now,
+                resolved_at: None,
+                resolution: None,
+            })
+            .collect();
+        let new_charge = charge
+            .as_ref()
+            .is_some_and(|c: &Charge| c.status == ChargeStatus::Pending);
+        let write = PassageWrite {
+            event: NewEvent {
+                event_id: ev.event_id.0,
+                lot: ev.lot.clone(),
+                lane: ev.lane.to_string(),
+                gateway: ev.gateway.to_string(),
+                direction: ev.direction.as_str().to_string(),
+                captured_at: ev.captured_at,
+                received_at: now,
+                // The parsed plate, never the raw candidate text (which may hold anything).
+                plate: decide::reads(ev).first().map(|r| r.plate.clone()),
+                quality: ev.quality.as_str().to_string(),
+                resent: ev.resent,
+                payload: payload.to_string(),
+            },
+            resolves: None,
+            audit: Vec::new(),
+            session_id: decision.session_id,
+            outbox: self.outbox(&decision),
+            decision,
+            sessions,
+            charge,
+            exceptions,
+        };
+        (write, new_charge)
     }
 
     /// A driver pays a fee held at the exit (by QR code): the charge settles, the session
@@ -666,17 +545,14 @@ impl App {
                     plate: Some(s.plate.clone()),
                     session_id: Some(s.id),
                     fee: Some(charge.amount),
+                    owed: None,
                     pay_url: None,
-                    display: DisplayText {
-                        line1: format!(
-                            "{}  {}",
-                            Plate::parse(&s.plate)
-                                .map(|p| p.display())
-                                .unwrap_or_else(|_| s.plate.clone()),
-                            charge.amount
-                        ),
-                        line2: "Paid, goodbye".into(),
-                    },
+                    display: decide::display(
+                        DecisionReason::Paid,
+                        Some(&s.plate),
+                        Some(charge.amount),
+                        None,
+                    ),
                     decided_at: now,
                 };
                 let outbox = self.outbox(&d);
@@ -717,7 +593,8 @@ impl App {
 
     /// An operator resolves an unreadable passage by reading the plate off the evidence: the
     /// passage is decided again as if the camera had read `plate` surely, under a new event id
-    /// (the original keeps its record), and the lane gets the new decision.
+    /// (the original keeps its record), and the lane gets the new decision. The resolution, the
+    /// audit row and the new decision commit together, or not at all.
     pub async fn correct_plate(
         &self,
         exception_id: Uuid,
@@ -743,7 +620,12 @@ impl App {
             | ExceptionKind::LowConfidence
             | ExceptionKind::NoEntry
             | ExceptionKind::Ambiguous => {}
-            ExceptionKind::StaleEntry | ExceptionKind::ChargeFailed | ExceptionKind::UnknownLot => {
+            ExceptionKind::StaleEntry
+            | ExceptionKind::ChargeFailed
+            | ExceptionKind::UnknownLot
+            | ExceptionKind::ClockSkew
+            | ExceptionKind::ExitBeforeEntry
+            | ExceptionKind::PricingFailed => {
                 return Err(AppError::Conflict(format!(
                     "a {} exception is not resolved by correcting a plate",
                     x.kind
@@ -761,6 +643,7 @@ impl App {
         let mut ev = parkpay_protocol::decode::<PassageEvent>(payload.as_bytes(), None)
             .map_err(|e| AppError::Unprocessable(format!("stored event {event_id}: {e}")))?
             .body;
+        let original = ev.event_id;
         ev.event_id = parkpay_protocol::EventId::new();
         ev.candidates = vec![parkpay_protocol::PlateCandidate {
             plate: plate.as_str().to_string(),
@@ -768,31 +651,25 @@ impl App {
             colour: ev.candidates.first().map(|c| c.colour).unwrap_or_default(),
         }];
         ev.quality = ReadQuality::Confident;
-        ev.resent = false;
-        let now = self.clock.now();
-        let corrected = String::from_utf8_lossy(&encode(&ev, now, None)).into_owned();
-        self.store
-            .resolve_exception(
+        let corrected = String::from_utf8_lossy(&encode(&ev, self.clock.now(), None)).into_owned();
+        let extra = Extra {
+            resolves: Some((
                 exception_id,
-                &format!("plate corrected to {} by {operator}", plate.as_str()),
-                now,
-            )
-            .await?;
-        self.store
-            .insert_audit(&AuditEntry {
-                id: new_id(),
-                at: now,
-                actor: operator.to_string(),
-                action: "exception.plate_corrected".into(),
-                subject: format!("exception {exception_id}"),
-                detail: format!(
-                    "event {event_id} read as {}; decided again as event {}",
+                format!("plate corrected to {} by {operator}", plate.as_str()),
+            )),
+            audit: vec![self.audit(
+                operator,
+                "exception.plate_corrected",
+                format!("exception {exception_id}"),
+                format!(
+                    "event {original} read as {}; decided again as event {}",
                     plate.as_str(),
                     ev.event_id
                 ),
-            })
-            .await?;
-        self.handle_passage(&ev, &corrected, Instant::now()).await
+            )],
+            time_checked: true,
+        };
+        self.passage(&ev, &corrected, Instant::now(), extra).await
     }
 
     /// An operator lifts a lane's barrier by hand. Always audited; a reason is required.
@@ -811,8 +688,8 @@ impl App {
         if operator.trim().is_empty() {
             return Err(AppError::BadRequest("operator is required".into()));
         }
-        if self.store.lot(lot).await?.is_none() {
-            return Err(AppError::NotFound(format!("lot {lot}")));
+        if self.store.lane(lot, lane).await?.is_none() {
+            return Err(AppError::NotFound(format!("lane {lot}/{lane}")));
         }
         let now = self.clock.now();
         let cmd = OperatorCommand {
@@ -835,15 +712,135 @@ impl App {
             })
             .await?;
         let topic = Topic::Commands(lot.clone(), lane.clone()).to_string();
-        self.publisher
-            .publish(&topic, encode(&cmd, now, None))
+        self.outbound
+            .publish(&topic, encode(&cmd, now, None), false)
             .await
             .map_err(|e| AppError::Conflict(format!("the broker did not take the command: {e}")))?;
         Ok(cmd.command_id)
     }
+
+    /// Creates a lot with its tariff and lanes.
+    pub async fn create_lot(&self, lot: Lot, lanes: Vec<NewLane>, actor: &str) -> AppResult<Lot> {
+        lot.tariff
+            .validate()
+            .map_err(|e| AppError::Unprocessable(format!("tariff.{e}")))?;
+        if lot.capacity < 0 {
+            return Err(AppError::Unprocessable(
+                "capacity must not be negative".into(),
+            ));
+        }
+        let now = self.clock.now();
+        let mut seen = std::collections::HashSet::new();
+        let mut rows = Vec::new();
+        for (i, l) in lanes.into_iter().enumerate() {
+            if !seen.insert(l.id.clone()) {
+                return Err(AppError::Unprocessable(format!(
+                    "lanes[{i}].id: lane {} is listed twice",
+                    l.id
+                )));
+            }
+            rows.push(l.into_lane(lot.id.clone(), now));
+        }
+        self.store.insert_lot(&lot, &rows).await?;
+        let audit = self.audit(
+            actor,
+            "lot.created",
+            format!("lot {}", lot.id),
+            format!("{} lanes", rows.len()),
+        );
+        if let Err(e) = self.store.insert_audit(&audit).await {
+            tracing::warn!(error = %e, "lot created but not audited");
+        }
+        Ok(lot)
+    }
+
+    /// Replaces a lot's tariff; the change and its audit row are one write.
+    pub async fn put_tariff(&self, lot: &LotId, tariff: Tariff, actor: &str) -> AppResult<Lot> {
+        tariff
+            .validate()
+            .map_err(|e| AppError::Unprocessable(format!("tariff.{e}")))?;
+        // A validated tariff is plain data: serialising it cannot fail.
+        let text = serde_json::to_string(&tariff).expect("a tariff serialises");
+        let audit = self.audit(
+            actor,
+            "lot.tariff_changed",
+            format!("lot {lot}"),
+            text.clone(),
+        );
+        self.store
+            .update_tariff(lot, &text, tariff.currency, &audit)
+            .await?;
+        self.store
+            .lot(lot)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("lot {lot}")))
+    }
+
+    /// Configures (or reconfigures) one lane of a lot.
+    pub async fn put_lane(&self, lot: &LotId, lane: NewLane, actor: &str) -> AppResult<Lane> {
+        if self.store.lot(lot).await?.is_none() {
+            return Err(AppError::NotFound(format!("lot {lot}")));
+        }
+        let row = lane.into_lane(lot.clone(), self.clock.now());
+        let audit = self.audit(
+            actor,
+            "lane.configured",
+            format!("{lot}/{}", row.id),
+            format!(
+                "{} lane served by gateway {}",
+                row.direction.as_str(),
+                row.gateway
+            ),
+        );
+        self.store.put_lane(&row, &audit).await?;
+        Ok(row)
+    }
+
+    pub async fn delete_lane(&self, lot: &LotId, lane: &LaneId, actor: &str) -> AppResult<()> {
+        let audit = self.audit(
+            actor,
+            "lane.removed",
+            format!("{lot}/{lane}"),
+            String::new(),
+        );
+        Ok(self.store.delete_lane(lot, lane, &audit).await?)
+    }
+
+    /// Revokes a mandate. Revocation is final; the check and the write are one statement.
+    pub async fn revoke_mandate(&self, id: Uuid) -> AppResult<Mandate> {
+        self.store
+            .set_mandate_status(id, MandateStatus::Revoked, self.clock.now())
+            .await?;
+        self.allowlists_due.notify_one();
+        self.store
+            .mandate(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("mandate {id}")))
+    }
 }
 
-fn reason_label(r: DecisionReason) -> &'static str {
+/// A lane as an operator configures it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewLane {
+    pub id: LaneId,
+    pub direction: Direction,
+    pub gateway: GatewayId,
+}
+
+impl NewLane {
+    fn into_lane(self, lot: LotId, now: DateTime<Utc>) -> Lane {
+        Lane {
+            lot,
+            id: self.id,
+            direction: self.direction,
+            gateway: self.gateway,
+            created_at: now,
+        }
+    }
+}
+
+pub fn reason_label(r: DecisionReason) -> &'static str {
     match r {
         DecisionReason::Entered => "entered",
         DecisionReason::Grace => "grace",
@@ -855,10 +852,15 @@ fn reason_label(r: DecisionReason) -> &'static str {
         DecisionReason::Arrears => "arrears",
         DecisionReason::NoEntry => "no_entry",
         DecisionReason::Unreadable => "unreadable",
+        DecisionReason::LowConfidence => "low_confidence",
         DecisionReason::Ambiguous => "ambiguous",
         DecisionReason::Blacklisted => "blacklisted",
         DecisionReason::Operator => "operator",
         DecisionReason::UnknownLot => "unknown_lot",
+        DecisionReason::ClockSkew => "clock_skew",
+        DecisionReason::ExitBeforeEntry => "exit_before_entry",
+        DecisionReason::CannotPrice => "cannot_price",
+        DecisionReason::Rejected => "rejected",
     }
 }
 

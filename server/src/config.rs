@@ -39,8 +39,45 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     pub mqtt: MqttConfig,
     pub payments: PaymentsConfig,
-    /// This instance's name, used for MQTT client ids and charge leases; unique per instance.
-    pub instance: String,
+    pub ingest: IngestConfig,
+    /// This instance's name, used for its MQTT client id (and so its persistent session at the
+    /// broker) and for charge leases. Unset, it is derived from the host name and the database
+    /// URL, so a restart is the same instance and gets what was queued while it was down.
+    /// Several instances sharing one database must each be given their own.
+    pub instance: Option<String>,
+}
+
+/// How far a capture instant may lie from the server's clock (see `docs/mqtt.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// A capture instant more than this many seconds ahead of the server's clock is refused.
+    pub max_clock_ahead_secs: u64,
+    /// A live event captured more than this many seconds before it is received is refused.
+    pub max_event_age_secs: u64,
+    /// The same for events the gateway replays from its journal (`resent: true`).
+    pub max_resent_age_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_clock_ahead_secs: 300,
+            max_event_age_secs: 24 * 3600,
+            max_resent_age_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn limits(&self) -> crate::decide::TimeLimits {
+        let secs = |s: u64| chrono::TimeDelta::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
+        crate::decide::TimeLimits {
+            max_ahead: secs(self.max_clock_ahead_secs),
+            max_age: secs(self.max_event_age_secs),
+            max_resent_age: secs(self.max_resent_age_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,7 +129,8 @@ impl Default for ServerConfig {
             http: HttpConfig::default(),
             mqtt: MqttConfig::default(),
             payments: PaymentsConfig::default(),
-            instance: format!("server-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            ingest: IngestConfig::default(),
+            instance: None,
         }
     }
 }
@@ -206,10 +244,49 @@ impl ServerConfig {
                 return bad("mqtt.lots", &e.to_string());
             }
         }
-        if self.instance.is_empty() {
-            return bad("instance", "must not be empty");
+        if let Some(i) = &self.instance {
+            if i.is_empty()
+                || i.len() > 64
+                || !i
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return bad(
+                    "instance",
+                    "1-64 characters: letters, digits, '-', '_', '.'",
+                );
+            }
+        }
+        for (field, v) in [
+            (
+                "ingest.max_clock_ahead_secs",
+                self.ingest.max_clock_ahead_secs,
+            ),
+            ("ingest.max_event_age_secs", self.ingest.max_event_age_secs),
+            (
+                "ingest.max_resent_age_secs",
+                self.ingest.max_resent_age_secs,
+            ),
+        ] {
+            if v == 0 || v > 10 * 365 * 24 * 3600 {
+                return bad(field, "must be between 1 second and 10 years");
+            }
         }
         Ok(())
+    }
+
+    /// This instance's name: the configured one, or one derived from the host name and the
+    /// database URL, stable across restarts.
+    pub fn instance_name(&self) -> String {
+        if let Some(i) = &self.instance {
+            return i.clone();
+        }
+        use sha2::{Digest, Sha256};
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_default();
+        let digest = Sha256::digest(format!("{}\n{}", host.trim(), self.database_url));
+        format!("server-{}", &hex::encode(digest)[..12])
     }
 
     pub fn secs(v: f64) -> Duration {

@@ -2,7 +2,7 @@
 //! messages at the ingest seam; neither leaks past them.
 
 use chrono::{DateTime, Utc};
-use parkpay_protocol::{LaneId, LotId, Money, PlateColour};
+use parkpay_protocol::{Direction, GatewayId, LaneId, LotId, Money, PlateColour};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -108,6 +108,9 @@ text_enum!(
         StaleEntry => "stale_entry",
         ChargeFailed => "charge_failed",
         UnknownLot => "unknown_lot",
+        ClockSkew => "clock_skew",
+        ExitBeforeEntry => "exit_before_entry",
+        PricingFailed => "pricing_failed",
     }
 );
 
@@ -127,6 +130,17 @@ pub struct Lot {
     pub capacity: i64,
     pub tariff: Tariff,
     pub tariff_version: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A lane as configured: which gateway speaks for it and which way cars pass. Events from
+/// anyone else, or in the other direction, are dead letters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lane {
+    pub lot: LotId,
+    pub id: LaneId,
+    pub direction: Direction,
+    pub gateway: GatewayId,
     pub created_at: DateTime<Utc>,
 }
 

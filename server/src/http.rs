@@ -24,7 +24,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, NewLane};
 use crate::domain::*;
 use crate::store::{ChargeFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
@@ -46,7 +46,11 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>) -> Router {
         .route("/api/lots/{lot}", get(get_lot))
         .route("/api/lots/{lot}/tariff", put(put_tariff))
         .route("/api/lots/{lot}/tariff/preview", get(preview))
-        .route("/api/lots/{lot}/lanes", get(lanes))
+        .route("/api/lots/{lot}/lanes", get(lanes).post(put_lane))
+        .route(
+            "/api/lots/{lot}/lanes/{lane}",
+            axum::routing::delete(delete_lane),
+        )
         .route("/api/lots/{lot}/lanes/{lane}/open", post(open_lane))
         .route("/api/gateways", get(gateways))
         .route("/api/drivers", post(create_driver))
@@ -216,6 +220,9 @@ struct NewLot {
     #[serde(default)]
     capacity: i64,
     tariff: Tariff,
+    /// The lot's lanes: which gateway serves each, and which way cars pass.
+    #[serde(default)]
+    lanes: Vec<NewLane>,
 }
 
 fn lot_json(lot: &Lot, occupancy: Option<i64>) -> Value {
@@ -229,24 +236,15 @@ async fn create_lot(
     State(ctx): State<Ctx>,
     Body(n): Body<NewLot>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let id = lot_id(n.id)?;
-    n.tariff
-        .validate()
-        .map_err(|e| ApiError::Unprocessable(format!("tariff.{e}")))?;
-    if n.capacity < 0 {
-        return Err(ApiError::Unprocessable(
-            "capacity must not be negative".into(),
-        ));
-    }
     let lot = Lot {
-        id,
+        id: lot_id(n.id)?,
         name: n.name,
         capacity: n.capacity,
         tariff: n.tariff,
         tariff_version: 1,
         created_at: ctx.app.clock.now(),
     };
-    ctx.app.store.insert_lot(&lot).await?;
+    let lot = ctx.app.create_lot(lot, n.lanes, "operator").await?;
     Ok((StatusCode::CREATED, Json(lot_json(&lot, Some(0)))))
 }
 
@@ -277,26 +275,7 @@ async fn put_tariff(
     Path(lot): Path<String>,
     Body(t): Body<Tariff>,
 ) -> ApiResult<Json<Value>> {
-    let lot = lot_id(lot)?;
-    t.validate()
-        .map_err(|e| ApiError::Unprocessable(format!("tariff.{e}")))?;
-    let json_text = serde_json::to_string(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
-    ctx.app
-        .store
-        .update_tariff(&lot, &json_text, t.currency)
-        .await?;
-    ctx.app
-        .store
-        .insert_audit(&AuditEntry {
-            id: Uuid::now_v7(),
-            at: ctx.app.clock.now(),
-            actor: "operator".into(),
-            action: "lot.tariff_changed".into(),
-            subject: format!("lot {lot}"),
-            detail: json_text,
-        })
-        .await?;
-    let lot = lot_or_404(&ctx, &lot).await?;
+    let lot = ctx.app.put_tariff(&lot_id(lot)?, t, "operator").await?;
     Ok(Json(lot_json(&lot, None)))
 }
 
@@ -317,9 +296,58 @@ async fn preview(
         .map_err(|e| ApiError::Unprocessable(e.to_string()))
 }
 
+/// The lot's configured lanes, each with what its gateway last reported.
 async fn lanes(State(ctx): State<Ctx>, Path(lot): Path<String>) -> ApiResult<Json<Value>> {
     let lot = lot_id(lot)?;
-    Ok(Json(json!(ctx.app.live.lanes_of(lot.as_str()))))
+    let live = ctx.app.live.lanes_of(lot.as_str());
+    let online: std::collections::HashMap<String, bool> = ctx
+        .app
+        .live
+        .gateways()
+        .into_iter()
+        .filter(|g| g.lot == lot.as_str())
+        .map(|g| (g.gateway, g.online))
+        .collect();
+    let lanes: Vec<Value> = ctx
+        .app
+        .store
+        .lanes(&lot)
+        .await?
+        .into_iter()
+        .map(|l| {
+            // What a gateway reports about a lane it does not serve is not shown.
+            let state = live
+                .iter()
+                .find(|v| v.lane == l.id.as_str() && v.gateway == l.gateway.as_str());
+            json!({
+                "lot": l.lot, "lane": l.id, "direction": l.direction, "gateway": l.gateway,
+                "arm": state.map(|v| v.arm), "vehicle_present": state.is_some_and(|v| v.vehicle_present),
+                "gateway_online": online.get(l.gateway.as_str()).copied().unwrap_or(false),
+                "updated_at": state.map(|v| v.updated_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!(lanes)))
+}
+
+async fn put_lane(
+    State(ctx): State<Ctx>,
+    Path(lot): Path<String>,
+    Body(lane): Body<NewLane>,
+) -> ApiResult<(StatusCode, Json<Lane>)> {
+    let lane = ctx.app.put_lane(&lot_id(lot)?, lane, "operator").await?;
+    Ok((StatusCode::CREATED, Json(lane)))
+}
+
+async fn delete_lane(
+    State(ctx): State<Ctx>,
+    Path((lot, lane)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let lane = LaneId::parse(lane).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    ctx.app
+        .delete_lane(&lot_id(lot)?, &lane, "operator")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn gateways(State(ctx): State<Ctx>) -> Json<Value> {
@@ -479,32 +507,7 @@ async fn revoke_mandate(
     Path(id_s): Path<String>,
 ) -> ApiResult<Json<Mandate>> {
     let mid = id(&id_s, "mandate")?;
-    let m = ctx
-        .app
-        .store
-        .mandate(mid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("mandate {mid}")))?;
-    match m.status {
-        MandateStatus::Revoked => {
-            return Err(ApiError::Conflict(format!(
-                "mandate {mid} is already revoked"
-            )))
-        }
-        MandateStatus::Pending | MandateStatus::Active | MandateStatus::Paused => {}
-    }
-    ctx.app
-        .store
-        .set_mandate_status(mid, MandateStatus::Revoked, ctx.app.clock.now())
-        .await?;
-    ctx.app.allowlists_due.notify_one();
-    let m = ctx
-        .app
-        .store
-        .mandate(mid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("mandate {mid}")))?;
-    Ok(Json(m))
+    Ok(Json(ctx.app.revoke_mandate(mid).await?))
 }
 
 // ---- sessions, charges ------------------------------------------------------------------

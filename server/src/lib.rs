@@ -1,21 +1,25 @@
 //! parkpay-server: the central service.
 //!
-//! Data flows: MQTT `events` -> [`mqtt::process`] (decode, verify, dead-letter what is bad) ->
-//! [`app::App::handle_passage`] (match the session with [`matching`], price it with [`tariff`],
-//! decide, and write everything in one transaction through the [`store::Store`] seam) -> the
-//! decision is published back to the lane -> the gateway opens the barrier. Charges are then
+//! Data flows: MQTT `events` -> [`ingest::process`] (decode; check the lane, its gateway, the
+//! signature over the exact bytes and the direction; dead-letter what is bad) ->
+//! [`app::App::handle_passage`] (load the facts: the lot, the open session of exactly this plate,
+//! the driver's mandates and arrears) -> [`decide`] (the pure rules, priced with [`tariff`]) ->
+//! one transaction through the [`store::Store`] seam -> the decision is published back to the
+//! lane through the [`app::Outbound`] port -> the gateway opens the barrier. Charges are then
 //! collected by the [`payments`] worker, never on the barrier's time. [`http`] serves the API,
 //! the operator dashboard and the metrics; [`server::Server`] wires it all together.
 //!
-//! Start reading at `app.rs`: one function per use case.
+//! Start reading at `decide.rs` (the rules and their table of tests), then `app.rs` (one
+//! function per use case).
 
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod decide;
 pub mod domain;
 pub mod http;
+pub mod ingest;
 pub mod live;
-pub mod matching;
 pub mod metrics;
 pub mod mqtt;
 pub mod payments;

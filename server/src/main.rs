@@ -1,4 +1,5 @@
-//! `parkpay-server`: reads configuration, sets up logging, runs the server until Ctrl-C.
+//! `parkpay-server`: reads configuration, sets up logging, runs the server until SIGINT (Ctrl-C)
+//! or SIGTERM, then drains what it has in hand.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,10 +87,31 @@ async fn main() -> anyhow::Result<()> {
         server.http_addr(),
         server.mqtt_url()
     );
-    server
-        .run(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    server.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what service managers and `kill` send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: draining passages and charges in hand");
 }

@@ -25,6 +25,23 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// Why a message may be dead-lettered (`docs/mqtt.md` explains each).
+pub const DEAD_LETTER_REASONS: [&str; 13] = [
+    "malformed",
+    "version",
+    "wrong_type",
+    "invalid_body",
+    "unsigned",
+    "bad_signature",
+    "oversized",
+    "topic_mismatch",
+    "unknown_topic",
+    "unknown_lane",
+    "wrong_gateway",
+    "wrong_direction",
+    "processing_failed",
+];
+
 pub struct Metrics {
     registry: Registry,
     /// From an event's arrival at the server to its decision being handed to the broker.
@@ -74,6 +91,13 @@ impl Metrics {
             "Gateways reporting online",
             gateways_online.clone(),
         );
+        // Every reason is exported from the start, at zero, so a dashboard or an alert on
+        // `parkpay_dead_letters_total` sees the series before the first bad message arrives.
+        for reason in DEAD_LETTER_REASONS {
+            let _ = dead_letters.get_or_create(&Reason {
+                reason: reason.to_string(),
+            });
+        }
         Metrics {
             registry,
             decision_latency,

@@ -170,7 +170,15 @@ async fn charge_once(
 ) {
     let attempt = c.attempts + 1;
     let mandate = match c.mandate_id {
-        Some(id) => app.store.mandate(id).await.ok().flatten(),
+        Some(id) => match app.store.mandate(id).await {
+            Ok(m) => m,
+            Err(e) => {
+                // Not knowing the mandate is not a declined debit: no attempt is counted, the
+                // lease runs out and the charge is tried again.
+                tracing::warn!(charge = %c.id, error = %e, "cannot read the mandate; the charge waits for its lease to expire");
+                return;
+            }
+        },
         None => None,
     };
     let result = match &mandate {

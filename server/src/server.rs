@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, AppSettings};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::config::{hex_decode, ServerConfig};
+use crate::ingest::{self, GatewayKeys};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::mqtt::{self, GatewayKeys, MqttError, Publisher};
+use crate::mqtt::{self, MqttError, MqttOutbound};
 use crate::payments::{self, PaymentProvider, SandboxProvider, WorkerSettings};
 use crate::store::{self, StoreError};
 
@@ -48,7 +49,11 @@ pub struct Server {
     mqtt_url: String,
     mqtt_client: rumqttc::AsyncClient,
     connected: Arc<AtomicBool>,
+    /// Stops the background loops and the payment worker.
     cancel: CancellationToken,
+    /// Stops ingest, which then drains the events in hand.
+    stop_ingest: CancellationToken,
+    ingest: Option<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     worker: Option<tokio::task::JoinHandle<()>>,
     _broker: Option<EmbeddedBroker>,
@@ -78,7 +83,8 @@ impl Server {
             .as_ref()
             .map(EmbeddedBroker::url)
             .unwrap_or_else(|| config.mqtt.broker.clone());
-        let mut opts = mqtt::options(&mqtt_url, &format!("parkpay-{}", config.instance))?;
+        let instance = config.instance_name();
+        let mut opts = mqtt::options(&mqtt_url, &format!("parkpay-{instance}"))?;
         if let (Some(u), Some(p)) = (&config.mqtt.username, &config.mqtt.password) {
             opts.set_credentials(u.clone(), p.expose().to_string());
         }
@@ -97,15 +103,19 @@ impl Server {
         let app = App {
             store: store.clone(),
             clock: clock.clone(),
-            publisher: Publisher::new(client.clone()),
+            outbound: Arc::new(MqttOutbound::new(client.clone())),
             live: Live::new(),
             metrics,
             charges_due: Arc::new(Notify::new()),
             allowlists_due: Arc::new(Notify::new()),
-            settings: Arc::new(AppSettings { public_url }),
+            settings: Arc::new(AppSettings {
+                public_url,
+                limits: config.ingest.limits(),
+            }),
         };
 
         let cancel = CancellationToken::new();
+        let stop_ingest = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::channel(1024);
         for p in early {
@@ -120,16 +130,17 @@ impl Server {
                 tx,
                 connected.clone(),
             ),
-            tokio::spawn(mqtt::process(
-                app.clone(),
-                client.clone(),
-                gateway_keys(&config),
-                rx,
-            )),
             tokio::spawn(resend_outbox(app.clone(), cancel.clone())),
             tokio::spawn(publish_allowlists(app.clone(), cancel.clone())),
         ];
         tasks.shrink_to_fit();
+        let ingest = tokio::spawn(ingest::process(
+            app.clone(),
+            client.clone(),
+            gateway_keys(&config),
+            rx,
+            stop_ingest.clone(),
+        ));
 
         let provider: Arc<dyn PaymentProvider> = Arc::new(SandboxProvider::new(
             store,
@@ -138,7 +149,7 @@ impl Server {
         ));
         let p = &config.payments;
         let settings = WorkerSettings {
-            instance: config.instance.clone(),
+            instance: instance.clone(),
             max_attempts: p.max_attempts,
             retry_base: ServerConfig::secs(p.retry_base_secs),
             accepted_poll: ServerConfig::secs(p.accepted_poll_secs),
@@ -151,7 +162,7 @@ impl Server {
             settings,
             cancel.clone(),
         ));
-        tracing::info!(http = %http_addr, mqtt = %mqtt_url, db = app.store.backend(), "parkpay server ready");
+        tracing::info!(http = %http_addr, mqtt = %mqtt_url, db = app.store.backend(), %instance, "parkpay server ready");
         Ok(Server {
             app,
             listener,
@@ -160,6 +171,8 @@ impl Server {
             mqtt_client: client,
             connected,
             cancel,
+            stop_ingest,
+            ingest: Some(ingest),
             tasks,
             worker: Some(worker),
             _broker: broker,
@@ -179,8 +192,10 @@ impl Server {
         self.app.clone()
     }
 
-    /// Serves until `shutdown` resolves: stops accepting, lets the payment worker finish the
-    /// charge in hand (bounded), and disconnects from the broker.
+    /// Serves until `shutdown` resolves, then stops in order: HTTP stops accepting; ingest stops
+    /// taking events, finishes and acknowledges those in hand (bounded); the payment worker
+    /// finishes the charges in hand (bounded); then the broker connection closes. What was not
+    /// taken stays with the broker for the next start.
     pub async fn run(
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -189,6 +204,15 @@ impl Server {
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        self.stop_ingest.cancel();
+        if let Some(i) = self.ingest.take() {
+            if tokio::time::timeout(Duration::from_secs(20), i)
+                .await
+                .is_err()
+            {
+                tracing::warn!("ingest did not drain within 20 s");
+            }
+        }
         self.cancel.cancel();
         if let Some(w) = self.worker.take() {
             if tokio::time::timeout(Duration::from_secs(5), w)
@@ -233,8 +257,8 @@ async fn resend_outbox(app: App, cancel: CancellationToken) {
         };
         for m in rows {
             if app
-                .publisher
-                .publish(&m.topic, m.payload.clone())
+                .outbound
+                .publish(&m.topic, m.payload.clone(), false)
                 .await
                 .is_ok()
             {
@@ -244,45 +268,43 @@ async fn resend_outbox(app: App, cancel: CancellationToken) {
     }
 }
 
-/// Keeps every known gateway's retained allowlist current: the plates it may let out on its own
-/// when it cannot reach us (drivers with an active mandate and no arrears).
+/// Keeps every gateway's retained allowlist current: the plates it may let out on its own when
+/// it cannot reach us (drivers with an active mandate and no arrears). Only gateways that serve a
+/// configured lane of the lot get one: a gateway that merely announces itself gets nothing.
 async fn publish_allowlists(app: App, cancel: CancellationToken) {
     let mut published: std::collections::HashMap<String, Vec<String>> =
         std::collections::HashMap::new();
     loop {
-        let Ok(plates) = app.store.trusted_plates(50_000).await else {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
-            }
-        };
-        for gw in app.live.gateways().into_iter().filter(|g| g.online) {
-            let key = format!("{}/{}", gw.lot, gw.gateway);
-            if published.get(&key) == Some(&plates) {
-                continue;
-            }
-            let (Ok(lot), Ok(gateway)) = (
-                parkpay_protocol::LotId::parse(gw.lot),
-                parkpay_protocol::GatewayId::parse(gw.gateway),
-            ) else {
-                continue;
-            };
-            let list = parkpay_protocol::Allowlist {
-                lot: lot.clone(),
-                plates: plates.clone(),
-                version: app.clock.now().timestamp_millis(),
-            };
-            let topic = parkpay_protocol::Topic::Allowlist(lot, gateway).to_string();
-            if app
-                .publisher
-                .publish_retained(
-                    &topic,
-                    parkpay_protocol::encode(&list, app.clock.now(), None),
-                )
-                .await
-                .is_ok()
-            {
-                published.insert(key, plates.clone());
+        if let Ok(plates) = app.store.trusted_plates(50_000).await {
+            for gw in app.live.gateways().into_iter().filter(|g| g.online) {
+                let key = format!("{}/{}", gw.lot, gw.gateway);
+                if published.get(&key) == Some(&plates) {
+                    continue;
+                }
+                let (Ok(lot), Ok(gateway)) = (
+                    parkpay_protocol::LotId::parse(gw.lot),
+                    parkpay_protocol::GatewayId::parse(gw.gateway),
+                ) else {
+                    continue;
+                };
+                let serves = app
+                    .store
+                    .lanes(&lot)
+                    .await
+                    .is_ok_and(|lanes| lanes.iter().any(|l| l.gateway == gateway));
+                if !serves {
+                    continue;
+                }
+                let list = parkpay_protocol::Allowlist {
+                    lot: lot.clone(),
+                    plates: plates.clone(),
+                    version: app.clock.now().timestamp_millis(),
+                };
+                let topic = parkpay_protocol::Topic::Allowlist(lot, gateway).to_string();
+                let payload = parkpay_protocol::encode(&list, app.clock.now(), None);
+                if app.outbound.publish(&topic, payload, true).await.is_ok() {
+                    published.insert(key, plates.clone());
+                }
             }
         }
         tokio::select! {

@@ -7,3 +7,4 @@ mod frames;
 mod operations;
 mod scenarios;
 mod store;
+mod trust;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkpay_protocol::{
-    encode, Direction, EventId, GatewayId, LaneId, ManualClock, PassageEvent, PlateCandidate,
+    encode, Direction, EventId, LaneId, ManualClock, Money, PassageEvent, PlateCandidate,
     PlateColour, ReadQuality, Topic,
 };
 use parkpay_server::tariff::{quote, Tariff};
@@ -15,16 +15,16 @@ use parkpay_tests::eventually;
 use parkpay_tests::world::{World, WorldOptions};
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-fn origin() -> DateTime<Utc> {
+pub(crate) fn origin() -> DateTime<Utc> {
     // 09:00 in Shanghai: day band.
     DateTime::parse_from_rfc3339("2026-11-25T01:00:00Z")
         .unwrap()
         .into()
 }
 
-async fn world() -> (World, Arc<ManualClock>) {
+pub(crate) async fn world() -> (World, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(origin()));
     (
         World::start(WorldOptions::default(), clock.clone()).await,
@@ -32,17 +32,17 @@ async fn world() -> (World, Arc<ManualClock>) {
     )
 }
 
-fn tariff() -> Tariff {
+pub(crate) fn tariff() -> Tariff {
     serde_json::from_value(parkpay_sim::api::example_tariff()).unwrap()
 }
 
-fn fen(v: &Value) -> i64 {
+pub(crate) fn fen(v: &Value) -> i64 {
     v["minor"]
         .as_i64()
         .unwrap_or_else(|| panic!("not money: {v}"))
 }
 
-async fn sessions(w: &World, plate: &str) -> Vec<Value> {
+pub(crate) async fn sessions(w: &World, plate: &str) -> Vec<Value> {
     let lot = w.lot.to_string();
     w.get_json(&format!(
         "/api/sessions?lot={lot}&plate={}",
@@ -54,7 +54,7 @@ async fn sessions(w: &World, plate: &str) -> Vec<Value> {
     .clone()
 }
 
-async fn charges_of(w: &World, session: &str) -> Vec<Value> {
+pub(crate) async fn charges_of(w: &World, session: &str) -> Vec<Value> {
     w.get_json(&format!("/api/charges?session={session}"))
         .await
         .as_array()
@@ -62,7 +62,7 @@ async fn charges_of(w: &World, session: &str) -> Vec<Value> {
         .clone()
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() {
@@ -75,7 +75,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// Waits for the charge of `session` to reach a final state and returns it.
-async fn settled_charge(w: &World, session: &str) -> Value {
+pub(crate) async fn settled_charge(w: &World, session: &str) -> Value {
     eventually("the charge to settle", WAIT, || async {
         let c = charges_of(w, session).await;
         let status = c.first()?["status"].as_str()?.to_string();
@@ -87,7 +87,7 @@ async fn settled_charge(w: &World, session: &str) -> Value {
 /// Waits for the session's deduction and checks it succeeded for exactly what the tariff gives
 /// for the stay the simulator saw (the entry and exit capture instants), never what the server
 /// says it should be.
-async fn assert_charged_for_stay(
+pub(crate) async fn assert_charged_for_stay(
     w: &World,
     session: &Value,
     entry: &PassageOutcome,
@@ -183,7 +183,7 @@ async fn a_car_without_a_mandate_is_held_and_paying_opens_the_barrier() {
     w.stop().await;
 }
 
-fn raw_event(
+pub(crate) fn raw_event(
     w: &World,
     lane: &str,
     direction: Direction,
@@ -194,7 +194,7 @@ fn raw_event(
         event_id: EventId::new(),
         lot: w.lot.clone(),
         lane: LaneId::parse(lane).unwrap(),
-        gateway: GatewayId::parse("replaying-gw").unwrap(),
+        gateway: parkpay_sim::demo::gateway_id(&w.lot).unwrap(),
         direction,
         captured_at: at,
         candidates: vec![PlateCandidate {
@@ -208,8 +208,18 @@ fn raw_event(
     }
 }
 
-/// Publishes like a gateway would, on the real broker.
-async fn publish(w: &World, ev: &PassageEvent) {
+/// Publishes like the lot's gateway would, on the real broker (signed when the world is).
+pub(crate) async fn publish(w: &World, ev: &PassageEvent) {
+    publish_bytes(w, ev, encode(ev, w.now(), w.gateway_key.as_deref())).await;
+}
+
+/// Publishes a payload on the event's topic and waits until the broker has taken it.
+pub(crate) async fn publish_bytes(w: &World, ev: &PassageEvent, payload: Vec<u8>) {
+    let topic = Topic::Events(ev.lot.clone(), ev.lane.clone()).to_string();
+    publish_raw(w, &topic, payload).await;
+}
+
+pub(crate) async fn publish_raw(w: &World, topic: &str, payload: Vec<u8>) {
     let mut opts = parkpay_server::mqtt::options(
         &w.backend.mqtt_url,
         &format!("t-pub-{}", uuid::Uuid::new_v4().simple()),
@@ -218,14 +228,8 @@ async fn publish(w: &World, ev: &PassageEvent) {
     opts.set_clean_session(true);
     opts.set_manual_acks(false);
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
-    let topic = Topic::Events(ev.lot.clone(), ev.lane.clone()).to_string();
     client
-        .publish(
-            topic,
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            encode(ev, w.now(), None),
-        )
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
         .await
         .unwrap();
     // Drive the event loop until the broker acknowledged the publish.
@@ -363,7 +367,7 @@ async fn grace_stays_are_free_and_a_week_hits_the_daily_caps() {
 }
 
 #[tokio::test]
-async fn an_exit_without_entry_is_an_exception_and_a_misread_exit_still_matches() {
+async fn an_exit_without_entry_is_an_exception_and_a_misread_exit_waits_for_the_attendant() {
     let (w, clock) = world().await;
     let out = w.pass("out-1", "苏E40006", Duration::from_secs(3)).await;
     assert!(
@@ -382,19 +386,57 @@ async fn an_exit_without_entry_is_an_exception_and_a_misread_exit_still_matches(
         "{exceptions}"
     );
 
-    w.driver("苏AB1234", Some(100_000)).await;
+    let driver = w.driver("苏AB1234", Some(100_000)).await;
     let entry = w.pass("in-1", "苏AB1234", WAIT).await;
     clock.advance(chrono::Duration::minutes(75));
-    // The exit camera reads 8 for B: a confident read of a plate that does not exist.
-    let exit = w.pass("out-2", "苏A81234", WAIT).await;
-    assert!(exit.opened, "the misread still finds the session");
+    // The exit camera reads 8 for B, confidently. It might as well be another car whose entry
+    // was missed: nobody's mandate is charged on a look-alike, the car waits for an attendant.
+    let exit = w.pass("out-2", "苏A81234", Duration::from_secs(3)).await;
+    assert!(!exit.opened, "a look-alike plate is never charged by guess");
     let s = sessions(&w, "苏AB1234").await[0].clone();
-    assert_eq!(s["status"], "closed");
-    assert_charged_for_stay(&w, &s, &entry, &exit).await;
+    assert_eq!(s["status"], "open", "the real car's stay is untouched");
+    let x = eventually("the look-alike exception", WAIT, || async {
+        let xs = w
+            .get_json(&format!("/api/exceptions?lot={}&open=true", w.lot))
+            .await;
+        xs.as_array()?
+            .iter()
+            .find(|x| x["kind"] == "no_entry" && x["plate"] == "苏A81234")
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        x["session_id"], s["id"],
+        "the attendant is shown the look-alike: {x}"
+    );
+    assert!(x["detail"].as_str().unwrap().contains("苏AB1234"), "{x}");
     assert!(
         sessions(&w, "苏A81234").await.is_empty(),
         "no session was invented for the misread"
     );
+
+    // The attendant compares the evidence and corrects the plate: the stay is charged to its
+    // driver, for the stay the car really made.
+    let r = w
+        .client
+        .post(w.url(&format!(
+            "/api/exceptions/{}/correct",
+            x["id"].as_str().unwrap()
+        )))
+        .json(&serde_json::json!({"plate": "苏AB1234", "operator": "amy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(
+        (d["action"].as_str(), d["reason"].as_str()),
+        (Some("open"), Some("mandate"))
+    );
+    let s = sessions(&w, "苏AB1234").await[0].clone();
+    assert_eq!(s["status"], "closed");
+    assert_eq!(s["driver_id"].as_str(), Some(driver.to_string().as_str()));
+    assert_charged_for_stay(&w, &s, &entry, &exit).await;
     w.stop().await;
 }
 
@@ -441,13 +483,18 @@ async fn an_empty_wallet_opens_then_ends_in_arrears_that_block_the_next_open_now
         matches!(p.wait(WAIT).await, Waited::PayRequested { .. }),
         "held with arrears"
     );
-    assert!(rig
-        .display()
-        .watch()
-        .borrow()
-        .text
-        .line2
-        .contains("arrears"));
+    // The display shows all that is owed: the debt and this stay, not this stay alone.
+    let held = sessions(&w, "浙D50007")
+        .await
+        .into_iter()
+        .find(|s| s["status"] == "awaiting_payment")
+        .unwrap();
+    let owed = Money::cny(fen(&c["amount"]) + fen(&held["fee"]));
+    let shown = rig.display().watch().borrow().text.clone();
+    assert!(
+        shown.line2.contains("arrears") && shown.line2.contains(&owed.to_string()),
+        "{shown:?} should show {owed}"
+    );
     // Paying the arrears settles the debt; paying this stay lets the car out.
     let paid = w
         .client
@@ -460,11 +507,6 @@ async fn an_empty_wallet_opens_then_ends_in_arrears_that_block_the_next_open_now
         fen(&w.get_json(&format!("/api/drivers/{driver}")).await["arrears"]),
         0
     );
-    let held = sessions(&w, "浙D50007")
-        .await
-        .into_iter()
-        .find(|s| s["status"] == "awaiting_payment")
-        .unwrap();
     w.api
         .pay_session(held["id"].as_str().unwrap().parse().unwrap())
         .await

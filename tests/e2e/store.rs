@@ -25,14 +25,17 @@ async fn store() -> (Arc<dyn Store>, Backend, LotId) {
         .await
         .expect("store connects and migrates");
     let lot = LotId::parse(unique_lot()).unwrap();
-    s.insert_lot(&Lot {
-        id: lot.clone(),
-        name: "Test".into(),
-        capacity: 10,
-        tariff: Tariff::example_cn(),
-        tariff_version: 1,
-        created_at: t0(),
-    })
+    s.insert_lot(
+        &Lot {
+            id: lot.clone(),
+            name: "Test".into(),
+            capacity: 10,
+            tariff: Tariff::example_cn(),
+            tariff_version: 1,
+            created_at: t0(),
+        },
+        &[],
+    )
     .await
     .unwrap();
     (s, b, lot)
@@ -48,6 +51,7 @@ fn decision(lot: &LotId, event: Uuid) -> Decision {
         plate: Some("京A12345".into()),
         session_id: None,
         fee: None,
+        owed: None,
         pay_url: None,
         display: DisplayText::default(),
         decided_at: t0(),
@@ -71,6 +75,8 @@ fn entry(lot: &LotId, plate: &str, at: DateTime<Utc>) -> (PassageWrite, Uuid) {
             resent: false,
             payload: "{}".into(),
         },
+        resolves: None,
+        audit: Vec::new(),
         session_id: Some(session),
         decision: decision(lot, event),
         sessions: vec![SessionChange::Open(
@@ -154,14 +160,22 @@ async fn lots_and_vehicles_reject_duplicates() {
     let again = s.lot(&lot).await.unwrap().expect("lot stored");
     assert_eq!(again.tariff_version, 1);
     assert!(matches!(
-        s.insert_lot(&again).await,
+        s.insert_lot(&again, &[]).await,
         Err(StoreError::Duplicate(_))
     ));
     assert_eq!(
         s.update_tariff(
             &lot,
             &serde_json::to_string(&Tariff::example_cn()).unwrap(),
-            again.tariff.currency
+            again.tariff.currency,
+            &AuditEntry {
+                id: Uuid::now_v7(),
+                at: t0(),
+                actor: "test".into(),
+                action: "lot.tariff_changed".into(),
+                subject: format!("lot {lot}"),
+                detail: String::new(),
+            }
         )
         .await
         .unwrap(),
@@ -503,13 +517,6 @@ async fn trusted_plates_are_mandated_and_owe_nothing() {
         s.trusted_plates(100).await.unwrap(),
         vec!["京A11111".to_string(), "京A33333".to_string()]
     );
-    assert_eq!(
-        s.vehicles_by_key(&parkpay_protocol::plate::match_key("京A1I1I1"))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
 
     // Unpaid arrears take a driver off the list.
     let (w, session) = entry(&lot, "京A33333", t0());
@@ -525,5 +532,190 @@ async fn trusted_plates_are_mandated_and_owe_nothing() {
         s.trusted_plates(100).await.unwrap(),
         vec!["京A11111".to_string()]
     );
+    b.cleanup().await;
+}
+
+fn audit_row(action: &str) -> AuditEntry {
+    AuditEntry {
+        id: Uuid::now_v7(),
+        at: t0(),
+        actor: "op".into(),
+        action: action.into(),
+        subject: "s".into(),
+        detail: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_correction_commits_its_resolution_audit_and_passage_together_or_not_at_all() {
+    let (s, b, lot) = store().await;
+    // The held passage and its exception.
+    let (mut held, _) = entry(&lot, "京A12345", t0());
+    held.sessions.clear();
+    held.session_id = None;
+    let x = ExceptionRecord {
+        id: Uuid::now_v7(),
+        lot: lot.clone(),
+        lane: None,
+        kind: ExceptionKind::Unreadable,
+        plate: None,
+        event_id: Some(held.event.event_id),
+        session_id: None,
+        charge_id: None,
+        detail: "no read".into(),
+        created_at: t0(),
+        resolved_at: None,
+        resolution: None,
+    };
+    held.exceptions = vec![x.clone()];
+    s.commit_passage(&held).await.unwrap();
+
+    let (mut fix, _) = entry(&lot, "京A12345", t0());
+    fix.resolves = Some((x.id, "corrected".into()));
+    fix.audit = vec![audit_row("exception.plate_corrected")];
+    let racing = fix.clone();
+    s.commit_passage(&fix).await.unwrap();
+    assert!(s
+        .exception(x.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .resolved_at
+        .is_some());
+    assert_eq!(s.audit(10).await.unwrap().len(), 1);
+
+    // A second correction of the same exception writes nothing at all: no event, no session,
+    // no audit row.
+    let (mut second, _) = entry(&lot, "京B54321", t0());
+    second.resolves = racing.resolves.clone();
+    second.audit = vec![audit_row("exception.plate_corrected")];
+    assert!(matches!(
+        s.commit_passage(&second).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s
+        .event_decision(second.event.event_id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.open_session_of(&lot, "京B54321").await.unwrap().is_none());
+    assert_eq!(s.audit(10).await.unwrap().len(), 1);
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn revocation_is_final_and_decided_in_one_statement() {
+    let (s, b, _lot) = store().await;
+    let d = Driver {
+        id: Uuid::now_v7(),
+        name: "Li".into(),
+        phone: None,
+        created_at: t0(),
+    };
+    s.insert_driver(&d).await.unwrap();
+    let m = Mandate {
+        id: Uuid::now_v7(),
+        driver_id: d.id,
+        provider: "sandbox".into(),
+        provider_ref: "w".into(),
+        status: MandateStatus::Active,
+        per_charge_cap: None,
+        monthly_cap: None,
+        channel: "api".into(),
+        signed_at: t0(),
+        revoked_at: None,
+    };
+    s.insert_mandate(&m).await.unwrap();
+    // Two revocations at once: exactly one wins.
+    let (a, c) = tokio::join!(
+        s.set_mandate_status(m.id, MandateStatus::Revoked, t0()),
+        s.set_mandate_status(m.id, MandateStatus::Revoked, t0())
+    );
+    assert_eq!(
+        [a.is_ok(), c.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{a:?} {c:?}"
+    );
+    // Nothing brings a revoked mandate back.
+    assert!(matches!(
+        s.set_mandate_status(m.id, MandateStatus::Active, t0())
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.mandate(m.id).await.unwrap().unwrap().status,
+        MandateStatus::Revoked
+    );
+    assert!(matches!(
+        s.set_mandate_status(Uuid::now_v7(), MandateStatus::Revoked, t0())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    b.cleanup().await;
+}
+
+#[tokio::test]
+async fn lanes_are_configured_with_their_lot_and_changed_with_an_audit_row() {
+    let b = Backend::fresh().await;
+    let s = connect(&b.database_url).await.unwrap();
+    let lot = LotId::parse(unique_lot()).unwrap();
+    let lane = |id: &str, direction, gw: &str| Lane {
+        lot: lot.clone(),
+        id: LaneId::parse(id).unwrap(),
+        direction,
+        gateway: parkpay_protocol::GatewayId::parse(gw).unwrap(),
+        created_at: t0(),
+    };
+    let lot_row = Lot {
+        id: lot.clone(),
+        name: "Test".into(),
+        capacity: 10,
+        tariff: Tariff::example_cn(),
+        tariff_version: 1,
+        created_at: t0(),
+    };
+    s.insert_lot(
+        &lot_row,
+        &[
+            lane("in-1", parkpay_protocol::Direction::Entry, "gw-a"),
+            lane("out-1", parkpay_protocol::Direction::Exit, "gw-a"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.lanes(&lot).await.unwrap().len(), 2);
+    // Reconfiguring a lane replaces it.
+    let moved = lane("out-1", parkpay_protocol::Direction::Exit, "gw-b");
+    s.put_lane(&moved, &audit_row("lane.configured"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lane(&lot, &LaneId::parse("out-1").unwrap())
+            .await
+            .unwrap(),
+        Some(moved)
+    );
+    s.delete_lane(
+        &lot,
+        &LaneId::parse("in-1").unwrap(),
+        &audit_row("lane.removed"),
+    )
+    .await
+    .unwrap();
+    assert!(s
+        .lane(&lot, &LaneId::parse("in-1").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        s.delete_lane(
+            &lot,
+            &LaneId::parse("in-1").unwrap(),
+            &audit_row("lane.removed")
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.audit(10).await.unwrap().len(), 2);
     b.cleanup().await;
 }

@@ -34,6 +34,8 @@ pub struct WorldOptions {
     pub decision_timeout: Duration,
     /// Plain cameras sending rendered frames (read by the gateway) instead of smart cameras.
     pub frames: Option<parkpay_sim::devices::SceneCamera>,
+    /// The gateway signs its events with its own key and the server requires it.
+    pub signed: bool,
 }
 
 impl Default for WorldOptions {
@@ -51,6 +53,7 @@ impl Default for WorldOptions {
             rigs: true,
             decision_timeout: Duration::from_secs(20),
             frames: None,
+            signed: false,
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct World {
     pub api: Api,
     pub http: Url,
     pub client: reqwest::Client,
+    /// The gateway's signing key, when the world is `signed`.
+    pub gateway_key: Option<Vec<u8>>,
     server_config: ServerConfig,
     server: Option<Running<App>>,
     gateway: Option<Running<GatewayHandle>>,
@@ -110,6 +115,15 @@ impl World {
     pub async fn start(opts: WorldOptions, clock: Arc<dyn Clock>) -> World {
         let backend = Backend::fresh().await;
         let lot = LotId::parse(unique_lot()).expect("a valid lot id");
+        let gateway = parkpay_sim::demo::gateway_id(&lot).expect("a valid gateway id");
+        let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        let mut gateway_keys = HashMap::new();
+        if opts.signed {
+            gateway_keys.insert(
+                gateway.to_string(),
+                parkpay_server::config::Secret::new(hex_string(&key)),
+            );
+        }
         let server_config = ServerConfig {
             database_url: backend.database_url.clone(),
             http: HttpConfig {
@@ -120,6 +134,8 @@ impl World {
             mqtt: MqttConfig {
                 broker: backend.mqtt_url.clone(),
                 lots: Some(vec![lot.to_string()]),
+                gateway_keys,
+                require_signatures: opts.signed,
                 ..MqttConfig::default()
             },
             payments: PaymentsConfig {
@@ -128,13 +144,20 @@ impl World {
                 poll_interval_ms: 20,
                 ..PaymentsConfig::default()
             },
-            instance: format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]),
+            // The default instance name, as an operator would run it: derived from the host and
+            // the database, so a restarted server resumes its broker session.
+            ..ServerConfig::default()
         };
         let (server, http) = start_server(server_config.clone(), clock.clone()).await;
         let client = reqwest::Client::new();
+        let lane_config: Vec<serde_json::Value> = opts
+            .lanes
+            .iter()
+            .map(|(id, direction)| serde_json::json!({"id": id, "direction": direction, "gateway": gateway}))
+            .collect();
         let created = client
             .post(http.join("/api/lots").expect("a valid path"))
-            .json(&serde_json::json!({"id": lot, "name": "Test lot", "capacity": 1000, "tariff": opts.tariff}))
+            .json(&serde_json::json!({"id": lot, "name": "Test lot", "capacity": 1000, "tariff": opts.tariff, "lanes": lane_config}))
             .send()
             .await
             .expect("lot request");
@@ -181,6 +204,9 @@ impl World {
         )
         .expect("gateway configuration");
         gw_config.decision_timeout = opts.decision_timeout;
+        if opts.signed {
+            gw_config.signing_key = Some(parkpay_gateway::Secret::new(key.clone()));
+        }
         let gw = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new()))
             .await
             .expect("gateway builds");
@@ -200,6 +226,7 @@ impl World {
             api: Api::new(&http),
             http,
             client,
+            gateway_key: opts.signed.then_some(key),
             server_config,
             server: Some(server),
             gateway: Some(Running { handle, stop, done }),
@@ -331,4 +358,8 @@ impl World {
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -45,6 +45,8 @@ pub struct CameraConfig {
     pub misread_rate: f64,
     /// Smart mode: chance that a vehicle is seen and no plate is read.
     pub no_read_rate: f64,
+    /// Smart mode: the confidence every read reports; random in 0.90..0.99 when unset.
+    pub confidence: Option<f32>,
     pub seed: u64,
 }
 
@@ -54,6 +56,7 @@ impl Default for CameraConfig {
             mode: CameraMode::Smart,
             misread_rate: 0.0,
             no_read_rate: 0.0,
+            confidence: None,
             seed: 0,
         }
     }
@@ -115,6 +118,7 @@ pub struct Camera {
     mode: CameraMode,
     misread_rate: f64,
     no_read_rate: f64,
+    confidence: Mutex<Option<f32>>,
     rng: Mutex<ChaCha8Rng>,
 }
 
@@ -131,12 +135,18 @@ impl Camera {
             mode: cfg.mode,
             misread_rate: cfg.misread_rate,
             no_read_rate: cfg.no_read_rate,
+            confidence: Mutex::new(cfg.confidence),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(cfg.seed)),
         })
     }
 
     pub fn id(&self) -> &DeviceId {
         self.link.device()
+    }
+
+    /// Smart mode: report this confidence on every read from now on (`None`: random, 0.90..0.99).
+    pub fn set_confidence(&self, confidence: Option<f32>) {
+        *self.confidence.lock().unwrap_or_else(|e| e.into_inner()) = confidence;
     }
 
     /// Captures a vehicle now and publishes what the camera makes of it.
@@ -149,13 +159,18 @@ impl Camera {
                 let read = {
                     // A poisoned lock only means another capture panicked; the RNG is still fine.
                     let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-                    smart_read(
+                    let mut read = smart_read(
                         &mut *rng,
                         plate.as_str(),
                         colour,
                         self.misread_rate,
                         self.no_read_rate,
-                    )
+                    );
+                    let fixed = *self.confidence.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(c) = fixed {
+                        read.candidates.iter_mut().for_each(|r| r.confidence = c);
+                    }
+                    read
                 };
                 let top = read.candidates.first().map(|c| c.plate.clone());
                 let msg = PlateRead {

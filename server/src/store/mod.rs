@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use parkpay_protocol::{Currency, Decision, LotId, Money};
+use parkpay_protocol::{Currency, Decision, LaneId, LotId, Money};
 use uuid::Uuid;
 
 use crate::domain::*;
@@ -37,6 +37,38 @@ pub enum StoreError {
         "unsupported database URL {0:?}: use sqlite://PATH (embedded) or postgres://USER@HOST/DB"
     )]
     UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// Failures that may pass by themselves: a connection dropped or refused, the pool
+    /// exhausted, the database restarting or shutting down a session, a busy lock. Anything
+    /// else (a constraint, a value the database refuses) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(d) => {
+                let code = d.code().unwrap_or_default();
+                // PostgreSQL: connection exceptions (08), operator intervention such as an
+                // admin shutdown (57), insufficient resources (53), serialization failure and
+                // deadlock (40001, 40P01). SQLite: BUSY (5) and LOCKED (6), with extended codes.
+                code.starts_with("08")
+                    || code.starts_with("57")
+                    || code.starts_with("53")
+                    || code == "40001"
+                    || code == "40P01"
+                    || matches!(code.parse::<i64>(), Ok(c) if c & 0xff == 5 || c & 0xff == 6)
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -89,6 +121,10 @@ pub struct OutboxMessage {
 #[derive(Debug, Clone)]
 pub struct PassageWrite {
     pub event: NewEvent,
+    /// An exception this passage resolves (an attendant's correction), with the resolution;
+    /// `Conflict` if it was resolved meanwhile, and then nothing is written.
+    pub resolves: Option<(Uuid, String)>,
+    pub audit: Vec<AuditEntry>,
     pub session_id: Option<Uuid>,
     pub decision: Decision,
     pub sessions: Vec<SessionChange>,
@@ -178,14 +214,22 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 
-    // Lots
-    async fn insert_lot(&self, lot: &Lot) -> StoreResult<()>;
+    // Lots and lanes
+    /// Creates a lot with its lanes, in one transaction.
+    async fn insert_lot(&self, lot: &Lot, lanes: &[Lane]) -> StoreResult<()>;
+    /// Replaces a lot's tariff and writes the audit row with it.
     async fn update_tariff(
         &self,
         lot: &LotId,
         tariff_json: &str,
         currency: Currency,
+        audit: &AuditEntry,
     ) -> StoreResult<i64>;
+    /// Creates or replaces a lane's configuration.
+    async fn put_lane(&self, lane: &Lane, audit: &AuditEntry) -> StoreResult<()>;
+    async fn delete_lane(&self, lot: &LotId, lane: &LaneId, audit: &AuditEntry) -> StoreResult<()>;
+    async fn lane(&self, lot: &LotId, lane: &LaneId) -> StoreResult<Option<Lane>>;
+    async fn lanes(&self, lot: &LotId) -> StoreResult<Vec<Lane>>;
     async fn lot(&self, id: &LotId) -> StoreResult<Option<Lot>>;
     async fn lots(&self) -> StoreResult<Vec<Lot>>;
     async fn lot_stats(&self, lot: &LotId, since: DateTime<Utc>) -> StoreResult<LotStats>;
@@ -196,11 +240,11 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_vehicle(&self, v: &Vehicle, plate_key: &str) -> StoreResult<()>;
     async fn vehicle(&self, plate: &str) -> StoreResult<Option<Vehicle>>;
     async fn vehicles_of(&self, driver: Uuid) -> StoreResult<Vec<Vehicle>>;
-    /// Vehicles whose plate folds to this confusable-folded key.
-    async fn vehicles_by_key(&self, key: &str) -> StoreResult<Vec<Vehicle>>;
     async fn insert_mandate(&self, m: &Mandate) -> StoreResult<()>;
     async fn mandate(&self, id: Uuid) -> StoreResult<Option<Mandate>>;
     async fn mandates_of(&self, driver: Uuid) -> StoreResult<Vec<Mandate>>;
+    /// Moves a mandate to `status`; `Conflict` if it is revoked already (revocation is final)
+    /// or already in that status, `NotFound` if there is no such mandate.
     async fn set_mandate_status(
         &self,
         id: Uuid,
@@ -217,11 +261,8 @@ pub trait Store: Send + Sync + 'static {
 
     // Passages
     async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>>;
-    async fn open_sessions_by_plate(
-        &self,
-        lot: &LotId,
-        plate: &str,
-    ) -> StoreResult<Vec<OpenSession>>;
+    /// The open session of exactly this plate (there is at most one per lot).
+    async fn open_session_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>>;
     async fn open_sessions_by_key(&self, lot: &LotId, key: &str) -> StoreResult<Vec<OpenSession>>;
     async fn open_sessions(&self, lot: &LotId) -> StoreResult<Vec<OpenSession>>;
     async fn commit_passage(&self, w: &PassageWrite) -> StoreResult<PassageOutcome>;

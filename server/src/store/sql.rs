@@ -94,7 +94,7 @@ macro_rules! backend {
         const _: () = {
             use async_trait::async_trait;
             use chrono::{DateTime, Utc};
-            use parkpay_protocol::{Currency, Decision, LaneId, LotId, Money, PlateColour};
+            use parkpay_protocol::{Currency, Decision, Direction, GatewayId, LaneId, LotId, Money, PlateColour};
             use sqlx::Row;
             use uuid::Uuid;
 
@@ -218,6 +218,40 @@ macro_rules! backend {
                 })
             }
 
+            fn lane_from(r: &$row) -> StoreResult<Lane> {
+                let direction: String = r.try_get("direction")?;
+                let corrupt = |e: parkpay_protocol::IdError| StoreError::Corrupt(e.to_string());
+                Ok(Lane {
+                    lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(corrupt)?,
+                    id: LaneId::parse(r.try_get::<String, _>("lane_id")?).map_err(corrupt)?,
+                    direction: match direction.as_str() {
+                        "entry" => Direction::Entry,
+                        "exit" => Direction::Exit,
+                        other => return Err(StoreError::Corrupt(format!("lane direction {other:?}"))),
+                    },
+                    gateway: GatewayId::parse(r.try_get::<String, _>("gateway_id")?).map_err(corrupt)?,
+                    created_at: at(r.try_get("created_at")?)?,
+                })
+            }
+
+            async fn upsert_lane<'c, E>(e: E, l: &Lane) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query(
+                    "INSERT INTO lanes (lot_id, lane_id, direction, gateway_id, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (lot_id, lane_id) DO UPDATE SET direction = $3, gateway_id = $4",
+                )
+                .bind(l.lot.as_str())
+                .bind(l.id.as_str())
+                .bind(l.direction.as_str())
+                .bind(l.gateway.as_str())
+                .bind(ms(l.created_at))
+                .execute(e)
+                .await?;
+                Ok(())
+            }
+
             fn open_from(r: &$row) -> StoreResult<OpenSession> {
                 Ok(OpenSession {
                     id: uuid(&r.try_get::<String, _>("id")?)?,
@@ -293,7 +327,8 @@ macro_rules! backend {
                     Ok(())
                 }
 
-                async fn insert_lot(&self, lot: &Lot) -> StoreResult<()> {
+                async fn insert_lot(&self, lot: &Lot, lanes: &[Lane]) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
                     let r = sqlx::query(
                         "INSERT INTO lots (id, name, capacity, currency, tariff, tariff_version, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     )
@@ -304,25 +339,76 @@ macro_rules! backend {
                     .bind(to_json(&lot.tariff))
                     .bind(lot.tariff_version)
                     .bind(ms(lot.created_at))
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await;
                     match r {
-                        Err(e) if unique_violation(&e) => Err(StoreError::Duplicate(format!("lot {}", lot.id))),
-                        other => other.map(|_| ()).map_err(Into::into),
+                        Err(e) if unique_violation(&e) => return Err(StoreError::Duplicate(format!("lot {} already exists", lot.id))),
+                        other => other.map(|_| ())?,
                     }
+                    for l in lanes {
+                        upsert_lane(&mut *tx, l).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
                 }
 
-                async fn update_tariff(&self, lot: &LotId, tariff_json: &str, currency: Currency) -> StoreResult<i64> {
+                async fn update_tariff(&self, lot: &LotId, tariff_json: &str, currency: Currency, audit: &AuditEntry) -> StoreResult<i64> {
+                    let mut tx = self.pool.begin().await?;
                     let row = sqlx::query(
                         "UPDATE lots SET tariff = $1, currency = $2, tariff_version = tariff_version + 1 WHERE id = $3 RETURNING tariff_version",
                     )
                     .bind(tariff_json)
                     .bind(currency.as_str())
                     .bind(lot.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await?
                     .ok_or_else(|| StoreError::NotFound(format!("lot {lot}")))?;
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
                     Ok(row.try_get("tariff_version")?)
+                }
+
+                async fn put_lane(&self, lane: &Lane, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    upsert_lane(&mut *tx, lane).await?;
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn delete_lane(&self, lot: &LotId, lane: &LaneId, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let r = sqlx::query("DELETE FROM lanes WHERE lot_id = $1 AND lane_id = $2")
+                        .bind(lot.as_str())
+                        .bind(lane.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    if r.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("lane {lot}/{lane}")));
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn lane(&self, lot: &LotId, lane: &LaneId) -> StoreResult<Option<Lane>> {
+                    sqlx::query("SELECT * FROM lanes WHERE lot_id = $1 AND lane_id = $2")
+                        .bind(lot.as_str())
+                        .bind(lane.as_str())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| lane_from(&r))
+                        .transpose()
+                }
+
+                async fn lanes(&self, lot: &LotId) -> StoreResult<Vec<Lane>> {
+                    sqlx::query("SELECT * FROM lanes WHERE lot_id = $1 ORDER BY lane_id")
+                        .bind(lot.as_str())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(lane_from)
+                        .collect()
                 }
 
                 async fn lot(&self, id: &LotId) -> StoreResult<Option<Lot>> {
@@ -427,16 +513,6 @@ macro_rules! backend {
                         .collect()
                 }
 
-                async fn vehicles_by_key(&self, key: &str) -> StoreResult<Vec<Vehicle>> {
-                    sqlx::query("SELECT * FROM vehicles WHERE plate_key = $1 ORDER BY plate")
-                        .bind(key)
-                        .fetch_all(&self.pool)
-                        .await?
-                        .iter()
-                        .map(vehicle_from)
-                        .collect()
-                }
-
                 async fn insert_mandate(&self, m: &Mandate) -> StoreResult<()> {
                     let currency = m.per_charge_cap.or(m.monthly_cap).map(|c| c.currency).unwrap_or_default();
                     sqlx::query(
@@ -480,14 +556,21 @@ macro_rules! backend {
 
                 async fn set_mandate_status(&self, id: Uuid, status: MandateStatus, now: DateTime<Utc>) -> StoreResult<()> {
                     let revoked = (status == MandateStatus::Revoked).then(|| ms(now));
-                    let r = sqlx::query("UPDATE mandates SET status = $1, revoked_at = COALESCE($2, revoked_at) WHERE id = $3")
-                        .bind(status.as_str())
-                        .bind(revoked)
-                        .bind(id.to_string())
-                        .execute(&self.pool)
-                        .await?;
+                    // One conditional write: a revocation is final, and a change decided on what
+                    // was read before a concurrent revocation cannot undo it.
+                    let r = sqlx::query(
+                        "UPDATE mandates SET status = $1, revoked_at = COALESCE($2, revoked_at) WHERE id = $3 AND status <> 'revoked' AND status <> $1",
+                    )
+                    .bind(status.as_str())
+                    .bind(revoked)
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
                     if r.rows_affected() == 0 {
-                        return Err(StoreError::NotFound(format!("mandate {id}")));
+                        return match self.mandate(id).await? {
+                            None => Err(StoreError::NotFound(format!("mandate {id}"))),
+                            Some(m) => Err(StoreError::Conflict(format!("mandate {id} is already {}", m.status))),
+                        };
                     }
                     Ok(())
                 }
@@ -534,15 +617,14 @@ macro_rules! backend {
                         .transpose()
                 }
 
-                async fn open_sessions_by_plate(&self, lot: &LotId, plate: &str) -> StoreResult<Vec<OpenSession>> {
-                    sqlx::query("SELECT id, plate, plate_key FROM sessions WHERE lot_id = $1 AND plate = $2 AND status = 'open'")
+                async fn open_session_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>> {
+                    sqlx::query(&format!("SELECT {SESSION_COLS} FROM sessions WHERE lot_id = $1 AND plate = $2 AND status = 'open'"))
                         .bind(lot.as_str())
                         .bind(plate)
-                        .fetch_all(&self.pool)
+                        .fetch_optional(&self.pool)
                         .await?
-                        .iter()
-                        .map(open_from)
-                        .collect()
+                        .map(|r| session_from(&r))
+                        .transpose()
                 }
 
                 async fn open_sessions_by_key(&self, lot: &LotId, key: &str) -> StoreResult<Vec<OpenSession>> {
@@ -685,7 +767,22 @@ macro_rules! backend {
                     for x in &w.exceptions {
                         insert_exception(&mut *tx, x).await?;
                     }
+                    if let Some((id, resolution)) = &w.resolves {
+                        let r = sqlx::query("UPDATE exceptions SET resolved_at = $1, resolution = $2 WHERE id = $3 AND resolved_at IS NULL")
+                            .bind(ms(now))
+                            .bind(resolution.clone())
+                            .bind(id.to_string())
+                            .execute(&mut *tx)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(StoreError::Conflict(format!("exception {id} is already resolved")));
+                        }
+                    }
+                    for a in &w.audit {
+                        insert_audit_row(&mut *tx, a).await?;
+                    }
                     insert_outbox(&mut *tx, &w.outbox, now).await?;
+
                     tx.commit().await?;
                     Ok(PassageOutcome::Committed)
                 }

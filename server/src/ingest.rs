@@ -1,0 +1,338 @@
+//! MQTT ingest: every message the server receives ends decided or dead-lettered, and is
+//! acknowledged either way, so nothing a device sends can stall the lanes of another.
+//!
+//! A passage event is believed only when all of this holds, in this order; the first failure
+//! is a dead letter with its reason (and no answer to whoever sent it):
+//!
+//! 1. it is at most [`MAX_MESSAGE_BYTES`] (`oversized`) and a well-formed envelope of a known
+//!    version (`malformed`, `version`, `wrong_type`, `invalid_body`);
+//! 2. its body names the lot and lane of the topic it came on (`topic_mismatch`);
+//! 3. the lane is configured (`unknown_lane`) and served by the gateway the body names
+//!    (`wrong_gateway`);
+//! 4. it carries a valid signature by *that lane's* gateway key, when one is configured, over the
+//!    exact bytes received (`bad_signature`, `unsigned`); with `require_signatures`, a lane whose
+//!    gateway has no key is refused (`unsigned`);
+//! 5. its direction is the lane's (`wrong_direction`).
+//!
+//! Then [`App::handle_passage`] decides it. A transient failure (the database restarting) is
+//! retried until it passes or the server stops, and the event is acknowledged only after its
+//! transaction commits; any other failure is dead-lettered (`processing_failed`) and the lane is
+//! told to hold the car for an attendant.
+//!
+//! Acknowledgements go out in arrival order, whatever order the work finishes in: MQTT 3.1.1
+//! lets a broker require it, and rumqttd (the embedded broker) does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parkpay_protocol::{
+    decode, CommandAck, DecodeError, GatewayStatus, LaneId, LaneState, LotId, Opened, PassageEvent,
+    Topic,
+};
+use rumqttc::{AsyncClient, Publish};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::domain::{AuditEntry, DeadLetter};
+
+/// The largest message the server will read. Larger ones are dead letters (the first
+/// [`KEPT_BYTES`] kept); the MQTT client itself accepts anything a broker delivers, so one huge
+/// publish can never cut the server off from its broker.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How much of an oversized payload the dead-letter table keeps.
+pub const KEPT_BYTES: usize = 4 * 1024;
+
+/// Passage events handled at once.
+const CONCURRENCY: u32 = 16;
+
+/// Signing keys by gateway id; when `required`, a lane whose gateway has no key is refused.
+#[derive(Clone, Default)]
+pub struct GatewayKeys {
+    pub keys: HashMap<String, Vec<u8>>,
+    pub required: bool,
+}
+
+/// Handles incoming messages until `stop` is cancelled or the channel closes, then drains: the
+/// events in hand are finished (within a bound) and acknowledged; what was not taken is left to
+/// the broker to deliver again.
+pub async fn process(
+    app: App,
+    client: AsyncClient,
+    keys: GatewayKeys,
+    mut rx: mpsc::Receiver<Publish>,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(CONCURRENCY as usize));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Publish, oneshot::Receiver<bool>)>();
+    let acker = tokio::spawn(ack_in_order(client, ack_rx));
+    let done = |p: &Publish| {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(true);
+        (p.clone(), rx)
+    };
+    loop {
+        let p = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        let received = Instant::now();
+        if p.payload.len() > MAX_MESSAGE_BYTES {
+            let detail = format!(
+                "{} bytes, more than the {MAX_MESSAGE_BYTES} a message may have",
+                p.payload.len()
+            );
+            dead_letter(&app, &p, "oversized", detail).await;
+            let _ = ack_tx.send(done(&p));
+            continue;
+        }
+        match Topic::parse(&p.topic) {
+            Ok(Topic::Events(lot, lane)) => {
+                let permit = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
+                let (tx, rx) = oneshot::channel();
+                if ack_tx.send((p.clone(), rx)).is_err() {
+                    break;
+                }
+                let (app, keys, stop) = (app.clone(), keys.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let ack = event(&app, &keys, &p, lot, lane, received, &stop).await;
+                    let _ = tx.send(ack);
+                });
+            }
+            Ok(Topic::GatewayStatus(..)) => {
+                match decode::<GatewayStatus>(&p.payload, None) {
+                    Ok(s) => {
+                        if s.body.online {
+                            app.allowlists_due.notify_one();
+                        }
+                        app.live.gateway_status(s.body);
+                        app.metrics.gateways_online.set(app.live.gateways_online());
+                    }
+                    Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
+                }
+                let _ = ack_tx.send(done(&p));
+            }
+            Ok(Topic::LaneState(..)) => {
+                match decode::<LaneState>(&p.payload, None) {
+                    Ok(s) => app.live.lane_state(s.body),
+                    Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
+                }
+                let _ = ack_tx.send(done(&p));
+            }
+            Ok(Topic::Acks(lot, lane)) => {
+                match decode::<CommandAck>(&p.payload, None) {
+                    Ok(a) => {
+                        let entry = AuditEntry {
+                            id: Uuid::now_v7(),
+                            at: app.clock.now(),
+                            actor: format!("lane {lot}/{lane}"),
+                            action: if a.body.ok {
+                                "command.done".into()
+                            } else {
+                                "command.failed".into()
+                            },
+                            subject: format!("command {}", a.body.command_id),
+                            detail: clean(&a.body.detail),
+                        };
+                        if let Err(e) = app.store.insert_audit(&entry).await {
+                            tracing::warn!(error = %e, "could not audit a command ack");
+                        }
+                    }
+                    Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
+                }
+                let _ = ack_tx.send(done(&p));
+            }
+            Ok(_) => {
+                let _ = ack_tx.send(done(&p));
+            }
+            Err(e) => {
+                dead_letter(&app, &p, "unknown_topic", e.to_string()).await;
+                let _ = ack_tx.send(done(&p));
+            }
+        }
+    }
+    // Drain: wait for the events in hand, then for their acknowledgements to be handed over.
+    let drained = tokio::time::timeout(Duration::from_secs(10), permits.acquire_many(CONCURRENCY));
+    if drained.await.is_err() {
+        tracing::warn!("passages still in hand after 10 s; the broker will deliver them again");
+    }
+    drop(ack_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), acker).await;
+}
+
+/// Handles one passage event; returns whether to acknowledge it.
+async fn event(
+    app: &App,
+    keys: &GatewayKeys,
+    p: &Publish,
+    lot: LotId,
+    lane: LaneId,
+    received: Instant,
+    stop: &CancellationToken,
+) -> bool {
+    let env = match Opened::new(&p.payload) {
+        Ok(env) => env,
+        Err(e) => {
+            dead_letter(app, p, e.reason(), e.to_string()).await;
+            return true;
+        }
+    };
+    let ev: PassageEvent = match env.body() {
+        Ok(ev) => ev,
+        Err(e) => {
+            dead_letter(app, p, e.reason(), e.to_string()).await;
+            return true;
+        }
+    };
+    if ev.lot != lot || ev.lane != lane {
+        let detail = format!(
+            "event for {}/{} published on the topic of {lot}/{lane}",
+            ev.lot, ev.lane
+        );
+        dead_letter(app, p, "topic_mismatch", detail).await;
+        return true;
+    }
+    let Some(config) = retry(stop, || app.store.lane(&lot, &lane)).await else {
+        return false;
+    };
+    let Some(config) = config else {
+        let detail = format!("lane {lot}/{lane} is not configured");
+        dead_letter(app, p, "unknown_lane", detail).await;
+        return true;
+    };
+    if ev.gateway != config.gateway {
+        let detail = format!(
+            "lane {lot}/{lane} is served by gateway {}, not {}",
+            config.gateway, ev.gateway
+        );
+        dead_letter(app, p, "wrong_gateway", detail).await;
+        return true;
+    }
+    let verified = match keys.keys.get(config.gateway.as_str()) {
+        Some(key) => env.verify(key),
+        None if keys.required => Err(DecodeError::Unsigned),
+        None => Ok(()),
+    };
+    if let Err(e) = verified {
+        let detail = format!("{e} (gateway {} of lane {lot}/{lane})", config.gateway);
+        dead_letter(app, p, e.reason(), detail).await;
+        return true;
+    }
+    if ev.direction != config.direction {
+        let detail = format!(
+            "{} event on {} lane {lot}/{lane}",
+            ev.direction.as_str(),
+            config.direction.as_str()
+        );
+        dead_letter(app, p, "wrong_direction", detail).await;
+        return true;
+    }
+    let text = String::from_utf8_lossy(&p.payload);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match app.handle_passage(&ev, &text, received).await {
+            Ok(_) => return true,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(event = %ev.event_id, error = %e, retry_in = ?wait, "passage not handled yet");
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(event = %ev.event_id, error = %e, "passage cannot be handled");
+                dead_letter(app, p, "processing_failed", e.to_string()).await;
+                app.reject_passage(&ev).await;
+                return true;
+            }
+        }
+    }
+}
+
+/// Runs `op` until it succeeds or fails for good; `None` when the server stops first. Failures
+/// for good are logged and treated as absent.
+async fn retry<T, F, Fut>(stop: &CancellationToken, mut op: F) -> Option<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::store::StoreResult<Option<T>>>,
+{
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?wait, "database unavailable");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lane lookup failed");
+                return Some(None);
+            }
+        }
+    }
+}
+
+async fn ack_in_order(
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<(Publish, oneshot::Receiver<bool>)>,
+) {
+    while let Some((p, handled)) = rx.recv().await {
+        if handled.await.unwrap_or(false) {
+            if let Err(e) = client.ack(&p).await {
+                tracing::warn!(error = %e, "ack failed");
+            }
+        }
+    }
+}
+
+/// Text as it may be stored and shown: control characters (a NUL breaks PostgreSQL text)
+/// replaced, and at most 2,000 characters.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .take(2000)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+/// Keeps a rejected message with its reason, and counts it. Never fails the caller.
+pub async fn dead_letter(app: &App, p: &Publish, reason: &str, detail: String) {
+    let detail = clean(&detail);
+    tracing::warn!(topic = %clean(&p.topic), reason, %detail, "message rejected");
+    app.metrics.dead_letter(reason);
+    let d = DeadLetter {
+        id: Uuid::now_v7(),
+        received_at: app.clock.now(),
+        topic: clean(&p.topic),
+        reason: reason.to_string(),
+        detail,
+        payload: String::new(),
+    };
+    let kept = if p.payload.len() > MAX_MESSAGE_BYTES {
+        &p.payload[..KEPT_BYTES]
+    } else {
+        &p.payload[..]
+    };
+    if let Err(e) = app.store.insert_dead_letter(&d, kept).await {
+        tracing::error!(error = %e, "could not store a dead letter");
+    }
+}
