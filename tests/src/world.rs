@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkpay_gateway::reader::PureReader;
+use parkpay_gateway::resend::ResendPolicy;
 use parkpay_gateway::{Gateway, GatewayHandle};
 use parkpay_protocol::{Clock, Direction, LaneId, LotId, Money, Plate, PlateColour};
 use parkpay_server::app::App;
@@ -34,6 +35,8 @@ pub struct WorldOptions {
     pub decision_timeout: Duration,
     /// Plain cameras sending rendered frames (read by the gateway) instead of smart cameras.
     pub frames: Option<parkpay_sim::devices::SceneCamera>,
+    /// The gateway's resend timer for undecided events; `None` keeps the usual 5 s to 60 s.
+    pub resend: Option<ResendPolicy>,
 }
 
 impl Default for WorldOptions {
@@ -51,6 +54,7 @@ impl Default for WorldOptions {
             rigs: true,
             decision_timeout: Duration::from_secs(20),
             frames: None,
+            resend: None,
         }
     }
 }
@@ -181,6 +185,10 @@ impl World {
         )
         .expect("gateway configuration");
         gw_config.decision_timeout = opts.decision_timeout;
+        if let Some(r) = opts.resend {
+            gw_config.resend_initial = r.initial;
+            gw_config.resend_max = r.max;
+        }
         let gw = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new()))
             .await
             .expect("gateway builds");
@@ -214,6 +222,14 @@ impl World {
             .unwrap_or_else(|| panic!("no lane {lane}"))
     }
 
+    /// Takes a lane's hardware out of the world, so a car can stand at it while the world is
+    /// changed (the server stopped or started). The caller shuts it down.
+    pub fn take_rig(&mut self, lane: &str) -> LaneRig {
+        self.rigs
+            .remove(lane)
+            .unwrap_or_else(|| panic!("no lane {lane}"))
+    }
+
     pub fn app(&self) -> &App {
         &self.server.as_ref().expect("the server is running").handle
     }
@@ -243,6 +259,14 @@ impl World {
         self.api = Api::new(&http);
         self.http = http;
         self.server = Some(server);
+    }
+
+    /// Starts the server again on the same database and broker, as a new instance: with a new
+    /// MQTT session, so nothing the broker queued for the old one reaches it (as after a broker
+    /// restart without persistence).
+    pub async fn start_server_with_new_session(&mut self) {
+        self.server_config.instance = format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]);
+        self.start_server().await;
     }
 
     /// Stops the server (gracefully) and starts it again on the same database and broker.
