@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs RapidOCR over scenes dumped by `parkpay-gateway bench-plates --dump DIR` and prints the
+"""Runs RapidOCR over scenes dumped by `parkpay-sim bench-plates --dump DIR` and prints the
 same figures as the benchmark, so the two readers are compared on identical pixels.
 
     pip install rapidocr-onnxruntime==1.4.4

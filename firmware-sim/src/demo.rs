@@ -207,6 +207,8 @@ pub fn gateway_config(
         heartbeat_interval: Duration::from_secs(10),
         burst_timeout: Duration::from_millis(800),
         connect_timeout: Duration::from_secs(10),
+        resend_initial: Duration::from_secs(5),
+        resend_max: Duration::from_secs(60),
         lanes,
     })
 }

@@ -16,8 +16,10 @@
 //! the binary's `run` and `demo` commands.
 //!
 //! Start reading at [`rig::LaneRig::pass`], then [`traffic::run_car`] and [`report::audit`].
+//! [`bench`] measures the gateway's plate reader on the scenes the simulated cameras draw.
 
 pub mod api;
+pub mod bench;
 pub mod demo;
 pub mod devices;
 pub mod error;

@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// One command, everything embedded: server, broker, gateway and traffic.
     Demo(DemoArgs),
+    /// Measure the gateway's plate reader on rendered scenes.
+    BenchPlates(parkpay_sim::bench::BenchPlatesArgs),
     /// Drive an external server and broker.
     Run {
         /// The server's HTTP base URL.
@@ -199,6 +201,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(demo) => run_demo(demo).await,
+        // Seconds of CPU-bound work: off the async workers.
+        Command::BenchPlates(args) => {
+            tokio::task::spawn_blocking(move || parkpay_sim::bench::bench_plates(&args)).await?
+        }
         Command::Run {
             server,
             mqtt,

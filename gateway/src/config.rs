@@ -12,6 +12,8 @@
 //! dedupe_window = "60s"            # default 60 s, on the injected clock
 //! decision_timeout = "3s"          # default 3 s, real time
 //! heartbeat_interval = "30s"       # default 30 s, real time
+//! resend_initial = "5s"            # default 5 s, real time: first resend of an undecided event
+//! resend_max = "60s"               # default 60 s, real time: the resend delay doubles up to this
 //!
 //! [[lanes]]
 //! id = "exit-1"
@@ -191,6 +193,12 @@ fn default_burst_timeout() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_resend_initial() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_resend_max() -> Duration {
+    Duration::from_secs(60)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +231,14 @@ pub struct GatewayConfig {
     /// How long `Gateway::build` waits for the broker to acknowledge the subscriptions.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// An event still undecided this long (real time) after it was sent is sent again, with
+    /// `resent: true`; see [`crate::resend`].
+    #[serde(default = "default_resend_initial", deserialize_with = "duration")]
+    pub resend_initial: Duration,
+    /// Each further resend of an undecided event waits twice as long as the one before, up to
+    /// this (real time).
+    #[serde(default = "default_resend_max", deserialize_with = "duration")]
+    pub resend_max: Duration,
     pub lanes: Vec<LaneConfig>,
 }
 
@@ -254,6 +270,8 @@ const OVERRIDABLE: &[(&str, &str)] = &[
     ("heartbeat_interval", "PARKPAY_GATEWAY_HEARTBEAT_INTERVAL"),
     ("burst_timeout", "PARKPAY_GATEWAY_BURST_TIMEOUT"),
     ("connect_timeout", "PARKPAY_GATEWAY_CONNECT_TIMEOUT"),
+    ("resend_initial", "PARKPAY_GATEWAY_RESEND_INITIAL"),
+    ("resend_max", "PARKPAY_GATEWAY_RESEND_MAX"),
 ];
 
 /// Environment variables with the prefix that are not config keys but are still expected.
@@ -400,10 +418,18 @@ impl GatewayConfig {
             ("heartbeat_interval", self.heartbeat_interval),
             ("burst_timeout", self.burst_timeout),
             ("connect_timeout", self.connect_timeout),
+            ("resend_initial", self.resend_initial),
+            ("resend_max", self.resend_max),
         ] {
             if d.is_zero() {
                 return Err(invalid(name.into(), "must be longer than zero"));
             }
+        }
+        if self.resend_max < self.resend_initial {
+            return Err(invalid(
+                "resend_max".into(),
+                "must not be shorter than resend_initial",
+            ));
         }
         if self.password.is_some() && self.username.is_none() {
             return Err(invalid("password".into(), "is set without a username"));
@@ -499,6 +525,29 @@ roi = { x = 1, y = 2, width = 3, height = 4 }
         assert_eq!(c.lanes[0].loop_detector.as_str(), "loop-1");
         assert_eq!(c.lanes[0].roi.map(|r| r.width), Some(3));
         assert_eq!(c.signing_key.as_ref().map(|k| k.expose().len()), Some(16));
+        assert_eq!(
+            (c.resend_initial, c.resend_max),
+            (Duration::from_secs(5), Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn the_resend_timer_is_configurable_and_checked() {
+        let e = env(&[
+            ("PARKPAY_GATEWAY_RESEND_INITIAL", "2s"),
+            ("PARKPAY_GATEWAY_RESEND_MAX", "30s"),
+        ]);
+        let c = GatewayConfig::from_toml_layered(GOOD, "t", &[e]).unwrap();
+        assert_eq!(
+            (c.resend_initial, c.resend_max),
+            (Duration::from_secs(2), Duration::from_secs(30))
+        );
+        let bad = GOOD.replace("journal_dir", "resend_initial = \"2m\"\njournal_dir");
+        let err = GatewayConfig::from_toml_str(&bad).unwrap_err().to_string();
+        assert!(err.contains("resend_max"), "{err}");
+        let zero = GOOD.replace("journal_dir", "resend_initial = \"0s\"\njournal_dir");
+        let err = GatewayConfig::from_toml_str(&zero).unwrap_err().to_string();
+        assert!(err.contains("resend_initial"), "{err}");
     }
 
     #[test]

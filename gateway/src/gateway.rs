@@ -2,7 +2,8 @@
 //!
 //! One task owns all lane state and handles, in turn: messages forwarded by the poller
 //! ([`crate::mqtt::poll`]), finished frame reads (run on blocking threads), a 100 ms tick for
-//! timeouts, and the heartbeat. Nothing here decides anything a lane decides.
+//! timeouts and resends of undecided events ([`crate::resend`]), and the heartbeat. Nothing here
+//! decides anything a lane decides.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -18,6 +19,7 @@ use parkpay_protocol::{
     decode, encode, Allowlist, BarrierStateReport, Clock, Decision, DeviceId, Frame, GatewayStatus,
     LaneId, LoopEvent, OperatorCommand, PassageEvent, PlateCandidate, PlateRead, Topic,
 };
+use rand::Rng;
 use rumqttc::{AsyncClient, LastWill, Publish, QoS, SubscribeFilter};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -25,12 +27,15 @@ use tokio::task::JoinHandle;
 
 use crate::burst::{Arrival, BurstCollector, BurstKey, CompletedBurst, FrameRead};
 use crate::config::{ConfigError, GatewayConfig, LaneConfig};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Entry, Journal, JournalError};
 use crate::lane::{AllowSet, Count, Input, Lane, LaneSpec, Now, Output};
 use crate::mqtt::{self, ShellEvent, SubState};
 use crate::reader::{PlateReader, Roi};
+use crate::resend::{ResendPolicy, Resends};
 
 const TICK: Duration = Duration::from_millis(100);
+/// At most this many resends per tick, so a long outage's backlog cannot stall the lanes.
+const MAX_RESENDS_PER_TICK: usize = 100;
 /// How long shutdown waits for the offline status and the DISCONNECT to reach the broker.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -67,7 +72,8 @@ impl PlateReader for NoFrameReader {
 pub struct Counters {
     /// Fresh passage events published (not counting replays).
     pub events_published: u64,
-    /// Journal entries republished with `resent: true` after a (re)connect.
+    /// Journal entries republished with `resent: true`: after a (re)connect, and whenever an
+    /// undecided event's resend timer runs out.
     pub events_resent: u64,
     pub duplicates_suppressed: u64,
     pub decisions_applied: u64,
@@ -402,6 +408,7 @@ struct Shell {
     bursts: BurstCollector,
     reads_tx: mpsc::UnboundedSender<FrameDone>,
     connected: bool,
+    resends: Resends,
 }
 
 impl Shell {
@@ -416,6 +423,10 @@ impl Shell {
     ) -> Shell {
         let mut s = Shell {
             bursts: BurstCollector::new(config.burst_timeout),
+            resends: Resends::new(ResendPolicy {
+                initial: config.resend_initial,
+                max: config.resend_max,
+            }),
             lanes: Vec::new(),
             by_camera: HashMap::new(),
             by_loop: HashMap::new(),
@@ -531,9 +542,10 @@ impl Shell {
         }
     }
 
-    /// Republishes every undecided event. Even with a resumed session (where the client also
-    /// resends unacked packets) this is needed: events journaled before a restart or a lost
-    /// session exist nowhere else. The server dedupes by event id.
+    /// Republishes every undecided event, and restarts each one's resend timer. Even with a
+    /// resumed session (where the client also resends unacked packets) this is needed: events
+    /// journaled before a restart or a lost session exist nowhere else. The server dedupes by
+    /// event id.
     async fn replay_journal(&mut self, session_present: bool) {
         let listing = match self.journal_op(|j| j.list()).await {
             Ok(l) => l,
@@ -558,6 +570,50 @@ impl Shell {
             let topic = Topic::Events(event.lot.clone(), event.lane.clone());
             if self.publish(topic, &event, false).await {
                 bump(&self.stats.events_resent);
+            }
+            self.resends.sent(event.event_id, Instant::now(), unit());
+        }
+    }
+
+    /// Republishes the undecided events whose resend timer ran out: a published event can still
+    /// be lost (a broker restarted without persistence, a server that subscribed too late)
+    /// without any reconnect of ours to replay it. Only while connected: a reconnect replays the
+    /// whole journal anyway.
+    async fn resend_due(&mut self) {
+        if !self.connected || self.resends.is_empty() {
+            return;
+        }
+        let due = self
+            .resends
+            .take_due(Instant::now(), MAX_RESENDS_PER_TICK, unit);
+        if due.is_empty() {
+            return;
+        }
+        tracing::info!(
+            events = due.len(),
+            pending = self.journal.pending(),
+            "resending undecided events"
+        );
+        for id in due {
+            match self.journal_op(move |j| j.read(id)).await {
+                Ok(Entry::Found(mut event)) => {
+                    event.resent = true;
+                    let topic = Topic::Events(event.lot.clone(), event.lane.clone());
+                    if self.publish(topic, &event, false).await {
+                        bump(&self.stats.events_resent);
+                    }
+                }
+                // Decided meanwhile, or never journaled: nothing to send.
+                Ok(Entry::Missing) => self.resends.decided(id),
+                Ok(Entry::Corrupt(_)) => {
+                    bump(&self.stats.journal_corrupt);
+                    self.resends.decided(id);
+                }
+                // Stays on the schedule: the next attempt may read it.
+                Err(e) => {
+                    bump(&self.stats.journal_errors);
+                    tracing::error!(event_id = %id, error = %e, "cannot read journal entry to resend");
+                }
             }
         }
     }
@@ -763,6 +819,7 @@ impl Shell {
         for i in 0..self.lanes.len() {
             self.feed(i, Input::Tick).await;
         }
+        self.resend_due().await;
     }
 
     async fn feed(&mut self, i: usize, input: Input) {
@@ -778,6 +835,7 @@ impl Shell {
         match output {
             Output::Event(event) => self.emit(event).await,
             Output::Forget(id) => {
+                self.resends.decided(id);
                 if let Err(e) = self.journal_op(move |j| j.remove(id)).await {
                     bump(&self.stats.journal_errors);
                     tracing::error!(event_id = %id, error = %e, "cannot remove journal entry");
@@ -838,7 +896,14 @@ impl Shell {
         if self.publish(topic, &event, false).await {
             bump(&self.stats.events_published);
         }
+        // Until its decision arrives; also when queueing failed, which the resend then repairs.
+        self.resends.sent(event.event_id, Instant::now(), unit());
     }
+}
+
+/// A uniform draw from `0.0..1.0`, for the resend timer's jitter.
+fn unit() -> f64 {
+    rand::thread_rng().gen_range(0.0..1.0)
 }
 
 /// Drops candidates no honest reader produces, so one bad camera cannot poison a vote.

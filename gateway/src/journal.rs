@@ -30,6 +30,15 @@ pub struct CorruptEntry {
     pub reason: String,
 }
 
+/// What [`Journal::read`] found under an event id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    Found(PassageEvent),
+    /// Not journaled (any more): decided, or never written.
+    Missing,
+    Corrupt(CorruptEntry),
+}
+
 #[derive(Debug, Default)]
 pub struct Listing {
     /// Oldest first (event ids are UUIDv7).
@@ -109,6 +118,31 @@ impl Journal {
         };
         self.pending_set().remove(&id);
         Ok(removed)
+    }
+
+    /// One journaled event, read back for a resend. A file that cannot be read back is moved
+    /// aside like in [`Journal::list`].
+    pub fn read(&self, id: EventId) -> Result<Entry, JournalError> {
+        let path = self.path_of(id);
+        let name = format!("{id}.json");
+        if !path.exists() {
+            self.pending_set().remove(&id);
+            return Ok(Entry::Missing);
+        }
+        match read_entry(&path, &name) {
+            Ok(event) => Ok(Entry::Found(event)),
+            // Removed between the check and the read: decided meanwhile.
+            Err(_) if !path.exists() => {
+                self.pending_set().remove(&id);
+                Ok(Entry::Missing)
+            }
+            Err(reason) => {
+                let moved_to = self.move_aside(&path, &name)?;
+                self.pending_set().remove(&id);
+                tracing::warn!(file = %moved_to.display(), %reason, "corrupt journal entry moved aside");
+                Ok(Entry::Corrupt(CorruptEntry { moved_to, reason }))
+            }
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -222,6 +256,26 @@ mod tests {
         let (j, listing) = Journal::open(dir.path()).unwrap();
         assert_eq!(listing.events, vec![b]);
         assert_eq!(j.pending(), 1);
+    }
+
+    #[test]
+    fn read_finds_one_entry_and_tells_missing_from_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let a = ev();
+        j.write(&a).unwrap();
+        assert_eq!(j.read(a.event_id).unwrap(), Entry::Found(a.clone()));
+        j.remove(a.event_id).unwrap();
+        assert_eq!(j.read(a.event_id).unwrap(), Entry::Missing);
+
+        let b = ev();
+        j.write(&b).unwrap();
+        fs::write(dir.path().join(format!("{}.json", b.event_id)), b"{\"eve").unwrap();
+        match j.read(b.event_id).unwrap() {
+            Entry::Corrupt(c) => assert!(c.moved_to.starts_with(dir.path().join("corrupt"))),
+            other => panic!("expected a corrupt entry, got {other:?}"),
+        }
+        assert_eq!(j.pending(), 0, "a corrupt entry is no longer pending");
     }
 
     #[test]

@@ -89,7 +89,9 @@ pub enum Input {
 pub enum Count {
     DuplicateSuppressed,
     DecisionApplied,
-    /// A decision for an event the offline policy already let out: only the journal is cleared.
+    /// A decision that no longer concerns the vehicle at the barrier (the offline policy already
+    /// let it out, a newer vehicle has been read since, or the event is from before a restart):
+    /// only the journal is cleared.
     LateDecision,
     OfflineOpen,
     OfflineHold,
@@ -127,6 +129,10 @@ pub struct Lane {
     /// Match key -> when its last event was emitted.
     last_emitted: HashMap<String, DateTime<Utc>>,
     awaiting: BTreeMap<EventId, Awaiting>,
+    /// The event of the vehicle at the barrier: the last one this lane emitted.
+    current: Option<EventId>,
+    /// Minted when the lane was created: events older than this are from before a restart.
+    started: EventId,
     offline_opened: VecDeque<EventId>,
     allow: Arc<AllowSet>,
     arm: ArmPosition,
@@ -141,6 +147,8 @@ impl Lane {
             spec,
             last_emitted: HashMap::new(),
             awaiting: BTreeMap::new(),
+            current: None,
+            started: EventId::new(),
             offline_opened: VecDeque::new(),
             allow: Arc::new(AllowSet::default()),
             // Until the arm reports, assume the safe resting position.
@@ -219,6 +227,7 @@ impl Lane {
             evidence_digest,
             resent: false,
         };
+        self.current = Some(event.event_id);
         if self.spec.direction == Direction::Exit {
             self.awaiting.insert(
                 event.event_id,
@@ -262,9 +271,9 @@ impl Lane {
             return vec![Output::Count(Count::Misrouted)];
         }
         self.awaiting.remove(&d.event_id);
-        if self.offline_opened.contains(&d.event_id) {
-            // The vehicle already left under the offline policy: moving the arm or changing the
-            // display now would act on whoever stands at the barrier next.
+        if self.is_stale(d.event_id) {
+            // Moving the arm or changing the display now would act on whoever stands at the
+            // barrier next; the journal entry still goes.
             return vec![
                 Output::Forget(d.event_id),
                 Output::Count(Count::LateDecision),
@@ -295,6 +304,22 @@ impl Lane {
         out.push(Output::Forget(d.event_id));
         out.push(Output::Count(Count::DecisionApplied));
         out
+    }
+
+    /// Whether a decision for `id` comes too late to concern the vehicle at the barrier: the
+    /// offline policy already let that vehicle out, or the event is older than the current
+    /// vehicle's (a resent event decided once the server is back, after the next car was read)
+    /// or than the lane itself (journaled before a restart). Event ids are UUIDv7, so "older" is
+    /// their order. A decision under an id newer than the current event is the server deciding
+    /// for the vehicle at the barrier (an attendant's plate correction) and applies.
+    fn is_stale(&self, id: EventId) -> bool {
+        if self.offline_opened.contains(&id) {
+            return true;
+        }
+        match self.current {
+            Some(current) => id < current,
+            None => id < self.started,
+        }
     }
 
     fn on_command(&mut self, c: OperatorCommand, now: Now) -> Vec<Output> {
@@ -627,12 +652,78 @@ mod tests {
         paid.reason = DecisionReason::Paid;
         let out = t.send(20, Input::Decision(paid));
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
-        // A decision for an event this lane never saw (e.g. from before a restart) applies too.
-        let out = t.send(
-            21,
-            Input::Decision(t.decision(EventId::new(), BarrierAction::Open)),
-        );
         assert_eq!(counts(&out), vec![Count::DecisionApplied]);
+    }
+
+    #[test]
+    fn a_decision_for_an_event_from_before_a_restart_only_clears_the_journal() {
+        let old = EventId::new();
+        let mut t = T::new(Direction::Exit);
+        let out = t.send(0, Input::Decision(t.decision(old, BarrierAction::Open)));
+        assert_eq!(
+            out,
+            vec![Output::Forget(old), Output::Count(Count::LateDecision)]
+        );
+        // Also while this lane waits for a vehicle of its own.
+        let e = event(&t.read(1, "京A12345", 0.95));
+        let out = t.send(2, Input::Decision(t.decision(old, BarrierAction::Open)));
+        assert_eq!(
+            out,
+            vec![Output::Forget(old), Output::Count(Count::LateDecision)]
+        );
+        let out = t.send(
+            2,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+    }
+
+    #[test]
+    fn a_decision_under_a_newer_id_is_for_the_vehicle_at_the_barrier() {
+        // An attendant corrects an unreadable plate: the server decides the passage again under
+        // a new event id, and the car waiting at the barrier is let through.
+        let mut t = T::new(Direction::Exit);
+        let e = event(&t.read(0, "", 0.0));
+        let out = t.send(
+            1,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Hold)),
+        );
+        assert!(arms(&out).is_empty());
+        let corrected = EventId::new();
+        let out = t.send(
+            30,
+            Input::Decision(t.decision(corrected, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+        assert_eq!(counts(&out), vec![Count::DecisionApplied]);
+    }
+
+    #[test]
+    fn a_decision_for_a_vehicle_that_is_no_longer_at_the_barrier_moves_nothing() {
+        // The server was away: the first car gave up, the next one is at the barrier when the
+        // first car's resent event is finally decided.
+        for direction in [Direction::Entry, Direction::Exit] {
+            let mut t = T::new(direction);
+            let gone = event(&t.read(0, "京A12345", 0.95));
+            let here = event(&t.read(10, "京B54321", 0.95));
+            for action in [BarrierAction::Open, BarrierAction::Hold] {
+                let out = t.send(20, Input::Decision(t.decision(gone.event_id, action)));
+                assert_eq!(
+                    out,
+                    vec![
+                        Output::Forget(gone.event_id),
+                        Output::Count(Count::LateDecision)
+                    ],
+                    "{direction:?} {action:?}"
+                );
+            }
+            let out = t.send(
+                21,
+                Input::Decision(t.decision(here.event_id, BarrierAction::Open)),
+            );
+            assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+            assert!(out.contains(&Output::Forget(here.event_id)));
+        }
     }
 
     #[test]
@@ -715,24 +806,52 @@ mod tests {
             "each event is decided once"
         );
 
-        // The server's late answers: the one let out moves nothing; a held one may still open.
+        // The server's late answers: the ones let out or read before the last vehicle move
+        // nothing; the held vehicle still at the barrier may still be let out.
+        for (id, action) in [
+            (listed.event_id, BarrierAction::Hold),
+            (unlisted.event_id, BarrierAction::Open),
+            (unsure.event_id, BarrierAction::Open),
+        ] {
+            let out = t.send(9, Input::Decision(t.decision(id, action)));
+            assert_eq!(
+                out,
+                vec![Output::Forget(id), Output::Count(Count::LateDecision)]
+            );
+        }
         let out = t.send(
             9,
-            Input::Decision(t.decision(listed.event_id, BarrierAction::Hold)),
+            Input::Decision(t.decision(noread.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+        assert_eq!(counts(&out), vec![Count::DecisionApplied]);
+    }
+
+    #[test]
+    fn the_vehicle_let_out_offline_is_not_moved_for_by_its_late_decision() {
+        let mut t = T::new(Direction::Exit);
+        t.send(
+            0,
+            Input::Allowlist(Arc::new(AllowSet::new(["京A12345"], 1))),
+        );
+        let e = event(&t.read(0, "京A12345", 0.95));
+        assert_eq!(
+            counts(&t.send(3, Input::Tick)),
+            vec![Count::OfflineOpen],
+            "let out by the offline policy"
+        );
+        // Still the last vehicle read here, but it has left: the decision only clears the journal.
+        let out = t.send(
+            30,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
         );
         assert_eq!(
             out,
             vec![
-                Output::Forget(listed.event_id),
+                Output::Forget(e.event_id),
                 Output::Count(Count::LateDecision)
             ]
         );
-        let out = t.send(
-            9,
-            Input::Decision(t.decision(unlisted.event_id, BarrierAction::Open)),
-        );
-        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
-        let _ = (unsure, noread);
     }
 
     #[test]

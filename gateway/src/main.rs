@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use parkpay_gateway::reader::cli::{bench_plates, read_plate, BenchPlatesArgs, ReadPlateArgs};
+use parkpay_gateway::reader::cli::{read_plate, ReadPlateArgs};
 use parkpay_gateway::reader::PureReader;
 use parkpay_gateway::{Gateway, GatewayConfig, Overrides};
 use parkpay_protocol::SystemClock;
@@ -28,8 +28,6 @@ enum Command {
     Run(RunArgs),
     /// Read the plate in each image file (check a camera's snapshots).
     ReadPlate(ReadPlateArgs),
-    /// Measure the plate reader on simulated scenes.
-    BenchPlates(BenchPlatesArgs),
 }
 
 /// Flags override `PARKPAY_GATEWAY_*` variables, which override the file. Secrets (password,
@@ -92,7 +90,6 @@ fn main() -> anyhow::Result<()> {
             run(args)
         }
         Command::ReadPlate(args) => read_plate(&args),
-        Command::BenchPlates(args) => bench_plates(&args),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod fleet;
 mod frames;
+mod journal;
 mod operations;
 mod scenarios;
 mod store;

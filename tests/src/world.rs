@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkpay_gateway::reader::PureReader;
+use parkpay_gateway::resend::ResendPolicy;
 use parkpay_gateway::{Gateway, GatewayHandle};
 use parkpay_protocol::{Clock, Direction, LaneId, LotId, Money, Plate, PlateColour};
 use parkpay_server::app::App;
@@ -36,6 +37,8 @@ pub struct WorldOptions {
     pub frames: Option<parkpay_sim::devices::SceneCamera>,
     /// The gateway signs its events with its own key and the server requires it.
     pub signed: bool,
+    /// The gateway's resend timer for undecided events; `None` keeps the usual 5 s to 60 s.
+    pub resend: Option<ResendPolicy>,
 }
 
 impl Default for WorldOptions {
@@ -54,6 +57,7 @@ impl Default for WorldOptions {
             decision_timeout: Duration::from_secs(20),
             frames: None,
             signed: false,
+            resend: None,
         }
     }
 }
@@ -207,6 +211,10 @@ impl World {
         if opts.signed {
             gw_config.signing_key = Some(parkpay_gateway::Secret::new(key.clone()));
         }
+        if let Some(r) = opts.resend {
+            gw_config.resend_initial = r.initial;
+            gw_config.resend_max = r.max;
+        }
         let gw = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new()))
             .await
             .expect("gateway builds");
@@ -241,6 +249,14 @@ impl World {
             .unwrap_or_else(|| panic!("no lane {lane}"))
     }
 
+    /// Takes a lane's hardware out of the world, so a car can stand at it while the world is
+    /// changed (the server stopped or started). The caller shuts it down.
+    pub fn take_rig(&mut self, lane: &str) -> LaneRig {
+        self.rigs
+            .remove(lane)
+            .unwrap_or_else(|| panic!("no lane {lane}"))
+    }
+
     pub fn app(&self) -> &App {
         &self.server.as_ref().expect("the server is running").handle
     }
@@ -270,6 +286,14 @@ impl World {
         self.api = Api::new(&http);
         self.http = http;
         self.server = Some(server);
+    }
+
+    /// Starts the server again on the same database and broker, as a new instance: with a new
+    /// MQTT session, so nothing the broker queued for the old one reaches it (as after a broker
+    /// restart without persistence).
+    pub async fn start_server_with_new_session(&mut self) {
+        self.server_config.instance = Some(format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]));
+        self.start_server().await;
     }
 
     /// Stops the server (gracefully) and starts it again on the same database and broker.

@@ -6,8 +6,8 @@
 //! - [`PureReader`] (in `pure`): colour blobs -> rectified plate -> glyph grid -> template
 //!   classification -> layout correction -> calibrated confidence. Start reading there.
 //! - `locate`: where the plate is; `glyphs`: the character models and their features.
-//! - [`cli`]: the `read-plate` and `bench-plates` subcommands, the benchmark drawing its scenes with
-//!   `parkpay-scenes`.
+//! - [`cli`]: the `read-plate` subcommand. The benchmark on rendered scenes is the simulator's
+//!   (`parkpay-sim bench-plates`): the gateway does not depend on the scenes it draws.
 
 pub mod cli;
 mod glyphs;
