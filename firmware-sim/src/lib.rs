@@ -13,7 +13,9 @@
 //! ([`api`]), enter, stay on a [`parkpay_protocol::ScaledClock`] so a day passes in minutes,
 //! leave, and pay by QR when held. Every physical fact goes into [`truth::GroundTruth`], and
 //! [`report`] holds the server's ledger against it. [`world::drive`] is the whole run, shared by
-//! the binary's `run` and `demo` commands.
+//! the binary's `run` and `demo` commands. While it runs, [`tally::Tally`] keeps live counts
+//! (cars in and out, held, exceptions), and in the demo [`observer::DecisionObserver`] times each
+//! decision from the broker, as the lanes see it.
 //!
 //! Start reading at [`rig::LaneRig::pass`], then [`traffic::run_car`] and [`report::audit`].
 

@@ -203,13 +203,13 @@ impl Progress {
             )
             .with_style(
                 ProgressStyle::with_template(
-                    "{spinner:.green} [{elapsed_precise}] [{bar:40.cyan/blue}] {pos}/{len} cars\n  {msg}",
+                    "{spinner:.green} [{elapsed_precise}] [{bar:40.cyan/blue}] {pos}/{len} cars\n  {wide_msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             ),
             None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout()).with_style(
-                ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {pos} cars  {msg}")
+                ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {pos} cars  {wide_msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             ),
         };
