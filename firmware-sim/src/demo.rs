@@ -20,7 +20,9 @@ use reqwest::Url;
 use tokio::sync::oneshot;
 
 use crate::api::example_tariff;
+use crate::observer::DecisionObserver;
 use crate::rig::LaneDeviceIds;
+use crate::tally::{Snapshot, Tally};
 use crate::{drive, FeeFn, MqttUrl, Report, SimError, WorldConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,16 +53,16 @@ pub struct DemoOptions {
     pub truth_log: Option<PathBuf>,
     /// Plain cameras sending rendered frames for the gateway to read; smart cameras when `None`.
     pub frames: Option<crate::devices::SceneCamera>,
+    /// Live counts of the run, and the decision latency measured at the lane side.
+    pub tally: Arc<Tally>,
 }
 
 /// What a finished demo run measured.
 #[derive(Debug, Clone)]
 pub struct DemoOutcome {
     pub report: Report,
-    /// Decision latency quantiles from the server's histogram, upper bucket bounds in seconds.
-    pub latency_p50: f64,
-    pub latency_p99: f64,
-    pub decisions: u64,
+    /// The live counts at the end of the run, with the exact decision latency quantiles.
+    pub tally: Snapshot,
 }
 
 /// Runs the demo. `on_ready` gets the dashboard URL as soon as the server listens.
@@ -117,6 +119,7 @@ pub async fn run_demo(
     world.no_read_rate = opts.no_read_rate;
     world.truth_log = opts.truth_log.clone();
     world.frames = opts.frames.clone();
+    world.tally = opts.tally.clone();
     let tariff: Tariff = serde_json::from_value(example_tariff())
         .map_err(|e| DemoError::Setup(format!("example tariff: {e}")))?;
     let fee: FeeFn = Arc::new(move |entry, exit| {
@@ -134,31 +137,17 @@ pub async fn run_demo(
     }));
 
     let mqtt = MqttUrl::parse(&mqtt_url)?;
+    let observer =
+        DecisionObserver::start(&mqtt, &lot, opts.tally.clone(), Duration::from_secs(10)).await?;
     let outcome = tokio::select! {
         r = drive(world, http.clone(), mqtt, clock) => Some(r?),
         _ = interrupted => None,
     };
-    let outcome = match outcome {
-        Some(report) => {
-            let metrics = reqwest::get(
-                http.join("metrics")
-                    .map_err(|e| DemoError::Setup(e.to_string()))?,
-            )
-            .await
-            .map_err(|e| DemoError::Setup(format!("reading /metrics: {e}")))?
-            .text()
-            .await
-            .map_err(|e| DemoError::Setup(format!("reading /metrics: {e}")))?;
-            let (latency_p50, latency_p99, decisions) = latency_quantiles(&metrics);
-            Some(DemoOutcome {
-                report,
-                latency_p50,
-                latency_p99,
-                decisions,
-            })
-        }
-        None => None,
-    };
+    observer.stop().await;
+    let outcome = outcome.map(|report| DemoOutcome {
+        report,
+        tally: opts.tally.snapshot(),
+    });
     let _ = stop_gateway.send(());
     let _ = gateway_task.await;
     let _ = stop_server.send(());
@@ -211,48 +200,4 @@ pub fn gateway_config(
         resend_max: Duration::from_secs(60),
         lanes,
     })
-}
-
-/// p50 and p99 of the decision-latency histogram (the upper bound of the bucket each falls in),
-/// and the number of decisions.
-pub fn latency_quantiles(metrics: &str) -> (f64, f64, u64) {
-    let mut buckets: Vec<(f64, u64)> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("parkpay_decision_latency_seconds_bucket{le=\""))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map(|b| b.1).unwrap_or(0);
-    let q = |p: f64| {
-        let want = (total as f64 * p).ceil() as u64;
-        buckets
-            .iter()
-            .find(|(_, c)| *c >= want.max(1))
-            .map(|b| b.0)
-            .unwrap_or(f64::NAN)
-    };
-    (q(0.5), q(0.99), total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantiles_come_from_cumulative_buckets() {
-        let m = "parkpay_decision_latency_seconds_bucket{le=\"0.001\"} 10\n\
-                 parkpay_decision_latency_seconds_bucket{le=\"0.002\"} 60\n\
-                 parkpay_decision_latency_seconds_bucket{le=\"0.005\"} 99\n\
-                 parkpay_decision_latency_seconds_bucket{le=\"0.01\"} 100\n\
-                 parkpay_decision_latency_seconds_bucket{le=\"+Inf\"} 100\n";
-        assert_eq!(latency_quantiles(m), (0.002, 0.005, 100));
-    }
 }

@@ -13,7 +13,9 @@
 //! ([`api`]), enter, stay on a [`parkpay_protocol::ScaledClock`] so a day passes in minutes,
 //! leave, and pay by QR when held. Every physical fact goes into [`truth::GroundTruth`], and
 //! [`report`] holds the server's ledger against it. [`world::drive`] is the whole run, shared by
-//! the binary's `run` and `demo` commands.
+//! the binary's `run` and `demo` commands. While it runs, [`tally::Tally`] keeps live counts
+//! (cars in and out, held, exceptions), and in the demo [`observer::DecisionObserver`] times each
+//! decision from the broker, as the lanes see it.
 //!
 //! Start reading at [`rig::LaneRig::pass`], then [`traffic::run_car`] and [`report::audit`].
 //! [`bench`] measures the gateway's plate reader on the scenes the simulated cameras draw.
@@ -24,9 +26,11 @@ pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod mqtt;
+pub mod observer;
 pub mod plates;
 pub mod report;
 pub mod rig;
+pub mod tally;
 pub mod traffic;
 pub mod truth;
 pub mod world;
@@ -35,5 +39,6 @@ pub use error::SimError;
 pub use mqtt::{DeviceContext, MqttUrl};
 pub use report::{Audit, FeeFn, Ledger, Mismatch, Report};
 pub use rig::{LaneConfig, LaneRig, PassageOutcome, Vehicle};
+pub use tally::{LatencySummary, Snapshot, Tally};
 pub use traffic::{DwellMix, TrafficConfig};
 pub use world::{drive, drive_audited, WorldConfig};

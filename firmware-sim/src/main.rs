@@ -1,15 +1,20 @@
 //! `parkpay-sim`: drive a parkpay server with simulated lanes and traffic, and print the report.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use parkpay_protocol::{LotId, ScaledClock};
-use parkpay_sim::demo::DemoOptions;
-use parkpay_sim::{drive, MqttUrl, WorldConfig};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use parkpay_protocol::{LotId, Money, ScaledClock};
+use parkpay_sim::demo::{DemoOptions, DemoOutcome};
+use parkpay_sim::tally::ms;
+use parkpay_sim::{drive, MqttUrl, Report, Tally, WorldConfig};
 use reqwest::Url;
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +80,10 @@ struct DemoArgs {
     /// Write ground truth as JSON lines here.
     #[arg(long)]
     truth_log: Option<PathBuf>,
+    /// Show the log here instead of the progress bar (the log otherwise goes to a file, whose
+    /// path the demo prints when it starts).
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -84,6 +93,18 @@ enum CameraKind {
 }
 
 async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
+    let log = if a.verbose {
+        log_to_terminal();
+        None
+    } else {
+        let path = std::env::temp_dir().join(format!(
+            "parkpay-demo-{}-{}.log",
+            Utc::now().format("%Y%m%d-%H%M%S"),
+            std::process::id()
+        ));
+        log_to_file(&path)?;
+        Some(path)
+    };
     let frames = match a.camera {
         CameraKind::Smart => None,
         CameraKind::Frames => {
@@ -97,6 +118,7 @@ async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
             })
         }
     };
+    let tally = Arc::new(Tally::new());
     let opts = DemoOptions {
         frames,
         cars: a.cars,
@@ -108,32 +130,199 @@ async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
         http: a.http,
         database: a.database,
         truth_log: a.truth_log,
+        tally: tally.clone(),
     };
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    // Live on a terminal; a line every few seconds in a pipe, or between the log lines.
+    let live = std::io::stdout().is_terminal() && !a.verbose;
+    let started = Instant::now();
+    let mut progress = None;
     let outcome = parkpay_sim::demo::run_demo(
         opts,
-        |url| eprintln!("parkpay demo running: dashboard {url}  (Ctrl-C to stop)"),
+        |url| {
+            println!("parkpay demo running: dashboard {url}  (Ctrl-C to stop)");
+            if let Some(path) = &log {
+                println!("log: {}  (-v shows it here instead)", path.display());
+            }
+            progress = Some(Progress::start(tally.clone(), a.cars, live));
+        },
         ctrl_c,
     )
-    .await
-    .context("the demo failed")?;
-    if let Some(o) = outcome {
-        eprintln!(
-            "decision latency over {} decisions: p50 <= {:.1} ms, p99 <= {:.1} ms",
-            o.decisions,
-            o.latency_p50 * 1000.0,
-            o.latency_p99 * 1000.0
-        );
-        println!("{}", serde_json::to_string(&o.report)?);
-        if o.report.mismatches > 0 {
-            bail!(
-                "{} cars were not treated as the tariff says",
-                o.report.mismatches
-            );
+    .await;
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let outcome = outcome.context("the demo failed")?;
+    let elapsed = started.elapsed();
+    match outcome {
+        Some(o) => {
+            print_summary(&o, elapsed, log.as_deref());
+            println!("{}", serde_json::to_string(&LedgerLine::new(&o))?);
+            if o.report.mismatches > 0 {
+                bail!(
+                    "{} cars were not treated as the tariff says",
+                    o.report.mismatches
+                );
+            }
+        }
+        None => println!("stopped after {}: {}", clock(elapsed), tally.snapshot()),
+    }
+    Ok(())
+}
+
+/// The demo's progress on the terminal: a bar (or a spinner when the run has no end) over the
+/// live summary, redrawn a few times a second; or, off a terminal, the summary every few seconds.
+struct Progress {
+    bar: Option<ProgressBar>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(tally: Arc<Tally>, cars: Option<u32>, live: bool) -> Progress {
+        let started = Instant::now();
+        if !live {
+            let ticker = tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let s = tally.snapshot();
+                    let done = match cars {
+                        Some(n) => format!("{}/{n} cars", s.done),
+                        None => format!("{} cars", s.done),
+                    };
+                    println!("[{}] {done}  {s}", clock(started.elapsed()));
+                }
+            });
+            return Progress { bar: None, ticker };
+        }
+        let bar = match cars {
+            Some(n) => ProgressBar::with_draw_target(
+                Some(u64::from(n)),
+                ProgressDrawTarget::stdout(),
+            )
+            .with_style(
+                ProgressStyle::with_template(
+                    "{spinner:.green} [{elapsed_precise}] [{bar:40.cyan/blue}] {pos}/{len} cars\n  {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout()).with_style(
+                ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {pos} cars  {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ),
+        };
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let shown = bar.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                let s = tally.snapshot();
+                shown.set_position(s.done);
+                shown.set_message(s.to_string());
+            }
+        });
+        Progress {
+            bar: Some(bar),
+            ticker,
         }
     }
+
+    fn finish(self) {
+        self.ticker.abort();
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The few lines a finished run ends with, above the JSON.
+fn print_summary(o: &DemoOutcome, elapsed: Duration, log: Option<&Path>) {
+    let (r, t) = (&o.report, &o.tally);
+    let l = &t.latency;
+    println!(
+        "{} cars in {}: {} in, {} out, {} charged ({} of {} due), {} exceptions",
+        r.cars,
+        clock(elapsed),
+        r.entries,
+        r.exits,
+        r.charged,
+        Money::cny(r.charged_fen),
+        Money::cny(r.expected_fen),
+        t.exceptions,
+    );
+    println!(
+        "decision latency at the lanes over {} decisions: p50 {}, p90 {}, p99 {}, max {}",
+        l.count,
+        ms(l.p50),
+        ms(l.p90),
+        ms(l.p99),
+        ms(l.max)
+    );
+    match (r.mismatches, log) {
+        (0, _) => println!("ledger checked against ground truth: no mismatches"),
+        (n, Some(path)) => println!(
+            "ledger checked against ground truth: {n} mismatches (reasons in {})",
+            path.display()
+        ),
+        (n, None) => println!("ledger checked against ground truth: {n} mismatches (see the log)"),
+    }
+}
+
+/// The ledger check as one JSON line, with the lane-side decision latency.
+#[derive(Serialize)]
+struct LedgerLine<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    decision_p50_ms: Option<f64>,
+    decision_p99_ms: Option<f64>,
+}
+
+impl LedgerLine<'_> {
+    fn new(o: &DemoOutcome) -> LedgerLine<'_> {
+        let millis = |d: Option<Duration>| d.map(|d| d.as_micros() as f64 / 1000.0);
+        LedgerLine {
+            report: &o.report,
+            decision_p50_ms: millis(o.tally.latency.p50),
+            decision_p99_ms: millis(o.tally.latency.p99),
+        }
+    }
+}
+
+/// `1m 05s`, or `42.3 s` under a minute.
+fn clock(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{}m {:02}s", secs / 60, secs % 60)
+    }
+}
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rumqttc=warn,rumqttd=off".into())
+}
+
+fn log_to_terminal() {
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn log_to_file(path: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("creating the log file {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .init();
     Ok(())
 }
 
@@ -191,13 +380,6 @@ impl WorldArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttc=warn,rumqttd=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(demo) => run_demo(demo).await,
@@ -210,6 +392,7 @@ async fn main() -> anyhow::Result<()> {
             mqtt,
             world,
         } => {
+            log_to_terminal();
             let mqtt = MqttUrl::parse(&mqtt).context("--mqtt")?;
             let report = drive(world.world()?, server, mqtt, world.clock()).await?;
             println!("{}", serde_json::to_string(&report)?);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parkpay_protocol::plate::match_key;
-use parkpay_protocol::{Clock, Money, PlateColour};
+use parkpay_protocol::{Clock, Direction, Money, PlateColour};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ use crate::api::{Api, SessionStatus};
 use crate::error::SimError;
 use crate::plates::PlateBook;
 use crate::rig::{LaneRig, Vehicle, Waited};
+use crate::tally::Tally;
 use crate::truth::{Fact, GroundTruth};
 
 /// What kind of stay a car makes; the tariff treats each differently.
@@ -193,10 +194,18 @@ pub struct CarContext {
     pub wallet_prefix: String,
     /// The real instant the run started; arrivals are scheduled from it.
     pub start: Instant,
+    /// Live counts for whoever watches the run.
+    pub tally: Arc<Tally>,
 }
 
 /// Registers the car's driver, then lives its plan: arrive, enter, stay, leave.
 pub async fn run_car(ctx: &CarContext, plan: &CarPlan) -> Result<(), SimError> {
+    let lived = live(ctx, plan).await;
+    ctx.tally.done();
+    lived
+}
+
+async fn live(ctx: &CarContext, plan: &CarPlan) -> Result<(), SimError> {
     // Drivers sign up just before they first drive in, not all at once: a long run plans
     // many thousands of cars, and registering them together would exhaust connections.
     tokio::time::sleep_until(ctx.start + ctx.clock.real(plan.arrives_after)).await;
@@ -257,6 +266,8 @@ async fn go_through(
         let captured_real = Instant::now();
         let mut paid = false;
         let mut opened = matches!(p.wait(lane.open_wait()).await, Waited::Opened);
+        // Counted as held until the car drives through or backs out.
+        let held = (!opened).then(|| ctx.tally.hold());
         if !opened && exiting {
             let read = p.capture().read.clone();
             let prompt = p.pay_prompt().map(str::to_string);
@@ -271,6 +282,13 @@ async fn go_through(
         } else {
             p.back_out().await?
         };
+        drop(held);
+        if outcome.opened {
+            match lane.direction() {
+                Direction::Entry => ctx.tally.entered(),
+                Direction::Exit => ctx.tally.left(),
+            }
+        }
         ctx.truth.record(Fact::Passage {
             car: plan.car,
             direction: lane.direction(),

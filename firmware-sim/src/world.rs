@@ -17,6 +17,7 @@ use crate::error::SimError;
 use crate::mqtt::{DeviceContext, MqttUrl};
 use crate::report::{audit, Audit, FeeFn, Ledger, Report};
 use crate::rig::{LaneConfig, LaneRig};
+use crate::tally::Tally;
 use crate::traffic::{plan, run_car, CarContext, TrafficConfig};
 use crate::truth::{CarTruth, GroundTruth};
 
@@ -45,6 +46,8 @@ pub struct WorldConfig {
     pub fee: Option<FeeFn>,
     /// Create the lot with the example tariff of docs/api.md if the server does not know it.
     pub create_lot: bool,
+    /// Live counts of the run (cars in and out, held, exceptions), for whoever watches it.
+    pub tally: Arc<Tally>,
 }
 
 impl std::fmt::Debug for WorldConfig {
@@ -90,6 +93,7 @@ impl WorldConfig {
             truth_log: None,
             fee: None,
             create_lot: false,
+            tally: Arc::default(),
         })
     }
 
@@ -176,6 +180,7 @@ pub async fn drive_audited(
         retries: world.traffic.retries,
         wallet_prefix: format!("sim-{}-{:x}", world.lot, world.traffic.seed),
         start: Instant::now(),
+        tally: world.tally.clone(),
     };
     tracing::info!(cars = cars.len(), "traffic starts");
     let attendant = tokio::spawn(attend(
@@ -183,6 +188,7 @@ pub async fn drive_audited(
         world.lot.to_string(),
         car_ctx.entry_lanes.clone(),
         car_ctx.exit_lanes.clone(),
+        world.tally.clone(),
     ));
     let mut running = JoinSet::new();
     for car in cars {
@@ -262,8 +268,14 @@ async fn quoted_fees(api: &Api, lot: &LotId, cars: &[CarTruth]) -> Result<FeeFn,
 
 /// The lot's attendant: watches the exception queue and, for a passage whose plate could not be
 /// read while the car still waits at the barrier, reads the plate off the car (the evidence photo)
-/// and corrects it, as staff do in a real lot.
-async fn attend(api: Api, lot: String, entries: Arc<Vec<LaneRig>>, exits: Arc<Vec<LaneRig>>) {
+/// and corrects it, as staff do in a real lot. Every exception it sees open goes into `tally`.
+async fn attend(
+    api: Api,
+    lot: String,
+    entries: Arc<Vec<LaneRig>>,
+    exits: Arc<Vec<LaneRig>>,
+    tally: Arc<Tally>,
+) {
     let mut handled = std::collections::HashSet::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -271,6 +283,7 @@ async fn attend(api: Api, lot: String, entries: Arc<Vec<LaneRig>>, exits: Arc<Ve
             continue;
         };
         for x in open {
+            tally.exception(x.id);
             // Unread and unsure plates, and exits whose read matched nobody exactly (a misread
             // is held as no entry): the attendant compares the evidence with the car.
             if handled.contains(&x.id)
