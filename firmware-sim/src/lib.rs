@@ -12,8 +12,9 @@
 //! dwell-time mix, mandates, empty wallets) and runs each one: register through the HTTP API
 //! ([`api`]), enter, stay on a [`parkpay_protocol::ScaledClock`] so a day passes in minutes,
 //! leave, and pay by QR when held. Every physical fact goes into [`truth::GroundTruth`], and
-//! [`report`] holds the server's ledger against it. [`world::drive`] is the whole run, shared by
-//! the binary's `run` and `demo` commands.
+//! [`report`] holds the server's ledger against it, pricing each true stay with
+//! [`reference_tariff`], an independent reading of the tariff rules. [`world::drive`] is the
+//! whole run, shared by the binary's `run` and `demo` commands.
 //!
 //! Start reading at [`rig::LaneRig::pass`], then [`traffic::run_car`] and [`report::audit`].
 
@@ -23,6 +24,7 @@ pub mod devices;
 pub mod error;
 pub mod mqtt;
 pub mod plates;
+pub mod reference_tariff;
 pub mod report;
 pub mod rig;
 pub mod traffic;
