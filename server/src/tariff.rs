@@ -809,7 +809,7 @@ mod tests {
         // 500 + 6600 + 24 night units (2400) = 9500 -> 4000; then 4 day units (1200).
         let mut rolling = Tariff::example_cn();
         rolling.daily_cap = Some(DailyCap {
-            amount: 4000,
+            amount: Money::cny(4000),
             basis: CapBasis::Rolling24h,
         });
         let q = priced(&rolling, e, x);

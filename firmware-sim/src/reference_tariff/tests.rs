@@ -285,7 +285,7 @@ fn arb_case() -> impl Strategy<Value = (Tariff, DateTime<Utc>, i64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     #[test]
     fn the_engine_agrees_with_the_reference((t, entry, secs) in arb_case()) {
