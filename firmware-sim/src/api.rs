@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use parkpay_protocol::{Direction, GatewayId, LaneId, Money, PlateColour};
+use parkpay_server::tariff::Tariff;
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -232,7 +233,19 @@ impl Api {
             .map(drop)
     }
 
-    /// The lot's tariff applied to one stay, in minor units.
+    /// The lot's current tariff, as the server holds it.
+    pub async fn lot_tariff(&self, lot: &str) -> Result<Tariff, SimError> {
+        #[derive(Deserialize)]
+        struct Lot {
+            tariff: Tariff,
+        }
+        let l: Lot = self
+            .call(Method::GET, &format!("/api/lots/{lot}"), &[], None)
+            .await?;
+        Ok(l.tariff)
+    }
+
+    /// The lot's tariff applied to one stay by the server, in minor units.
     pub async fn quote(
         &self,
         lot: &str,
@@ -260,6 +273,5 @@ pub struct OpenException {
 /// simulator has to create its lot.
 pub fn example_tariff() -> serde_json::Value {
     // A plain struct of numbers and strings: serialising it cannot fail.
-    serde_json::to_value(parkpay_server::tariff::Tariff::example_cn())
-        .expect("a tariff serialises to JSON")
+    serde_json::to_value(Tariff::example_cn()).expect("a tariff serialises to JSON")
 }

@@ -14,13 +14,14 @@ use parkpay_gateway::{
 };
 use parkpay_protocol::{Clock, Direction, GatewayId, LaneId, LotId, ScaledClock};
 use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
-use parkpay_server::tariff::{quote, Tariff};
+use parkpay_server::tariff::Tariff;
 use parkpay_server::{Server, ServerConfig, ServerError};
 use reqwest::Url;
 use tokio::sync::oneshot;
 
 use crate::api::example_tariff;
 use crate::observer::DecisionObserver;
+use crate::reference_tariff;
 use crate::rig::LaneDeviceIds;
 use crate::tally::{Snapshot, Tally};
 use crate::{drive, FeeFn, MqttUrl, Report, SimError, WorldConfig};
@@ -122,12 +123,9 @@ pub async fn run_demo(
     world.tally = opts.tally.clone();
     let tariff: Tariff = serde_json::from_value(example_tariff())
         .map_err(|e| DemoError::Setup(format!("example tariff: {e}")))?;
-    let fee: FeeFn = Arc::new(move |entry, exit| {
-        quote(&tariff, entry, exit)
-            .map(|q| q.total.minor)
-            .unwrap_or(0)
-    });
-    world.fee = Some(fee);
+    // Ground truth is priced by the reference reading of the tariff, not by the server's engine,
+    // so the report's mismatches also catch a pricing bug.
+    world.fee = Some(reference_tariff::fee_fn(tariff));
 
     let gw_config = gateway_config(&lot, &world.lanes, &mqtt_url, dir.path().join("journal"))?;
     let gateway = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new())).await?;

@@ -12,10 +12,11 @@
 //! dwell-time mix, mandates, empty wallets) and runs each one: register through the HTTP API
 //! ([`api`]), enter, stay on a [`parkpay_protocol::ScaledClock`] so a day passes in minutes,
 //! leave, and pay by QR when held. Every physical fact goes into [`truth::GroundTruth`], and
-//! [`report`] holds the server's ledger against it. [`world::drive`] is the whole run, shared by
-//! the binary's `run` and `demo` commands. While it runs, [`tally::Tally`] keeps live counts
-//! (cars in and out, held, exceptions), and in the demo [`observer::DecisionObserver`] times each
-//! decision from the broker, as the lanes see it.
+//! [`report`] holds the server's ledger against it, pricing each true stay with
+//! [`reference_tariff`], an independent reading of the tariff rules. [`world::drive`] is the
+//! whole run, shared by the binary's `run` and `demo` commands. While it runs, [`tally::Tally`]
+//! keeps live counts (cars in and out, held, exceptions), and in the demo
+//! [`observer::DecisionObserver`] times each decision from the broker, as the lanes see it.
 //!
 //! Start reading at [`rig::LaneRig::pass`], then [`traffic::run_car`] and [`report::audit`].
 //! [`bench`] measures the gateway's plate reader on the scenes the simulated cameras draw.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod mqtt;
 pub mod observer;
 pub mod plates;
+pub mod reference_tariff;
 pub mod report;
 pub mod rig;
 pub mod tally;

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::api::{Charge, ChargeStatus, Session, SessionStatus};
 use crate::truth::CarTruth;
 
-/// The tariff's quote for a stay (entry, exit), in fen. Injected, so the simulator does not
-/// depend on the server's tariff engine.
+/// The tariff's fee for a stay (entry, exit), in fen. Injected, so a run prices ground truth
+/// independently of the server (normally with [`crate::reference_tariff::fee`]).
 pub type FeeFn = Arc<dyn Fn(DateTime<Utc>, DateTime<Utc>) -> i64 + Send + Sync>;
 
 /// What the server wrote down, as fetched through its API.

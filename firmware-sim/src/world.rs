@@ -1,11 +1,9 @@
 //! A whole run: a lot's lanes, the traffic through them, and the report at the end.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use parkpay_protocol::{Clock, Direction, LaneId, LotId};
 use reqwest::Url;
 use tokio::task::JoinSet;
@@ -15,11 +13,12 @@ use crate::api::{example_tariff, Api, Charge};
 use crate::devices::{ArmConfig, CameraConfig, CameraMode};
 use crate::error::SimError;
 use crate::mqtt::{DeviceContext, MqttUrl};
+use crate::reference_tariff;
 use crate::report::{audit, Audit, FeeFn, Ledger, Report};
 use crate::rig::{LaneConfig, LaneRig};
 use crate::tally::Tally;
 use crate::traffic::{plan, run_car, CarContext, TrafficConfig};
-use crate::truth::{CarTruth, GroundTruth};
+use crate::truth::GroundTruth;
 
 /// Everything about the simulated world of one run.
 #[derive(Clone)]
@@ -41,8 +40,8 @@ pub struct WorldConfig {
     pub settle_wait: Duration,
     /// Also write ground truth as JSON lines to this file.
     pub truth_log: Option<PathBuf>,
-    /// The tariff's quote in fen. Without one, stays are quoted by the server's tariff preview
-    /// (which then only checks the ledger against the server's own tariff).
+    /// The fee of a stay in fen. Without one, stays are priced by [`reference_tariff::fee`] with
+    /// the lot's tariff as the server holds it, never by the server's own engine.
     pub fee: Option<FeeFn>,
     /// Create the lot with the example tariff of docs/api.md if the server does not know it.
     pub create_lot: bool,
@@ -211,7 +210,10 @@ pub async fn drive_audited(
     let cars = truth.cars();
     let fee = match world.fee.clone() {
         Some(fee) => fee,
-        None => quoted_fees(&api, &world.lot, &cars).await?,
+        None => {
+            let tariff = api.lot_tariff(world.lot.as_str()).await?;
+            reference_tariff::fee_fn(tariff)
+        }
     };
     let audit = audit(&cars, &ledger, &fee);
     shutdown(car_ctx).await;
@@ -250,20 +252,6 @@ async fn settled_ledger(api: &Api, lot: &LotId, wait: Duration) -> Result<Ledger
     };
     let sessions = api.sessions(Some(lot.as_str()), None, None).await?;
     Ok(Ledger { sessions, charges })
-}
-
-/// A fee function answering from the server's tariff preview, quoted for every stay up front.
-async fn quoted_fees(api: &Api, lot: &LotId, cars: &[CarTruth]) -> Result<FeeFn, SimError> {
-    let mut quotes: HashMap<(DateTime<Utc>, DateTime<Utc>), i64> = HashMap::new();
-    for car in cars {
-        if let (Some(a), Some(b)) = (car.entry_at, car.exit_at) {
-            quotes.insert((a, b), api.quote(lot.as_str(), a, b).await?);
-        }
-    }
-    // Only ground-truth stays are ever asked for, and every one of them was quoted above.
-    Ok(Arc::new(move |a, b| {
-        quotes.get(&(a, b)).copied().unwrap_or(0)
-    }))
 }
 
 /// The lot's attendant: watches the exception queue and, for a passage whose plate could not be

@@ -19,7 +19,9 @@
 //!    minimum charge (never above the stay cap).
 //!
 //! Every adjustment is a line of its own, so the lines of a quote always add up to its total.
-//! Start reading at [`quote`].
+//! docs/tariffs.md is the full specification, with worked examples that a test checks against
+//! this engine; the simulator prices ground truth with its own naive reading of the same rules
+//! (`parkpay_sim::reference_tariff`). Start reading at [`quote`].
 
 use std::fmt;
 
@@ -35,7 +37,12 @@ const MINUTES_PER_DAY: u16 = 1440;
 /// spin: a million units is 28 years of 15-minute units, or two years of 1-minute ones.
 pub const MAX_UNITS: u64 = 1_000_000;
 
-/// A lot's pricing rules. Amounts are minor units (fen) of `currency`.
+/// The highest price a tariff may state, in minor units: 1 million yuan. With at most
+/// [`MAX_UNITS`] units a stay, no quote's sum can come near `i64::MAX`.
+pub const MAX_PRICE_MINOR: i64 = 100_000_000;
+
+/// A lot's pricing rules. Every price is a [`Money`] in `currency`; the engine computes in its
+/// integer minor units (fen).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tariff {
@@ -56,10 +63,10 @@ pub struct Tariff {
     pub daily_cap: Option<DailyCap>,
     /// The most one stay can cost, whatever its length.
     #[serde(default)]
-    pub stay_cap: Option<i64>,
+    pub stay_cap: Option<Money>,
     /// What a chargeable stay costs at least; free stays stay free.
     #[serde(default)]
-    pub minimum_charge: i64,
+    pub minimum_charge: Option<Money>,
 }
 
 /// The first `minutes` of a chargeable stay cost a flat `price`, however short the stay.
@@ -67,7 +74,7 @@ pub struct Tariff {
 #[serde(deny_unknown_fields)]
 pub struct FirstPeriod {
     pub minutes: u32,
-    pub price: i64,
+    pub price: Money,
 }
 
 /// A time-of-day band `[start, end)` on the lot's wall clock. It wraps midnight when `end` is not
@@ -80,13 +87,13 @@ pub struct Band {
     pub name: Option<String>,
     pub start: TimeOfDay,
     pub end: TimeOfDay,
-    pub unit_price: i64,
+    pub unit_price: Money,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DailyCap {
-    pub amount: i64,
+    pub amount: Money,
     pub basis: CapBasis,
 }
 
@@ -259,34 +266,63 @@ impl Tariff {
             unit_minutes: 30,
             first_period: Some(FirstPeriod {
                 minutes: 60,
-                price: 500,
+                price: Money::cny(500),
             }),
             bands: vec![
                 Band {
                     name: Some("day".into()),
                     start: TimeOfDay(8 * 60),
                     end: TimeOfDay(20 * 60),
-                    unit_price: 300,
+                    unit_price: Money::cny(300),
                 },
                 Band {
                     name: Some("night".into()),
                     start: TimeOfDay(20 * 60),
                     end: TimeOfDay(8 * 60),
-                    unit_price: 100,
+                    unit_price: Money::cny(100),
                 },
             ],
             daily_cap: Some(DailyCap {
-                amount: 4000,
+                amount: Money::cny(4000),
                 basis: CapBasis::Calendar,
             }),
             stay_cap: None,
-            minimum_charge: 0,
+            minimum_charge: None,
         }
     }
 
     /// Checks the tariff; the error names the first bad field found.
     pub fn validate(&self) -> Result<(), TariffError> {
         self.band_table().map(|_| ())
+    }
+
+    /// A price must be in the tariff's currency and within `0..=MAX_PRICE_MINOR`.
+    fn check_price(&self, field: &str, price: Money) -> Result<(), TariffError> {
+        if price.currency != self.currency {
+            return Err(invalid(
+                field,
+                format!(
+                    "currency {} differs from the tariff's {}",
+                    price.currency.as_str(),
+                    self.currency.as_str()
+                ),
+            ));
+        }
+        if price.minor < 0 {
+            return Err(invalid(field, "must be >= 0"));
+        }
+        if price.minor > MAX_PRICE_MINOR {
+            return Err(invalid(
+                field,
+                format!("must be at most {MAX_PRICE_MINOR} minor units"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The stay cap in minor units, `i64::MAX` when there is none.
+    fn stay_cap_minor(&self) -> i64 {
+        self.stay_cap.map_or(i64::MAX, |c| c.minor)
     }
 
     /// Validates, and returns for each minute of the day the index of the band covering it, which
@@ -299,20 +335,16 @@ impl Tariff {
             if fp.minutes == 0 {
                 return Err(invalid("first_period.minutes", "must be > 0"));
             }
-            if fp.price < 0 {
-                return Err(invalid("first_period.price", "must be >= 0"));
-            }
+            self.check_price("first_period.price", fp.price)?;
         }
         if let Some(cap) = &self.daily_cap {
-            if cap.amount < 0 {
-                return Err(invalid("daily_cap.amount", "must be >= 0"));
-            }
+            self.check_price("daily_cap.amount", cap.amount)?;
         }
-        if matches!(self.stay_cap, Some(cap) if cap < 0) {
-            return Err(invalid("stay_cap", "must be >= 0"));
+        if let Some(cap) = self.stay_cap {
+            self.check_price("stay_cap", cap)?;
         }
-        if self.minimum_charge < 0 {
-            return Err(invalid("minimum_charge", "must be >= 0"));
+        if let Some(min) = self.minimum_charge {
+            self.check_price("minimum_charge", min)?;
         }
         if self.bands.is_empty() {
             return Err(invalid("bands", "at least one band must cover the day"));
@@ -325,9 +357,7 @@ impl Tariff {
         const UNSET: u16 = u16::MAX;
         let mut table = vec![UNSET; usize::from(MINUTES_PER_DAY)];
         for (i, band) in self.bands.iter().enumerate() {
-            if band.unit_price < 0 {
-                return Err(invalid(format!("bands[{i}].unit_price"), "must be >= 0"));
-            }
+            self.check_price(&format!("bands[{i}].unit_price"), band.unit_price)?;
             for m in band.minutes() {
                 let slot = &mut table[usize::from(m)];
                 if *slot != UNSET {
@@ -356,6 +386,41 @@ impl Tariff {
         }
         Ok(table)
     }
+}
+
+/// Reads a tariff as stored by the database. Tariffs stored before prices became Money objects
+/// hold bare integers of minor units; those are read as Money in the tariff's currency (a bare
+/// `minimum_charge` of 0 meant none). The HTTP API itself accepts only the Money shape.
+pub fn from_stored_json(text: &str) -> Result<Tariff, serde_json::Error> {
+    use serde_json::Value;
+    fn wrap(price: Option<&mut Value>, currency: &Value) {
+        if let Some(price) = price {
+            if let Some(minor) = price.as_i64() {
+                *price = serde_json::json!({ "minor": minor, "currency": currency });
+            }
+        }
+    }
+    let mut v: Value = serde_json::from_str(text)?;
+    if let Some(obj) = v.as_object_mut() {
+        let currency = obj.get("currency").cloned().unwrap_or(Value::Null);
+        if obj.get("minimum_charge").and_then(Value::as_i64) == Some(0) {
+            obj.insert("minimum_charge".into(), Value::Null);
+        }
+        wrap(obj.get_mut("stay_cap"), &currency);
+        wrap(obj.get_mut("minimum_charge"), &currency);
+        if let Some(fp) = obj.get_mut("first_period") {
+            wrap(fp.get_mut("price"), &currency);
+        }
+        if let Some(cap) = obj.get_mut("daily_cap") {
+            wrap(cap.get_mut("amount"), &currency);
+        }
+        if let Some(bands) = obj.get_mut("bands").and_then(Value::as_array_mut) {
+            for band in bands {
+                wrap(band.get_mut("unit_price"), &currency);
+            }
+        }
+    }
+    serde_json::from_value(v)
 }
 
 /// Which daily-cap window a unit falls in. Lines are also grouped per calendar day when the tariff
@@ -427,8 +492,8 @@ pub fn quote(
                 from: entry,
                 to: fp_end.min(exit),
                 units: 1,
-                unit_price: money(fp.price),
-                amount: money(fp.price),
+                unit_price: money(fp.price.minor),
+                amount: money(fp.price.minor),
             }],
             last_band: None,
         });
@@ -467,7 +532,7 @@ pub fn quote(
                 line.amount.minor = line
                     .amount
                     .minor
-                    .checked_add(band.unit_price)
+                    .checked_add(band.unit_price.minor)
                     .ok_or(TariffError::Overflow)?;
                 line.to = to;
             }
@@ -477,8 +542,8 @@ pub fn quote(
                     from: start,
                     to,
                     units: 1,
-                    unit_price: money(band.unit_price),
-                    amount: money(band.unit_price),
+                    unit_price: money(band.unit_price.minor),
+                    amount: money(band.unit_price.minor),
                 };
                 match windows.last_mut() {
                     Some(w) if w.key == key => {
@@ -508,12 +573,13 @@ pub fn quote(
         };
         lines.extend(w.lines);
         let mut window_total = sum;
-        if let Some(cap) = tariff.daily_cap {
-            if sum > cap.amount {
+        if let Some(cap) = tariff.daily_cap.map(|c| c.amount.minor) {
+            if sum > cap {
                 let label = format!("daily cap {}", window_label(w.key, entry, tariff.time_zone));
-                lines.push(adjustment(&label, from, to, cap.amount - sum, currency));
+                let cut = cap.checked_sub(sum).ok_or(TariffError::Overflow)?;
+                lines.push(adjustment(&label, from, to, cut, currency));
                 caps_applied.push(label);
-                window_total = cap.amount;
+                window_total = cap;
             }
         }
         total = total
@@ -521,24 +587,21 @@ pub fn quote(
             .ok_or(TariffError::Overflow)?;
     }
 
-    if let Some(cap) = tariff.stay_cap {
+    if let Some(cap) = tariff.stay_cap.map(|c| c.minor) {
         if total > cap {
-            lines.push(adjustment("stay cap", entry, exit, cap - total, currency));
+            let cut = cap.checked_sub(total).ok_or(TariffError::Overflow)?;
+            lines.push(adjustment("stay cap", entry, exit, cut, currency));
             caps_applied.push("stay cap".into());
             total = cap;
         }
     }
     let floor = tariff
         .minimum_charge
-        .min(tariff.stay_cap.unwrap_or(i64::MAX));
+        .map_or(0, |m| m.minor)
+        .min(tariff.stay_cap_minor());
     if total < floor {
-        lines.push(adjustment(
-            "minimum charge",
-            entry,
-            exit,
-            floor - total,
-            currency,
-        ));
+        let raise = floor.checked_sub(total).ok_or(TariffError::Overflow)?;
+        lines.push(adjustment("minimum charge", entry, exit, raise, currency));
         caps_applied.push("minimum charge".into());
         total = floor;
     }
@@ -746,7 +809,7 @@ mod tests {
         // 500 + 6600 + 24 night units (2400) = 9500 -> 4000; then 4 day units (1200).
         let mut rolling = Tariff::example_cn();
         rolling.daily_cap = Some(DailyCap {
-            amount: 4000,
+            amount: Money::cny(4000),
             basis: CapBasis::Rolling24h,
         });
         let q = priced(&rolling, e, x);
@@ -784,7 +847,7 @@ mod tests {
     #[test]
     fn stay_cap_limits_the_total_after_daily_caps() {
         let mut t = Tariff::example_cn();
-        t.stay_cap = Some(10_000);
+        t.stay_cap = Some(Money::cny(10_000));
         let q = priced(&t, sh("2026-11-23 10:00"), sh("2026-11-30 10:00"));
         assert_eq!(q.total, Money::cny(10_000));
         assert_eq!(q.caps_applied.last().map(String::as_str), Some("stay cap"));
@@ -803,7 +866,7 @@ mod tests {
     fn minimum_charge_raises_a_small_fee_but_not_above_the_stay_cap() {
         let mut t = Tariff::example_cn();
         t.first_period = None;
-        t.minimum_charge = 500;
+        t.minimum_charge = Some(Money::cny(500));
         // One day unit (300), raised to 500.
         let q = priced(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:20"));
         assert_eq!(q.total, Money::cny(500));
@@ -818,8 +881,12 @@ mod tests {
         // Grace still wins over the minimum.
         assert_eq!(fee(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:10")), 0);
 
-        t.stay_cap = Some(400);
+        t.stay_cap = Some(Money::cny(400));
         assert_eq!(fee(&t, sh("2026-11-25 10:00"), sh("2026-11-25 10:20")), 400);
+    }
+
+    fn eur(cents: i64) -> Money {
+        Money::new(cents, Currency::EUR)
     }
 
     fn berlin() -> Tariff {
@@ -834,21 +901,21 @@ mod tests {
                     name: Some("day".into()),
                     start: TimeOfDay(8 * 60),
                     end: TimeOfDay(20 * 60),
-                    unit_price: 200,
+                    unit_price: eur(200),
                 },
                 Band {
                     name: Some("night".into()),
                     start: TimeOfDay(20 * 60),
                     end: TimeOfDay(8 * 60),
-                    unit_price: 100,
+                    unit_price: eur(100),
                 },
             ],
             daily_cap: Some(DailyCap {
-                amount: 1000,
+                amount: eur(1000),
                 basis: CapBasis::Calendar,
             }),
             stay_cap: None,
-            minimum_charge: 0,
+            minimum_charge: None,
         }
     }
 
@@ -913,21 +980,70 @@ mod tests {
             "bands: at least one band must cover the day"
         );
         assert_eq!(
-            err(&|t| t.bands[0].unit_price = -1),
+            err(&|t| t.bands[0].unit_price = Money::cny(-1)),
             "bands[0].unit_price: must be >= 0"
         );
         assert_eq!(
             err(&|t| t.first_period = Some(FirstPeriod {
                 minutes: 0,
-                price: 500
+                price: Money::cny(500)
             })),
             "first_period.minutes: must be > 0"
         );
-        assert_eq!(err(&|t| t.stay_cap = Some(-5)), "stay_cap: must be >= 0");
         assert_eq!(
-            err(&|t| t.minimum_charge = -5),
+            err(&|t| t.stay_cap = Some(Money::cny(-5))),
+            "stay_cap: must be >= 0"
+        );
+        assert_eq!(
+            err(&|t| t.minimum_charge = Some(Money::cny(-5))),
             "minimum_charge: must be >= 0"
         );
+        // Every price is in the tariff's currency, and the error names the field.
+        assert_eq!(
+            err(&|t| t.bands[1].unit_price = eur(100)),
+            "bands[1].unit_price: currency EUR differs from the tariff's CNY"
+        );
+        assert_eq!(
+            err(&|t| t.first_period = Some(FirstPeriod {
+                minutes: 60,
+                price: eur(500)
+            })),
+            "first_period.price: currency EUR differs from the tariff's CNY"
+        );
+        assert_eq!(
+            err(&|t| t.daily_cap = Some(DailyCap {
+                amount: eur(4000),
+                basis: CapBasis::Calendar
+            })),
+            "daily_cap.amount: currency EUR differs from the tariff's CNY"
+        );
+        assert_eq!(
+            err(&|t| t.stay_cap = Some(eur(10_000))),
+            "stay_cap: currency EUR differs from the tariff's CNY"
+        );
+        assert_eq!(
+            err(&|t| t.minimum_charge = Some(eur(100))),
+            "minimum_charge: currency EUR differs from the tariff's CNY"
+        );
+        // Prices above a million yuan are refused, so no quote can overflow.
+        assert_eq!(
+            err(&|t| t.bands[0].unit_price = Money::cny(MAX_PRICE_MINOR + 1)),
+            "bands[0].unit_price: must be at most 100000000 minor units"
+        );
+        assert_eq!(
+            err(&|t| t.daily_cap = Some(DailyCap {
+                amount: Money::cny(i64::MAX),
+                basis: CapBasis::Rolling24h
+            })),
+            "daily_cap.amount: must be at most 100000000 minor units"
+        );
+        assert_eq!(
+            err(&|t| t.minimum_charge = Some(Money::cny(MAX_PRICE_MINOR + 1))),
+            "minimum_charge: must be at most 100000000 minor units"
+        );
+        let mut at_limit = Tariff::example_cn();
+        at_limit.bands[0].unit_price = Money::cny(MAX_PRICE_MINOR);
+        assert_eq!(at_limit.validate(), Ok(()));
 
         // An invalid tariff is refused by quote too, instead of looping or dividing by zero.
         let mut t = Tariff::example_cn();
@@ -945,7 +1061,7 @@ mod tests {
             name: None,
             start: TimeOfDay(0),
             end: TimeOfDay(MINUTES_PER_DAY),
-            unit_price: 200,
+            unit_price: Money::cny(200),
         }];
         assert_eq!(t.validate(), Ok(()));
         let q = priced(&t, sh("2026-11-25 10:00"), sh("2026-11-25 12:00"));
@@ -984,15 +1100,36 @@ mod tests {
         let entry = exit - TimeDelta::minutes(20);
         assert_eq!(quote(&t, entry, exit), Err(TariffError::Overflow));
 
+        // The price that used to be accepted and then failed every exit is now refused up front.
         let mut t = Tariff::example_cn();
         t.daily_cap = None;
         for b in &mut t.bands {
-            b.unit_price = i64::MAX / 2;
+            b.unit_price = Money::cny(4_611_686_018_427_387_904);
         }
-        assert_eq!(
+        assert!(matches!(
             quote(&t, sh("2026-11-25 10:00"), sh("2026-11-25 13:00")),
-            Err(TariffError::Overflow)
-        );
+            Err(TariffError::Invalid { field, .. }) if field == "bands[0].unit_price"
+        ));
+    }
+
+    #[test]
+    fn the_dearest_valid_tariff_prices_the_longest_stay_without_overflow() {
+        let mut t = Tariff::example_cn();
+        let max = Money::cny(MAX_PRICE_MINOR);
+        t.unit_minutes = 1;
+        t.first_period = Some(FirstPeriod {
+            minutes: 1,
+            price: max,
+        });
+        t.daily_cap = None;
+        for b in &mut t.bands {
+            b.unit_price = max;
+        }
+        let entry = sh("2026-01-01 00:00");
+        let units = i64::try_from(MAX_UNITS).expect("fits");
+        let q = priced(&t, entry, entry + TimeDelta::minutes(1 + units));
+        assert_eq!(q.total, Money::cny(MAX_PRICE_MINOR * (units + 1)));
+        assert_lines_sum(&q);
     }
 
     #[test]
@@ -1012,14 +1149,14 @@ mod tests {
           "time_zone": "Asia/Shanghai",
           "grace_minutes": 15,
           "unit_minutes": 30,
-          "first_period": {"minutes": 60, "price": 500},
+          "first_period": {"minutes": 60, "price": {"minor": 500, "currency": "CNY"}},
           "bands": [
-            {"start": "08:00", "end": "20:00", "unit_price": 300},
-            {"start": "20:00", "end": "08:00", "unit_price": 100}
+            {"start": "08:00", "end": "20:00", "unit_price": {"minor": 300, "currency": "CNY"}},
+            {"start": "20:00", "end": "08:00", "unit_price": {"minor": 100, "currency": "CNY"}}
           ],
-          "daily_cap": {"amount": 4000, "basis": "calendar"},
+          "daily_cap": {"amount": {"minor": 4000, "currency": "CNY"}, "basis": "calendar"},
           "stay_cap": null,
-          "minimum_charge": 0
+          "minimum_charge": null
         }"#;
         let parsed: Tariff = serde_json::from_str(json).expect("the documented tariff parses");
         let mut expected = Tariff::example_cn();
@@ -1038,6 +1175,20 @@ mod tests {
         let e = serde_json::from_str::<Tariff>(&bad_zone).expect_err("unknown zone");
         assert!(e.to_string().contains("time_zone"), "{e}");
         assert!(serde_json::from_str::<Tariff>(&json.replace("08:00", "8am")).is_err());
+        // Prices are Money objects; a bare number is refused.
+        let bare = json.replace(r#""stay_cap": null"#, r#""stay_cap": 10000"#);
+        assert!(serde_json::from_str::<Tariff>(&bare).is_err());
+        let capped = json.replace(
+            r#""stay_cap": null"#,
+            r#""stay_cap": {"minor": 10000, "currency": "CNY"}"#,
+        );
+        let capped: Tariff = serde_json::from_str(&capped).expect("a Money stay cap parses");
+        assert_eq!(capped.stay_cap, Some(Money::cny(10_000)));
+        let v = serde_json::to_value(&capped).expect("serialisable");
+        assert_eq!(
+            v["bands"][0]["unit_price"],
+            serde_json::json!({"minor": 300, "currency": "CNY"})
+        );
 
         let q = priced(&parsed, sh("2026-11-25 18:00"), sh("2026-11-25 21:00"));
         let v = serde_json::to_value(&q).expect("a quote serialises");
@@ -1052,6 +1203,29 @@ mod tests {
         assert_eq!(v["lines"][1]["units"], 2);
         assert_eq!(v["lines"][1]["unit_price"]["minor"], 300);
         assert_eq!(v["caps_applied"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn tariffs_stored_with_bare_prices_are_read_as_money() {
+        let old = r#"{"currency":"CNY","time_zone":"Asia/Shanghai","grace_minutes":15,
+            "unit_minutes":30,"first_period":{"minutes":60,"price":500},
+            "bands":[{"name":"day","start":"08:00","end":"20:00","unit_price":300},
+                     {"name":"night","start":"20:00","end":"08:00","unit_price":100}],
+            "daily_cap":{"amount":4000,"basis":"calendar"},"stay_cap":null,"minimum_charge":0}"#;
+        assert_eq!(
+            from_stored_json(old).expect("old shape"),
+            Tariff::example_cn()
+        );
+        let capped = old
+            .replace(r#""stay_cap":null"#, r#""stay_cap":9000"#)
+            .replace(r#""minimum_charge":0"#, r#""minimum_charge":300"#);
+        let t = from_stored_json(&capped).expect("old shape with caps");
+        assert_eq!(t.stay_cap, Some(Money::cny(9000)));
+        assert_eq!(t.minimum_charge, Some(Money::cny(300)));
+        let new = serde_json::to_string(&t).expect("serialisable");
+        assert_eq!(from_stored_json(&new).expect("new shape"), t);
+        // The API's own decoder stays strict.
+        assert!(serde_json::from_str::<Tariff>(old).is_err());
     }
 
     const ZONES: &[Tz] = &[
@@ -1071,7 +1245,7 @@ mod tests {
                     name: None,
                     start: TimeOfDay(cuts[i]),
                     end: TimeOfDay(cuts[(i + 1) % cuts.len()]),
-                    unit_price: prices[i],
+                    unit_price: Money::cny(prices[i]),
                 })
                 .collect()
         }
@@ -1086,21 +1260,22 @@ mod tests {
             bands in arb_bands(),
             daily_cap in prop::option::of((0i64..10_000, any::<bool>())),
             stay_cap in prop::option::of(0i64..50_000),
-            minimum_charge in prop::sample::select(vec![0i64, 0, 300, 5000]),
+            minimum_charge in prop::sample::select(vec![None, Some(0i64), Some(300), Some(5000)]),
         ) -> Tariff {
             Tariff {
                 currency: Currency::CNY,
                 time_zone: ZONES[zone],
                 grace_minutes,
                 unit_minutes,
-                first_period: first_period.map(|(minutes, price)| FirstPeriod { minutes, price }),
+                first_period: first_period
+                    .map(|(minutes, price)| FirstPeriod { minutes, price: Money::cny(price) }),
                 bands,
                 daily_cap: daily_cap.map(|(amount, rolling)| DailyCap {
-                    amount,
+                    amount: Money::cny(amount),
                     basis: if rolling { CapBasis::Rolling24h } else { CapBasis::Calendar },
                 }),
-                stay_cap,
-                minimum_charge,
+                stay_cap: stay_cap.map(Money::cny),
+                minimum_charge: minimum_charge.map(Money::cny),
             }
         }
     }
@@ -1155,13 +1330,13 @@ mod tests {
                 prop_assert!(l.from < l.to);
             }
             if let Some(cap) = t.stay_cap {
-                prop_assert!(total <= cap);
+                prop_assert!(total <= cap.minor);
             }
             if let Some(cap) = t.daily_cap {
                 // The first period sits in the first window and is capped with it, so the bound
                 // needs no first-period term; only the minimum charge can lift a fee above it.
-                let floor = t.minimum_charge.min(t.stay_cap.unwrap_or(i64::MAX));
-                let bound = (windows_touched(&t, entry, exit) * cap.amount).max(floor);
+                let floor = t.minimum_charge.map_or(0, |m| m.minor).min(t.stay_cap_minor());
+                let bound = (windows_touched(&t, entry, exit) * cap.amount.minor).max(floor);
                 prop_assert!(total <= bound, "{} > {}", total, bound);
             }
             let within_grace = secs <= i64::from(t.grace_minutes) * 60;

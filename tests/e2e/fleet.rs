@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkpay_protocol::ScaledClock;
-use parkpay_server::tariff::{quote, Tariff};
+use parkpay_server::tariff::Tariff;
 use parkpay_sim::mqtt::MqttUrl;
+use parkpay_sim::reference_tariff;
 use parkpay_sim::report::FeeFn;
 use parkpay_sim::world::{drive_audited, WorldConfig};
 use parkpay_tests::world::{World, WorldOptions};
@@ -29,12 +30,9 @@ async fn two_hundred_cars_with_mandates_are_each_charged_once_and_exactly() {
     .await;
 
     let tariff: Tariff = serde_json::from_value(parkpay_sim::api::example_tariff()).unwrap();
-    // The expected fee comes from the tariff applied to ground truth, never from the server.
-    let fee: FeeFn = Arc::new(move |entry, exit| {
-        quote(&tariff, entry, exit)
-            .map(|q| q.total.minor)
-            .unwrap_or(0)
-    });
+    // The expected fee comes from the reference tariff applied to ground truth, never from the
+    // server or its engine.
+    let fee: FeeFn = reference_tariff::fee_fn(tariff);
     let mut world = WorldConfig::four_lanes(w.lot.clone()).unwrap();
     world.traffic.cars = 200;
     world.traffic.seed = 7;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parkpay_protocol::ManualClock;
-use parkpay_server::tariff::{quote, Tariff};
+use parkpay_server::tariff::Tariff;
 use parkpay_sim::devices::SceneCamera;
+use parkpay_sim::reference_tariff;
 use parkpay_tests::eventually;
 use parkpay_tests::world::{World, WorldOptions};
 
@@ -38,10 +39,8 @@ async fn a_car_read_from_camera_frames_is_charged_for_its_stay() {
     assert!(exit.opened, "and again at the exit");
 
     let tariff: Tariff = serde_json::from_value(parkpay_sim::api::example_tariff()).unwrap();
-    let expected = quote(&tariff, entry.capture.captured_at, exit.capture.captured_at)
-        .unwrap()
-        .total
-        .minor;
+    let expected =
+        reference_tariff::fee(&tariff, entry.capture.captured_at, exit.capture.captured_at);
     let lot = w.lot.to_string();
     let charge = eventually("the deduction to succeed", WAIT, || async {
         let sessions = w.get_json(&format!("/api/sessions?lot={lot}")).await;

@@ -146,7 +146,8 @@ async fn bad_http_requests_get_a_4xx_with_a_message() {
 
     let bad_tariff = json!({"id": "lot-x", "name": "X", "capacity": 10, "tariff": {
         "currency": "CNY", "time_zone": "Asia/Shanghai", "unit_minutes": 0,
-        "bands": [{"start": "00:00", "end": "00:00", "unit_price": 100}]}});
+        "bands": [{"start": "00:00", "end": "00:00",
+                   "unit_price": {"minor": 100, "currency": "CNY"}}]}});
     let r = post("/api/lots", bad_tariff).await.unwrap();
     assert_eq!(r.status().as_u16(), 422);
     let body: Value = r.json().await.unwrap();
@@ -154,6 +155,29 @@ async fn bad_http_requests_get_a_4xx_with_a_message() {
         body["message"].as_str().unwrap().contains("unit_minutes"),
         "{body}"
     );
+
+    // Prices are Money in the tariff's currency and at most a million yuan; the field is named.
+    let tariff = |price: Value| {
+        json!({"id": "lot-y", "name": "Y", "capacity": 10, "tariff": {
+            "currency": "CNY", "time_zone": "Asia/Shanghai", "unit_minutes": 30,
+            "bands": [{"start": "00:00", "end": "00:00", "unit_price": price}]}})
+    };
+    for (price, says) in [
+        (json!(100), "unit_price"),
+        (
+            json!({"minor": 100, "currency": "EUR"}),
+            "bands[0].unit_price: currency EUR",
+        ),
+        (
+            json!({"minor": 4_611_686_018_427_387_904_i64, "currency": "CNY"}),
+            "bands[0].unit_price: must be at most",
+        ),
+    ] {
+        let r = post("/api/lots", tariff(price)).await.unwrap();
+        assert_eq!(r.status().as_u16(), 422);
+        let body: Value = r.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains(says), "{body}");
+    }
 
     let r = w
         .client

@@ -111,7 +111,8 @@ macro_rules! backend {
                     id: LotId::parse(r.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     name: r.try_get("name")?,
                     capacity: r.try_get("capacity")?,
-                    tariff: json(&r.try_get::<String, _>("tariff")?, "tariff")?,
+                    tariff: crate::tariff::from_stored_json(&r.try_get::<String, _>("tariff")?)
+                        .map_err(|e| StoreError::Corrupt(format!("tariff: {e}")))?,
                     tariff_version: r.try_get("tariff_version")?,
                     created_at: at(r.try_get("created_at")?)?,
                 })
