@@ -24,7 +24,7 @@ use crate::observer::DecisionObserver;
 use crate::reference_tariff;
 use crate::rig::LaneDeviceIds;
 use crate::tally::{Snapshot, Tally};
-use crate::{drive, FeeFn, MqttUrl, Report, SimError, WorldConfig};
+use crate::{drive, MqttUrl, Report, SimError, WorldConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {

@@ -218,6 +218,7 @@ mod tests {
             plate: None,
             session_id: Some(session),
             fee: Some(Money::cny(fen)),
+            owed: None,
             pay_url: None,
             display: DisplayText::default(),
             decided_at: Utc::now(),

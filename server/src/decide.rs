@@ -264,7 +264,7 @@ fn clock_skew(ev: &PassageEvent, reads: &[Read], detail: String) -> Plan {
 }
 
 /// The best read, when the gateway vouches for it; otherwise the hold that says why not.
-fn sure_read<'r>(ev: &PassageEvent, reads: &'r [Read]) -> Result<&'r Read, Plan> {
+fn sure_read<'r>(ev: &PassageEvent, reads: &'r [Read]) -> Result<&'r Read, Box<Plan>> {
     match (ev.quality, reads.first()) {
         (ReadQuality::Confident, Some(r)) => Ok(r),
         (quality, top) => {
@@ -275,7 +275,7 @@ fn sure_read<'r>(ev: &PassageEvent, reads: &'r [Read]) -> Result<&'r Read, Plan>
                 (DecisionReason::Unreadable, ExceptionKind::Unreadable)
             };
             let plate = top.map(|r| r.plate.as_str());
-            Err(Plan::hold(
+            Err(Box::new(Plan::hold(
                 reason,
                 plate,
                 Issue {
@@ -289,7 +289,7 @@ fn sure_read<'r>(ev: &PassageEvent, reads: &'r [Read]) -> Result<&'r Read, Plan>
                         ev.lane
                     ),
                 },
-            ))
+            )))
         }
     }
 }
@@ -305,7 +305,7 @@ pub fn decide_entry(f: &EntryFacts) -> Plan {
     }
     let read = match sure_read(ev, f.reads) {
         Ok(r) => r,
-        Err(hold) => return hold,
+        Err(hold) => return *hold,
     };
     // The same plate still inside means its exit was missed: close that stay as an exception
     // rather than keep two open (a different car with a look-alike plate is not touched).
@@ -374,7 +374,7 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
     }
     let read = match sure_read(ev, f.reads) {
         Ok(r) => r,
-        Err(hold) => return hold,
+        Err(hold) => return *hold,
     };
     let Some(session) = f.session else {
         return no_entry(ev, read, f.look_alikes);

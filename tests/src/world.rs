@@ -292,7 +292,8 @@ impl World {
     /// MQTT session, so nothing the broker queued for the old one reaches it (as after a broker
     /// restart without persistence).
     pub async fn start_server_with_new_session(&mut self) {
-        self.server_config.instance = Some(format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]));
+        self.server_config.instance =
+            Some(format!("t-{}", &Uuid::new_v4().simple().to_string()[..10]));
         self.start_server().await;
     }
 
