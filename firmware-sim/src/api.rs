@@ -186,9 +186,16 @@ impl Api {
         self.call(Method::GET, "/api/exceptions", &q, None).await
     }
 
-    /// An attendant reads the plate off the evidence and corrects the passage.
-    pub async fn correct_plate(&self, exception: Uuid, plate: &str) -> Result<(), SimError> {
-        let body = serde_json::json!({ "plate": plate, "operator": "attendant" });
+    /// An attendant reads the plate off the evidence and corrects the passage; with `session`,
+    /// also says which open stay (whose entry was misread) this car is.
+    pub async fn correct_plate(
+        &self,
+        exception: Uuid,
+        plate: &str,
+        session: Option<Uuid>,
+    ) -> Result<(), SimError> {
+        let body =
+            serde_json::json!({ "plate": plate, "operator": "attendant", "session": session });
         let path = format!("/api/exceptions/{exception}/correct");
         self.call::<serde_json::Value>(Method::POST, &path, &[], Some(body))
             .await
@@ -266,6 +273,8 @@ pub struct OpenException {
     pub kind: String,
     pub lane: Option<String>,
     pub plate: Option<String>,
+    /// For `no_entry`: the one look-alike session inside, when there is exactly one.
+    pub session_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 

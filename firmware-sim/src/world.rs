@@ -293,13 +293,21 @@ async fn attend(
             else {
                 continue;
             };
-            // The read was right: there is nothing to correct (a real exit without entry).
-            if x.plate.as_deref() == Some(plate.as_str()) {
-                continue;
-            }
+            // The read was right but no stay has this plate: the entry was misread. The
+            // attendant compares the car with the entry photo of the one look-alike stay the
+            // exception names and matches them; with none (or several), a real exit without
+            // entry, there is nothing to do here.
+            let session = if x.plate.as_deref() == Some(plate.as_str()) {
+                match x.session_id {
+                    Some(s) if x.kind == "no_entry" => Some(s),
+                    _ => continue,
+                }
+            } else {
+                None
+            };
             let id = x.id;
             handled.insert(id);
-            if let Err(e) = api.correct_plate(id, &plate).await {
+            if let Err(e) = api.correct_plate(id, &plate, session).await {
                 tracing::warn!(error = %e, "the attendant could not correct a plate");
             }
         }

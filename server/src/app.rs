@@ -16,6 +16,8 @@ use parkpay_protocol::{
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use parkpay_protocol::plate::{edit_distance, match_key};
+
 use crate::decide::{self, Collect, Effect, EntryFacts, ExitFacts, MandateFacts, Plan, TimeLimits};
 use crate::domain::*;
 use crate::live::{Live, LiveEvent};
@@ -95,6 +97,8 @@ struct Extra {
     audit: Vec<AuditEntry>,
     /// The capture instant was already checked when the event first arrived (a correction).
     time_checked: bool,
+    /// The open session an attendant matched this exit to (its entry was misread).
+    session: Option<Uuid>,
 }
 
 fn new_id() -> Uuid {
@@ -156,7 +160,7 @@ impl App {
             };
             let plan = match ev.direction {
                 Direction::Entry => self.plan_entry(ev, limits).await?,
-                Direction::Exit => self.plan_exit(ev, limits).await?,
+                Direction::Exit => self.plan_exit(ev, limits, extra.session).await?,
             };
             let (mut write, new_charge) = self.write(ev, payload, &plan);
             write.resolves = extra.resolves.clone();
@@ -260,14 +264,24 @@ impl App {
         }))
     }
 
-    async fn plan_exit(&self, ev: &PassageEvent, limits: TimeLimits) -> AppResult<Plan> {
+    async fn plan_exit(
+        &self,
+        ev: &PassageEvent,
+        limits: TimeLimits,
+        matched: Option<Uuid>,
+    ) -> AppResult<Plan> {
         let lot = self.store.lot(&ev.lot).await?;
         let reads = decide::reads(ev);
         let top = reads
             .first()
             .filter(|_| ev.quality == ReadQuality::Confident);
-        let session = match (&lot, top) {
-            (Some(_), Some(top)) => self.store.open_session_of(&ev.lot, &top.plate).await?,
+        let session = match (&lot, top, matched) {
+            (Some(_), Some(_), Some(id)) => self
+                .store
+                .session(id)
+                .await?
+                .filter(|s| s.status == SessionStatus::Open && s.lot == ev.lot),
+            (Some(_), Some(top), None) => self.store.open_session_of(&ev.lot, &top.plate).await?,
             _ => None,
         };
         let look_alikes = match (&lot, top, &session) {
@@ -277,12 +291,15 @@ impl App {
             }
             _ => Vec::new(),
         };
-        let driver = match &session {
-            Some(s) => match s.driver_id {
+        let driver = match (&session, top) {
+            // A matched session's driver came from the misread entry plate: the car is the
+            // owner's of the plate the attendant read, and nobody else's.
+            (Some(_), Some(top)) if matched.is_some() => self.owner_of(&top.plate).await?,
+            (Some(s), _) => match s.driver_id {
                 Some(d) => Some(d),
                 None => self.owner_of(&s.plate).await?,
             },
-            None => None,
+            (None, _) => None,
         };
         let (mut mandates, mut arrears) = (Vec::new(), 0);
         if let (Some(driver), Some(lot)) = (driver, &lot) {
@@ -384,6 +401,7 @@ impl App {
                 quote,
                 driver,
                 collect,
+                rename,
             } => {
                 sessions.push(SessionChange::Close {
                     id: *session,
@@ -395,6 +413,7 @@ impl App {
                     // A quote is plain data: serialising it cannot fail.
                     quote_json: serde_json::to_string(quote).expect("a quote serialises"),
                     driver_id: *driver,
+                    plate: rename.as_ref().map(|r| (r.plate.clone(), r.key.clone())),
                 });
                 if let Some(collect) = collect {
                     let id = new_id();
@@ -595,10 +614,16 @@ impl App {
     /// passage is decided again as if the camera had read `plate` surely, under a new event id
     /// (the original keeps its record), and the lane gets the new decision. The resolution, the
     /// audit row and the new decision commit together, or not at all.
+    ///
+    /// With `session`, the attendant says more: this exit is the car of that open session,
+    /// whose entry was misread. Only a look-alike of the corrected plate may be named (the
+    /// exception lists them); the stay is then recorded under the corrected plate and charged to
+    /// that plate's owner, never to whoever owned the misread one.
     pub async fn correct_plate(
         &self,
         exception_id: Uuid,
         plate: &str,
+        session: Option<Uuid>,
         operator: &str,
     ) -> AppResult<Decision> {
         if operator.trim().is_empty() {
@@ -632,6 +657,24 @@ impl App {
                 )));
             }
         }
+        if let Some(sid) = session {
+            let s = self
+                .store
+                .session(sid)
+                .await?
+                .ok_or_else(|| AppError::NotFound(format!("session {sid}")))?;
+            let alike = s.lot == x.lot
+                && (s.plate == plate.as_str()
+                    || edit_distance(&match_key(&s.plate), &plate.match_key()) <= 1);
+            if x.kind != ExceptionKind::NoEntry || s.status != SessionStatus::Open || !alike {
+                return Err(AppError::Unprocessable(format!(
+                    "session {sid} is not an open stay in lot {} with a plate like {}; only an \
+                     exit held as no_entry can be matched to a look-alike",
+                    x.lot,
+                    plate.as_str()
+                )));
+            }
+        }
         let event_id = x
             .event_id
             .ok_or_else(|| AppError::Conflict("the exception has no passage".into()))?;
@@ -661,13 +704,21 @@ impl App {
                 operator,
                 "exception.plate_corrected",
                 format!("exception {exception_id}"),
-                format!(
-                    "event {original} read as {}; decided again as event {}",
-                    plate.as_str(),
-                    ev.event_id
-                ),
+                match session {
+                    Some(sid) => format!(
+                        "event {original} read as {}, matched to session {sid}; decided again as event {}",
+                        plate.as_str(),
+                        ev.event_id
+                    ),
+                    None => format!(
+                        "event {original} read as {}; decided again as event {}",
+                        plate.as_str(),
+                        ev.event_id
+                    ),
+                },
             )],
             time_checked: true,
+            session,
         };
         self.passage(&ev, &corrected, Instant::now(), extra).await
     }

@@ -135,6 +135,9 @@ pub enum Effect {
         quote: Box<Quote>,
         driver: Option<Uuid>,
         collect: Option<Collect>,
+        /// The plate the stay is recorded under from now on, when it differs from the entry's
+        /// (an attendant matched this exit to a session whose entry was misread).
+        rename: Option<Read>,
     },
 }
 
@@ -197,7 +200,8 @@ pub struct ExitFacts<'a> {
     /// The lot's tariff; `None` when the lot is not configured.
     pub tariff: Option<&'a Tariff>,
     pub reads: &'a [Read],
-    /// The open session with exactly the best read's plate.
+    /// The open session with exactly the best read's plate, or the one an attendant matched
+    /// this exit to.
     pub session: Option<&'a Session>,
     /// Other open sessions the read resembles; only consulted to help the attendant.
     pub look_alikes: &'a [OpenSession],
@@ -414,6 +418,7 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
         }
     };
     let fee = quote.total;
+    let rename = (session.plate != read.plate).then(|| read.clone());
     let close = |status, collect| Effect::Close {
         session: session.id,
         status,
@@ -421,11 +426,12 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
         quote: Box::new(quote.clone()),
         driver: f.driver,
         collect,
+        rename: rename.clone(),
     };
     let mut plan = Plan {
         action: BarrierAction::Open,
         reason: DecisionReason::Grace,
-        plate: Some(session.plate.clone()),
+        plate: Some(read.plate.clone()),
         session: Some(session.id),
         fee: Some(fee),
         owed: None,

@@ -684,6 +684,10 @@ async fn exceptions(
 struct Correction {
     plate: String,
     operator: String,
+    /// For an exit held as `no_entry`: the open session (one of the look-alikes the exception
+    /// names) that this car, whose entry was misread, really belongs to.
+    #[serde(default)]
+    session: Option<Uuid>,
 }
 
 async fn correct_plate(
@@ -693,7 +697,9 @@ async fn correct_plate(
 ) -> ApiResult<Json<parkpay_protocol::Decision>> {
     let xid = id(&id_s, "exception")?;
     Ok(Json(
-        ctx.app.correct_plate(xid, &c.plate, &c.operator).await?,
+        ctx.app
+            .correct_plate(xid, &c.plate, c.session, &c.operator)
+            .await?,
     ))
 }
 

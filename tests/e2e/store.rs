@@ -149,6 +149,7 @@ fn exit(lot: &LotId, session: Uuid, fee: i64, at: DateTime<Utc>) -> PassageWrite
         )
         .unwrap(),
         driver_id: None,
+        plate: None,
     }];
     w.charge = Some(pending_charge(lot, session, fee, at));
     w

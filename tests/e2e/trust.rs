@@ -18,6 +18,18 @@ use crate::scenarios::{
     WAIT,
 };
 
+/// A plate per number whose confusable-folded keys all differ, so the gateway's repeat-read
+/// suppression (same folded key, same lane, 60 s) never swallows one of them: one digit from
+/// each confusable group.
+fn distinct_plate(n: u32) -> String {
+    const DIGITS: [char; 8] = ['0', '1', '2', '3', '4', '5', '6', '9'];
+    let digits: String = (0..5)
+        .rev()
+        .map(|i| DIGITS[(n / 8u32.pow(i) % 8) as usize])
+        .collect();
+    format!("京K{digits}")
+}
+
 async fn signed_world() -> (World, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(origin()));
     let opts = WorldOptions {
@@ -79,7 +91,7 @@ async fn the_real_gateway_signs_what_the_server_verifies_at_every_confidence() {
     ];
     let cam = w.rig("in-1").camera();
     for (i, c) in low.iter().enumerate() {
-        let plate = format!("京D{:05}", 20000 + i);
+        let plate = distinct_plate(i as u32);
         cam.set_confidence(Some(*c));
         let rig = w.rig("in-1");
         let vehicle = parkpay_sim::rig::Vehicle {
@@ -94,7 +106,7 @@ async fn the_real_gateway_signs_what_the_server_verifies_at_every_confidence() {
     }
     let mut entered = Vec::new();
     for (i, c) in high.iter().enumerate() {
-        let plate = format!("京D{:05}", 30000 + i);
+        let plate = distinct_plate(100 + i as u32);
         w.driver(&plate, Some(1_000_000)).await;
         cam.set_confidence(Some(*c));
         let entry = w.pass("in-1", &plate, WAIT).await;

@@ -103,6 +103,9 @@ pub enum SessionChange {
         fee: Money,
         quote_json: String,
         driver_id: Option<Uuid>,
+        /// The plate (and its key) the stay turned out to be, when the entry was misread and an
+        /// attendant matched the exit to it.
+        plate: Option<(String, String)>,
     },
     /// A second entry for a plate already inside: the stale session becomes an exception.
     MarkStale {

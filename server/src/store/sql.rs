@@ -700,10 +700,11 @@ macro_rules! backend {
                                 .execute(&mut *tx)
                                 .await
                             }
-                            SessionChange::Close { id, status, exit_event_id, exit_lane, exit_at, fee, quote_json, driver_id } => {
+                            SessionChange::Close { id, status, exit_event_id, exit_lane, exit_at, fee, quote_json, driver_id, plate } => {
                                 sqlx::query(
                                     "UPDATE sessions SET status = $1, exit_event_id = $2, exit_lane = $3, exit_at = $4, fee_minor = $5, currency = $6, \
-                                     quote = $7, driver_id = COALESCE($8, driver_id), updated_at = $9 WHERE id = $10 AND status = 'open'",
+                                     quote = $7, driver_id = COALESCE($8, driver_id), updated_at = $9, plate = COALESCE($11, plate), \
+                                     plate_key = COALESCE($12, plate_key) WHERE id = $10 AND status = 'open'",
                                 )
                                 .bind(status.as_str())
                                 .bind(exit_event_id.to_string())
@@ -715,6 +716,8 @@ macro_rules! backend {
                                 .bind(driver_id.map(|u| u.to_string()))
                                 .bind(ms(now))
                                 .bind(id.to_string())
+                                .bind(plate.as_ref().map(|p| p.0.clone()))
+                                .bind(plate.as_ref().map(|p| p.1.clone()))
                                 .execute(&mut *tx)
                                 .await
                             }
