@@ -227,6 +227,9 @@ pub(crate) async fn publish_raw(w: &World, topic: &str, payload: Vec<u8>) {
     .unwrap();
     opts.set_clean_session(true);
     opts.set_manual_acks(false);
+    // A hostile publisher is not bound by our own clients' outgoing limit.
+    let most = parkpay_server::mqtt::MQTT_MAX_PACKET;
+    opts.set_max_packet_size(most, most);
     let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
     client
         .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)

@@ -455,3 +455,30 @@ fn the_default_instance_survives_a_restart_and_differs_per_database() {
     };
     assert_eq!(named.instance_name(), "north-1");
 }
+
+#[tokio::test]
+async fn the_live_stream_carries_passages_decisions_lanes_and_gateways() {
+    let (w, _clock) = crate::scenarios::world().await;
+    let mut stream = w.client.get(w.url("/api/stream")).send().await.unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    w.driver("京H88888", Some(100_000)).await;
+    assert!(w.pass("in-1", "京H88888", WAIT).await.opened);
+    let mut seen = String::new();
+    // The gateway reports its status on a heartbeat (every 10 s here), the lanes on every move.
+    let wanted = [
+        "event: passage",
+        "event: decision",
+        "event: lane",
+        "event: gateway",
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !wanted.iter().all(|k| seen.contains(k)) {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("the stream delivers every kind in time")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    w.stop().await;
+}
