@@ -297,13 +297,13 @@ async fn attend(
             // attendant compares the car with the entry photo of the one look-alike stay the
             // exception names and matches them; with none (or several), a real exit without
             // entry, there is nothing to do here.
-            let session = if x.plate.as_deref() == Some(plate.as_str()) {
-                match x.session_id {
-                    Some(s) if x.kind == "no_entry" => Some(s),
-                    _ => continue,
-                }
-            } else {
-                None
+            let session = match (x.kind.as_str(), x.plate.as_deref() == Some(plate.as_str())) {
+                ("no_entry", true) => match x.session_id {
+                    Some(s) => Some(s),
+                    None => continue,
+                },
+                // An unsure or missing read, or a misread exit: read the plate off the car.
+                _ => None,
             };
             let id = x.id;
             handled.insert(id);
