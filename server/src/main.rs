@@ -81,37 +81,52 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let shutdown = shutdown_signal();
     let server = Server::build(config, Arc::new(SystemClock)).await?;
     println!(
         "parkpay server: dashboard http://{}/  mqtt {}",
         server.http_addr(),
         server.mqtt_url()
     );
-    server.run(shutdown_signal()).await?;
+    server.run(shutdown).await?;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or, on Unix, SIGTERM (what service managers and `kill` send).
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what service managers and `kill` send). The
+/// handlers are installed when this is called, not when the future is first polled, so a signal
+/// that arrives right after start-up is not lost to the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                None
+            }
+        }
+    };
+    async move {
+        #[cfg(unix)]
+        match handlers {
+            Some((mut term, mut int)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
+                    _ = int.recv() => {}
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            None => {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down: draining passages and charges in hand");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down: draining passages and charges in hand");
 }
