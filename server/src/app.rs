@@ -482,8 +482,8 @@ impl App {
                 direction: ev.direction.as_str().to_string(),
                 captured_at: ev.captured_at,
                 received_at: now,
-                // The parsed plate, never the raw candidate text (which may hold anything).
-                plate: decide::reads(ev).first().map(|r| r.plate.clone()),
+                // The parsed best read, never the raw candidate text (which may hold anything).
+                plate: plan.plate.clone(),
                 quality: ev.quality.as_str().to_string(),
                 resent: ev.resent,
                 payload: payload.to_string(),

@@ -146,7 +146,8 @@ pub enum Effect {
 pub struct Plan {
     pub action: BarrierAction,
     pub reason: DecisionReason,
-    /// The plate shown on the display and recorded with the decision.
+    /// The best read's plate, parsed: shown on the display and recorded with the event and the
+    /// decision.
     pub plate: Option<String>,
     pub session: Option<Uuid>,
     pub fee: Option<Money>,

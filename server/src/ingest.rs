@@ -265,8 +265,9 @@ async fn event(
     }
 }
 
-/// Runs `op` until it succeeds or fails for good; `None` when the server stops first. Failures
-/// for good are logged and treated as absent.
+/// Runs `op` until it succeeds or fails for good; `None` when the server stops first. A failure
+/// for good is logged and treated as absent (the event then becomes an `unknown_lane` dead
+/// letter, which keeps it, rather than a message that can never be acknowledged).
 async fn retry<T, F, Fut>(stop: &CancellationToken, mut op: F) -> Option<Option<T>>
 where
     F: FnMut() -> Fut,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use parkpay_gateway::resend::ResendPolicy;
 use parkpay_protocol::{ArmPosition, ManualClock, PlateColour};
-use parkpay_server::tariff::{quote, Tariff};
+use parkpay_server::tariff::Tariff;
 use parkpay_sim::rig::Vehicle;
 use parkpay_tests::eventually;
 use parkpay_tests::world::{World, WorldOptions};
@@ -112,10 +112,11 @@ async fn events_published_while_no_server_listened_are_resent_until_decided() {
     })
     .await;
     let tariff: Tariff = serde_json::from_value(parkpay_sim::api::example_tariff()).unwrap();
-    let expected = quote(&tariff, entry.capture.captured_at, exit.capture.captured_at)
-        .unwrap()
-        .total
-        .minor;
+    let expected = parkpay_sim::reference_tariff::fee(
+        &tariff,
+        entry.capture.captured_at,
+        exit.capture.captured_at,
+    );
     let charge = eventually("the charge to settle", WAIT, || async {
         let c = w
             .get_json(&format!("/api/charges?session={}", s["id"].as_str()?))
