@@ -57,6 +57,10 @@ struct Quote {
 pub struct Api {
     http: reqwest::Client,
     base: String,
+    /// The API token operator calls carry (`Authorization: Bearer ...`).
+    token: Option<String>,
+    /// The sandbox provider's secret, for the calls that stand for the provider.
+    sandbox: Option<String>,
 }
 
 impl Api {
@@ -64,7 +68,21 @@ impl Api {
         Api {
             http: reqwest::Client::new(),
             base: base.as_str().trim_end_matches('/').to_string(),
+            token: None,
+            sandbox: None,
         }
+    }
+
+    /// Calls as the holder of this API token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Api {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Plays the sandbox provider too (settling QR payments, funding wallets).
+    pub fn with_sandbox_secret(mut self, secret: impl Into<String>) -> Api {
+        self.sandbox = Some(secret.into());
+        self
     }
 
     fn url(&self, path: &str) -> Result<Url, SimError> {
@@ -96,6 +114,14 @@ impl Api {
                 .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
         let mut req = self.http.request(method, url);
+        let bearer = if path.starts_with("/api/sandbox/") {
+            self.sandbox.as_deref()
+        } else {
+            self.token.as_deref()
+        };
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -169,11 +195,32 @@ impl Api {
         self.call(Method::GET, "/api/sessions", &q, None).await
     }
 
-    /// Pays a held session by QR, as the driver's phone does after scanning the display.
+    /// Pays a held session by QR, as the driver's phone does after scanning the display: it
+    /// opens the pay page's view of the stay (public, by the stay's id), pays the amount shown
+    /// in the provider's app, and the provider (here the sandbox) tells the server.
     pub async fn pay_session(&self, session: Uuid) -> Result<Charge, SimError> {
-        let path = format!("/api/sessions/{session}/pay");
-        let body = serde_json::json!({ "method": "qr" });
-        self.call(Method::POST, &path, &[], Some(body)).await
+        #[derive(Deserialize)]
+        struct Due {
+            amount: Money,
+        }
+        #[derive(Deserialize)]
+        struct View {
+            charge: Option<Due>,
+        }
+        let view: View = self
+            .call(Method::GET, &format!("/api/pay/{session}"), &[], None)
+            .await?;
+        let Some(due) = view.charge else {
+            return Err(SimError::Api {
+                method: "GET",
+                path: format!("/api/pay/{session}"),
+                status: 409,
+                body: "nothing to pay".into(),
+            });
+        };
+        let body = serde_json::json!({ "session": session, "amount": due.amount });
+        self.call(Method::POST, "/api/sandbox/settle", &[], Some(body))
+            .await
     }
 
     /// Open exceptions of a lot: (id, kind, lane).
@@ -194,8 +241,7 @@ impl Api {
         plate: &str,
         session: Option<Uuid>,
     ) -> Result<(), SimError> {
-        let body =
-            serde_json::json!({ "plate": plate, "operator": "attendant", "session": session });
+        let body = serde_json::json!({ "plate": plate, "session": session });
         let path = format!("/api/exceptions/{exception}/correct");
         self.call::<serde_json::Value>(Method::POST, &path, &[], Some(body))
             .await

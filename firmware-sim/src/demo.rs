@@ -13,7 +13,8 @@ use parkpay_gateway::{
     Gateway, GatewayConfig, GatewayError, LaneConfig as GwLane, MqttUrl as GwMqttUrl,
 };
 use parkpay_protocol::{Clock, Direction, GatewayId, LaneId, LotId, ScaledClock};
-use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
+use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig, Secret};
+use parkpay_server::domain::{Grant, Role};
 use parkpay_server::tariff::Tariff;
 use parkpay_server::{Server, ServerConfig, ServerError};
 use reqwest::Url;
@@ -66,10 +67,25 @@ pub struct DemoOutcome {
     pub tally: Snapshot,
 }
 
-/// Runs the demo. `on_ready` gets the dashboard URL as soon as the server listens.
+/// The demo's operator account, made fresh for each run.
+#[derive(Debug, Clone)]
+pub struct DemoLogin {
+    pub username: String,
+    pub password: String,
+}
+
+/// A random secret for the demo's keys and passwords.
+fn secret(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Runs the demo. `on_ready` gets the dashboard URL and the operator sign-in as soon as the
+/// server listens.
 pub async fn run_demo(
     opts: DemoOptions,
-    on_ready: impl FnOnce(&Url),
+    on_ready: impl FnOnce(&Url, &DemoLogin),
     interrupted: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Option<DemoOutcome>, DemoError> {
     let dir =
@@ -78,6 +94,7 @@ pub async fn run_demo(
         .database
         .clone()
         .unwrap_or_else(|| dir.path().join("parkpay-demo.db"));
+    let sandbox_secret = secret(16);
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(
         opts.origin.unwrap_or_else(Utc::now),
         opts.speed,
@@ -86,7 +103,7 @@ pub async fn run_demo(
         database_url: format!("sqlite://{}", db.display()),
         http: HttpConfig {
             bind: opts.http,
-            public_url: None,
+            ..HttpConfig::default()
         },
         mqtt: MqttConfig {
             broker: "embedded".into(),
@@ -96,6 +113,7 @@ pub async fn run_demo(
         payments: PaymentsConfig {
             retry_base_secs: 600.0,
             poll_interval_ms: 50,
+            sandbox_secret: Some(Secret::new(sandbox_secret.clone())),
             ..PaymentsConfig::default()
         },
         instance: Some("demo".into()),
@@ -105,14 +123,45 @@ pub async fn run_demo(
     let http = Url::parse(&format!("http://{}/", server.http_addr()))
         .map_err(|e| DemoError::Setup(e.to_string()))?;
     let mqtt_url = server.mqtt_url().to_string();
-    on_ready(&http);
+    // The demo sets itself up the way an operator would with the administration commands: an
+    // admin account to sign in with, an API token for the simulated site's integration, and a
+    // signing key for its gateway.
+    let lot = LotId::parse("lot1").map_err(SimError::from)?;
+    let app = server.app();
+    let setup = |e: parkpay_server::app::AppError| DemoError::Setup(e.to_string());
+    let login = DemoLogin {
+        username: "demo".into(),
+        password: secret(8),
+    };
+    let admin = Grant {
+        role: Role::Admin,
+        lots: None,
+    };
+    // A demo database given with --database may hold the account from an earlier run.
+    match app
+        .create_account(&login.username, &login.password, admin.clone(), "demo")
+        .await
+    {
+        Ok(_) | Err(parkpay_server::app::AppError::Conflict(_)) => {}
+        Err(e) => return Err(setup(e)),
+    }
+    let (_, api_token) = app
+        .create_token("simulator", admin, "demo")
+        .await
+        .map_err(setup)?;
+    let gateway_key = app
+        .add_gateway_key(&gateway_id(&lot)?, true, "demo")
+        .await
+        .map_err(setup)?;
+    on_ready(&http, &login);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let server_task = tokio::spawn(server.run(async {
         let _ = server_stopped.await;
     }));
 
-    let lot = LotId::parse("lot1").map_err(SimError::from)?;
     let mut world = WorldConfig::four_lanes(lot.clone())?;
+    world.api_token = Some(api_token);
+    world.sandbox_secret = Some(sandbox_secret);
     world.create_lot = true;
     world.traffic.seed = opts.seed;
     world.traffic.cars = opts.cars.unwrap_or(100_000);
@@ -127,7 +176,15 @@ pub async fn run_demo(
     // so the report's mismatches also catch a pricing bug.
     world.fee = Some(reference_tariff::fee_fn(tariff));
 
-    let gw_config = gateway_config(&lot, &world.lanes, &mqtt_url, dir.path().join("journal"))?;
+    let key = parkpay_server::config::hex_decode(&gateway_key)
+        .ok_or_else(|| DemoError::Setup("the gateway key is not hex".into()))?;
+    let gw_config = gateway_config(
+        &lot,
+        &world.lanes,
+        &mqtt_url,
+        dir.path().join("journal"),
+        Some(key),
+    )?;
     let gateway = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new())).await?;
     let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway.run(async {
@@ -160,11 +217,14 @@ pub fn gateway_id(lot: &LotId) -> Result<GatewayId, SimError> {
     Ok(GatewayId::parse(format!("gw-{lot}"))?)
 }
 
+/// With `key`, the gateway signs its events and requires the server's messages signed; without,
+/// it runs unsigned (a trial setting the server must also allow).
 pub fn gateway_config(
     lot: &LotId,
     lanes: &[(LaneId, Direction)],
     mqtt_url: &str,
     journal_dir: PathBuf,
+    key: Option<Vec<u8>>,
 ) -> Result<GatewayConfig, DemoError> {
     let lanes = lanes
         .iter()
@@ -187,7 +247,8 @@ pub fn gateway_config(
         mqtt_url: GwMqttUrl::parse(mqtt_url).map_err(DemoError::Setup)?,
         username: None,
         password: None,
-        signing_key: None,
+        require_signatures: key.is_some(),
+        signing_key: key.map(parkpay_gateway::Secret::new),
         journal_dir,
         dedupe_window: Duration::from_secs(60),
         decision_timeout: Duration::from_secs(5),

@@ -41,6 +41,13 @@ enum Command {
         /// The MQTT broker the gateway listens on.
         #[arg(long, env = "PARKPAY_MQTT", default_value = "mqtt://127.0.0.1:1883")]
         mqtt: String,
+        /// An admin API token (`parkpay-server token add --role admin`).
+        #[arg(long, env = "PARKPAY_API_TOKEN")]
+        token: String,
+        /// The server's sandbox provider secret (`payments.sandbox_secret`), to settle QR
+        /// payments as the provider would.
+        #[arg(long, env = "PARKPAY_SANDBOX_SECRET")]
+        sandbox_secret: Option<String>,
         #[command(flatten)]
         world: WorldArgs,
     },
@@ -141,8 +148,12 @@ async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
     let mut progress = None;
     let outcome = parkpay_sim::demo::run_demo(
         opts,
-        |url| {
+        |url, login| {
             println!("parkpay demo running: dashboard {url}  (Ctrl-C to stop)");
+            println!(
+                "sign in as {} with password {}",
+                login.username, login.password
+            );
             if let Some(path) = &log {
                 println!("log: {}  (-v shows it here instead)", path.display());
             }
@@ -390,11 +401,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             server,
             mqtt,
+            token,
+            sandbox_secret,
             world,
         } => {
             log_to_terminal();
             let mqtt = MqttUrl::parse(&mqtt).context("--mqtt")?;
-            let report = drive(world.world()?, server, mqtt, world.clock()).await?;
+            let mut w = world.world()?;
+            w.api_token = Some(token);
+            w.sandbox_secret = sandbox_secret;
+            let report = drive(w, server, mqtt, world.clock()).await?;
             println!("{}", serde_json::to_string(&report)?);
             if world.strict && report.mismatches > 0 {
                 bail!(

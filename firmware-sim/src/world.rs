@@ -47,6 +47,10 @@ pub struct WorldConfig {
     pub create_lot: bool,
     /// Live counts of the run (cars in and out, held, exceptions), for whoever watches it.
     pub tally: Arc<Tally>,
+    /// The API token the run's operator calls carry (an admin's: it registers drivers).
+    pub api_token: Option<String>,
+    /// The sandbox provider's secret: drivers' QR payments are settled through it.
+    pub sandbox_secret: Option<String>,
 }
 
 impl std::fmt::Debug for WorldConfig {
@@ -93,6 +97,8 @@ impl WorldConfig {
             fee: None,
             create_lot: false,
             tally: Arc::default(),
+            api_token: None,
+            sandbox_secret: None,
         })
     }
 
@@ -138,7 +144,13 @@ pub async fn drive_audited(
     mqtt: MqttUrl,
     clock: Arc<dyn Clock>,
 ) -> Result<Audit, SimError> {
-    let api = Api::new(&http);
+    let mut api = Api::new(&http);
+    if let Some(t) = &world.api_token {
+        api = api.with_token(t.clone());
+    }
+    if let Some(s) = &world.sandbox_secret {
+        api = api.with_sandbox_secret(s.clone());
+    }
     if world.create_lot && !api.lot_exists(world.lot.as_str()).await? {
         let gateway = crate::demo::gateway_id(&world.lot)?;
         api.create_lot(

@@ -7,7 +7,9 @@
 //! mqtt_url = "mqtt://127.0.0.1:1883"
 //! username = "gw-north"            # optional
 //! password = "s3cret"              # optional; prefer PARKPAY_GATEWAY_PASSWORD
-//! signing_key = "00112233aabbccdd" # optional, hex; events are HMAC-signed with it
+//! signing_key = "0011...eeff"      # hex, from `parkpay-server gateway add`; events are signed
+//!                                  # with it and the server's messages verified with it
+//! require_signatures = true        # default; false only for an unsigned trial
 //! journal_dir = "/var/lib/parkpay/journal"
 //! dedupe_window = "60s"            # default 60 s, on the injected clock
 //! decision_timeout = "3s"          # default 3 s, real time
@@ -193,6 +195,28 @@ fn default_burst_timeout() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_true() -> bool {
+    true
+}
+
+/// A boolean, also as the text an environment variable or flag gives (`true`, `false`).
+fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        Bool(bool),
+        Text(String),
+    }
+    match B::deserialize(d)? {
+        B::Bool(b) => Ok(b),
+        B::Text(t) => match t.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(serde::de::Error::custom("must be true or false")),
+        },
+    }
+}
+
 fn default_resend_initial() -> Duration {
     Duration::from_secs(5)
 }
@@ -212,6 +236,10 @@ pub struct GatewayConfig {
     pub password: Option<Secret<String>>,
     #[serde(default, deserialize_with = "signing_key")]
     pub signing_key: Option<SigningKey>,
+    /// Refuse decisions, commands and allowlists not signed with `signing_key` (on by default;
+    /// turning it off is for an unsigned trial only: anyone on the broker could open the arm).
+    #[serde(default = "default_true", deserialize_with = "boolean")]
+    pub require_signatures: bool,
     /// One file per undecided event lives here until its decision arrives.
     pub journal_dir: PathBuf,
     /// The same plate on the same lane within this span is one passage. Measured on the injected
@@ -264,6 +292,7 @@ const OVERRIDABLE: &[(&str, &str)] = &[
     ("username", "PARKPAY_GATEWAY_USERNAME"),
     ("password", "PARKPAY_GATEWAY_PASSWORD"),
     ("signing_key", "PARKPAY_GATEWAY_SIGNING_KEY"),
+    ("require_signatures", "PARKPAY_GATEWAY_REQUIRE_SIGNATURES"),
     ("journal_dir", "PARKPAY_GATEWAY_JOURNAL_DIR"),
     ("dedupe_window", "PARKPAY_GATEWAY_DEDUPE_WINDOW"),
     ("decision_timeout", "PARKPAY_GATEWAY_DECISION_TIMEOUT"),
@@ -429,6 +458,14 @@ impl GatewayConfig {
             return Err(invalid(
                 "resend_max".into(),
                 "must not be shorter than resend_initial",
+            ));
+        }
+        if self.require_signatures && self.signing_key.is_none() {
+            return Err(invalid(
+                "signing_key".into(),
+                "is required: the server's decisions and commands are verified with it \
+                 (`parkpay-server gateway add` prints one; require_signatures = false only for an \
+                 unsigned trial)",
             ));
         }
         if self.password.is_some() && self.username.is_none() {

@@ -17,7 +17,7 @@ use parkpay_protocol::envelope::Message;
 use parkpay_protocol::topics::filters;
 use parkpay_protocol::{
     decode, encode, Allowlist, BarrierStateReport, Clock, Decision, DeviceId, Frame, GatewayStatus,
-    LaneId, LoopEvent, OperatorCommand, PassageEvent, PlateCandidate, PlateRead, Topic,
+    LaneId, LoopEvent, Opened, OperatorCommand, PassageEvent, PlateCandidate, PlateRead, Topic,
 };
 use rand::Rng;
 use rumqttc::{AsyncClient, LastWill, Publish, QoS, SubscribeFilter};
@@ -38,6 +38,9 @@ const TICK: Duration = Duration::from_millis(100);
 const MAX_RESENDS_PER_TICK: usize = 100;
 /// How long shutdown waits for the offline status and the DISCONNECT to reach the broker.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// An operator command is carried out only within this span of when it was issued (by the
+/// gateway's clock), and only once: a recording of one, replayed, does nothing.
+pub const COMMAND_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -409,6 +412,10 @@ struct Shell {
     reads_tx: mpsc::UnboundedSender<FrameDone>,
     connected: bool,
     resends: Resends,
+    /// Commands already carried out, by id, with when they were issued: a replay is refused.
+    commands_seen: HashMap<uuid::Uuid, chrono::DateTime<chrono::Utc>>,
+    /// The version of the allowlist in force: an older one (a replay) is refused.
+    allowlist_version: i64,
 }
 
 impl Shell {
@@ -432,6 +439,8 @@ impl Shell {
             by_loop: HashMap::new(),
             by_barrier: HashMap::new(),
             by_lane: HashMap::new(),
+            commands_seen: HashMap::new(),
+            allowlist_version: i64::MIN,
             config,
             clock,
             reader,
@@ -628,6 +637,64 @@ impl Shell {
         }
     }
 
+    /// Decodes a message from the server (a decision, command or allowlist): it must carry a
+    /// valid signature under this gateway's key, unless signatures are not required, in which
+    /// case an unsigned one passes but a wrong signature still does not.
+    fn decode_from_server<M: Message>(&self, p: &Publish) -> Option<parkpay_protocol::Decoded<M>> {
+        let env = match Opened::new(&p.payload) {
+            Ok(env) => env,
+            Err(e) => {
+                self.reject(e.reason(), &p.topic, &e.to_string());
+                return None;
+            }
+        };
+        let checked = match signing_key(&self.config) {
+            Some(key) if self.config.require_signatures || env.is_signed() => env.verify(key),
+            _ if self.config.require_signatures => Err(parkpay_protocol::DecodeError::Unsigned),
+            _ => Ok(()),
+        };
+        if let Err(e) = checked {
+            self.reject(e.reason(), &p.topic, &e.to_string());
+            return None;
+        }
+        match env.body::<M>() {
+            Ok(body) => Some(parkpay_protocol::Decoded {
+                body,
+                sent_at: env.sent_at(),
+            }),
+            Err(e) => {
+                self.reject(e.reason(), &p.topic, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Whether an operator command is fresh and new: issued within [`COMMAND_WINDOW`] of our
+    /// clock and not carried out before. A recorded command replayed later is refused.
+    fn fresh_command(&mut self, c: &OperatorCommand, p: &Publish) -> bool {
+        let now = self.clock.now();
+        let window = chrono::Duration::from_std(COMMAND_WINDOW).unwrap_or(chrono::TimeDelta::MAX);
+        self.commands_seen
+            .retain(|_, issued| now.signed_duration_since(*issued) <= window);
+        if (now.signed_duration_since(c.issued_at)).abs() > window {
+            self.reject(
+                "stale_command",
+                &p.topic,
+                "issued too far from the gateway's clock",
+            );
+            return false;
+        }
+        if self
+            .commands_seen
+            .insert(c.command_id, c.issued_at)
+            .is_some()
+        {
+            self.reject("replayed_command", &p.topic, "command already carried out");
+            return false;
+        }
+        true
+    }
+
     fn reject(&self, reason: &'static str, topic: &str, detail: &str) {
         self.stats.reject(reason);
         tracing::warn!(%topic, reason, detail, "rejected message");
@@ -683,18 +750,21 @@ impl Shell {
                 }
             }
             Topic::Decisions(lot, lane) => {
-                if let (Some(i), Some(d)) =
-                    (self.lane_index(&lot, &lane, p), self.decode::<Decision>(p))
-                {
-                    self.feed(i, Input::Decision(d)).await;
+                if let (Some(i), Some(d)) = (
+                    self.lane_index(&lot, &lane, p),
+                    self.decode_from_server::<Decision>(p),
+                ) {
+                    self.feed(i, Input::Decision(d.body)).await;
                 }
             }
             Topic::Commands(lot, lane) => {
                 if let (Some(i), Some(c)) = (
                     self.lane_index(&lot, &lane, p),
-                    self.decode::<OperatorCommand>(p),
+                    self.decode_from_server::<OperatorCommand>(p),
                 ) {
-                    self.feed(i, Input::Command(c)).await;
+                    if self.fresh_command(&c.body, p) {
+                        self.feed(i, Input::Command(c.body)).await;
+                    }
                 }
             }
             Topic::Allowlist(lot, _) => self.on_allowlist(&lot, p).await,
@@ -731,12 +801,21 @@ impl Shell {
         let set = if p.payload.is_empty() {
             AllowSet::default()
         } else {
-            let Some(list) = self.decode::<Allowlist>(p) else {
+            let Some(list) = self.decode_from_server::<Allowlist>(p) else {
                 return;
             };
+            let list = list.body;
             if list.lot != *lot {
                 return self.reject("unknown_lane", &p.topic, "allowlist for another lot");
             }
+            if list.version < self.allowlist_version {
+                return self.reject(
+                    "stale_allowlist",
+                    &p.topic,
+                    "older than the allowlist in force",
+                );
+            }
+            self.allowlist_version = list.version;
             AllowSet::new(list.plates.iter().map(String::as_str), list.version)
         };
         tracing::info!(
@@ -952,6 +1031,7 @@ gateway_id = "gw"
 lot = "lot1"
 mqtt_url = "mqtt://127.0.0.1:{port}"
 journal_dir = "{}"
+signing_key = "000102030405060708090a0b0c0d0e0f"
 connect_timeout = "300ms"
 [[lanes]]
 id = "x1"
@@ -1014,6 +1094,7 @@ gateway_id = "gw"
 lot = "lot1"
 mqtt_url = "mqtt://localhost:1"
 journal_dir = "/tmp/x"
+require_signatures = false
 [[lanes]]
 id = "x1"
 direction = "exit"

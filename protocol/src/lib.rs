@@ -19,7 +19,7 @@ pub mod plate;
 pub mod topics;
 
 pub use clock::{Clock, ManualClock, ScaledClock, SystemClock};
-pub use envelope::{decode, encode, DecodeError, Message, Opened};
+pub use envelope::{decode, encode, sign, DecodeError, Decoded, Message, Opened};
 pub use ids::{DeviceId, EventId, GatewayId, IdError, LaneId, LotId};
 pub use messages::*;
 pub use money::{Currency, Money};

@@ -74,6 +74,11 @@ pub struct AppSettings {
     pub public_url: String,
     /// How far capture instants may lie from our clock.
     pub limits: TimeLimits,
+    /// Session cookies carry `Secure` (only sent over HTTPS, or to localhost).
+    pub secure_cookies: bool,
+    /// The sandbox provider's own secret, which its settle and wallet calls require; `None`
+    /// when the sandbox is not the configured provider (the calls do not exist then).
+    pub sandbox_secret: Option<String>,
 }
 
 /// Everything a use case may touch. Cheap to clone.
@@ -82,6 +87,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub outbound: Arc<dyn Outbound>,
+    /// Gateway keys: events are checked, and messages to gateways signed, with them.
+    pub keys: Arc<crate::keys::KeyRing>,
     pub live: Live,
     pub metrics: Arc<Metrics>,
     pub charges_due: Arc<Notify>,
@@ -175,6 +182,10 @@ impl App {
                     self.publish_decision(&d, Some(write.outbox.id)).await;
                     if new_charge {
                         self.charges_due.notify_one();
+                    }
+                    if ev.direction == Direction::Entry && d.session_id.is_some() {
+                        // A car parked: its plate may belong on this lot's allowlist now.
+                        self.allowlists_due.notify_one();
                     }
                     self.live.send(LiveEvent::passage(ev, &d));
                     self.live.send(LiveEvent::decision(&d));

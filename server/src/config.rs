@@ -86,6 +86,17 @@ pub struct HttpConfig {
     pub bind: SocketAddr,
     /// The base URL drivers reach for paying at the exit (shown as a QR code on the display).
     pub public_url: Option<String>,
+    /// Mark the session cookie `Secure` (browsers then send it only over HTTPS, or to
+    /// localhost). Turn off only for a trial over plain HTTP on a private network.
+    pub secure_cookies: bool,
+    /// Largest request body, in bytes; a larger one is refused with 413.
+    pub max_body_bytes: usize,
+    /// Sign-in attempts allowed per username and per client address in 15 minutes.
+    pub login_attempts: u32,
+    /// Requests per minute one client address may make to the public pay pages.
+    pub public_rate_per_minute: u32,
+    /// How long a sign-in lasts, in hours.
+    pub session_hours: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,7 +112,8 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// Per-gateway HMAC keys (hex). A gateway listed here must sign its events.
     pub gateway_keys: HashMap<String, Secret>,
-    /// Reject events from gateways without a key.
+    /// Refuse events from gateways without a key (and send them nothing unsigned). On by
+    /// default; off only for an unsigned trial.
     pub require_signatures: bool,
     /// Serve only these lots (several deployments sharing one broker); all lots when unset.
     pub lots: Option<Vec<String>>,
@@ -120,6 +132,9 @@ pub struct PaymentsConfig {
     pub lease_secs: f64,
     /// Simulated provider latency, milliseconds.
     pub sandbox_latency_ms: u64,
+    /// The sandbox provider's secret: its settle call (the provider saying a driver paid) and
+    /// its wallet calls require it as a bearer token. Unset, those calls do not exist.
+    pub sandbox_secret: Option<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -140,6 +155,11 @@ impl Default for HttpConfig {
         HttpConfig {
             bind: ([127, 0, 0, 1], 8080).into(),
             public_url: None,
+            secure_cookies: true,
+            max_body_bytes: 64 * 1024,
+            login_attempts: 10,
+            public_rate_per_minute: 120,
+            session_hours: 12,
         }
     }
 }
@@ -153,7 +173,7 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             gateway_keys: HashMap::new(),
-            require_signatures: false,
+            require_signatures: true,
             lots: None,
         }
     }
@@ -169,6 +189,7 @@ impl Default for PaymentsConfig {
             poll_interval_ms: 250,
             lease_secs: 120.0,
             sandbox_latency_ms: 0,
+            sandbox_secret: None,
         }
     }
 }
@@ -238,6 +259,31 @@ impl ServerConfig {
             if hex_decode(key.expose()).is_none() {
                 return bad(&format!("mqtt.gateway_keys.{gw}"), "must be hex");
             }
+        }
+        for (gw, key) in &self.mqtt.gateway_keys {
+            if hex_decode(key.expose()).is_some_and(|k| k.len() < 16) {
+                return bad(
+                    &format!("mqtt.gateway_keys.{gw}"),
+                    "must be at least 16 bytes (32 hex digits)",
+                );
+            }
+        }
+        if let Some(s) = &self.payments.sandbox_secret {
+            if s.expose().len() < 16 {
+                return bad("payments.sandbox_secret", "must be at least 16 characters");
+            }
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return bad("http.max_body_bytes", "must be between 1 KiB and 64 MiB");
+        }
+        if self.http.login_attempts == 0 || self.http.public_rate_per_minute == 0 {
+            return bad(
+                "http.login_attempts",
+                "rate limits must be at least 1 (login_attempts, public_rate_per_minute)",
+            );
+        }
+        if !(1..=24 * 30).contains(&self.http.session_hours) {
+            return bad("http.session_hours", "must be between 1 and 720");
         }
         for lot in self.mqtt.lots.iter().flatten() {
             if let Err(e) = parkpay_protocol::LotId::parse(lot.as_str()) {

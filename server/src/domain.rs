@@ -120,6 +120,7 @@ text_enum!(
         Mandate => "mandate",
         PayAtExit => "pay_at_exit",
         Qr => "qr",
+        Cash => "cash",
     }
 );
 
@@ -263,4 +264,76 @@ pub struct Wallet {
     pub balance: Money,
     /// Transient failures the sandbox will script before the next debit goes through.
     pub fail_next: i64,
+}
+
+text_enum!(
+    /// What an operator account or API token may do (see `docs/security.md`).
+    Role {
+        Admin => "admin",
+        Operator => "operator",
+        Finance => "finance",
+        Viewer => "viewer",
+    }
+);
+
+/// A role, and the lots it applies to (`None`: every lot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    pub role: Role,
+    pub lots: Option<Vec<LotId>>,
+}
+
+impl Grant {
+    /// Whether the holder may see and act on `lot`.
+    pub fn covers(&self, lot: &LotId) -> bool {
+        self.lots.as_ref().is_none_or(|l| l.contains(lot))
+    }
+
+    /// The stored form of `lots`: comma-separated (lot ids cannot hold a comma).
+    pub fn lots_text(&self) -> Option<String> {
+        self.lots
+            .as_ref()
+            .map(|l| l.iter().map(LotId::as_str).collect::<Vec<_>>().join(","))
+    }
+
+    pub fn parse_lots(text: Option<&str>) -> Option<Vec<LotId>> {
+        text.map(|t| {
+            t.split(',')
+                .filter_map(|s| LotId::parse(s.trim()).ok())
+                .collect()
+        })
+    }
+}
+
+/// An operator's account. The password hash never leaves the store layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub id: Uuid,
+    pub username: String,
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// A signed-in browser session: the cookie holds a random token, the store its SHA-256.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub token_hash: String,
+    pub account_id: Uuid,
+    pub csrf: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A bearer token for an integration, scoped like an account.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiToken {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }

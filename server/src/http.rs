@@ -1,15 +1,24 @@
-//! The HTTP API (JSON), the operator dashboard, the driver's pay page and the operational
-//! endpoints. Handlers are thin: parse, call one use case or one store query, answer.
-//! Errors have one status table (`ApiError`); internal detail is logged, never sent.
+//! The HTTP API (JSON), the operator dashboard and sign-in page, the driver's pay page and the
+//! operational endpoints. Handlers are thin: check who asks, parse, call one use case or one
+//! store query, answer. Errors have one status table (`ApiError`); internal detail is logged,
+//! never sent.
+//!
+//! Every route but the driver's pay page (`/pay/{session}`, `/api/pay/{session}`), the sign-in
+//! page and `/healthz`/`/readyz` needs an [`Identity`]: a session cookie from `POST /api/login`
+//! (whose writes must echo the CSRF token in `X-CSRF-Token`) or an API token
+//! (`Authorization: Bearer ppt_...`). What each role may do is [`auth::allows`].
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -18,30 +27,122 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::Stream;
 use parkpay_protocol::{LaneId, LotId, Money, Plate, PlateColour};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
+use tower_http::set_header::SetResponseHeaderLayer;
 use uuid::Uuid;
 
 use crate::app::{App, AppError, NewLane};
+use crate::auth::{self, Action, Identity, RateLimiter, Via};
+use crate::config::HttpConfig;
 use crate::domain::*;
 use crate::store::{ChargeFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
+
+/// The longest stay a tariff preview prices.
+pub const MAX_PREVIEW_DAYS: i64 = 400;
+
+/// The session cookie's name.
+const COOKIE: &str = "parkpay_session";
 
 #[derive(Clone)]
 struct Ctx {
     app: App,
     mqtt_connected: Arc<AtomicBool>,
+    logins: Arc<RateLimiter>,
+    public: Arc<RateLimiter>,
+    /// Tariff previews run one at a time, off the async workers the lanes use.
+    previews: Arc<Semaphore>,
+    session_ttl: chrono::Duration,
 }
 
-pub fn router(app: App, mqtt_connected: Arc<AtomicBool>) -> Router {
+/// The dashboard, the sign-in page and the pay page, each with a Content-Security-Policy that
+/// allows exactly its own inline script (by hash) and nothing from elsewhere.
+struct Page {
+    html: String,
+    csp: HeaderValue,
+}
+
+impl Page {
+    fn new(html: &str) -> Page {
+        use base64::Engine;
+        let mut hashes = Vec::new();
+        let mut rest = html;
+        while let Some(start) = rest.find("<script>") {
+            let after = &rest[start + "<script>".len()..];
+            let Some(end) = after.find("</script>") else {
+                break;
+            };
+            let digest = Sha256::digest(after[..end].as_bytes());
+            hashes.push(format!(
+                "'sha256-{}'",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            ));
+            rest = &after[end..];
+        }
+        let csp = format!(
+            "default-src 'none'; script-src {}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+            if hashes.is_empty() { "'none'".to_string() } else { hashes.join(" ") }
+        );
+        Page {
+            html: html.to_string(),
+            csp: HeaderValue::from_str(&csp)
+                .unwrap_or(HeaderValue::from_static("default-src 'none'")),
+        }
+    }
+
+    fn respond(&self, html: String) -> Response {
+        let mut r = Html(html).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, self.csp.clone());
+        r
+    }
+}
+
+fn pages() -> &'static (Page, Page, Page) {
+    static PAGES: std::sync::OnceLock<(Page, Page, Page)> = std::sync::OnceLock::new();
+    PAGES.get_or_init(|| {
+        (
+            Page::new(include_str!("dashboard.html")),
+            Page::new(include_str!("pay.html")),
+            Page::new(include_str!("login.html")),
+        )
+    })
+}
+
+pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> Router {
+    let ctx = Ctx {
+        app,
+        mqtt_connected,
+        logins: Arc::new(RateLimiter::new(
+            http.login_attempts,
+            Duration::from_secs(15 * 60),
+        )),
+        public: Arc::new(RateLimiter::new(
+            http.public_rate_per_minute,
+            Duration::from_secs(60),
+        )),
+        previews: Arc::new(Semaphore::new(1)),
+        session_ttl: chrono::Duration::hours(i64::from(http.session_hours)),
+    };
     Router::new()
         .route("/", get(dashboard))
+        .route("/login", get(login_page))
         .route("/pay/{session}", get(pay_page))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/accounts", post(create_account).get(list_accounts))
+        .route("/api/tokens", post(create_token))
+        .route("/api/pay/{session}", get(pay_view))
         .route("/api/lots", post(create_lot).get(list_lots))
         .route("/api/lots/{lot}", get(get_lot))
         .route("/api/lots/{lot}/tariff", put(put_tariff))
@@ -60,24 +161,42 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>) -> Router {
         .route("/api/mandates/{id}/revoke", post(revoke_mandate))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", get(get_session))
-        .route("/api/sessions/{id}/pay", post(pay_session))
+        .route("/api/sessions/{id}/cash", post(cash_for_session))
         .route("/api/charges", get(list_charges))
         .route("/api/charges/{id}", get(get_charge))
-        .route("/api/charges/{id}/pay", post(pay_charge))
+        .route("/api/charges/{id}/cash", post(cash_for_charge))
         .route("/api/exceptions", get(exceptions))
         .route("/api/exceptions/{id}/correct", post(correct_plate))
         .route("/api/audit", get(audit))
         .route("/api/dead-letters", get(dead_letters))
         .route("/api/stats", get(stats))
         .route("/api/stream", get(stream))
+        .route("/api/sandbox/settle", post(sandbox_settle))
         .route("/api/sandbox/wallets", post(put_wallet))
         .route("/api/sandbox/wallets/{reference}", get(get_wallet))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(Ctx {
-            app,
-            mqtt_connected,
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))
         })
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(ctx)
 }
 
 // ---- errors -----------------------------------------------------------------------------
@@ -85,19 +204,42 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>) -> Router {
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
+    Unauthorized(String),
+    Forbidden(String),
     NotFound(String),
+    MethodNotAllowed(String),
     Conflict(String),
+    TooLarge(String),
     Unprocessable(String),
+    TooManyRequests(Duration),
     Internal(String),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            ApiError::MethodNotAllowed(m) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", m)
+            }
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", m),
+            ApiError::TooManyRequests(wait) => {
+                retry_after = Some(wait.as_secs().max(1));
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    format!(
+                        "too many requests; try again in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                )
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 (
@@ -107,7 +249,12 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(json!({ "error": code, "message": message }))).into_response()
+        let mut r = (status, Json(json!({ "error": code, "message": message }))).into_response();
+        if let Some(secs) = retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
     }
 }
 
@@ -131,7 +278,8 @@ impl From<StoreError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// JSON body whose rejections use our error shape.
+/// JSON body whose rejections use our error shape: 413 over the size limit, 422 for a body of
+/// the wrong shape (a field too long, a control character), 400 for what is not JSON.
 struct Body<T>(T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
@@ -140,6 +288,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::Unprocessable(e.body_text())),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge(
+                "the request body is larger than this server accepts".into(),
+            )),
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }
@@ -158,8 +309,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
     }
 }
 
+/// A text field from outside: at most `MAX` characters, not blank, no control characters (a
+/// NUL would not even fit in a PostgreSQL text column).
+#[derive(Debug, Clone)]
+pub struct Text<const MAX: usize>(pub String);
+
+/// Why a text from outside is refused, if it is.
+pub fn text_problem(s: &str, max: usize) -> Option<String> {
+    if s.trim().is_empty() {
+        return Some("must not be empty".into());
+    }
+    if s.chars().count() > max {
+        return Some(format!("must be at most {max} characters"));
+    }
+    if s.chars().any(char::is_control) {
+        return Some("must not contain control characters".into());
+    }
+    None
+}
+
+impl<'de, const MAX: usize> Deserialize<'de> for Text<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match text_problem(&s, MAX) {
+            Some(why) => Err(serde::de::Error::custom(why)),
+            None => Ok(Text(s)),
+        }
+    }
+}
+
+/// A text from a path or query string, checked like [`Text`].
+fn param<'a>(s: &'a str, what: &str, max: usize) -> ApiResult<&'a str> {
+    match text_problem(s, max) {
+        Some(why) => Err(ApiError::Unprocessable(format!("{what} {why}"))),
+        None => Ok(s),
+    }
+}
+
 fn id(s: &str, what: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(s).map_err(|_| ApiError::BadRequest(format!("{what} {s:?} is not a UUID")))
+    Uuid::parse_str(s).map_err(|_| ApiError::BadRequest(format!("{what} is not a UUID")))
 }
 
 fn lot_id(s: String) -> ApiResult<LotId> {
@@ -172,6 +360,157 @@ async fn lot_or_404(ctx: &Ctx, lot: &LotId) -> ApiResult<Lot> {
         .lot(lot)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("lot {lot}")))
+}
+
+// ---- who is asking ------------------------------------------------------------------------
+
+fn client_ip(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+impl FromRequestParts<Ctx> for Identity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Ctx) -> Result<Self, ApiError> {
+        let now = ctx.app.clock.now();
+        if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+            let token = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    ApiError::Unauthorized("use Authorization: Bearer <token>".into())
+                })?;
+            let t = ctx
+                .app
+                .store
+                .api_token(&auth::token_hash(token))
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API token".into()))?;
+            return Ok(Identity {
+                name: format!("token:{}", t.name),
+                grant: t.grant,
+                via: Via::Token,
+            });
+        }
+        let Some(token) = cookie(&parts.headers, COOKIE) else {
+            return Err(ApiError::Unauthorized("sign in first".into()));
+        };
+        let hash = auth::token_hash(token);
+        let (login, account) =
+            ctx.app.store.login(&hash, now).await?.ok_or_else(|| {
+                ApiError::Unauthorized("the session has ended; sign in again".into())
+            })?;
+        if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            let sent = parts
+                .headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !auth::same_secret(sent, &login.csrf) {
+                return Err(ApiError::Forbidden(
+                    "missing or wrong X-CSRF-Token header".into(),
+                ));
+            }
+        }
+        Ok(Identity {
+            name: account.username,
+            grant: account.grant,
+            via: Via::Session {
+                csrf: login.csrf,
+                token_hash: hash,
+            },
+        })
+    }
+}
+
+/// 403 unless the caller's role allows `action`.
+fn require(me: &Identity, action: Action) -> ApiResult<()> {
+    if me.may(action) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "role {} may not {}",
+            me.grant.role,
+            action.describe()
+        )))
+    }
+}
+
+/// 403 unless the caller may do `action` on `lot`.
+fn require_on(me: &Identity, action: Action, lot: &LotId) -> ApiResult<()> {
+    require(me, action)?;
+    if me.grant.covers(lot) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("no access to lot {lot}")))
+    }
+}
+
+/// 403 unless the caller's grant covers every lot (for records not tied to one lot).
+fn require_all_lots(me: &Identity, action: Action) -> ApiResult<()> {
+    require(me, action)?;
+    if me.grant.lots.is_none() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "{} needs access to every lot",
+            action.describe()
+        )))
+    }
+}
+
+/// Removes what identifies a driver from a record, for callers who may not see drivers.
+fn without_driver(mut v: Value, me: &Identity) -> Value {
+    if !me.may(Action::SeeDrivers) {
+        strip_driver(&mut v);
+    }
+    v
+}
+
+fn strip_driver(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for k in ["driver_id", "mandate_id", "provider_ref", "phone"] {
+                m.remove(k);
+            }
+            for child in m.values_mut() {
+                strip_driver(child);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_driver),
+        _ => {}
+    }
+}
+
+/// The lot a JSON record belongs to, if it names one.
+fn lot_of(v: &Value) -> Option<&str> {
+    v.get("lot").and_then(Value::as_str)
+}
+
+/// Keeps only the records in the caller's lots.
+fn in_scope(me: &Identity, v: &Value) -> bool {
+    match (&me.grant.lots, lot_of(v)) {
+        (None, _) => true,
+        (Some(lots), Some(lot)) => lots.iter().any(|l| l.as_str() == lot),
+        (Some(_), None) => false,
+    }
 }
 
 // ---- operational ------------------------------------------------------------------------
@@ -187,27 +526,233 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
     (status, Json(json!({ "database": db, "mqtt": mqtt }))).into_response()
 }
 
-async fn metrics(State(ctx): State<Ctx>) -> Response {
-    (
+async fn metrics(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Response> {
+    require_all_lots(&me, Action::View)?;
+    Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         ctx.app.metrics.render(),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
+async fn dashboard() -> Response {
+    let p = &pages().0;
+    p.respond(p.html.clone())
 }
 
-async fn pay_page(Path(session): Path<String>) -> Html<String> {
-    Html(include_str!("pay.html").replace("{{SESSION}}", &session_token(&session)))
+async fn login_page() -> Response {
+    let p = &pages().2;
+    p.respond(p.html.clone())
+}
+
+async fn pay_page(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Path(session): Path<String>,
+) -> ApiResult<Response> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
+    let p = &pages().1;
+    Ok(p.respond(p.html.replace("{{SESSION}}", &session_token(&session))))
+}
+
+/// The client's address, or "unknown" where the server was not told it (tests that call the
+/// router directly).
+struct ConnectInfoOpt(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnectInfoOpt {
+    type Rejection = Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(ConnectInfoOpt(client_ip(parts)))
+    }
 }
 
 /// Keeps only what a session id can contain, so the page never echoes markup.
 fn session_token(s: &str) -> String {
     s.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(36)
         .collect()
+}
+
+// ---- signing in ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    username: Text<64>,
+    password: Text<256>,
+}
+
+fn me_json(me_name: &str, grant: &Grant, csrf: Option<&str>) -> Value {
+    json!({ "username": me_name, "role": grant.role, "lots": grant.lots, "csrf": csrf })
+}
+
+async fn login(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Body(c): Body<Credentials>,
+) -> ApiResult<Response> {
+    let by_user = format!("user:{}", c.username.0);
+    let by_ip = format!("ip:{ip}");
+    ctx.logins
+        .blocked(&by_user)
+        .and(ctx.logins.blocked(&by_ip))
+        .map_err(ApiError::TooManyRequests)?;
+    let found = ctx.app.store.account_by_name(&c.username.0).await?;
+    let stored = found
+        .as_ref()
+        .filter(|(a, _)| a.disabled_at.is_none())
+        .map(|(_, h)| h.clone());
+    let password = c.password.0.clone();
+    let ok =
+        tokio::task::spawn_blocking(move || auth::verify_password(&password, stored.as_deref()))
+            .await
+            .unwrap_or(false);
+    let Some((account, _)) = found.filter(|_| ok) else {
+        let _ = ctx.logins.hit(&by_user);
+        let _ = ctx.logins.hit(&by_ip);
+        return Err(ApiError::Unauthorized("wrong username or password".into()));
+    };
+    ctx.logins.clear(&by_user);
+    let (login, token) = ctx.app.sign_in(&account, ctx.session_ttl).await?;
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        ctx.session_ttl.num_seconds(),
+        if ctx.app.settings.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    let mut r = Json(me_json(
+        &account.username,
+        &account.grant,
+        Some(&login.csrf),
+    ))
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+async fn logout(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Response> {
+    if let Via::Session { token_hash, .. } = &me.via {
+        ctx.app.store.delete_login(token_hash).await?;
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("parkpay_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    Ok(r)
+}
+
+async fn me(me: Identity) -> Json<Value> {
+    let csrf = match &me.via {
+        Via::Session { csrf, .. } => Some(csrf.as_str()),
+        Via::Token => None,
+    };
+    Json(me_json(&me.name, &me.grant, csrf))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    username: Text<64>,
+    password: Text<256>,
+    role: Text<16>,
+    #[serde(default)]
+    lots: Option<Vec<LotId>>,
+}
+
+async fn create_account(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Body(n): Body<NewAccount>,
+) -> ApiResult<(StatusCode, Json<Account>)> {
+    require_all_lots(&me, Action::ManageAccess)?;
+    let role = Role::parse(&n.role.0).ok_or_else(|| {
+        ApiError::Unprocessable(format!(
+            "role {:?} is not one of admin, operator, finance, viewer",
+            n.role.0
+        ))
+    })?;
+    let a = ctx
+        .app
+        .create_account(
+            &n.username.0,
+            &n.password.0,
+            Grant { role, lots: n.lots },
+            &me.name,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(a)))
+}
+
+async fn list_accounts(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Json<Vec<Account>>> {
+    require_all_lots(&me, Action::ManageAccess)?;
+    Ok(Json(ctx.app.store.accounts().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: Text<64>,
+    role: Text<16>,
+    #[serde(default)]
+    lots: Option<Vec<LotId>>,
+}
+
+async fn create_token(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Body(n): Body<NewToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_all_lots(&me, Action::ManageAccess)?;
+    let role = Role::parse(&n.role.0).ok_or_else(|| {
+        ApiError::Unprocessable(format!(
+            "role {:?} is not one of admin, operator, finance, viewer",
+            n.role.0
+        ))
+    })?;
+    let (t, secret) = ctx
+        .app
+        .create_token(&n.name.0, Grant { role, lots: n.lots }, &me.name)
+        .await?;
+    let mut v = json!(t);
+    v["token"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+// ---- the driver's pay page ----------------------------------------------------------------
+
+/// What the pay page shows about the one stay its QR code names: nothing about the driver.
+async fn pay_view(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Path(id_s): Path<String>,
+) -> ApiResult<Json<Value>> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
+    let sid = id(&id_s, "session")?;
+    let s = ctx
+        .app
+        .store
+        .session(sid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("session {sid}")))?;
+    let charge = ctx.app.store.charge_for_session(sid).await?;
+    let lot = ctx.app.store.lot(&s.lot).await?;
+    Ok(Json(json!({
+        "id": s.id, "lot": s.lot, "plate": s.plate, "status": s.status,
+        "lot_name": lot.as_ref().map(|l| l.name.clone()),
+        "time_zone": lot.as_ref().map(|l| l.tariff.time_zone.to_string()),
+        "entry_at": s.entry_at, "exit_at": s.exit_at, "fee": s.fee, "quote": s.quote,
+        "charge": charge.map(|c| json!({
+            "id": c.id, "amount": c.amount, "status": c.status, "method": c.method,
+            "created_at": c.created_at, "settled_at": c.settled_at,
+        })),
+    })))
 }
 
 // ---- lots and lanes ---------------------------------------------------------------------
@@ -216,7 +761,7 @@ fn session_token(s: &str) -> String {
 #[serde(deny_unknown_fields)]
 struct NewLot {
     id: String,
-    name: String,
+    name: Text<120>,
     #[serde(default)]
     capacity: i64,
     tariff: Tariff,
@@ -234,34 +779,45 @@ fn lot_json(lot: &Lot, occupancy: Option<i64>) -> Value {
 
 async fn create_lot(
     State(ctx): State<Ctx>,
+    me: Identity,
     Body(n): Body<NewLot>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    let id = lot_id(n.id)?;
+    require_on(&me, Action::Configure, &id)?;
     let lot = Lot {
-        id: lot_id(n.id)?,
-        name: n.name,
+        id,
+        name: n.name.0,
         capacity: n.capacity,
         tariff: n.tariff,
         tariff_version: 1,
         created_at: ctx.app.clock.now(),
     };
-    let lot = ctx.app.create_lot(lot, n.lanes, "operator").await?;
+    let lot = ctx.app.create_lot(lot, n.lanes, &me.name).await?;
     Ok((StatusCode::CREATED, Json(lot_json(&lot, Some(0)))))
 }
 
-async fn list_lots(State(ctx): State<Ctx>) -> ApiResult<Json<Vec<Value>>> {
+async fn list_lots(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Json<Vec<Value>>> {
+    require(&me, Action::View)?;
     Ok(Json(
         ctx.app
             .store
             .lots()
             .await?
             .iter()
+            .filter(|l| me.grant.covers(&l.id))
             .map(|l| lot_json(l, None))
             .collect(),
     ))
 }
 
-async fn get_lot(State(ctx): State<Ctx>, Path(lot): Path<String>) -> ApiResult<Json<Value>> {
-    let lot = lot_or_404(&ctx, &lot_id(lot)?).await?;
+async fn get_lot(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(lot): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::View, &lot)?;
+    let lot = lot_or_404(&ctx, &lot).await?;
     let stats = ctx
         .app
         .store
@@ -272,10 +828,13 @@ async fn get_lot(State(ctx): State<Ctx>, Path(lot): Path<String>) -> ApiResult<J
 
 async fn put_tariff(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(lot): Path<String>,
     Body(t): Body<Tariff>,
 ) -> ApiResult<Json<Value>> {
-    let lot = ctx.app.put_tariff(&lot_id(lot)?, t, "operator").await?;
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::Configure, &lot)?;
+    let lot = ctx.app.put_tariff(&lot, t, &me.name).await?;
     Ok(Json(lot_json(&lot, None)))
 }
 
@@ -285,20 +844,42 @@ struct PreviewQuery {
     exit: DateTime<Utc>,
 }
 
+/// Prices a stay under the lot's tariff. The stay is bounded ([`MAX_PREVIEW_DAYS`]) and the
+/// pricing runs one preview at a time on a blocking thread, so previews cannot slow the lanes.
 async fn preview(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(lot): Path<String>,
     Q(q): Q<PreviewQuery>,
 ) -> ApiResult<Json<tariff::Quote>> {
-    let lot = lot_or_404(&ctx, &lot_id(lot)?).await?;
-    tariff::quote(&lot.tariff, q.entry, q.exit)
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::View, &lot)?;
+    let lot = lot_or_404(&ctx, &lot).await?;
+    if q.exit - q.entry > chrono::Duration::days(MAX_PREVIEW_DAYS) {
+        return Err(ApiError::Unprocessable(format!(
+            "a preview prices at most {MAX_PREVIEW_DAYS} days"
+        )));
+    }
+    let _turn = ctx
+        .previews
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || tariff::quote(&lot.tariff, q.entry, q.exit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
         .map(Json)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))
 }
 
 /// The lot's configured lanes, each with what its gateway last reported.
-async fn lanes(State(ctx): State<Ctx>, Path(lot): Path<String>) -> ApiResult<Json<Value>> {
+async fn lanes(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(lot): Path<String>,
+) -> ApiResult<Json<Value>> {
     let lot = lot_id(lot)?;
+    require_on(&me, Action::View, &lot)?;
     let live = ctx.app.live.lanes_of(lot.as_str());
     let online: std::collections::HashMap<String, bool> = ctx
         .app
@@ -332,44 +913,59 @@ async fn lanes(State(ctx): State<Ctx>, Path(lot): Path<String>) -> ApiResult<Jso
 
 async fn put_lane(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(lot): Path<String>,
     Body(lane): Body<NewLane>,
 ) -> ApiResult<(StatusCode, Json<Lane>)> {
-    let lane = ctx.app.put_lane(&lot_id(lot)?, lane, "operator").await?;
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::Configure, &lot)?;
+    let lane = ctx.app.put_lane(&lot, lane, &me.name).await?;
     Ok((StatusCode::CREATED, Json(lane)))
 }
 
 async fn delete_lane(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path((lot, lane)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::Configure, &lot)?;
     let lane = LaneId::parse(lane).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    ctx.app
-        .delete_lane(&lot_id(lot)?, &lane, "operator")
-        .await?;
+    ctx.app.delete_lane(&lot, &lane, &me.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn gateways(State(ctx): State<Ctx>) -> Json<Value> {
-    Json(json!(ctx.app.live.gateways()))
+async fn gateways(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Json<Value>> {
+    require(&me, Action::View)?;
+    let all: Vec<Value> = ctx
+        .app
+        .live
+        .gateways()
+        .into_iter()
+        .map(|g| json!(g))
+        .filter(|g| in_scope(&me, g))
+        .collect();
+    Ok(Json(json!(all)))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OpenLane {
-    reason: String,
-    operator: String,
+    reason: Text<200>,
 }
 
 async fn open_lane(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path((lot, lane)): Path<(String, String)>,
     Body(b): Body<OpenLane>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let lot = lot_id(lot)?;
+    require_on(&me, Action::OperateLanes, &lot)?;
     let lane = LaneId::parse(lane).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let command_id = ctx
         .app
-        .open_lane(&lot, &lane, &b.reason, &b.operator)
+        .open_lane(&lot, &lane, &b.reason.0, &me.name)
         .await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -382,25 +978,41 @@ async fn open_lane(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewDriver {
-    name: String,
+    name: Text<120>,
     #[serde(default)]
-    phone: Option<String>,
+    phone: Option<Text<32>>,
+}
+
+/// Records who made a change that has no use case of its own.
+async fn audit_write(ctx: &Ctx, me: &Identity, action: &str, subject: String) -> ApiResult<()> {
+    ctx.app
+        .store
+        .insert_audit(&AuditEntry {
+            id: Uuid::now_v7(),
+            at: ctx.app.clock.now(),
+            actor: me.name.clone(),
+            action: action.to_string(),
+            subject,
+            detail: String::new(),
+        })
+        .await?;
+    Ok(())
 }
 
 async fn create_driver(
     State(ctx): State<Ctx>,
+    me: Identity,
     Body(n): Body<NewDriver>,
 ) -> ApiResult<(StatusCode, Json<Driver>)> {
-    if n.name.trim().is_empty() {
-        return Err(ApiError::Unprocessable("name must not be empty".into()));
-    }
+    require_all_lots(&me, Action::ManageDrivers)?;
     let d = Driver {
         id: Uuid::now_v7(),
-        name: n.name,
-        phone: n.phone,
+        name: n.name.0,
+        phone: n.phone.map(|p| p.0),
         created_at: ctx.app.clock.now(),
     };
     ctx.app.store.insert_driver(&d).await?;
+    audit_write(&ctx, &me, "driver.created", format!("driver {}", d.id)).await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
@@ -412,7 +1024,12 @@ async fn driver_or_404(ctx: &Ctx, id: Uuid) -> ApiResult<Driver> {
         .ok_or_else(|| ApiError::NotFound(format!("driver {id}")))
 }
 
-async fn get_driver(State(ctx): State<Ctx>, Path(id_s): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_driver(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require_all_lots(&me, Action::SeeDrivers)?;
     let d = driver_or_404(&ctx, id(&id_s, "driver")?).await?;
     let vehicles = ctx.app.store.vehicles_of(d.id).await?;
     let mandates = ctx.app.store.mandates_of(d.id).await?;
@@ -426,18 +1043,20 @@ async fn get_driver(State(ctx): State<Ctx>, Path(id_s): Path<String>) -> ApiResu
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewVehicle {
-    plate: String,
+    plate: Text<16>,
     #[serde(default)]
     colour: Option<PlateColour>,
 }
 
 async fn add_vehicle(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(id_s): Path<String>,
     Body(n): Body<NewVehicle>,
 ) -> ApiResult<(StatusCode, Json<Vehicle>)> {
+    require_all_lots(&me, Action::ManageDrivers)?;
     let driver = driver_or_404(&ctx, id(&id_s, "driver")?).await?;
-    let plate = Plate::parse(&n.plate).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let plate = Plate::parse(&n.plate.0).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let v = Vehicle {
         plate: plate.as_str().to_string(),
         colour: n.colour.unwrap_or_default(),
@@ -445,38 +1064,37 @@ async fn add_vehicle(
         created_at: ctx.app.clock.now(),
     };
     ctx.app.store.insert_vehicle(&v, &plate.match_key()).await?;
+    audit_write(&ctx, &me, "vehicle.added", format!("driver {}", driver.id)).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewMandate {
-    provider: String,
-    provider_ref: String,
+    provider: Text<32>,
+    provider_ref: Text<128>,
     #[serde(default)]
     per_charge_cap: Option<Money>,
     #[serde(default)]
     monthly_cap: Option<Money>,
     #[serde(default)]
-    channel: Option<String>,
+    channel: Option<Text<32>>,
 }
 
 async fn add_mandate(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(id_s): Path<String>,
     Body(n): Body<NewMandate>,
 ) -> ApiResult<(StatusCode, Json<Mandate>)> {
+    require_all_lots(&me, Action::ManageDrivers)?;
     let driver = driver_or_404(&ctx, id(&id_s, "driver")?).await?;
-    if n.provider != "sandbox" {
+    let (provider, provider_ref, channel) =
+        (n.provider.0, n.provider_ref.0, n.channel.map(|c| c.0));
+    if provider != "sandbox" {
         return Err(ApiError::Unprocessable(format!(
-            "provider {:?} is not available; use \"sandbox\"",
-            n.provider
+            "provider {provider:?} is not available; use \"sandbox\""
         )));
-    }
-    if n.provider_ref.trim().is_empty() {
-        return Err(ApiError::Unprocessable(
-            "provider_ref must not be empty".into(),
-        ));
     }
     for cap in [n.per_charge_cap, n.monthly_cap].into_iter().flatten() {
         if cap.minor <= 0 {
@@ -487,27 +1105,32 @@ async fn add_mandate(
     let m = Mandate {
         id: Uuid::now_v7(),
         driver_id: driver.id,
-        provider: n.provider,
-        provider_ref: n.provider_ref,
+        provider,
+        provider_ref,
         // The sandbox signs at once; a real provider answers asynchronously.
         status: MandateStatus::Active,
         per_charge_cap: n.per_charge_cap,
         monthly_cap: n.monthly_cap,
-        channel: n.channel.unwrap_or_else(|| "api".into()),
+        channel: channel.unwrap_or_else(|| "api".into()),
         signed_at: now,
         revoked_at: None,
     };
     ctx.app.store.insert_mandate(&m).await?;
+    audit_write(&ctx, &me, "mandate.added", format!("mandate {}", m.id)).await?;
     ctx.app.allowlists_due.notify_one();
     Ok((StatusCode::CREATED, Json(m)))
 }
 
 async fn revoke_mandate(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(id_s): Path<String>,
 ) -> ApiResult<Json<Mandate>> {
+    require_all_lots(&me, Action::ManageDrivers)?;
     let mid = id(&id_s, "mandate")?;
-    Ok(Json(ctx.app.revoke_mandate(mid).await?))
+    let m = ctx.app.revoke_mandate(mid).await?;
+    audit_write(&ctx, &me, "mandate.revoked", format!("mandate {mid}")).await?;
+    Ok(Json(m))
 }
 
 // ---- sessions, charges ------------------------------------------------------------------
@@ -522,8 +1145,10 @@ struct SessionQuery {
 
 async fn list_sessions(
     State(ctx): State<Ctx>,
+    me: Identity,
     Q(q): Q<SessionQuery>,
-) -> ApiResult<Json<Vec<Session>>> {
+) -> ApiResult<Json<Vec<Value>>> {
+    require(&me, Action::View)?;
     let status = q
         .status
         .map(|s| {
@@ -531,21 +1156,45 @@ async fn list_sessions(
                 .ok_or_else(|| ApiError::BadRequest(format!("unknown session status {s:?}")))
         })
         .transpose()?;
-    let plate = q.plate.map(|p| {
-        Plate::parse(&p)
-            .map(|p| p.as_str().to_string())
-            .unwrap_or(p)
-    });
+    let plate = match q.plate {
+        Some(p) => {
+            param(&p, "plate", 16)?;
+            Some(
+                Plate::parse(&p)
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or(p),
+            )
+        }
+        None => None,
+    };
+    let lot = q.lot.map(lot_id).transpose()?;
+    if let Some(lot) = &lot {
+        require_on(&me, Action::View, lot)?;
+    }
     let f = SessionFilter {
-        lot: q.lot.map(lot_id).transpose()?,
+        lot,
         plate,
         status,
         limit: q.limit.unwrap_or(100).clamp(1, 100_000),
     };
-    Ok(Json(ctx.app.store.sessions(&f).await?))
+    Ok(Json(
+        ctx.app
+            .store
+            .sessions(&f)
+            .await?
+            .into_iter()
+            .map(|s| without_driver(json!(s), &me))
+            .filter(|v| in_scope(&me, v))
+            .collect(),
+    ))
 }
 
-async fn get_session(State(ctx): State<Ctx>, Path(id_s): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_session(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require(&me, Action::View)?;
     let sid = id(&id_s, "session")?;
     let s = ctx
         .app
@@ -553,49 +1202,70 @@ async fn get_session(State(ctx): State<Ctx>, Path(id_s): Path<String>) -> ApiRes
         .session(sid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("session {sid}")))?;
+    require_on(&me, Action::View, &s.lot)?;
     let charge = ctx.app.store.charge_for_session(sid).await?;
     let mut v = json!(s);
     v["charge"] = json!(charge);
-    Ok(Json(v))
+    Ok(Json(without_driver(v, &me)))
 }
 
-#[derive(Deserialize, Default)]
-struct PayBody {
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    actor: Option<String>,
+/// What the cashier took: it must be the amount due, so a stale screen cannot settle a
+/// different fee.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CashBody {
+    amount: Money,
 }
 
-fn pay_method(b: &PayBody) -> ApiResult<ChargeMethod> {
-    match b.method.as_deref().unwrap_or("qr") {
-        "qr" => Ok(ChargeMethod::Qr),
-        other => Err(ApiError::Unprocessable(format!(
-            "payment method {other:?} is not supported; use \"qr\""
-        ))),
+async fn take_cash(ctx: &Ctx, me: &Identity, charge: Charge, amount: Money) -> ApiResult<Charge> {
+    require_on(me, Action::TakeCash, &charge.lot)?;
+    if amount != charge.amount {
+        return Err(ApiError::Conflict(format!(
+            "{} is due, not {amount}",
+            charge.amount
+        )));
     }
+    Ok(ctx
+        .app
+        .pay_charge(charge.id, ChargeMethod::Cash, &me.name)
+        .await?)
 }
 
-/// The pay body is optional: an empty body means a QR payment by the driver.
-fn pay_body(bytes: &[u8]) -> ApiResult<PayBody> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(PayBody::default());
-    }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Unprocessable(format!("invalid body: {e}")))
-}
-
-async fn pay_session(
+/// A cashier takes the fee of a car held at the exit in cash: the charge settles and the
+/// barrier opens. Audited under the cashier's identity.
+async fn cash_for_session(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(id_s): Path<String>,
-    body: axum::body::Bytes,
+    Body(b): Body<CashBody>,
 ) -> ApiResult<Json<Charge>> {
-    let b = pay_body(&body)?;
-    let actor = b.actor.clone().unwrap_or_else(|| "driver".into());
-    Ok(Json(
-        ctx.app
-            .pay_session(id(&id_s, "session")?, pay_method(&b)?, &actor)
-            .await?,
-    ))
+    require(&me, Action::TakeCash)?;
+    let sid = id(&id_s, "session")?;
+    let charge = ctx
+        .app
+        .store
+        .charge_for_session(sid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("charge for session {sid}")))?;
+    Ok(Json(take_cash(&ctx, &me, charge, b.amount).await?))
+}
+
+/// A cashier takes a payable charge (arrears, or a fee held at the exit) in cash.
+async fn cash_for_charge(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+    Body(b): Body<CashBody>,
+) -> ApiResult<Json<Charge>> {
+    require(&me, Action::TakeCash)?;
+    let cid = id(&id_s, "charge")?;
+    let charge = ctx
+        .app
+        .store
+        .charge(cid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("charge {cid}")))?;
+    Ok(Json(take_cash(&ctx, &me, charge, b.amount).await?))
 }
 
 #[derive(Deserialize)]
@@ -608,8 +1278,13 @@ struct ChargeQuery {
 
 async fn list_charges(
     State(ctx): State<Ctx>,
+    me: Identity,
     Q(q): Q<ChargeQuery>,
-) -> ApiResult<Json<Vec<Charge>>> {
+) -> ApiResult<Json<Vec<Value>>> {
+    require(&me, Action::View)?;
+    if q.driver.is_some() {
+        require(&me, Action::SeeDrivers)?;
+    }
     let status = q
         .status
         .map(|s| {
@@ -623,10 +1298,24 @@ async fn list_charges(
         session: q.session.as_deref().map(|s| id(s, "session")).transpose()?,
         limit: q.limit.unwrap_or(100).clamp(1, 100_000),
     };
-    Ok(Json(ctx.app.store.charges(&f).await?))
+    Ok(Json(
+        ctx.app
+            .store
+            .charges(&f)
+            .await?
+            .into_iter()
+            .map(|c| without_driver(json!(c), &me))
+            .filter(|v| in_scope(&me, v))
+            .collect(),
+    ))
 }
 
-async fn get_charge(State(ctx): State<Ctx>, Path(id_s): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_charge(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require(&me, Action::View)?;
     let cid = id(&id_s, "charge")?;
     let c = ctx
         .app
@@ -634,23 +1323,10 @@ async fn get_charge(State(ctx): State<Ctx>, Path(id_s): Path<String>) -> ApiResu
         .charge(cid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("charge {cid}")))?;
+    require_on(&me, Action::View, &c.lot)?;
     let mut v = json!(c);
     v["history"] = json!(ctx.app.store.charge_attempts(cid).await?);
-    Ok(Json(v))
-}
-
-async fn pay_charge(
-    State(ctx): State<Ctx>,
-    Path(id_s): Path<String>,
-    body: axum::body::Bytes,
-) -> ApiResult<Json<Charge>> {
-    let b = pay_body(&body)?;
-    let actor = b.actor.clone().unwrap_or_else(|| "driver".into());
-    Ok(Json(
-        ctx.app
-            .pay_charge(id(&id_s, "charge")?, pay_method(&b)?, &actor)
-            .await?,
-    ))
+    Ok(Json(without_driver(v, &me)))
 }
 
 // ---- operations -------------------------------------------------------------------------
@@ -664,9 +1340,14 @@ struct ListQuery {
 
 async fn exceptions(
     State(ctx): State<Ctx>,
+    me: Identity,
     Q(q): Q<ListQuery>,
-) -> ApiResult<Json<Vec<ExceptionRecord>>> {
+) -> ApiResult<Json<Vec<Value>>> {
+    require(&me, Action::View)?;
     let lot = q.lot.map(lot_id).transpose()?;
+    if let Some(lot) = &lot {
+        require_on(&me, Action::View, lot)?;
+    }
     Ok(Json(
         ctx.app
             .store
@@ -675,35 +1356,54 @@ async fn exceptions(
                 q.open.unwrap_or(false),
                 q.limit.unwrap_or(100).clamp(1, 100_000),
             )
-            .await?,
+            .await?
+            .into_iter()
+            .map(|x| without_driver(json!(x), &me))
+            .filter(|v| in_scope(&me, v))
+            .collect(),
     ))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Correction {
-    plate: String,
-    operator: String,
+    plate: Text<16>,
     /// For an exit held as `no_entry`: the open session (one of the look-alikes the exception
     /// names) that this car, whose entry was misread, really belongs to.
     #[serde(default)]
     session: Option<Uuid>,
 }
 
+/// An attendant reads the plate off the evidence of a held passage. The corrected passage may
+/// charge a mandate, so this needs the operator role on the exception's lot.
 async fn correct_plate(
     State(ctx): State<Ctx>,
+    me: Identity,
     Path(id_s): Path<String>,
     Body(c): Body<Correction>,
 ) -> ApiResult<Json<parkpay_protocol::Decision>> {
+    require(&me, Action::CorrectPlates)?;
     let xid = id(&id_s, "exception")?;
+    let x = ctx
+        .app
+        .store
+        .exception(xid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("exception {xid}")))?;
+    require_on(&me, Action::CorrectPlates, &x.lot)?;
     Ok(Json(
         ctx.app
-            .correct_plate(xid, &c.plate, c.session, &c.operator)
+            .correct_plate(xid, &c.plate.0, c.session, &me.name)
             .await?,
     ))
 }
 
-async fn audit(State(ctx): State<Ctx>, Q(q): Q<ListQuery>) -> ApiResult<Json<Vec<AuditEntry>>> {
+async fn audit(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Q(q): Q<ListQuery>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    require_all_lots(&me, Action::ReadAudit)?;
     Ok(Json(
         ctx.app
             .store
@@ -714,8 +1414,10 @@ async fn audit(State(ctx): State<Ctx>, Q(q): Q<ListQuery>) -> ApiResult<Json<Vec
 
 async fn dead_letters(
     State(ctx): State<Ctx>,
+    me: Identity,
     Q(q): Q<ListQuery>,
 ) -> ApiResult<Json<Vec<DeadLetter>>> {
+    require_all_lots(&me, Action::ReadAudit)?;
     Ok(Json(
         ctx.app
             .store
@@ -735,9 +1437,13 @@ fn today_start(ctx: &Ctx, lot: &Lot) -> DateTime<Utc> {
         .unwrap_or_else(|| ctx.app.clock.now())
 }
 
-async fn stats(State(ctx): State<Ctx>) -> ApiResult<Json<Value>> {
+async fn stats(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Json<Value>> {
+    require(&me, Action::View)?;
     let mut lots = Vec::new();
     for lot in ctx.app.store.lots().await? {
+        if !me.grant.covers(&lot.id) {
+            continue;
+        }
         let s = ctx
             .app
             .store
@@ -749,26 +1455,107 @@ async fn stats(State(ctx): State<Ctx>) -> ApiResult<Json<Value>> {
             "revenue_today": Money::new(s.revenue_minor, lot.tariff.currency), "passages_today": s.passages,
         }));
     }
+    let gateways: Vec<Value> = ctx
+        .app
+        .live
+        .gateways()
+        .into_iter()
+        .map(|g| json!(g))
+        .filter(|g| in_scope(&me, g))
+        .collect();
     Ok(Json(
-        json!({ "now": ctx.app.clock.now(), "lots": lots, "gateways": ctx.app.live.gateways() }),
+        json!({ "now": ctx.app.clock.now(), "lots": lots, "gateways": gateways }),
     ))
 }
 
-async fn stream(State(ctx): State<Ctx>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let events = BroadcastStream::new(ctx.app.live.subscribe()).filter_map(|e| {
+/// The live stream, limited to the caller's lots and without driver identifiers for those who
+/// may not see drivers.
+async fn stream(
+    State(ctx): State<Ctx>,
+    me: Identity,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    require(&me, Action::View)?;
+    let events = BroadcastStream::new(ctx.app.live.subscribe()).filter_map(move |e| {
         // A lagging dashboard skips what it missed; the next stats poll catches it up.
         let e = e.ok()?;
-        Some(Ok(Event::default().event(e.kind).data(e.data.to_string())))
+        if !in_scope(&me, &e.data) {
+            return None;
+        }
+        let data = without_driver(e.data, &me);
+        Some(Ok(Event::default().event(e.kind).data(data.to_string())))
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 // ---- sandbox provider -------------------------------------------------------------------
+//
+// These calls stand for the payment provider's side (its notification that a driver paid, its
+// wallets). They exist only when the sandbox is the configured provider with its own secret,
+// and require that secret as a bearer token: no operator account or token opens them.
+
+fn sandbox(ctx: &Ctx, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(secret) = &ctx.app.settings.sandbox_secret else {
+        return Err(ApiError::NotFound("no such route".into()));
+    };
+    let sent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if auth::same_secret(sent.trim(), secret) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "the sandbox provider's secret is required".into(),
+        ))
+    }
+}
+
+/// The sandbox provider reports that the driver paid a charge (by QR, in the provider's app):
+/// the only way, besides a cashier, that a fee held at the exit is settled.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settle {
+    #[serde(default)]
+    session: Option<Uuid>,
+    #[serde(default)]
+    charge: Option<Uuid>,
+    amount: Money,
+}
+
+async fn sandbox_settle(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Body(b): Body<Settle>,
+) -> ApiResult<Json<Charge>> {
+    sandbox(&ctx, &headers)?;
+    let charge = match (b.charge, b.session) {
+        (Some(c), None) => ctx.app.store.charge(c).await?,
+        (None, Some(s)) => ctx.app.store.charge_for_session(s).await?,
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "name exactly one of charge or session".into(),
+            ))
+        }
+    }
+    .ok_or_else(|| ApiError::NotFound("no such charge".into()))?;
+    if b.amount != charge.amount {
+        return Err(ApiError::Conflict(format!(
+            "{} is due, not {}",
+            charge.amount, b.amount
+        )));
+    }
+    Ok(Json(
+        ctx.app
+            .pay_charge(charge.id, ChargeMethod::Qr, "provider:sandbox")
+            .await?,
+    ))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewWallet {
-    reference: String,
+    reference: Text<128>,
     balance: Money,
     #[serde(default)]
     fail_next: i64,
@@ -776,20 +1563,17 @@ struct NewWallet {
 
 async fn put_wallet(
     State(ctx): State<Ctx>,
+    headers: HeaderMap,
     Body(n): Body<NewWallet>,
 ) -> ApiResult<(StatusCode, Json<Wallet>)> {
-    if n.reference.trim().is_empty() {
-        return Err(ApiError::Unprocessable(
-            "reference must not be empty".into(),
-        ));
-    }
+    sandbox(&ctx, &headers)?;
     if n.balance.minor < 0 || n.fail_next < 0 {
         return Err(ApiError::Unprocessable(
             "balance and fail_next must not be negative".into(),
         ));
     }
     let w = Wallet {
-        reference: n.reference,
+        reference: n.reference.0,
         balance: n.balance,
         fail_next: n.fail_next,
     };
@@ -799,8 +1583,11 @@ async fn put_wallet(
 
 async fn get_wallet(
     State(ctx): State<Ctx>,
+    headers: HeaderMap,
     Path(reference): Path<String>,
 ) -> ApiResult<Json<Wallet>> {
+    sandbox(&ctx, &headers)?;
+    param(&reference, "reference", 128)?;
     ctx.app
         .store
         .wallet(&reference)

@@ -9,8 +9,8 @@
 //! 2. its body names the lot and lane of the topic it came on (`topic_mismatch`);
 //! 3. the lane is configured (`unknown_lane`) and served by the gateway the body names
 //!    (`wrong_gateway`);
-//! 4. it carries a valid signature by *that lane's* gateway key, when one is configured, over the
-//!    exact bytes received (`bad_signature`, `unsigned`); with `require_signatures`, a lane whose
+//! 4. it carries a valid signature by *that lane's* gateway key over the exact bytes received
+//!    (`bad_signature`, `unsigned`); with `require_signatures` (the default), a lane whose
 //!    gateway has no key is refused (`unsigned`);
 //! 5. its direction is the lane's (`wrong_direction`).
 //!
@@ -19,16 +19,17 @@
 //! transaction commits; any other failure is dead-lettered (`processing_failed`) and the lane is
 //! told to hold the car for an attendant.
 //!
+//! A gateway's status, lane states and command acknowledgements are likewise believed only when
+//! signed by the gateway they concern (its own topic, or the lane's configured gateway).
+//!
 //! Acknowledgements go out in arrival order, whatever order the work finishes in: MQTT 3.1.1
 //! lets a broker require it, and rumqttd (the embedded broker) does.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parkpay_protocol::{
-    decode, CommandAck, DecodeError, GatewayStatus, LaneId, LaneState, LotId, Opened, PassageEvent,
-    Topic,
+    CommandAck, DecodeError, GatewayStatus, LaneId, LaneState, LotId, Opened, PassageEvent, Topic,
 };
 use rumqttc::{AsyncClient, Publish};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -49,20 +50,12 @@ pub const KEPT_BYTES: usize = 4 * 1024;
 /// Passage events handled at once.
 const CONCURRENCY: u32 = 16;
 
-/// Signing keys by gateway id; when `required`, a lane whose gateway has no key is refused.
-#[derive(Clone, Default)]
-pub struct GatewayKeys {
-    pub keys: HashMap<String, Vec<u8>>,
-    pub required: bool,
-}
-
 /// Handles incoming messages until `stop` is cancelled or the channel closes, then drains: the
 /// events in hand are finished (within a bound) and acknowledged; what was not taken is left to
 /// the broker to deliver again.
 pub async fn process(
     app: App,
     client: AsyncClient,
-    keys: GatewayKeys,
     mut rx: mpsc::Receiver<Publish>,
     stop: CancellationToken,
 ) {
@@ -107,53 +100,60 @@ pub async fn process(
                 if ack_tx.send((p.clone(), rx)).is_err() {
                     break;
                 }
-                let (app, keys, stop) = (app.clone(), keys.clone(), stop.clone());
+                let (app, stop) = (app.clone(), stop.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let ack = event(&app, &keys, &p, lot, lane, received, &stop).await;
+                    let ack = event(&app, &p, lot, lane, received, &stop).await;
                     let _ = tx.send(ack);
                 });
             }
-            Ok(Topic::GatewayStatus(..)) => {
-                match decode::<GatewayStatus>(&p.payload, None) {
+            Ok(Topic::GatewayStatus(lot, gateway)) => {
+                match from_gateway::<GatewayStatus>(&app, &p, gateway.as_str()).await {
+                    Ok(s) if s.lot != lot || s.gateway != gateway => {
+                        let detail = format!(
+                            "status of {}/{} published on the topic of {lot}/{gateway}",
+                            s.lot, s.gateway
+                        );
+                        dead_letter(&app, &p, "topic_mismatch", detail).await;
+                    }
                     Ok(s) => {
-                        if s.body.online {
+                        if s.online {
                             app.allowlists_due.notify_one();
                         }
-                        app.live.gateway_status(s.body);
+                        app.live.gateway_status(s);
                         app.metrics.gateways_online.set(app.live.gateways_online());
                     }
-                    Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
+                    Err((reason, detail)) => dead_letter(&app, &p, reason, detail).await,
                 }
                 let _ = ack_tx.send(done(&p));
             }
-            Ok(Topic::LaneState(..)) => {
-                match decode::<LaneState>(&p.payload, None) {
-                    Ok(s) => app.live.lane_state(s.body),
-                    Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
+            Ok(Topic::LaneState(lot, lane)) => {
+                match from_lane::<LaneState>(&app, &p, &lot, &lane).await {
+                    Ok(s) => app.live.lane_state(s),
+                    Err((reason, detail)) => dead_letter(&app, &p, reason, detail).await,
                 }
                 let _ = ack_tx.send(done(&p));
             }
             Ok(Topic::Acks(lot, lane)) => {
-                match decode::<CommandAck>(&p.payload, None) {
+                match from_lane::<CommandAck>(&app, &p, &lot, &lane).await {
                     Ok(a) => {
                         let entry = AuditEntry {
                             id: Uuid::now_v7(),
                             at: app.clock.now(),
                             actor: format!("lane {lot}/{lane}"),
-                            action: if a.body.ok {
+                            action: if a.ok {
                                 "command.done".into()
                             } else {
                                 "command.failed".into()
                             },
-                            subject: format!("command {}", a.body.command_id),
-                            detail: clean(&a.body.detail),
+                            subject: format!("command {}", a.command_id),
+                            detail: clean(&a.detail),
                         };
                         if let Err(e) = app.store.insert_audit(&entry).await {
                             tracing::warn!(error = %e, "could not audit a command ack");
                         }
                     }
-                    Err(e) => dead_letter(&app, &p, e.reason(), e.to_string()).await,
+                    Err((reason, detail)) => dead_letter(&app, &p, reason, detail).await,
                 }
                 let _ = ack_tx.send(done(&p));
             }
@@ -175,10 +175,64 @@ pub async fn process(
     let _ = tokio::time::timeout(Duration::from_secs(5), acker).await;
 }
 
+/// Why a message is refused: the dead-letter reason and its detail.
+type Refusal = (&'static str, String);
+
+/// Checks an envelope was signed by `gateway` (when it has a key, or keys are required).
+async fn signed_by(app: &App, env: &Opened<'_>, gateway: &str) -> Result<(), Refusal> {
+    let key = app.keys.key(gateway).await.map_err(|e| {
+        (
+            "processing_failed",
+            format!("cannot look up the key of gateway {gateway}: {e}"),
+        )
+    })?;
+    let verified = match key {
+        Some(key) => env.verify(&key),
+        None if app.keys.required() => Err(DecodeError::Unsigned),
+        None => Ok(()),
+    };
+    verified.map_err(|e| (e.reason(), format!("{e} (gateway {gateway})")))
+}
+
+/// A message a gateway publishes about itself, signed by it.
+async fn from_gateway<M: parkpay_protocol::Message>(
+    app: &App,
+    p: &Publish,
+    gateway: &str,
+) -> Result<M, Refusal> {
+    let env = Opened::new(&p.payload).map_err(|e| (e.reason(), e.to_string()))?;
+    let body = env.body::<M>().map_err(|e| (e.reason(), e.to_string()))?;
+    signed_by(app, &env, gateway).await?;
+    Ok(body)
+}
+
+/// A message about a lane, signed by the gateway configured for that lane.
+async fn from_lane<M: parkpay_protocol::Message>(
+    app: &App,
+    p: &Publish,
+    lot: &LotId,
+    lane: &LaneId,
+) -> Result<M, Refusal> {
+    let env = Opened::new(&p.payload).map_err(|e| (e.reason(), e.to_string()))?;
+    let body = env.body::<M>().map_err(|e| (e.reason(), e.to_string()))?;
+    let config = app
+        .store
+        .lane(lot, lane)
+        .await
+        .map_err(|e| ("processing_failed", e.to_string()))?
+        .ok_or_else(|| {
+            (
+                "unknown_lane",
+                format!("lane {lot}/{lane} is not configured"),
+            )
+        })?;
+    signed_by(app, &env, config.gateway.as_str()).await?;
+    Ok(body)
+}
+
 /// Handles one passage event; returns whether to acknowledge it.
 async fn event(
     app: &App,
-    keys: &GatewayKeys,
     p: &Publish,
     lot: LotId,
     lane: LaneId,
@@ -223,14 +277,15 @@ async fn event(
         dead_letter(app, p, "wrong_gateway", detail).await;
         return true;
     }
-    let verified = match keys.keys.get(config.gateway.as_str()) {
-        Some(key) => env.verify(key),
-        None if keys.required => Err(DecodeError::Unsigned),
-        None => Ok(()),
-    };
-    if let Err(e) = verified {
-        let detail = format!("{e} (gateway {} of lane {lot}/{lane})", config.gateway);
-        dead_letter(app, p, e.reason(), detail).await;
+    if let Err((reason, detail)) = signed_by(app, &env, config.gateway.as_str()).await {
+        if reason == "processing_failed" {
+            // The key could not be looked up (the database): not the sender's fault. Leave
+            // the event unacknowledged; the broker delivers it again.
+            tracing::warn!(%detail, "passage left for redelivery");
+            return false;
+        }
+        let detail = format!("{detail}, for lane {lot}/{lane}");
+        dead_letter(app, p, reason, detail).await;
         return true;
     }
     if ev.direction != config.direction {

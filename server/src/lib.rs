@@ -12,13 +12,16 @@
 //! Start reading at `decide.rs` (the rules and their table of tests), then `app.rs` (one
 //! function per use case).
 
+pub mod access;
 pub mod app;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod decide;
 pub mod domain;
 pub mod http;
 pub mod ingest;
+pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod mqtt;

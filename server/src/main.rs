@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use parkpay_protocol::SystemClock;
+use parkpay_server::access::parse_grant;
 use parkpay_server::{Server, ServerConfig};
 
 /// The parkpay central service: MQTT ingest, sessions, tariffs, charges, HTTP API and dashboard.
@@ -38,6 +39,70 @@ struct Cli {
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Administration: run against the configured database, then exit.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Operator accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens for integrations.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Gateway signing keys.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum UserCommand {
+    /// Creates an account (the first admin is made this way). Prints a generated password
+    /// unless --password-stdin is given.
+    Add {
+        #[arg(long)]
+        username: String,
+        /// admin, operator, finance or viewer.
+        #[arg(long)]
+        role: String,
+        /// Limit the account to these lots (comma-separated); every lot when left out.
+        #[arg(long)]
+        lots: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TokenCommand {
+    /// Creates an API token and prints it (only once: only its digest is stored).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        lots: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum GatewayCommand {
+    /// Makes a gateway's signing key and prints the gateway's configuration with it.
+    Add {
+        /// The gateway's id, e.g. gw-north.
+        #[arg(long)]
+        id: String,
+        /// The lot it serves.
+        #[arg(long)]
+        lot: String,
+        /// Replace an existing key (the gateway must get the new one).
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 #[tokio::main]
@@ -81,6 +146,9 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(command) = cli.command {
+        return admin(command, &config).await;
+    }
     let shutdown = shutdown_signal();
     let server = Server::build(config, Arc::new(SystemClock)).await?;
     println!(
@@ -89,6 +157,72 @@ async fn main() -> anyhow::Result<()> {
         server.mqtt_url()
     );
     server.run(shutdown).await?;
+    Ok(())
+}
+
+async fn admin(command: Command, config: &ServerConfig) -> anyhow::Result<()> {
+    let store = parkpay_server::store::connect(&config.database_url)
+        .await
+        .context("opening the database")?;
+    let app = parkpay_server::app::App::offline(store, Arc::new(SystemClock));
+    match command {
+        Command::User(UserCommand::Add {
+            username,
+            role,
+            lots,
+            password_stdin,
+        }) => {
+            let grant = parse_grant(&role, lots.as_deref()).map_err(anyhow::Error::msg)?;
+            let (password, generated) = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password")?;
+                (line.trim_end_matches(['\r', '\n']).to_string(), false)
+            } else {
+                (parkpay_server::auth::random_hex(12), true)
+            };
+            let a = app
+                .create_account(&username, &password, grant, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("account {} created: role {}", a.username, a.grant.role);
+            if generated {
+                println!("password: {password}");
+            }
+        }
+        Command::Token(TokenCommand::Add { name, role, lots }) => {
+            let grant = parse_grant(&role, lots.as_deref()).map_err(anyhow::Error::msg)?;
+            let (_, secret) = app
+                .create_token(&name, grant, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{secret}");
+        }
+        Command::Gateway(GatewayCommand::Add { id, lot, rotate }) => {
+            let gw = parkpay_protocol::GatewayId::parse(id)?;
+            let lot = parkpay_protocol::LotId::parse(lot)?;
+            let key = app
+                .add_gateway_key(&gw, rotate, "cli")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let broker = if config.mqtt.broker == "embedded" {
+                format!("mqtt://{}", config.mqtt.embedded_bind)
+            } else {
+                config.mqtt.broker.clone()
+            };
+            println!("# gateway.toml for {gw}: keep signing_key secret");
+            println!("gateway_id = \"{gw}\"");
+            println!("lot = \"{lot}\"");
+            println!("mqtt_url = \"{broker}\"");
+            println!("signing_key = \"{key}\"");
+            println!("require_signatures = true");
+            println!("journal_dir = \"/var/lib/parkpay/journal\"");
+            println!(
+                "# then one [[lanes]] table per lane this gateway serves (docs/operations.md)"
+            );
+        }
+    }
     Ok(())
 }
 

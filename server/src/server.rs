@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, AppSettings};
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::config::{hex_decode, ServerConfig};
-use crate::ingest::{self, GatewayKeys};
+use crate::ingest;
+use crate::keys::{KeyRing, SigningOutbound};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttError, MqttOutbound};
@@ -56,6 +57,7 @@ pub struct Server {
     ingest: Option<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     worker: Option<tokio::task::JoinHandle<()>>,
+    http: crate::config::HttpConfig,
     _broker: Option<EmbeddedBroker>,
 }
 
@@ -100,10 +102,19 @@ impl Server {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{http_addr}"));
+        let keys = Arc::new(KeyRing::new(
+            configured_keys(&config),
+            store.clone(),
+            config.mqtt.require_signatures,
+        ));
         let app = App {
             store: store.clone(),
             clock: clock.clone(),
-            outbound: Arc::new(MqttOutbound::new(client.clone())),
+            outbound: Arc::new(SigningOutbound {
+                inner: Arc::new(MqttOutbound::new(client.clone())),
+                keys: keys.clone(),
+            }),
+            keys,
             live: Live::new(),
             metrics,
             charges_due: Arc::new(Notify::new()),
@@ -111,6 +122,11 @@ impl Server {
             settings: Arc::new(AppSettings {
                 public_url,
                 limits: config.ingest.limits(),
+                secure_cookies: config.http.secure_cookies,
+                sandbox_secret: (config.payments.provider == "sandbox")
+                    .then(|| config.payments.sandbox_secret.clone())
+                    .flatten()
+                    .map(|s| s.expose().to_string()),
             }),
         };
 
@@ -137,7 +153,6 @@ impl Server {
         let ingest = tokio::spawn(ingest::process(
             app.clone(),
             client.clone(),
-            gateway_keys(&config),
             rx,
             stop_ingest.clone(),
         ));
@@ -175,6 +190,7 @@ impl Server {
             ingest: Some(ingest),
             tasks,
             worker: Some(worker),
+            http: config.http.clone(),
             _broker: broker,
         })
     }
@@ -200,10 +216,13 @@ impl Server {
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let router = crate::http::router(self.app.clone(), self.connected.clone());
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let router = crate::http::router(self.app.clone(), self.connected.clone(), &self.http);
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         self.stop_ingest.cancel();
         if let Some(i) = self.ingest.take() {
             if tokio::time::timeout(Duration::from_secs(20), i)
@@ -231,17 +250,14 @@ impl Server {
     }
 }
 
-fn gateway_keys(config: &ServerConfig) -> GatewayKeys {
-    GatewayKeys {
-        keys: config
-            .mqtt
-            .gateway_keys
-            .iter()
-            // validate() checked every key is hex.
-            .filter_map(|(gw, k)| hex_decode(k.expose()).map(|k| (gw.clone(), k)))
-            .collect(),
-        required: config.mqtt.require_signatures,
-    }
+fn configured_keys(config: &ServerConfig) -> std::collections::HashMap<String, Vec<u8>> {
+    config
+        .mqtt
+        .gateway_keys
+        .iter()
+        // validate() checked every key is hex.
+        .filter_map(|(gw, k)| hex_decode(k.expose()).map(|k| (gw.clone(), k)))
+        .collect()
 }
 
 /// Republishes decisions committed but not handed to the broker (a crash between the two).
@@ -268,43 +284,50 @@ async fn resend_outbox(app: App, cancel: CancellationToken) {
     }
 }
 
+/// A lot's allowlist holds the plates parked there or seen there within this many days.
+const ALLOWLIST_DAYS: i64 = 90;
+
 /// Keeps every gateway's retained allowlist current: the plates it may let out on its own when
-/// it cannot reach us (drivers with an active mandate and no arrears). Only gateways that serve a
-/// configured lane of the lot get one: a gateway that merely announces itself gets nothing.
+/// it cannot reach us (drivers with an active mandate and no arrears who park at that lot).
+/// Only gateways that serve a configured lane of the lot get one, signed with their key: a
+/// gateway that merely announces itself gets nothing.
 async fn publish_allowlists(app: App, cancel: CancellationToken) {
     let mut published: std::collections::HashMap<String, Vec<String>> =
         std::collections::HashMap::new();
     loop {
-        if let Ok(plates) = app.store.trusted_plates(50_000).await {
-            for gw in app.live.gateways().into_iter().filter(|g| g.online) {
-                let key = format!("{}/{}", gw.lot, gw.gateway);
-                if published.get(&key) == Some(&plates) {
-                    continue;
-                }
-                let (Ok(lot), Ok(gateway)) = (
-                    parkpay_protocol::LotId::parse(gw.lot),
-                    parkpay_protocol::GatewayId::parse(gw.gateway),
-                ) else {
-                    continue;
-                };
-                let serves = app
-                    .store
-                    .lanes(&lot)
-                    .await
-                    .is_ok_and(|lanes| lanes.iter().any(|l| l.gateway == gateway));
-                if !serves {
-                    continue;
-                }
-                let list = parkpay_protocol::Allowlist {
-                    lot: lot.clone(),
-                    plates: plates.clone(),
-                    version: app.clock.now().timestamp_millis(),
-                };
-                let topic = parkpay_protocol::Topic::Allowlist(lot, gateway).to_string();
-                let payload = parkpay_protocol::encode(&list, app.clock.now(), None);
-                if app.outbound.publish(&topic, payload, true).await.is_ok() {
-                    published.insert(key, plates.clone());
-                }
+        for gw in app.live.gateways().into_iter().filter(|g| g.online) {
+            let (Ok(lot), Ok(gateway)) = (
+                parkpay_protocol::LotId::parse(gw.lot),
+                parkpay_protocol::GatewayId::parse(gw.gateway),
+            ) else {
+                continue;
+            };
+            let serves = app
+                .store
+                .lanes(&lot)
+                .await
+                .is_ok_and(|lanes| lanes.iter().any(|l| l.gateway == gateway));
+            if !serves {
+                continue;
+            }
+            let since = app.clock.now() - chrono::Duration::days(ALLOWLIST_DAYS);
+            let Ok(plates) = app.store.trusted_plates(&lot, since, 50_000).await else {
+                continue;
+            };
+            let key = format!("{lot}/{gateway}");
+            if published.get(&key) == Some(&plates) {
+                continue;
+            }
+            let list = parkpay_protocol::Allowlist {
+                lot: lot.clone(),
+                plates: plates.clone(),
+                version: app.clock.now().timestamp_millis(),
+            };
+            let topic = parkpay_protocol::Topic::Allowlist(lot, gateway).to_string();
+            let payload = parkpay_protocol::encode(&list, app.clock.now(), None);
+            // Signed for the gateway on the way out (SigningOutbound).
+            if app.outbound.publish(&topic, payload, true).await.is_ok() {
+                published.insert(key, plates);
             }
         }
         tokio::select! {

@@ -7,5 +7,6 @@ mod frames;
 mod journal;
 mod operations;
 mod scenarios;
+mod security;
 mod store;
 mod trust;

@@ -514,14 +514,30 @@ async fn trusted_plates_are_mandated_and_owe_nothing() {
         }
         drivers.push(d.id);
     }
+    let since = t0() - Duration::days(90);
+    // A lot's list holds only plates that park there: nobody has yet.
+    assert!(s.trusted_plates(&lot, since, 100).await.unwrap().is_empty());
+    let (w, _) = entry(&lot, "京A11111", t0());
+    s.commit_passage(&w).await.unwrap();
+    let (w, session) = entry(&lot, "京A33333", t0());
+    s.commit_passage(&w).await.unwrap();
+    let (w, _) = entry(&lot, "京A22222", t0());
+    s.commit_passage(&w).await.unwrap();
     assert_eq!(
-        s.trusted_plates(100).await.unwrap(),
-        vec!["京A11111".to_string(), "京A33333".to_string()]
+        s.trusted_plates(&lot, since, 100).await.unwrap(),
+        vec!["京A11111".to_string(), "京A33333".to_string()],
+        "parked with a mandate (京A22222 has none)"
+    );
+    let elsewhere = LotId::parse(format!("{lot}-x")).unwrap();
+    assert!(
+        s.trusted_plates(&elsewhere, since, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another lot's gateways get none of these plates"
     );
 
     // Unpaid arrears take a driver off the list.
-    let (w, session) = entry(&lot, "京A33333", t0());
-    s.commit_passage(&w).await.unwrap();
     let mut x = exit(&lot, session, 800, t0() + Duration::hours(2));
     if let Some(c) = x.charge.as_mut() {
         c.driver_id = Some(drivers[2]);
@@ -530,7 +546,7 @@ async fn trusted_plates_are_mandated_and_owe_nothing() {
     s.commit_passage(&x).await.unwrap();
     assert_eq!(s.arrears_of(drivers[2]).await.unwrap(), 800);
     assert_eq!(
-        s.trusted_plates(100).await.unwrap(),
+        s.trusted_plates(&lot, since, 100).await.unwrap(),
         vec!["京A11111".to_string()]
     );
     b.cleanup().await;

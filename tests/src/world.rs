@@ -56,7 +56,7 @@ impl Default for WorldOptions {
             rigs: true,
             decision_timeout: Duration::from_secs(20),
             frames: None,
-            signed: false,
+            signed: true,
             resend: None,
         }
     }
@@ -85,6 +85,10 @@ pub struct World {
     pub client: reqwest::Client,
     /// The gateway's signing key, when the world is `signed`.
     pub gateway_key: Option<Vec<u8>>,
+    /// An admin API token: `api` and `client` carry it.
+    pub admin_token: String,
+    /// The sandbox provider's secret (`payments.sandbox_secret`).
+    pub sandbox_secret: String,
     server_config: ServerConfig,
     server: Option<Running<App>>,
     gateway: Option<Running<GatewayHandle>>,
@@ -115,12 +119,25 @@ async fn start_server(config: ServerConfig, clock: Arc<dyn Clock>) -> (Running<A
     )
 }
 
+/// An HTTP client that carries this API token on every request.
+pub fn authorised_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .expect("a token is a valid header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
 impl World {
     pub async fn start(opts: WorldOptions, clock: Arc<dyn Clock>) -> World {
         let backend = Backend::fresh().await;
         let lot = LotId::parse(unique_lot()).expect("a valid lot id");
         let gateway = parkpay_sim::demo::gateway_id(&lot).expect("a valid gateway id");
         let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        let sandbox_secret = hex_string(&(0..16).map(|_| rand::random::<u8>()).collect::<Vec<_>>());
         let mut gateway_keys = HashMap::new();
         if opts.signed {
             gateway_keys.insert(
@@ -132,7 +149,7 @@ impl World {
             database_url: backend.database_url.clone(),
             http: HttpConfig {
                 bind: ([127, 0, 0, 1], 0).into(),
-                public_url: None,
+                ..HttpConfig::default()
             },
             // A shared broker carries other tests' lots too: serve only ours.
             mqtt: MqttConfig {
@@ -146,6 +163,7 @@ impl World {
                 max_attempts: opts.max_attempts,
                 retry_base_secs: opts.retry_base_secs,
                 poll_interval_ms: 20,
+                sandbox_secret: Some(parkpay_server::config::Secret::new(sandbox_secret.clone())),
                 ..PaymentsConfig::default()
             },
             // The default instance name, as an operator would run it: derived from the host and
@@ -153,7 +171,19 @@ impl World {
             ..ServerConfig::default()
         };
         let (server, http) = start_server(server_config.clone(), clock.clone()).await;
-        let client = reqwest::Client::new();
+        let (_, admin_token) = server
+            .handle
+            .create_token(
+                "tests",
+                parkpay_server::domain::Grant {
+                    role: parkpay_server::domain::Role::Admin,
+                    lots: None,
+                },
+                "tests",
+            )
+            .await
+            .expect("an admin token");
+        let client = authorised_client(&admin_token);
         let lane_config: Vec<serde_json::Value> = opts
             .lanes
             .iter()
@@ -205,12 +235,10 @@ impl World {
             &lanes,
             &backend.mqtt_url,
             journal.path().to_path_buf(),
+            opts.signed.then(|| key.clone()),
         )
         .expect("gateway configuration");
         gw_config.decision_timeout = opts.decision_timeout;
-        if opts.signed {
-            gw_config.signing_key = Some(parkpay_gateway::Secret::new(key.clone()));
-        }
         if let Some(r) = opts.resend {
             gw_config.resend_initial = r.initial;
             gw_config.resend_max = r.max;
@@ -231,10 +259,14 @@ impl World {
             backend,
             lot,
             clock,
-            api: Api::new(&http),
+            api: Api::new(&http)
+                .with_token(admin_token.clone())
+                .with_sandbox_secret(sandbox_secret.clone()),
             http,
             client,
             gateway_key: opts.signed.then_some(key),
+            admin_token,
+            sandbox_secret,
             server_config,
             server: Some(server),
             gateway: Some(Running { handle, stop, done }),
@@ -283,7 +315,9 @@ impl World {
     /// Starts the server again on the same database and broker, as the same instance.
     pub async fn start_server(&mut self) {
         let (server, http) = start_server(self.server_config.clone(), self.clock.clone()).await;
-        self.api = Api::new(&http);
+        self.api = Api::new(&http)
+            .with_token(self.admin_token.clone())
+            .with_sandbox_secret(self.sandbox_secret.clone());
         self.http = http;
         self.server = Some(server);
     }
@@ -303,7 +337,9 @@ impl World {
             s.stop().await;
         }
         let (server, http) = start_server(self.server_config.clone(), self.clock.clone()).await;
-        self.api = Api::new(&http);
+        self.api = Api::new(&http)
+            .with_token(self.admin_token.clone())
+            .with_sandbox_secret(self.sandbox_secret.clone());
         self.http = http;
         self.server = Some(server);
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use parkpay_protocol::{Currency, Decision, LaneId, LotId, Money};
+use parkpay_protocol::{Currency, Decision, GatewayId, LaneId, LotId, Money};
 use uuid::Uuid;
 
 use crate::domain::*;
@@ -254,9 +254,15 @@ pub trait Store: Send + Sync + 'static {
         status: MandateStatus,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
-    /// Plates whose drivers hold an active mandate and owe nothing: a gateway may let them out
-    /// on its own while the server is unreachable.
-    async fn trusted_plates(&self, limit: i64) -> StoreResult<Vec<String>>;
+    /// Plates whose drivers hold an active mandate and owe nothing, and that are parked in
+    /// `lot` or entered it since `since`: the lot's gateways may let them out on their own
+    /// while the server is unreachable. Nobody else's plates go to a lot's gateways.
+    async fn trusted_plates(
+        &self,
+        lot: &LotId,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<Vec<String>>;
     /// Sum of the driver's unpaid arrears.
     async fn arrears_of(&self, driver: Uuid) -> StoreResult<i64>;
     /// Sum charged (or being charged) under a mandate since an instant, for the monthly cap.
@@ -319,6 +325,43 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self, limit: i64) -> StoreResult<Vec<AuditEntry>>;
     async fn insert_dead_letter(&self, d: &DeadLetter, payload: &[u8]) -> StoreResult<()>;
     async fn dead_letters(&self, limit: i64) -> StoreResult<Vec<DeadLetter>>;
+
+    // Access: accounts, signed-in sessions, API tokens, gateway keys
+    /// `Duplicate` if the username is taken.
+    async fn insert_account(
+        &self,
+        a: &Account,
+        password_hash: &str,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
+    /// The account and its password hash.
+    async fn account_by_name(&self, username: &str) -> StoreResult<Option<(Account, String)>>;
+    async fn accounts(&self) -> StoreResult<Vec<Account>>;
+    async fn insert_login(&self, l: &Login) -> StoreResult<()>;
+    /// The unexpired login with this token hash, and its account (if not disabled).
+    async fn login(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(Login, Account)>>;
+    async fn delete_login(&self, token_hash: &str) -> StoreResult<()>;
+    async fn insert_api_token(
+        &self,
+        t: &ApiToken,
+        token_hash: &str,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
+    /// The unrevoked token with this hash.
+    async fn api_token(&self, token_hash: &str) -> StoreResult<Option<ApiToken>>;
+    /// Stores a gateway's key; `Duplicate` if it has one and `replace` is false.
+    async fn put_gateway_key(
+        &self,
+        gateway: &GatewayId,
+        key_hex: &str,
+        replace: bool,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
+    async fn gateway_keys(&self) -> StoreResult<Vec<(String, String)>>;
 
     // Sandbox payment provider state
     async fn put_wallet(&self, w: &Wallet, at: DateTime<Utc>) -> StoreResult<()>;

@@ -106,6 +106,24 @@ macro_rules! backend {
             const CHARGE_COLS: &str = "id, session_id, lot_id, driver_id, mandate_id, amount_minor, currency, status, method, idempotency_key, attempts, next_attempt_at, provider_txn, last_error, created_at, updated_at, settled_at";
             const EXCEPTION_COLS: &str = "id, lot_id, lane_id, kind, plate, event_id, session_id, charge_id, detail, created_at, resolved_at, resolution";
 
+            fn grant_from(r: &$row) -> StoreResult<Grant> {
+                let role: String = r.try_get("role")?;
+                Ok(Grant {
+                    role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+                    lots: Grant::parse_lots(r.try_get::<Option<String>, _>("lots")?.as_deref()),
+                })
+            }
+
+            fn account_from(r: &$row) -> StoreResult<Account> {
+                Ok(Account {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    username: r.try_get("username")?,
+                    grant: grant_from(r)?,
+                    created_at: at(r.try_get("created_at")?)?,
+                    disabled_at: opt_at(r.try_get("disabled_at")?)?,
+                })
+            }
+
             fn lot_from(r: &$row) -> StoreResult<Lot> {
                 Ok(Lot {
                     id: LotId::parse(r.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -576,11 +594,15 @@ macro_rules! backend {
                     Ok(())
                 }
 
-                async fn trusted_plates(&self, limit: i64) -> StoreResult<Vec<String>> {
+                async fn trusted_plates(&self, lot: &LotId, since: DateTime<Utc>, limit: i64) -> StoreResult<Vec<String>> {
                     sqlx::query(
                         "SELECT v.plate FROM vehicles v WHERE EXISTS (SELECT 1 FROM mandates m WHERE m.driver_id = v.driver_id AND m.status = 'active') \
-                         AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.driver_id = v.driver_id AND c.status = 'arrears') ORDER BY v.plate LIMIT $1",
+                         AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.driver_id = v.driver_id AND c.status = 'arrears') \
+                         AND EXISTS (SELECT 1 FROM sessions s WHERE s.plate = v.plate AND s.lot_id = $1 AND (s.status = 'open' OR s.entry_at >= $2)) \
+                         ORDER BY v.plate LIMIT $3",
                     )
+                    .bind(lot.as_str())
+                    .bind(ms(since))
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
@@ -1189,6 +1211,167 @@ macro_rules! backend {
                         .await?
                         .map(|r| -> StoreResult<DebitResult> { Ok(DebitResult::Succeeded { txn_id: r.try_get("txn_id")? }) })
                         .transpose()
+                }
+
+                async fn insert_account(&self, a: &Account, password_hash: &str, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let r = sqlx::query(
+                        "INSERT INTO accounts (id, username, password_hash, role, lots, created_at, disabled_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(a.id.to_string())
+                    .bind(a.username.clone())
+                    .bind(password_hash)
+                    .bind(a.grant.role.as_str())
+                    .bind(a.grant.lots_text())
+                    .bind(ms(a.created_at))
+                    .bind(a.disabled_at.map(ms))
+                    .execute(&mut *tx)
+                    .await;
+                    match r {
+                        Ok(_) => {}
+                        Err(e) if unique_violation(&e) => return Err(StoreError::Duplicate(format!("account {:?} already exists", a.username))),
+                        Err(e) => return Err(e.into()),
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn account_by_name(&self, username: &str) -> StoreResult<Option<(Account, String)>> {
+                    sqlx::query("SELECT * FROM accounts WHERE username = $1")
+                        .bind(username)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<(Account, String)> { Ok((account_from(&r)?, r.try_get("password_hash")?)) })
+                        .transpose()
+                }
+
+                async fn accounts(&self) -> StoreResult<Vec<Account>> {
+                    sqlx::query("SELECT * FROM accounts ORDER BY username")
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| account_from(r))
+                        .collect()
+                }
+
+                async fn insert_login(&self, l: &Login) -> StoreResult<()> {
+                    // Expired logins go as new ones come: the table holds only live sessions.
+                    sqlx::query("DELETE FROM logins WHERE expires_at < $1")
+                        .bind(ms(l.created_at))
+                        .execute(&self.pool)
+                        .await?;
+                    sqlx::query("INSERT INTO logins (token_hash, account_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(l.token_hash.clone())
+                        .bind(l.account_id.to_string())
+                        .bind(l.csrf.clone())
+                        .bind(ms(l.created_at))
+                        .bind(ms(l.expires_at))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn login(&self, token_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<(Login, Account)>> {
+                    sqlx::query(
+                        "SELECT l.token_hash, l.csrf, l.created_at AS l_created_at, l.expires_at, a.* FROM logins l JOIN accounts a ON a.id = l.account_id \
+                         WHERE l.token_hash = $1 AND l.expires_at > $2 AND a.disabled_at IS NULL",
+                    )
+                    .bind(token_hash)
+                    .bind(ms(now))
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| -> StoreResult<(Login, Account)> {
+                        let account = account_from(&r)?;
+                        Ok((
+                            Login {
+                                token_hash: r.try_get("token_hash")?,
+                                account_id: account.id,
+                                csrf: r.try_get("csrf")?,
+                                created_at: at(r.try_get("l_created_at")?)?,
+                                expires_at: at(r.try_get("expires_at")?)?,
+                            },
+                            account,
+                        ))
+                    })
+                    .transpose()
+                }
+
+                async fn delete_login(&self, token_hash: &str) -> StoreResult<()> {
+                    sqlx::query("DELETE FROM logins WHERE token_hash = $1")
+                        .bind(token_hash)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn insert_api_token(&self, t: &ApiToken, token_hash: &str, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(
+                        "INSERT INTO api_tokens (id, name, token_hash, role, lots, created_by, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(t.id.to_string())
+                    .bind(t.name.clone())
+                    .bind(token_hash)
+                    .bind(t.grant.role.as_str())
+                    .bind(t.grant.lots_text())
+                    .bind(t.created_by.clone())
+                    .bind(ms(t.created_at))
+                    .bind(t.revoked_at.map(ms))
+                    .execute(&mut *tx)
+                    .await?;
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn api_token(&self, token_hash: &str) -> StoreResult<Option<ApiToken>> {
+                    sqlx::query("SELECT * FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+                        .bind(token_hash)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<ApiToken> {
+                            Ok(ApiToken {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                name: r.try_get("name")?,
+                                grant: grant_from(&r)?,
+                                created_by: r.try_get("created_by")?,
+                                created_at: at(r.try_get("created_at")?)?,
+                                revoked_at: opt_at(r.try_get("revoked_at")?)?,
+                            })
+                        })
+                        .transpose()
+                }
+
+                async fn put_gateway_key(&self, gateway: &GatewayId, key_hex: &str, replace: bool, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let sql = if replace {
+                        "INSERT INTO gateway_keys (gateway_id, key_hex, created_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (gateway_id) DO UPDATE SET key_hex = $2, created_at = $3"
+                    } else {
+                        "INSERT INTO gateway_keys (gateway_id, key_hex, created_at) VALUES ($1, $2, $3) ON CONFLICT (gateway_id) DO NOTHING"
+                    };
+                    let done = sqlx::query(sql)
+                        .bind(gateway.as_str())
+                        .bind(key_hex)
+                        .bind(ms(audit.at))
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::Duplicate(format!("gateway {gateway} already has a key")));
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn gateway_keys(&self) -> StoreResult<Vec<(String, String)>> {
+                    sqlx::query("SELECT gateway_id, key_hex FROM gateway_keys ORDER BY gateway_id")
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| Ok((r.try_get("gateway_id")?, r.try_get("key_hex")?)))
+                        .collect()
                 }
             }
         };

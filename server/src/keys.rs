@@ -1,0 +1,126 @@
+//! Gateway keys: each gateway has one HMAC key, from `[mqtt.gateway_keys]` in the config or made
+//! by `parkpay-server gateway add` (stored in the database). The gateway signs its events with
+//! it; the server checks them with it and signs what it sends that gateway (decisions, commands,
+//! allowlists), which the gateway checks in turn. See `docs/security.md`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parkpay_protocol::{LaneId, LotId, Topic};
+
+use crate::app::Outbound;
+use crate::config::hex_decode;
+use crate::store::{Store, StoreResult};
+
+/// How long a gateway found without a key stays "without a key" before the store is asked again
+/// (a key added by the command line is picked up within this).
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+pub struct KeyRing {
+    configured: HashMap<String, Vec<u8>>,
+    /// Keys from the store, and when a gateway was last found to have none.
+    stored: RwLock<(HashMap<String, Vec<u8>>, HashMap<String, Instant>)>,
+    store: Arc<dyn Store>,
+    required: bool,
+}
+
+impl KeyRing {
+    pub fn new(
+        configured: HashMap<String, Vec<u8>>,
+        store: Arc<dyn Store>,
+        required: bool,
+    ) -> KeyRing {
+        KeyRing {
+            configured,
+            stored: RwLock::new((HashMap::new(), HashMap::new())),
+            store,
+            required,
+        }
+    }
+
+    /// Whether a gateway without a key is refused (and gets nothing unsigned from us).
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// The gateway's key, if it has one.
+    pub async fn key(&self, gateway: &str) -> StoreResult<Option<Vec<u8>>> {
+        if let Some(k) = self.configured.get(gateway) {
+            return Ok(Some(k.clone()));
+        }
+        {
+            let stored = self.stored.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = stored.0.get(gateway) {
+                return Ok(Some(k.clone()));
+            }
+            if stored
+                .1
+                .get(gateway)
+                .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+            {
+                return Ok(None);
+            }
+        }
+        let all = self.store.gateway_keys().await?;
+        let mut stored = self.stored.write().unwrap_or_else(|p| p.into_inner());
+        for (gw, hex) in all {
+            if let Some(k) = hex_decode(&hex) {
+                stored.0.insert(gw, k);
+            }
+        }
+        let found = stored.0.get(gateway).cloned();
+        if found.is_none() {
+            stored.1.insert(gateway.to_string(), Instant::now());
+        }
+        Ok(found)
+    }
+
+    /// Drops what is cached about a gateway (its key was just made or rotated).
+    pub fn forget(&self, gateway: &str) {
+        let mut stored = self.stored.write().unwrap_or_else(|p| p.into_inner());
+        stored.0.remove(gateway);
+        stored.1.remove(gateway);
+    }
+
+    /// The key of the gateway that serves a lane.
+    pub async fn for_lane(&self, lot: &LotId, lane: &LaneId) -> StoreResult<Option<Vec<u8>>> {
+        match self.store.lane(lot, lane).await? {
+            Some(l) => self.key(l.gateway.as_str()).await,
+            None => Ok(None),
+        }
+    }
+}
+
+/// Signs every message bound for a gateway with that gateway's key on its way out, whichever
+/// path it takes (a fresh decision, the outbox resending one, a command, an allowlist).
+pub struct SigningOutbound {
+    pub inner: Arc<dyn Outbound>,
+    pub keys: Arc<KeyRing>,
+}
+
+#[async_trait]
+impl Outbound for SigningOutbound {
+    async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String> {
+        let key = match Topic::parse(topic) {
+            Ok(Topic::Decisions(lot, lane)) | Ok(Topic::Commands(lot, lane)) => {
+                self.keys.for_lane(&lot, &lane).await
+            }
+            Ok(Topic::Allowlist(_, gateway)) => self.keys.key(gateway.as_str()).await,
+            _ => Ok(None),
+        }
+        .map_err(|e| format!("cannot look up the gateway key: {e}"))?;
+        let payload = match key {
+            Some(key) => parkpay_protocol::sign(&payload, &key)
+                .map_err(|e| format!("cannot sign the message: {e}"))?,
+            None if self.keys.required() => {
+                return Err(format!(
+                    "no key for the gateway of {topic}: it would refuse an unsigned message"
+                ))
+            }
+            None => payload,
+        };
+        self.inner.publish(topic, payload, retain).await
+    }
+}
