@@ -180,6 +180,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+/// The longest any configured span may be; far beyond any sensible setting.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 fn default_dedupe_window() -> Duration {
     Duration::from_secs(60)
 }
@@ -406,20 +409,17 @@ impl GatewayConfig {
                 set_by.push((*key, layer.origin));
             }
         }
-        // Back through text, so a bad value is located (and named) the same way as in the file.
-        let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
-        let config: GatewayConfig = toml::from_str(&merged).map_err(|e| {
-            let (_, field, message) = locate(&merged, &e);
-            let from = field
-                .as_deref()
+        // Straight from the merged table. Writing it back out as text (to locate errors by line)
+        // panicked on a value holding 256 quotes in a row: toml's writer counts them in a u8.
+        let config = GatewayConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let (path, message) = keyed(&e);
+            let top = path.as_deref().map(|p| p.split('.').next().unwrap_or(p));
+            let from = top
                 .and_then(|f| set_by.iter().find(|(k, _)| *k == f))
                 .map_or(origin, |(_, layer)| *layer);
             ConfigError::Parse {
                 origin: from.to_string(),
-                message: match field {
+                message: match path {
                     Some(f) => format!("field `{f}`: {message}"),
                     None => message,
                 },
@@ -452,6 +452,11 @@ impl GatewayConfig {
         ] {
             if d.is_zero() {
                 return Err(invalid(name.into(), "must be longer than zero"));
+            }
+            // Timers add these to `Instant::now()` and double them: an absurd value would
+            // overflow there, long after the file was accepted.
+            if d > MAX_DURATION {
+                return Err(invalid(name.into(), "must not be longer than 24h"));
             }
         }
         if self.resend_max < self.resend_initial {
@@ -505,18 +510,56 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// The message of an error from deserialising a `toml::Value`, and the dotted path of the key it
+/// is about. Such errors carry no span; toml names the key on a last line, "in `a.b`".
+fn keyed(e: &toml::de::Error) -> (Option<String>, String) {
+    let message = e.message().trim_end().to_string();
+    let shown = e.to_string();
+    let path = shown
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
+        .map(str::to_string);
+    (path, message)
+}
+
 fn locate(text: &str, e: &toml::de::Error) -> (Option<usize>, Option<String>, String) {
     let message = e.message().trim_end().to_string();
     let Some(span) = e.span() else {
         return (None, None, message);
     };
-    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("");
-    let field = match line.split_once('=') {
-        Some((key, _)) if !line.trim_start().starts_with('[') => Some(key.trim().to_string()),
-        _ => None,
-    };
+    // Bytes, not `&text[..]`: a span need not fall on a character boundary.
+    let start = span.start.min(text.len());
+    let line_no = text.as_bytes()[..start]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
+    let lines: Vec<&str> = text.lines().take(line_no).collect();
+    // The key on the error's line or, for a value spanning lines (an array, a multi-line
+    // string), on the nearest line above that starts one, within the same table.
+    let mut field = None;
+    for line in lines.iter().rev() {
+        if line.trim_start().starts_with('[') {
+            break;
+        }
+        if let Some(key) = key_of(line) {
+            field = Some(key);
+            break;
+        }
+    }
     (Some(line_no), field, message)
+}
+
+/// The key a `key = value` line sets, if the line looks like one.
+fn key_of(line: &str) -> Option<String> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"' | '\'' | ' '));
+    plain.then(|| key.to_string())
 }
 
 #[cfg(test)]
