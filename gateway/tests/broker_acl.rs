@@ -204,6 +204,20 @@ async fn gateways_are_confined_to_their_own_lanes() {
         "gw-north's event on lane in-2 was delivered"
     );
 
+    // 2b. Nor may a gateway publish decisions, even on its own lane: only the server does.
+    let mut watcher = connect(&url, "parkpay-server", &nonce).await;
+    watcher.subscribe(&decisions("in-1")).await;
+    watcher.subscribe(&events("out-1")).await;
+    north.publish(&decisions("in-1"), "forged decision").await;
+    north.publish(&events("out-1"), "marker 2").await;
+    assert_eq!(
+        watcher.next().await,
+        (events("out-1"), "marker 2".into()),
+        "gw-north published a decision"
+    );
+    assert_eq!(server.next().await, (events("out-1"), "marker 2".into()));
+    watcher.disconnect().await;
+
     // 3. gw-north listening to gw-south's decisions hears nothing; gw-south, the owner, does.
     north.subscribe(&decisions("in-2")).await;
     north.subscribe(&decisions("in-1")).await;

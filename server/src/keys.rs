@@ -18,10 +18,16 @@ use crate::store::{Store, StoreResult};
 /// (a key added by the command line is picked up within this).
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
+/// Keys read from the store, and when each gateway without one was last looked up.
+#[derive(Default)]
+struct Stored {
+    keys: HashMap<String, Vec<u8>>,
+    missing: HashMap<String, Instant>,
+}
+
 pub struct KeyRing {
     configured: HashMap<String, Vec<u8>>,
-    /// Keys from the store, and when a gateway was last found to have none.
-    stored: RwLock<(HashMap<String, Vec<u8>>, HashMap<String, Instant>)>,
+    stored: RwLock<Stored>,
     store: Arc<dyn Store>,
     required: bool,
 }
@@ -34,7 +40,7 @@ impl KeyRing {
     ) -> KeyRing {
         KeyRing {
             configured,
-            stored: RwLock::new((HashMap::new(), HashMap::new())),
+            stored: RwLock::new(Stored::default()),
             store,
             required,
         }
@@ -52,11 +58,11 @@ impl KeyRing {
         }
         {
             let stored = self.stored.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(k) = stored.0.get(gateway) {
+            if let Some(k) = stored.keys.get(gateway) {
                 return Ok(Some(k.clone()));
             }
             if stored
-                .1
+                .missing
                 .get(gateway)
                 .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
             {
@@ -67,12 +73,12 @@ impl KeyRing {
         let mut stored = self.stored.write().unwrap_or_else(|p| p.into_inner());
         for (gw, hex) in all {
             if let Some(k) = hex_decode(&hex) {
-                stored.0.insert(gw, k);
+                stored.keys.insert(gw, k);
             }
         }
-        let found = stored.0.get(gateway).cloned();
+        let found = stored.keys.get(gateway).cloned();
         if found.is_none() {
-            stored.1.insert(gateway.to_string(), Instant::now());
+            stored.missing.insert(gateway.to_string(), Instant::now());
         }
         Ok(found)
     }
@@ -80,8 +86,8 @@ impl KeyRing {
     /// Drops what is cached about a gateway (its key was just made or rotated).
     pub fn forget(&self, gateway: &str) {
         let mut stored = self.stored.write().unwrap_or_else(|p| p.into_inner());
-        stored.0.remove(gateway);
-        stored.1.remove(gateway);
+        stored.keys.remove(gateway);
+        stored.missing.remove(gateway);
     }
 
     /// The key of the gateway that serves a lane.

@@ -43,6 +43,8 @@ async fn two_hundred_cars_with_mandates_are_each_charged_once_and_exactly() {
     world.misread_rate = 0.03;
     world.no_read_rate = 0.0;
     world.fee = Some(fee);
+    world.api_token = Some(w.admin_token.clone());
+    world.sandbox_secret = Some(w.sandbox_secret.clone());
     world.settle_wait = Duration::from_secs(30);
     // Patience measured in real time: on a loaded test machine an arm may answer late, which
     // must not make a car give up and drive in twice.

@@ -77,10 +77,10 @@ async fn capture(w: &World, topic: &str) -> mpsc::UnboundedReceiver<Vec<u8>> {
                         let _ = t.send(());
                     }
                 }
-                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
-                    if tx.send(p.payload.to_vec()).is_err() {
-                        return;
-                    }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))
+                    if tx.send(p.payload.to_vec()).is_err() =>
+                {
+                    return;
                 }
                 _ => {}
             }
@@ -578,7 +578,12 @@ async fn every_route_needs_an_identity_and_the_role_for_it() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], "unauthorized", "GET {path}");
     }
-    let free = json!({"currency": "CNY", "time_zone": "Asia/Shanghai", "unit_minutes": 60, "bands": [{"from": "00:00", "to": "00:00", "unit_price": {"minor": 0, "currency": "CNY"}}]});
+    // A free tariff: what an anonymous attacker once put in place.
+    let mut free = parkpay_sim::api::example_tariff();
+    free["first_period"] = Value::Null;
+    for band in free["bands"].as_array_mut().unwrap() {
+        band["unit_price"]["minor"] = json!(0);
+    }
     let writes: Vec<(reqwest::Method, String, Value)> = vec![
         (
             reqwest::Method::PUT,
