@@ -1301,7 +1301,67 @@ mod tests {
 
     const TEN_DAYS: i64 = 10 * 86_400;
 
+    /// The example tariff's JSON with one number or string replaced by a hostile value.
+    fn mutated_example(path: usize, value: serde_json::Value) -> Vec<u8> {
+        let mut v = serde_json::to_value(Tariff::example_cn()).unwrap();
+        let mut leaves = Vec::new();
+        fn walk(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, c) in m {
+                        walk(c, format!("{at}/{k}"), out);
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    for (i, c) in a.iter().enumerate() {
+                        walk(c, format!("{at}/{i}"), out);
+                    }
+                }
+                _ => out.push(at),
+            }
+        }
+        walk(&v, String::new(), &mut leaves);
+        let at = &leaves[path % leaves.len()];
+        if let Some(slot) = v.pointer_mut(at) {
+            *slot = value;
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn hostile_value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            Just(serde_json::json!(u64::MAX)),
+            Just(serde_json::Value::Null),
+            ".{0,12}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!("24:00")),
+            Just(serde_json::json!("Mars/Olympus")),
+            Just(serde_json::json!({"minor": -1, "currency": "CNY"})),
+        ]
+    }
+
     proptest! {
+        /// Whatever bytes an operator (or attacker) sends as a tariff: an error naming the
+        /// problem, or a tariff that validates and prices any stay without panicking.
+        #[test]
+        fn hostile_tariff_json_never_panics(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..400),
+                (any::<usize>(), hostile_value()).prop_map(|(p, v)| mutated_example(p, v)),
+            ],
+            entry in arb_entry(),
+            secs in 1i64..TEN_DAYS,
+        ) {
+            if let Ok(t) = serde_json::from_slice::<Tariff>(&bytes) {
+                if t.validate().is_ok() {
+                    let _ = quote(&t, entry, entry + TimeDelta::seconds(secs));
+                } else {
+                    prop_assert!(quote(&t, entry, entry + TimeDelta::seconds(secs)).is_err());
+                }
+            }
+        }
+
         #[test]
         fn valid_generated_tariffs(t in arb_tariff()) {
             prop_assert_eq!(t.validate(), Ok(()));

@@ -911,3 +911,188 @@ async fn cheap_requests_stay_cheap_and_bad_input_gets_a_4xx() {
     .await;
     w.stop().await;
 }
+
+/// A random JSON value, biased towards what breaks decoders: control characters and NUL in
+/// strings, huge and fractional numbers, deep nesting, and the field names the routes expect.
+fn hostile_json(rng: &mut impl rand::Rng, depth: u32) -> Value {
+    const KEYS: &[&str] = &[
+        "id",
+        "name",
+        "phone",
+        "plate",
+        "reason",
+        "amount",
+        "minor",
+        "currency",
+        "tariff",
+        "lanes",
+        "direction",
+        "gateway",
+        "provider",
+        "provider_ref",
+        "reference",
+        "balance",
+        "username",
+        "password",
+        "role",
+        "lots",
+        "session",
+        "charge",
+        "capacity",
+        "colour",
+    ];
+    const STRINGS: &[&str] = &[
+        "",
+        " ",
+        "\u{0}",
+        "a\u{0}b",
+        "\u{1b}[31m",
+        "京A12345",
+        "京A1234\u{0}",
+        "CNY",
+        "entry",
+        "admin",
+        "../../etc/passwd",
+        "'; DROP TABLE sessions; --",
+        "\u{202e}evil",
+        "𝔘𝔫𝔦",
+    ];
+    match if depth > 4 {
+        rng.gen_range(0..4)
+    } else {
+        rng.gen_range(0..7)
+    } {
+        0 => Value::Null,
+        1 => json!(rng.gen::<bool>()),
+        2 => match rng.gen_range(0..4) {
+            0 => json!(rng.gen::<i64>()),
+            1 => json!(rng.gen::<f64>() * 1e300),
+            2 => json!(u64::MAX),
+            _ => json!(-1),
+        },
+        3 => {
+            let mut s = STRINGS[rng.gen_range(0..STRINGS.len())].to_string();
+            if rng.gen_ratio(1, 8) {
+                s = s.repeat(rng.gen_range(100..5000));
+            }
+            json!(s)
+        }
+        4 => Value::Array(
+            (0..rng.gen_range(0..4))
+                .map(|_| hostile_json(rng, depth + 1))
+                .collect(),
+        ),
+        _ => Value::Object(
+            (0..rng.gen_range(0..6))
+                .map(|_| {
+                    (
+                        KEYS[rng.gen_range(0..KEYS.len())].to_string(),
+                        hostile_json(rng, depth + 1),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn hostile_http_bodies_get_a_clear_4xx_never_a_5xx() {
+    use rand::{Rng, SeedableRng};
+    let (w, _clock) = world().await;
+    let lot = w.lot.as_str();
+    let driver = w.driver("京A76001", None).await;
+    let some = uuid::Uuid::now_v7();
+    let routes: Vec<(reqwest::Method, String)> = vec![
+        (reqwest::Method::POST, "/api/lots".into()),
+        (reqwest::Method::PUT, format!("/api/lots/{lot}/tariff")),
+        (
+            reqwest::Method::POST,
+            format!("/api/lots/{lot}/lanes/in-1/open"),
+        ),
+        (reqwest::Method::POST, "/api/drivers".into()),
+        (
+            reqwest::Method::POST,
+            format!("/api/drivers/{driver}/vehicles"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/drivers/{driver}/mandates"),
+        ),
+        (reqwest::Method::POST, format!("/api/sessions/{some}/cash")),
+        (reqwest::Method::POST, format!("/api/charges/{some}/cash")),
+        (
+            reqwest::Method::POST,
+            format!("/api/exceptions/{some}/correct"),
+        ),
+        (reqwest::Method::POST, "/api/accounts".into()),
+        (reqwest::Method::POST, "/api/tokens".into()),
+        (reqwest::Method::POST, "/api/login".into()),
+        (reqwest::Method::POST, "/api/sandbox/settle".into()),
+        (reqwest::Method::POST, "/api/sandbox/wallets".into()),
+        (reqwest::Method::POST, format!("/api/lots/{lot}/lanes")),
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    for (method, path) in &routes {
+        for case in 0..40 {
+            let body: Vec<u8> = if case % 3 == 0 {
+                (0..rng.gen_range(0..300)).map(|_| rng.gen()).collect()
+            } else {
+                serde_json::to_vec(&hostile_json(&mut rng, 0)).unwrap()
+            };
+            let mut req = w
+                .client
+                .request(method.clone(), w.url(path))
+                .header("content-type", "application/json")
+                .body(body.clone());
+            if path.starts_with("/api/sandbox/") {
+                req = req.bearer_auth(&w.sandbox_secret);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            assert!(
+                status < 500,
+                "{method} {path} answered {status} to {:?}: {text}",
+                String::from_utf8_lossy(&body)
+            );
+            if status >= 400 {
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                assert!(v["message"].is_string(), "{method} {path} {status}: {text}");
+            }
+        }
+    }
+    // Hostile query strings and path segments too.
+    for q in [
+        "entry=x&exit=y",
+        "entry=%00&exit=%00",
+        "entry=9999-12-31T23:59:59Z&exit=1970-01-01T00:00:00Z",
+        "entry=-262144-01-01T00:00:00Z&exit=+262143-12-31T23:59:59Z",
+    ] {
+        let r = w
+            .client
+            .get(w.url(&format!("/api/lots/{lot}/tariff/preview?{q}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            (400..500).contains(&r.status().as_u16()),
+            "{q}: {}",
+            r.status()
+        );
+    }
+    for path in [
+        "/api/sessions?plate=%00",
+        "/api/sessions?lot=a%2Fb",
+        "/api/charges?driver=%00",
+        "/api/sessions/%00",
+        "/api/pay/%00",
+    ] {
+        let r = w.client.get(w.url(path)).send().await.unwrap();
+        assert!(
+            (400..500).contains(&r.status().as_u16()),
+            "{path}: {}",
+            r.status()
+        );
+    }
+    w.stop().await;
+}
