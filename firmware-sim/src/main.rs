@@ -33,6 +33,8 @@ enum Command {
     Demo(DemoArgs),
     /// Measure the gateway's plate reader on rendered scenes.
     BenchPlates(parkpay_sim::bench::BenchPlatesArgs),
+    /// Measure what pricing a stay costs, against the per-unit reference, in one run.
+    BenchQuote(parkpay_sim::bench_quote::BenchQuoteArgs),
     /// Drive an external server and broker.
     Run {
         /// The server's HTTP base URL.
@@ -397,6 +399,10 @@ async fn main() -> anyhow::Result<()> {
         // Seconds of CPU-bound work: off the async workers.
         Command::BenchPlates(args) => {
             tokio::task::spawn_blocking(move || parkpay_sim::bench::bench_plates(&args)).await?
+        }
+        Command::BenchQuote(args) => {
+            tokio::task::spawn_blocking(move || parkpay_sim::bench_quote::bench_quote(&args))
+                .await?
         }
         Command::Run {
             server,

@@ -509,18 +509,56 @@ pub fn quote(
         });
     }
 
+    // For each minute of the day, the first later minute (up to 1440, the end of the day) in
+    // another band: consecutive units that start before it are priced alike.
+    let mut band_ends = vec![1440u16; 1440];
+    for m in (0..1439).rev() {
+        band_ends[m] = if table[m + 1] == table[m] {
+            band_ends[m + 1]
+        } else {
+            (m + 1) as u16
+        };
+    }
+    let rolling = matches!(
+        tariff.daily_cap.map(|c| c.basis),
+        Some(CapBasis::Rolling24h)
+    );
+
     let mut start = units_start;
-    for _ in 0..units {
-        // Checked because instants near chrono's year limit would make `+` panic.
-        let end = start
-            .checked_add_signed(unit)
-            .ok_or(TariffError::Overflow)?;
+    let mut left = units;
+    while left > 0 {
         let local = start.with_timezone(&tariff.time_zone);
         // hour() < 24 and minute() < 60, so the index is below 1440.
-        let band_idx = table[(local.hour() * 60 + local.minute()) as usize];
+        let minute = (local.hour() * 60 + local.minute()) as usize;
+        let band_idx = table[minute];
         let band = &tariff.bands[usize::from(band_idx)];
         let key = window_of(start, &local);
+        // The units from here that start in the same band and the same cap window cost the same:
+        // they are added in one step, so a quote costs per band change, not per unit.
+        let run = same_price_run(
+            SameRun {
+                start,
+                local: &local,
+                minute,
+                band_end: band_ends[minute],
+                rolling_from: rolling.then_some(entry),
+                unit,
+            },
+            tariff.time_zone,
+        )
+        .min(left);
+        // Checked because instants near chrono's year limit would make `+` panic.
+        let end = unit
+            .num_seconds()
+            .checked_mul(run as i64)
+            .and_then(|secs| start.checked_add_signed(TimeDelta::seconds(secs)))
+            .ok_or(TariffError::Overflow)?;
         let to = end.min(exit);
+        let amount = band
+            .unit_price
+            .minor
+            .checked_mul(run as i64)
+            .ok_or(TariffError::Overflow)?;
 
         let extend = match windows.last_mut() {
             Some(w) if w.key == key && w.last_band == Some(band_idx) => w.lines.last_mut(),
@@ -528,11 +566,11 @@ pub fn quote(
         };
         match extend {
             Some(line) => {
-                line.units += 1;
+                line.units += run;
                 line.amount.minor = line
                     .amount
                     .minor
-                    .checked_add(band.unit_price.minor)
+                    .checked_add(amount)
                     .ok_or(TariffError::Overflow)?;
                 line.to = to;
             }
@@ -541,9 +579,9 @@ pub fn quote(
                     label: band.label(),
                     from: start,
                     to,
-                    units: 1,
+                    units: run,
                     unit_price: money(band.unit_price.minor),
-                    amount: money(band.unit_price.minor),
+                    amount: money(amount),
                 };
                 match windows.last_mut() {
                     Some(w) if w.key == key => {
@@ -558,6 +596,7 @@ pub fn quote(
                 }
             }
         }
+        left -= run;
         start = end;
     }
 
@@ -613,6 +652,54 @@ pub fn quote(
         lines,
         caps_applied,
     })
+}
+
+/// Where a run of alike-priced units starts, and what bounds it.
+struct SameRun<'a> {
+    start: DateTime<Utc>,
+    /// `start` in the tariff's zone.
+    local: &'a DateTime<Tz>,
+    /// `start`'s minute of the day.
+    minute: usize,
+    /// The first later minute of the day in another band (1440: none before midnight).
+    band_end: u16,
+    /// For a rolling 24 h cap, the entry its windows count from.
+    rolling_from: Option<DateTime<Utc>>,
+    unit: TimeDelta,
+}
+
+/// How many consecutive units from `r.start` (at least one) start in the band and the cap window
+/// of the first: before the band's next boundary, before midnight (a calendar window), and
+/// before the rolling window's end. Wall minutes and instants advance together only while the
+/// zone's offset holds, so across a daylight-saving change this answers one unit at a time.
+fn same_price_run(r: SameRun<'_>, tz: Tz) -> u64 {
+    use chrono::Offset;
+    let into_minute = TimeDelta::seconds(i64::from(r.local.second()))
+        + TimeDelta::nanoseconds(i64::from(r.local.nanosecond()));
+    let wall = TimeDelta::minutes(i64::from(r.band_end) - r.minute as i64);
+    let Some(mut boundary) = r
+        .start
+        .checked_sub_signed(into_minute)
+        .and_then(|t| t.checked_add_signed(wall))
+    else {
+        return 1;
+    };
+    if let Some(entry) = r.rolling_from {
+        let window = (r.start - entry).num_seconds() / 86_400;
+        if let Some(end) = entry.checked_add_signed(TimeDelta::seconds((window + 1) * 86_400)) {
+            boundary = boundary.min(end);
+        }
+    }
+    let n = count_units(r.start, boundary, r.unit).max(1);
+    let last = r
+        .unit
+        .num_seconds()
+        .checked_mul(n as i64 - 1)
+        .and_then(|secs| r.start.checked_add_signed(TimeDelta::seconds(secs)));
+    match last {
+        Some(last) if last.with_timezone(&tz).offset().fix() == r.local.offset().fix() => n,
+        _ => 1,
+    }
 }
 
 /// Units needed to cover `[from, to)`, a started unit counting whole; none when `from >= to`.
