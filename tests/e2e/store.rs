@@ -736,3 +736,127 @@ async fn lanes_are_configured_with_their_lot_and_changed_with_an_audit_row() {
     assert_eq!(s.audit(10).await.unwrap().len(), 2);
     b.cleanup().await;
 }
+
+#[tokio::test]
+async fn accounts_logins_tokens_and_gateway_keys_keep_only_what_they_must() {
+    let (s, b, lot) = store().await;
+    let name = format!("op-{lot}");
+    let grant = Grant {
+        role: Role::Operator,
+        lots: Some(vec![lot.clone()]),
+    };
+    let account = Account {
+        id: Uuid::now_v7(),
+        username: name.clone(),
+        grant: grant.clone(),
+        created_at: t0(),
+        disabled_at: None,
+    };
+    s.insert_account(&account, "$argon2id$hash", &audit_row("account.created"))
+        .await
+        .unwrap();
+    let again = Account {
+        id: Uuid::now_v7(),
+        ..account.clone()
+    };
+    assert!(matches!(
+        s.insert_account(&again, "h", &audit_row("account.created"))
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let (found, hash) = s.account_by_name(&name).await.unwrap().unwrap();
+    assert_eq!(
+        (found.id, found.grant.clone(), hash.as_str()),
+        (account.id, grant.clone(), "$argon2id$hash")
+    );
+    assert!(s.account_by_name("nobody").await.unwrap().is_none());
+
+    // A login is found by its digest until it expires or is deleted.
+    let login = Login {
+        token_hash: format!("digest-{lot}"),
+        account_id: account.id,
+        csrf: "csrf".into(),
+        created_at: t0(),
+        expires_at: t0() + Duration::hours(12),
+    };
+    s.insert_login(&login).await.unwrap();
+    let (l, a) = s
+        .login(&login.token_hash, t0() + Duration::hours(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (l.csrf.as_str(), a.username.as_str()),
+        ("csrf", name.as_str())
+    );
+    assert!(
+        s.login(&login.token_hash, t0() + Duration::hours(13))
+            .await
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+    s.delete_login(&login.token_hash).await.unwrap();
+    assert!(
+        s.login(&login.token_hash, t0()).await.unwrap().is_none(),
+        "signed out"
+    );
+
+    let token = ApiToken {
+        id: Uuid::now_v7(),
+        name: "billing".into(),
+        grant: Grant {
+            role: Role::Finance,
+            lots: None,
+        },
+        created_by: "cli".into(),
+        created_at: t0(),
+        revoked_at: None,
+    };
+    s.insert_api_token(&token, &format!("t-{lot}"), &audit_row("token.created"))
+        .await
+        .unwrap();
+    let t = s.api_token(&format!("t-{lot}")).await.unwrap().unwrap();
+    assert_eq!(
+        (t.name.as_str(), t.grant.role, t.grant.lots),
+        ("billing", Role::Finance, None)
+    );
+    assert!(s.api_token("t-unknown").await.unwrap().is_none());
+
+    let gw = parkpay_protocol::GatewayId::parse(format!("gw-{lot}")).unwrap();
+    s.put_gateway_key(&gw, "aa", false, &audit_row("gateway.key_created"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.put_gateway_key(&gw, "bb", false, &audit_row("gateway.key_created"))
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
+    s.put_gateway_key(&gw, "cc", true, &audit_row("gateway.key_rotated"))
+        .await
+        .unwrap();
+    let keys = s.gateway_keys().await.unwrap();
+    assert!(
+        keys.contains(&(gw.to_string(), "cc".to_string())),
+        "{keys:?}"
+    );
+    let actions: Vec<String> = s
+        .audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    for a in [
+        "account.created",
+        "token.created",
+        "gateway.key_created",
+        "gateway.key_rotated",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} audited with its write: {actions:?}"
+        );
+    }
+    b.cleanup().await;
+}
