@@ -33,6 +33,8 @@ enum Command {
     Demo(DemoArgs),
     /// Measure the gateway's plate reader on rendered scenes.
     BenchPlates(parkpay_sim::bench::BenchPlatesArgs),
+    /// Offer passage events at a fixed rate and time every decision, with the floor beside it.
+    BenchLoad(parkpay_sim::bench_load::BenchLoadArgs),
     /// Measure what pricing a stay costs, against the per-unit reference, in one run.
     BenchQuote(parkpay_sim::bench_quote::BenchQuoteArgs),
     /// Drive an external server and broker.
@@ -400,6 +402,7 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchPlates(args) => {
             tokio::task::spawn_blocking(move || parkpay_sim::bench::bench_plates(&args)).await?
         }
+        Command::BenchLoad(args) => parkpay_sim::bench_load::bench_load(&args).await,
         Command::BenchQuote(args) => {
             tokio::task::spawn_blocking(move || parkpay_sim::bench_quote::bench_quote(&args))
                 .await?

@@ -324,3 +324,31 @@ async fn health_readiness_metrics_and_live_lane_state() {
     assert!(page.contains("parkpay"));
     w.stop().await;
 }
+
+/// The load bench measures what it says on a small run: every event decided, every stay charged
+/// once at the tariff's price, and a floor beside it. (Its figures are in docs/performance.md;
+/// here only its accounting is checked, never a duration.)
+#[tokio::test]
+async fn the_load_bench_accounts_for_every_event_and_charge() {
+    let backend = parkpay_tests::Backend::fresh().await;
+    let args = parkpay_sim::bench_load::BenchLoadArgs {
+        rate: 40,
+        secs: 2,
+        reps: 1,
+        lanes: 4,
+        database_url: Some(backend.database_url.clone()),
+        mqtt: backend.is_postgres().then(|| backend.mqtt_url.clone()),
+        settle_secs: 60,
+        seed: None,
+    };
+    let o = parkpay_sim::bench_load::run(&args)
+        .await
+        .expect("the bench runs");
+    assert_eq!(o.events, 80, "40 entries then their 40 exits");
+    assert_eq!((o.lost, o.double, o.wrong), (0, 0, 0), "{o:?}");
+    assert!(
+        o.p50_ms > 0.0 && o.p99_ms >= o.p50_ms && o.floor_p50_ms > 0.0,
+        "{o:?}"
+    );
+    backend.cleanup().await;
+}

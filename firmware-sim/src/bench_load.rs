@@ -1,0 +1,552 @@
+//! `parkpay-sim bench-load`: the server under a fixed offered rate of passage events, with the
+//! floor beside it. The bench starts a server (embedded SQLite and broker, or the database and
+//! broker it is given), plays one gateway serving many lanes, and publishes signed entries and
+//! then exits of mandated drivers at a fixed rate. It times every event from its publication to
+//! its decision arriving back at the gateway side. Alternating with each load phase it measures
+//! the floor on the same broker and database: an MQTT echo of a payload of the same size, plus one
+//! database commit. At the end it waits for the deductions and checks them against ground truth
+//! (each stay costs exactly one unit). The last line is JSON.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use parkpay_protocol::{
+    decode, encode, Clock, Decision, Direction, EventId, GatewayId, LaneId, LotId, Money,
+    PassageEvent, PlateCandidate, PlateColour, ReadQuality, SystemClock, Topic,
+};
+use parkpay_server::app::{App, NewLane};
+use parkpay_server::config::{HttpConfig, MqttConfig, PaymentsConfig};
+use parkpay_server::domain::*;
+use parkpay_server::store::ChargeFilter;
+use parkpay_server::tariff::Tariff;
+use parkpay_server::{Server, ServerConfig};
+use rand::SeedableRng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use uuid::Uuid;
+
+/// What one stay costs under the bench's tariff: one started 30-minute unit.
+const FEE: i64 = 300;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchLoadArgs {
+    /// Offered passage events per second (entries, then exits).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Seconds of load per repetition: the first half entries, the second half their exits.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u32,
+    /// Repetitions, each followed by a floor measurement.
+    #[arg(long, default_value_t = 1)]
+    pub reps: u32,
+    /// Lanes of the bench's lot (half entry, half exit), all served by one gateway.
+    #[arg(long, default_value_t = 64)]
+    pub lanes: u32,
+    /// Database URL; a fresh SQLite file when left out.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// An external broker (mqtt://HOST:PORT); the server's embedded broker when left out.
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// Seconds to wait after the last event for decisions and deductions.
+    #[arg(long, default_value_t = 60)]
+    pub settle_secs: u64,
+    /// Seed of the drivers' plates; random when left out (a shared database keeps earlier runs'
+    /// plates, and a plate belongs to one driver).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Default)]
+struct Samples {
+    /// Publication instant of each event not yet decided.
+    sent: HashMap<Uuid, Instant>,
+    /// Milliseconds from publication to decision, one per decided event.
+    decided: Vec<f64>,
+    /// When the latest decision arrived.
+    last: Option<Instant>,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn options(url: &str, id: &str) -> anyhow::Result<MqttOptions> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .with_context(|| format!("{url} is not mqtt://HOST:PORT"))?;
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .with_context(|| format!("{url} has no port"))?;
+    let mut o = MqttOptions::new(id, host, port.parse::<u16>()?);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(true);
+    o.set_inflight(1000);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    Ok(o)
+}
+
+/// Connects, subscribes to `filter`, and returns once the broker acknowledged it; what arrives
+/// is handed to `on_publish`.
+async fn subscriber(
+    url: &str,
+    id: &str,
+    filter: &str,
+    on_publish: impl Fn(&[u8]) + Send + 'static,
+) -> anyhow::Result<AsyncClient> {
+    let (client, mut el) = AsyncClient::new(options(url, id)?, 10_000);
+    client.subscribe(filter, QoS::AtLeastOnce).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.payload),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "bench connection lost; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .context("the broker did not acknowledge the subscription")??;
+    Ok(client)
+}
+
+fn bench_tariff() -> Tariff {
+    let mut t = Tariff::example_cn();
+    t.grace_minutes = 0;
+    t.first_period = None;
+    t.daily_cap = None;
+    for b in &mut t.bands {
+        b.unit_price = Money::cny(FEE);
+    }
+    t
+}
+
+/// Registers `n` drivers, each with a plate, a funded sandbox wallet and an active mandate.
+async fn drivers(app: &App, n: usize, seed: u64) -> anyhow::Result<Vec<String>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut book = crate::plates::PlateBook::new();
+    let now = Utc::now();
+    let mut plates = Vec::with_capacity(n);
+    for i in 0..n {
+        let plate = book.issue(&mut rng, PlateColour::Blue);
+        let d = Driver {
+            id: Uuid::now_v7(),
+            name: format!("bench driver {i}"),
+            phone: None,
+            created_at: now,
+        };
+        app.store.insert_driver(&d).await?;
+        app.store
+            .insert_vehicle(
+                &Vehicle {
+                    plate: plate.as_str().to_string(),
+                    colour: PlateColour::Blue,
+                    driver_id: d.id,
+                    created_at: now,
+                },
+                &plate.match_key(),
+            )
+            .await?;
+        let wallet = format!("bench-{}", d.id.simple());
+        app.store
+            .put_wallet(
+                &Wallet {
+                    reference: wallet.clone(),
+                    balance: Money::cny(1_000_000),
+                    fail_next: 0,
+                },
+                now,
+            )
+            .await?;
+        app.store
+            .insert_mandate(&Mandate {
+                id: Uuid::now_v7(),
+                driver_id: d.id,
+                provider: "sandbox".into(),
+                provider_ref: wallet,
+                status: MandateStatus::Active,
+                per_charge_cap: None,
+                monthly_cap: None,
+                channel: "bench".into(),
+                signed_at: now,
+                revoked_at: None,
+            })
+            .await?;
+        plates.push(plate.as_str().to_string());
+    }
+    Ok(plates)
+}
+
+/// One floor sample per `1/rate` for `secs`: an echo through the broker of `size` bytes, then one
+/// database commit; milliseconds each.
+async fn floor(
+    app: &App,
+    url: &str,
+    rate: u32,
+    secs: u32,
+    size: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let topic = format!("parkpay-bench/{}/echo", Uuid::new_v4().simple());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _sub = subscriber(
+        url,
+        &format!("bench-echo-in-{}", Uuid::new_v4().simple()),
+        &topic,
+        move |_| {
+            let _ = tx.send(());
+        },
+    )
+    .await?;
+    let (publisher, mut el) = AsyncClient::new(
+        options(url, &format!("bench-echo-out-{}", Uuid::new_v4().simple()))?,
+        100,
+    );
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let payload = vec![b'x'; size];
+    let every = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let n = (rate * secs.min(5)).max(20);
+    let mut out = Vec::with_capacity(n as usize);
+    let mut next = Instant::now();
+    for _ in 0..n {
+        tokio::time::sleep_until(next.into()).await;
+        next += every;
+        let t = Instant::now();
+        publisher
+            .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+            .await?;
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .context("an echo did not come back")?;
+        app.store
+            .insert_audit(&AuditEntry {
+                id: Uuid::now_v7(),
+                at: Utc::now(),
+                actor: "bench".into(),
+                action: "bench.floor".into(),
+                subject: String::new(),
+                detail: String::new(),
+            })
+            .await?;
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(out)
+}
+
+/// What a run measured; `bench-load` prints it, its last line as JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchOutcome {
+    pub backend: &'static str,
+    pub offered: u32,
+    /// Events published.
+    pub events: usize,
+    /// Events decided per second, from each repetition's first publication to its last decision.
+    pub achieved: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub floor_p50_ms: f64,
+    pub floor_p99_ms: f64,
+    pub ratio_p99: f64,
+    /// Events never decided, plus stays never charged.
+    pub lost: usize,
+    /// Stays charged more than once.
+    pub double: usize,
+    /// Charges of another amount than the stay's, or not settled.
+    pub wrong: usize,
+}
+
+/// Runs the bench and prints what it measured, the last line as JSON.
+pub async fn bench_load(args: &BenchLoadArgs) -> anyhow::Result<()> {
+    let o = run(args).await?;
+    println!(
+        "{}: offered {} events/s ({} events), decided {:.0}/s; decision p50 {:.1} ms, p90 {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms; floor p50 {:.1} ms, p99 {:.1} ms; lost {}, double {}, wrong {}",
+        o.backend, o.offered, o.events, o.achieved, o.p50_ms, o.p90_ms, o.p99_ms, o.max_ms, o.floor_p50_ms,
+        o.floor_p99_ms, o.lost, o.double, o.wrong
+    );
+    println!("{}", serde_json::to_string(&o)?);
+    Ok(())
+}
+
+/// Runs the bench; see the module doc.
+pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
+    if args.rate == 0 || args.secs < 2 || args.lanes < 2 {
+        bail!("--rate must be positive, --secs at least 2, --lanes at least 2");
+    }
+    let dir = tempfile::tempdir()?;
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let backend = match (database_url.starts_with("sqlite"), args.mqtt.is_some()) {
+        (true, false) => "sqlite+embedded",
+        (true, true) => "sqlite+mqtt",
+        (false, false) => "postgres+embedded",
+        (false, true) => "postgres+mqtt",
+    };
+    let lot = LotId::parse(format!(
+        "bench-{}",
+        &Uuid::new_v4().simple().to_string()[..8]
+    ))?;
+    let config = ServerConfig {
+        database_url,
+        http: HttpConfig {
+            bind: ([127, 0, 0, 1], 0).into(),
+            ..HttpConfig::default()
+        },
+        mqtt: MqttConfig {
+            broker: args.mqtt.clone().unwrap_or_else(|| "embedded".into()),
+            embedded_bind: ([127, 0, 0, 1], 0).into(),
+            lots: Some(vec![lot.to_string()]),
+            ..MqttConfig::default()
+        },
+        payments: PaymentsConfig {
+            poll_interval_ms: 50,
+            ..PaymentsConfig::default()
+        },
+        instance: Some(format!("bench-{}", lot.as_str())),
+        ..ServerConfig::default()
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let server = Server::build(config, clock.clone()).await?;
+    let url = server.mqtt_url().to_string();
+    let app = server.app();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let gateway = GatewayId::parse(format!("gw-{lot}"))?;
+    let lanes: Vec<(LaneId, Direction)> = (0..args.lanes)
+        .map(|i| {
+            let d = if i % 2 == 0 {
+                Direction::Entry
+            } else {
+                Direction::Exit
+            };
+            let name = format!("{}-{i}", if i % 2 == 0 { "in" } else { "out" });
+            (LaneId::parse(name).expect("a valid lane id"), d)
+        })
+        .collect();
+    let lot_row = Lot {
+        id: lot.clone(),
+        name: "Bench lot".into(),
+        capacity: 1_000_000,
+        tariff: bench_tariff(),
+        tariff_version: 1,
+        created_at: Utc::now(),
+    };
+    let new_lanes = lanes
+        .iter()
+        .map(|(id, direction)| NewLane {
+            id: id.clone(),
+            direction: *direction,
+            gateway: gateway.clone(),
+        })
+        .collect();
+    app.create_lot(lot_row, new_lanes, "bench")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = parkpay_server::config::hex_decode(
+        &app.add_gateway_key(&gateway, true, "bench")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    )
+    .context("the gateway key")?;
+
+    let per_rep = (args.rate * args.secs / 2) as usize;
+    let cars = per_rep * args.reps as usize;
+    eprintln!("registering {cars} mandated drivers");
+    let plates = drivers(&app, cars, args.seed.unwrap_or_else(rand::random)).await?;
+
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let seen = samples.clone();
+    let decision_key = key.clone();
+    let _decisions = subscriber(
+        &url,
+        &format!("bench-gw-in-{}", lot.as_str()),
+        &format!("parkpay/v1/lots/{lot}/lanes/+/decisions"),
+        move |payload| {
+            let Ok(d) = decode::<Decision>(payload, Some(&decision_key)) else {
+                return;
+            };
+            let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = s.sent.remove(&d.body.event_id.0) {
+                s.decided.push(t.elapsed().as_secs_f64() * 1000.0);
+                s.last = Some(Instant::now());
+            }
+        },
+    )
+    .await?;
+    let (publisher, mut el) = AsyncClient::new(
+        options(&url, &format!("bench-gw-out-{}", lot.as_str()))?,
+        100_000,
+    );
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+
+    let entries: Vec<&(LaneId, Direction)> =
+        lanes.iter().filter(|l| l.1 == Direction::Entry).collect();
+    let exits: Vec<&(LaneId, Direction)> =
+        lanes.iter().filter(|l| l.1 == Direction::Exit).collect();
+    let every = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let mut floors = Vec::new();
+    let mut payload_size = 600;
+    let mut offered_events = 0usize;
+    // Time under load: from each repetition's first publication to its last decision.
+    let mut load_time = Duration::ZERO;
+    let bar = indicatif::ProgressBar::new((cars * 2) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for rep in 0..args.reps as usize {
+        let cars = &plates[rep * per_rep..(rep + 1) * per_rep];
+        let started = Instant::now();
+        let mut next = Instant::now();
+        for (phase, direction) in [(0, Direction::Entry), (1, Direction::Exit)] {
+            for (i, plate) in cars.iter().enumerate() {
+                tokio::time::sleep_until(next.into()).await;
+                next += every;
+                let lane = if phase == 0 {
+                    &entries[i % entries.len()].0
+                } else {
+                    &exits[i % exits.len()].0
+                };
+                let ev = PassageEvent {
+                    event_id: EventId::new(),
+                    lot: lot.clone(),
+                    lane: lane.clone(),
+                    gateway: gateway.clone(),
+                    direction,
+                    captured_at: clock.now(),
+                    candidates: vec![PlateCandidate {
+                        plate: plate.clone(),
+                        confidence: 0.97,
+                        colour: PlateColour::Blue,
+                    }],
+                    quality: ReadQuality::Confident,
+                    evidence_digest: Some("0".repeat(64)),
+                    resent: false,
+                };
+                let bytes = encode(&ev, clock.now(), Some(&key));
+                payload_size = bytes.len();
+                let topic = Topic::Events(lot.clone(), lane.clone()).to_string();
+                samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sent
+                    .insert(ev.event_id.0, Instant::now());
+                publisher
+                    .publish(topic, QoS::AtLeastOnce, false, bytes)
+                    .await?;
+                offered_events += 1;
+                bar.inc(1);
+            }
+        }
+        load_time += started.elapsed();
+        // Let this repetition's decisions come in before the floor is measured beside it.
+        let drained = Instant::now();
+        while !samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sent
+            .is_empty()
+            && drained.elapsed() < Duration::from_secs(args.settle_secs)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bar.set_message(format!("floor {}", rep + 1));
+        floors.extend(floor(&app, &url, args.rate, args.secs, payload_size).await?);
+    }
+    bar.finish_and_clear();
+
+    // Deductions: every car charged once, exactly one unit, and settled.
+    let deadline = Instant::now() + Duration::from_secs(args.settle_secs);
+    let charges = loop {
+        let all: Vec<Charge> = app
+            .store
+            .charges(&ChargeFilter {
+                status: None,
+                driver: None,
+                session: None,
+                limit: 10_000_000,
+            })
+            .await?
+            .into_iter()
+            .filter(|c| c.lot == lot)
+            .collect();
+        let settled = all
+            .iter()
+            .filter(|c| c.status == ChargeStatus::Succeeded)
+            .count();
+        if settled >= cars || Instant::now() > deadline {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut per_session: HashMap<Uuid, usize> = HashMap::new();
+    for c in &charges {
+        *per_session.entry(c.session_id).or_default() += 1;
+    }
+    let double = per_session.values().filter(|n| **n > 1).count();
+    let wrong = charges
+        .iter()
+        .filter(|c| c.amount.minor != FEE || c.status != ChargeStatus::Succeeded)
+        .count();
+    let (lost, mut decided) = {
+        let s = samples.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            s.sent.len() + cars.saturating_sub(per_session.len()),
+            s.decided.clone(),
+        )
+    };
+    decided.sort_by(f64::total_cmp);
+    floors.sort_by(f64::total_cmp);
+    let achieved = decided.len() as f64 / load_time.as_secs_f64();
+    let (p50, p90, p99, max) = (
+        quantile(&decided, 0.5),
+        quantile(&decided, 0.9),
+        quantile(&decided, 0.99),
+        decided.last().copied().unwrap_or(f64::NAN),
+    );
+    let (f50, f99) = (quantile(&floors, 0.5), quantile(&floors, 0.99));
+    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    let outcome = BenchOutcome {
+        backend,
+        offered: args.rate,
+        events: offered_events,
+        achieved: r2(achieved),
+        p50_ms: r2(p50),
+        p90_ms: r2(p90),
+        p99_ms: r2(p99),
+        max_ms: r2(max),
+        floor_p50_ms: r2(f50),
+        floor_p99_ms: r2(f99),
+        ratio_p99: r2(p99 / f99),
+        lost,
+        double,
+        wrong,
+    };
+    let _ = stop.send(());
+    let _ = running.await;
+    Ok(outcome)
+}
