@@ -141,7 +141,9 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
         .route("/api/accounts", post(create_account).get(list_accounts))
-        .route("/api/tokens", post(create_token))
+        .route("/api/accounts/{username}/disable", post(disable_account))
+        .route("/api/tokens", post(create_token).get(list_tokens))
+        .route("/api/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/pay/{session}", get(pay_view))
         .route("/api/lots", post(create_lot).get(list_lots))
         .route("/api/lots/{lot}", get(get_lot))
@@ -725,6 +727,49 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+async fn list_tokens(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Json<Vec<ApiToken>>> {
+    require_all_lots(&me, Action::ManageAccess)?;
+    Ok(Json(ctx.app.store.api_tokens().await?))
+}
+
+/// An audit row for a write the caller makes now.
+fn audit_entry(ctx: &Ctx, me: &Identity, action: &str, subject: String) -> AuditEntry {
+    AuditEntry {
+        id: Uuid::now_v7(),
+        at: ctx.app.clock.now(),
+        actor: me.name.clone(),
+        action: action.to_string(),
+        subject,
+        detail: String::new(),
+    }
+}
+
+/// Revokes an API token at once: its next request is refused.
+async fn revoke_token(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_all_lots(&me, Action::ManageAccess)?;
+    let tid = id(&id_s, "token")?;
+    let audit = audit_entry(&ctx, &me, "token.revoked", format!("token {tid}"));
+    ctx.app.store.revoke_api_token(tid, &audit).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Disables an account and ends its sign-ins at once.
+async fn disable_account(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(username): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_all_lots(&me, Action::ManageAccess)?;
+    param(&username, "username", 64)?;
+    let audit = audit_entry(&ctx, &me, "account.disabled", format!("account {username}"));
+    ctx.app.store.disable_account(&username, &audit).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ---- the driver's pay page ----------------------------------------------------------------
 
 /// What the pay page shows about the one stay its QR code names: nothing about the driver.
@@ -987,14 +1032,7 @@ struct NewDriver {
 async fn audit_write(ctx: &Ctx, me: &Identity, action: &str, subject: String) -> ApiResult<()> {
     ctx.app
         .store
-        .insert_audit(&AuditEntry {
-            id: Uuid::now_v7(),
-            at: ctx.app.clock.now(),
-            actor: me.name.clone(),
-            action: action.to_string(),
-            subject,
-            detail: String::new(),
-        })
+        .insert_audit(&audit_entry(ctx, me, action, subject))
         .await?;
     Ok(())
 }

@@ -1096,3 +1096,90 @@ async fn hostile_http_bodies_get_a_clear_4xx_never_a_5xx() {
     }
     w.stop().await;
 }
+
+/// The status a request is answered with.
+async fn status(r: reqwest::RequestBuilder) -> u16 {
+    r.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn a_revoked_token_and_a_disabled_account_are_refused_at_once() {
+    let (w, _clock) = world().await;
+    let r = w
+        .client
+        .post(w.url("/api/tokens"))
+        .json(&json!({"name": "billing", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let t: Value = r.json().await.unwrap();
+    let holder = authorised_client(t["token"].as_str().unwrap());
+    assert_eq!(status(holder.get(w.url("/api/lots"))).await, 200);
+    let listed = w.get_json("/api/tokens").await;
+    assert!(
+        !listed.to_string().contains(t["token"].as_str().unwrap()),
+        "secrets are never listed"
+    );
+    let r = w
+        .client
+        .delete(w.url(&format!("/api/tokens/{}", t["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(status(holder.get(w.url("/api/lots"))).await, 401);
+
+    let r = w
+        .client
+        .post(w.url("/api/accounts"))
+        .json(&json!({"username": "vera", "password": "correct horse battery", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let plain = reqwest::Client::new();
+    let creds = json!({"username": "vera", "password": "correct horse battery"});
+    let r = plain
+        .post(w.url("/api/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    let cookie = session_cookie(&r).unwrap();
+    assert_eq!(
+        status(plain.get(w.url("/api/me")).header("cookie", &cookie)).await,
+        200
+    );
+    let r = w
+        .client
+        .post(w.url("/api/accounts/vera/disable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        status(plain.get(w.url("/api/me")).header("cookie", &cookie)).await,
+        401,
+        "its session ended"
+    );
+    let r = plain
+        .post(w.url("/api/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "it cannot sign in again");
+    let audit = w.get_json("/api/audit?limit=1000").await;
+    for action in ["token.revoked", "account.disabled"] {
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == action && a["actor"] == "token:tests"),
+            "{action}"
+        );
+    }
+    w.stop().await;
+}

@@ -353,6 +353,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// The unrevoked token with this hash.
     async fn api_token(&self, token_hash: &str) -> StoreResult<Option<ApiToken>>;
+    async fn api_tokens(&self) -> StoreResult<Vec<ApiToken>>;
+    /// Revokes a token for good; `NotFound` if there is no such unrevoked token.
+    async fn revoke_api_token(&self, id: Uuid, audit: &AuditEntry) -> StoreResult<()>;
+    /// Disables an account and ends its sign-ins; `NotFound` if there is no such enabled one.
+    async fn disable_account(&self, username: &str, audit: &AuditEntry) -> StoreResult<()>;
     /// Stores a gateway's key; `Duplicate` if it has one and `replace` is false.
     async fn put_gateway_key(
         &self,

@@ -114,6 +114,17 @@ macro_rules! backend {
                 })
             }
 
+            fn token_from(r: &$row) -> StoreResult<ApiToken> {
+                Ok(ApiToken {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    name: r.try_get("name")?,
+                    grant: grant_from(r)?,
+                    created_by: r.try_get("created_by")?,
+                    created_at: at(r.try_get("created_at")?)?,
+                    revoked_at: opt_at(r.try_get("revoked_at")?)?,
+                })
+            }
+
             fn account_from(r: &$row) -> StoreResult<Account> {
                 Ok(Account {
                     id: uuid(&r.try_get::<String, _>("id")?)?,
@@ -1330,17 +1341,51 @@ macro_rules! backend {
                         .bind(token_hash)
                         .fetch_optional(&self.pool)
                         .await?
-                        .map(|r| -> StoreResult<ApiToken> {
-                            Ok(ApiToken {
-                                id: uuid(&r.try_get::<String, _>("id")?)?,
-                                name: r.try_get("name")?,
-                                grant: grant_from(&r)?,
-                                created_by: r.try_get("created_by")?,
-                                created_at: at(r.try_get("created_at")?)?,
-                                revoked_at: opt_at(r.try_get("revoked_at")?)?,
-                            })
-                        })
+                        .map(|r| token_from(&r))
                         .transpose()
+                }
+
+                async fn api_tokens(&self) -> StoreResult<Vec<ApiToken>> {
+                    sqlx::query("SELECT * FROM api_tokens ORDER BY created_at, id")
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(token_from)
+                        .collect()
+                }
+
+                async fn revoke_api_token(&self, id: Uuid, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                        .bind(ms(audit.at))
+                        .bind(id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("token {id}")));
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn disable_account(&self, username: &str, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query("UPDATE accounts SET disabled_at = $1 WHERE username = $2 AND disabled_at IS NULL")
+                        .bind(ms(audit.at))
+                        .bind(username)
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("account {username}")));
+                    }
+                    sqlx::query("DELETE FROM logins WHERE account_id IN (SELECT id FROM accounts WHERE username = $1)")
+                        .bind(username)
+                        .execute(&mut *tx)
+                        .await?;
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 async fn put_gateway_key(&self, gateway: &GatewayId, key_hex: &str, replace: bool, audit: &AuditEntry) -> StoreResult<()> {
