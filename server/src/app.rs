@@ -855,6 +855,7 @@ impl App {
             ),
         );
         self.store.put_lane(&row, &audit).await?;
+        self.keys.forget_lane(&row.lot, &row.id);
         Ok(row)
     }
 
@@ -865,7 +866,9 @@ impl App {
             format!("{lot}/{lane}"),
             String::new(),
         );
-        Ok(self.store.delete_lane(lot, lane, &audit).await?)
+        self.store.delete_lane(lot, lane, &audit).await?;
+        self.keys.forget_lane(lot, lane);
+        Ok(())
     }
 
     /// Revokes a mandate. Revocation is final; the check and the write are one statement.

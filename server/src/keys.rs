@@ -25,9 +25,17 @@ struct Stored {
     missing: HashMap<String, Instant>,
 }
 
+/// How long a lane's gateway, as read from the store, is used before it is read again: signing a
+/// decision then costs no query. A lane moved to another gateway on this instance is forgotten at
+/// once; on another instance, within this.
+const LANE_TTL: Duration = Duration::from_secs(5);
+
+type LaneGateways = HashMap<(LotId, LaneId), (Option<String>, Instant)>;
+
 pub struct KeyRing {
     configured: HashMap<String, Vec<u8>>,
     stored: RwLock<Stored>,
+    lanes: RwLock<LaneGateways>,
     store: Arc<dyn Store>,
     required: bool,
 }
@@ -41,6 +49,7 @@ impl KeyRing {
         KeyRing {
             configured,
             stored: RwLock::new(Stored::default()),
+            lanes: RwLock::new(HashMap::new()),
             store,
             required,
         }
@@ -92,10 +101,42 @@ impl KeyRing {
 
     /// The key of the gateway that serves a lane.
     pub async fn for_lane(&self, lot: &LotId, lane: &LaneId) -> StoreResult<Option<Vec<u8>>> {
-        match self.store.lane(lot, lane).await? {
-            Some(l) => self.key(l.gateway.as_str()).await,
+        let at = (lot.clone(), lane.clone());
+        let cached = self
+            .lanes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&at)
+            .filter(|(_, when)| when.elapsed() < LANE_TTL)
+            .map(|(gw, _)| gw.clone());
+        let gateway = match cached {
+            Some(gw) => gw,
+            None => {
+                let gw = self
+                    .store
+                    .lane(lot, lane)
+                    .await?
+                    .map(|l| l.gateway.to_string());
+                let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+                if lanes.len() > 100_000 {
+                    lanes.clear();
+                }
+                lanes.insert(at, (gw.clone(), Instant::now()));
+                gw
+            }
+        };
+        match gateway {
+            Some(gw) => self.key(&gw).await,
             None => Ok(None),
         }
+    }
+
+    /// Drops what is cached about a lane (it was reconfigured here).
+    pub fn forget_lane(&self, lot: &LotId, lane: &LaneId) {
+        self.lanes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(lot.clone(), lane.clone()));
     }
 }
 

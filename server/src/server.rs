@@ -287,6 +287,9 @@ async fn resend_outbox(app: App, cancel: CancellationToken) {
 /// A lot's allowlist holds the plates parked there or seen there within this many days.
 const ALLOWLIST_DAYS: i64 = 90;
 
+/// Allowlists are recomputed at most this often after a wake-up (every entry wakes them).
+const ALLOWLIST_DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// Keeps every gateway's retained allowlist current: the plates it may let out on its own when
 /// it cannot reach us (drivers with an active mandate and no arrears who park at that lot).
 /// Only gateways that serve a configured lane of the lot get one, signed with their key: a
@@ -332,7 +335,13 @@ async fn publish_allowlists(app: App, cancel: CancellationToken) {
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = app.allowlists_due.notified() => {}
+            _ = app.allowlists_due.notified() => {
+                // Entries wake this at the rate cars arrive: gather a burst into one refresh.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(ALLOWLIST_DEBOUNCE) => {}
+                }
+            }
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
