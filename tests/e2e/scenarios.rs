@@ -213,12 +213,25 @@ pub(crate) async fn publish_bytes(w: &World, ev: &PassageEvent, payload: Vec<u8>
     publish_raw(w, &topic, payload).await;
 }
 
+/// Publishes a payload at QoS 1 and waits until the broker has taken it. A connection the broker
+/// drops before its PubAck (seen once from the embedded broker on a loaded machine) is made again:
+/// this helper is about getting the message to the broker, not about the broker.
 pub(crate) async fn publish_raw(w: &World, topic: &str, payload: Vec<u8>) {
+    for attempt in 1..=3 {
+        match publish_once(w, topic, payload.clone()).await {
+            Ok(()) => return,
+            Err(e) if attempt < 3 => eprintln!("publish to {topic} failed ({e}); again"),
+            Err(e) => panic!("the broker did not take a publish to {topic}: {e}"),
+        }
+    }
+}
+
+async fn publish_once(w: &World, topic: &str, payload: Vec<u8>) -> Result<(), String> {
     let mut opts = parkpay_server::mqtt::options(
         &w.backend.mqtt_url,
         &format!("t-pub-{}", uuid::Uuid::new_v4().simple()),
     )
-    .unwrap();
+    .map_err(|e| e.to_string())?;
     opts.set_clean_session(true);
     opts.set_manual_acks(false);
     // A hostile publisher is not bound by our own clients' outgoing limit.
@@ -228,20 +241,19 @@ pub(crate) async fn publish_raw(w: &World, topic: &str, payload: Vec<u8>) {
     client
         .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     // Drive the event loop until the broker acknowledged the publish.
     loop {
-        match tokio::time::timeout(WAIT, el.poll())
-            .await
-            .expect("broker answers")
-            .expect("connected")
-        {
-            rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)) => break,
-            _ => continue,
+        match tokio::time::timeout(WAIT, el.poll()).await {
+            Err(_) => return Err("no answer from the broker".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)))) => break,
+            Ok(Ok(_)) => continue,
         }
     }
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), el.poll()).await;
+    Ok(())
 }
 
 #[tokio::test]
