@@ -27,6 +27,8 @@ use rand::SeedableRng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use uuid::Uuid;
 
+use crate::tally::LatencySummary;
+
 /// What one stay costs under the bench's tariff: one started 30-minute unit.
 const FEE: i64 = 300;
 
@@ -63,34 +65,25 @@ pub struct BenchLoadArgs {
 struct Samples {
     /// Publication instant of each event not yet decided.
     sent: HashMap<Uuid, Instant>,
-    /// Milliseconds from publication to decision, one per decided event.
-    decided: Vec<f64>,
+    /// From publication to decision, one per decided event.
+    decided: Vec<Duration>,
     /// When the latest decision arrived.
     last: Option<Instant>,
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+/// A bench client's options: the server's own (URL parsing, packet limits), with a clean session
+/// and room for many messages in flight.
+fn options(url: &str, id: &str) -> anyhow::Result<MqttOptions> {
+    let mut o = parkpay_server::mqtt::options(url, id)?;
+    o.set_clean_session(true);
+    o.set_manual_acks(false);
+    o.set_inflight(1000);
+    Ok(o)
 }
 
-fn options(url: &str, id: &str) -> anyhow::Result<MqttOptions> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .with_context(|| format!("{url} is not mqtt://HOST:PORT"))?;
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .with_context(|| format!("{url} has no port"))?;
-    let mut o = MqttOptions::new(id, host, port.parse::<u16>()?);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_clean_session(true);
-    o.set_inflight(1000);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    Ok(o)
+/// Milliseconds, two decimals; NaN without a sample.
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| (d.as_secs_f64() * 100_000.0).round() / 100.0)
 }
 
 /// Connects, subscribes to `filter`, and returns once the broker acknowledged it; what arrives
@@ -196,14 +189,14 @@ async fn drivers(app: &App, n: usize, seed: u64) -> anyhow::Result<Vec<String>> 
 }
 
 /// One floor sample per `1/rate` for `secs`: an echo through the broker of `size` bytes, then one
-/// database commit; milliseconds each.
+/// database commit.
 async fn floor(
     app: &App,
     url: &str,
     rate: u32,
     secs: u32,
     size: usize,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<Vec<Duration>> {
     let topic = format!("parkpay-bench/{}/echo", Uuid::new_v4().simple());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let _sub = subscriber(
@@ -245,7 +238,7 @@ async fn floor(
                 detail: String::new(),
             })
             .await?;
-        out.push(t.elapsed().as_secs_f64() * 1000.0);
+        out.push(t.elapsed());
     }
     Ok(out)
 }
@@ -391,7 +384,7 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
             };
             let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(t) = s.sent.remove(&d.body.event_id.0) {
-                s.decided.push(t.elapsed().as_secs_f64() * 1000.0);
+                s.decided.push(t.elapsed());
                 s.last = Some(Instant::now());
             }
         },
@@ -519,29 +512,24 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
             s.decided.clone(),
         )
     };
-    decided.sort_by(f64::total_cmp);
-    floors.sort_by(f64::total_cmp);
+    decided.sort();
+    floors.sort();
     let achieved = decided.len() as f64 / load_time.as_secs_f64();
-    let (p50, p90, p99, max) = (
-        quantile(&decided, 0.5),
-        quantile(&decided, 0.9),
-        quantile(&decided, 0.99),
-        decided.last().copied().unwrap_or(f64::NAN),
-    );
-    let (f50, f99) = (quantile(&floors, 0.5), quantile(&floors, 0.99));
-    let r2 = |x: f64| (x * 100.0).round() / 100.0;
+    // Nearest-rank quantiles, the same rule as the demo's latency line.
+    let load = LatencySummary::of_sorted(&decided);
+    let floor = LatencySummary::of_sorted(&floors);
     let outcome = BenchOutcome {
         backend,
         offered: args.rate,
         events: offered_events,
-        achieved: r2(achieved),
-        p50_ms: r2(p50),
-        p90_ms: r2(p90),
-        p99_ms: r2(p99),
-        max_ms: r2(max),
-        floor_p50_ms: r2(f50),
-        floor_p99_ms: r2(f99),
-        ratio_p99: r2(p99 / f99),
+        achieved: (achieved * 100.0).round() / 100.0,
+        p50_ms: ms(load.p50),
+        p90_ms: ms(load.p90),
+        p99_ms: ms(load.p99),
+        max_ms: ms(load.max),
+        floor_p50_ms: ms(floor.p50),
+        floor_p99_ms: ms(floor.p99),
+        ratio_p99: (ms(load.p99) / ms(floor.p99) * 100.0).round() / 100.0,
         lost,
         double,
         wrong,

@@ -663,7 +663,7 @@ async fn me(me: Identity) -> Json<Value> {
 struct NewAccount {
     username: Text<64>,
     password: Text<256>,
-    role: Text<16>,
+    role: Role,
     #[serde(default)]
     lots: Option<Vec<LotId>>,
 }
@@ -674,18 +674,15 @@ async fn create_account(
     Body(n): Body<NewAccount>,
 ) -> ApiResult<(StatusCode, Json<Account>)> {
     require_all_lots(&me, Action::ManageAccess)?;
-    let role = Role::parse(&n.role.0).ok_or_else(|| {
-        ApiError::Unprocessable(format!(
-            "role {:?} is not one of admin, operator, finance, viewer",
-            n.role.0
-        ))
-    })?;
     let a = ctx
         .app
         .create_account(
             &n.username.0,
             &n.password.0,
-            Grant { role, lots: n.lots },
+            Grant {
+                role: n.role,
+                lots: n.lots,
+            },
             &me.name,
         )
         .await?;
@@ -701,7 +698,7 @@ async fn list_accounts(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Json<V
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: Text<64>,
-    role: Text<16>,
+    role: Role,
     #[serde(default)]
     lots: Option<Vec<LotId>>,
 }
@@ -712,15 +709,16 @@ async fn create_token(
     Body(n): Body<NewToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require_all_lots(&me, Action::ManageAccess)?;
-    let role = Role::parse(&n.role.0).ok_or_else(|| {
-        ApiError::Unprocessable(format!(
-            "role {:?} is not one of admin, operator, finance, viewer",
-            n.role.0
-        ))
-    })?;
     let (t, secret) = ctx
         .app
-        .create_token(&n.name.0, Grant { role, lots: n.lots }, &me.name)
+        .create_token(
+            &n.name.0,
+            Grant {
+                role: n.role,
+                lots: n.lots,
+            },
+            &me.name,
+        )
         .await?;
     let mut v = json!(t);
     v["token"] = json!(secret);

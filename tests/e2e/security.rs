@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::scenarios::{origin, publish, publish_raw, raw_event, sessions, WAIT};
+use crate::trust::dead_letter_on;
 
 async fn world() -> (World, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(origin()));
@@ -268,15 +269,7 @@ async fn allowlists_are_signed_hold_only_the_lots_plates_and_spies_get_nothing()
     };
     let status_topic = Topic::GatewayStatus(w.lot.clone(), spy.clone()).to_string();
     publish_raw(&w, &status_topic, encode(&status, w.now(), None)).await;
-    eventually("the spy's status to be a dead letter", WAIT, || async {
-        w.get_json("/api/dead-letters?limit=1000")
-            .await
-            .as_array()?
-            .iter()
-            .find(|d| d["topic"] == status_topic.as_str() && d["reason"] == "unsigned")
-            .cloned()
-    })
-    .await;
+    dead_letter_on(&w, &status_topic, "unsigned").await;
     let gateways = w.get_json("/api/gateways").await;
     assert!(
         !gateways
@@ -900,15 +893,7 @@ async fn cheap_requests_stay_cheap_and_bad_input_gets_a_4xx() {
     // A dead letter whose text holds a NUL is kept.
     let topic = Topic::Events(w.lot.clone(), LaneId::parse("in-1").unwrap()).to_string();
     publish_raw(&w, &topic, b"{\"v\":1,\"type\":\"pass\0age\"".to_vec()).await;
-    eventually("the NUL dead letter", WAIT, || async {
-        w.get_json("/api/dead-letters?limit=1000")
-            .await
-            .as_array()?
-            .iter()
-            .find(|d| d["topic"] == topic.as_str() && d["reason"] == "malformed")
-            .cloned()
-    })
-    .await;
+    dead_letter_on(&w, &topic, "malformed").await;
     w.stop().await;
 }
 

@@ -51,6 +51,21 @@ async fn dead_letters(w: &World) -> Vec<Value> {
         .collect()
 }
 
+/// Waits for a dead letter of this reason on exactly this topic and returns it.
+pub(crate) async fn dead_letter_on(w: &World, topic: &str, reason: &str) -> Value {
+    eventually(
+        &format!("a {reason} dead letter on {topic}"),
+        WAIT,
+        || async {
+            dead_letters(w)
+                .await
+                .into_iter()
+                .find(|d| d["topic"] == topic && d["reason"] == reason)
+        },
+    )
+    .await
+}
+
 /// Waits for a dead letter of this reason on our lot's topics and returns it.
 async fn dead_letter(w: &World, reason: &str) -> Value {
     eventually(&format!("a {reason} dead letter"), WAIT, || async {
