@@ -129,21 +129,27 @@ pub async fn run_demo(
     let lot = LotId::parse("lot1").map_err(SimError::from)?;
     let app = server.app();
     let setup = |e: parkpay_server::app::AppError| DemoError::Setup(e.to_string());
-    let login = DemoLogin {
-        username: "demo".into(),
-        password: secret(8),
-    };
     let admin = Grant {
         role: Role::Admin,
         lots: None,
     };
-    // A demo database given with --database may hold the account from an earlier run.
-    match app
-        .create_account(&login.username, &login.password, admin.clone(), "demo")
-        .await
-    {
-        Ok(_) | Err(parkpay_server::app::AppError::Conflict(_)) => {}
-        Err(e) => return Err(setup(e)),
+    // A demo database given with --database keeps the account of an earlier run, whose password
+    // is not known any more: this run then signs in under a new name.
+    let mut login = DemoLogin {
+        username: "demo".into(),
+        password: secret(8),
+    };
+    loop {
+        match app
+            .create_account(&login.username, &login.password, admin.clone(), "demo")
+            .await
+        {
+            Ok(_) => break,
+            Err(parkpay_server::app::AppError::Conflict(_)) => {
+                login.username = format!("demo-{}", secret(3));
+            }
+            Err(e) => return Err(setup(e)),
+        }
     }
     let (_, api_token) = app
         .create_token("simulator", admin, "demo")
