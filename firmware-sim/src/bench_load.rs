@@ -55,6 +55,13 @@ pub struct BenchLoadArgs {
     /// Seconds to wait after the last event for decisions and deductions.
     #[arg(long, default_value_t = 60)]
     pub settle_secs: u64,
+    /// Server instances sharing the database and the broker (on a shared subscription), each
+    /// in this process; more than one needs an external database.
+    #[arg(long, default_value_t = 1)]
+    pub instances: u32,
+    /// Also append the JSON result line to this file (for `bench-plot`).
+    #[arg(long)]
+    pub append: Option<std::path::PathBuf>,
     /// Seed of the drivers' plates; random when left out (a shared database keeps earlier runs'
     /// plates, and a plate belongs to one driver).
     #[arg(long)]
@@ -247,6 +254,8 @@ async fn floor(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchOutcome {
     pub backend: &'static str,
+    /// Server instances sharing the load.
+    pub instances: u32,
     pub offered: u32,
     /// Events published.
     pub events: usize,
@@ -276,7 +285,17 @@ pub async fn bench_load(args: &BenchLoadArgs) -> anyhow::Result<()> {
         o.backend, o.offered, o.events, o.achieved, o.p50_ms, o.p90_ms, o.p99_ms, o.max_ms, o.floor_p50_ms,
         o.floor_p99_ms, o.lost, o.double, o.wrong
     );
-    println!("{}", serde_json::to_string(&o)?);
+    let line = serde_json::to_string(&o)?;
+    if let Some(path) = &args.append {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    println!("{line}");
     Ok(())
 }
 
@@ -284,6 +303,12 @@ pub async fn bench_load(args: &BenchLoadArgs) -> anyhow::Result<()> {
 pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
     if args.rate == 0 || args.secs < 2 || args.lanes < 2 {
         bail!("--rate must be positive, --secs at least 2, --lanes at least 2");
+    }
+    if !(1..=8).contains(&args.instances) {
+        bail!("--instances must be between 1 and 8");
+    }
+    if args.instances > 1 && args.database_url.is_none() {
+        bail!("--instances above 1 needs --database-url (instances share one database)");
     }
     let dir = tempfile::tempdir()?;
     let database_url = args
@@ -316,17 +341,32 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
             poll_interval_ms: 50,
             ..PaymentsConfig::default()
         },
-        instance: Some(format!("bench-{}", lot.as_str())),
         ..ServerConfig::default()
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let server = Server::build(config, clock.clone()).await?;
-    let url = server.mqtt_url().to_string();
-    let app = server.app();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    // The first instance brings the broker (embedded, or the one given); the others join it.
+    let mut url = String::new();
+    let mut apps = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..args.instances {
+        let mut c = config.clone();
+        c.instance = Some(format!("bench-{}-{i}", lot.as_str()));
+        c.mqtt.shared_subscription = args.instances > 1;
+        if i > 0 {
+            c.mqtt.broker = url.clone();
+        }
+        let server = Server::build(c, clock.clone()).await?;
+        if i == 0 {
+            url = server.mqtt_url().to_string();
+        }
+        apps.push(server.app());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        servers.push((stop, running));
+    }
+    let app = apps[0].clone();
 
     let gateway = GatewayId::parse(format!("gw-{lot}"))?;
     let lanes: Vec<(LaneId, Direction)> = (0..args.lanes)
@@ -520,6 +560,7 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
     let floor = LatencySummary::of_sorted(&floors);
     let outcome = BenchOutcome {
         backend,
+        instances: args.instances,
         offered: args.rate,
         events: offered_events,
         achieved: (achieved * 100.0).round() / 100.0,
@@ -534,7 +575,9 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
         double,
         wrong,
     };
-    let _ = stop.send(());
-    let _ = running.await;
+    for (stop, running) in servers {
+        let _ = stop.send(());
+        let _ = running.await;
+    }
     Ok(outcome)
 }

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod bench;
 pub mod bench_load;
+pub mod bench_plot;
 pub mod bench_quote;
 pub mod demo;
 pub mod devices;

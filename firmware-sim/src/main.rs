@@ -35,6 +35,8 @@ enum Command {
     BenchPlates(parkpay_sim::bench::BenchPlatesArgs),
     /// Offer passage events at a fixed rate and time every decision, with the floor beside it.
     BenchLoad(parkpay_sim::bench_load::BenchLoadArgs),
+    /// Plot decision p99 against offered rate from `bench-load --append` results (SVG).
+    BenchPlot(parkpay_sim::bench_plot::BenchPlotArgs),
     /// Measure what pricing a stay costs, against the per-unit reference, in one run.
     BenchQuote(parkpay_sim::bench_quote::BenchQuoteArgs),
     /// Drive an external server and broker.
@@ -403,6 +405,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || parkpay_sim::bench::bench_plates(&args)).await?
         }
         Command::BenchLoad(args) => parkpay_sim::bench_load::bench_load(&args).await,
+        Command::BenchPlot(args) => parkpay_sim::bench_plot::bench_plot(&args),
         Command::BenchQuote(args) => {
             tokio::task::spawn_blocking(move || parkpay_sim::bench_quote::bench_quote(&args))
                 .await?

@@ -204,6 +204,8 @@ impl App {
             outbound: Arc::new(NoBroker),
             live: crate::live::Live::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            config: Arc::default(),
+            published: crate::app::Published::channel().0,
             charges_due: Arc::new(tokio::sync::Notify::new()),
             allowlists_due: Arc::new(tokio::sync::Notify::new()),
             settings: Arc::new(crate::app::AppSettings {

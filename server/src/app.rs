@@ -92,9 +92,63 @@ pub struct App {
     pub live: Live,
     pub metrics: Arc<Metrics>,
     pub charges_due: Arc<Notify>,
+    /// Lots and lanes as the hot path reads them (kept for a moment).
+    pub config: Arc<crate::cache::Configured>,
+    /// Decisions handed to the broker, to be marked published in the outbox.
+    pub published: Published,
     /// Wakes the allowlist publisher: a gateway came online or a mandate changed.
     pub allowlists_due: Arc<Notify>,
     pub settings: Arc<AppSettings>,
+}
+
+/// Outbox rows the broker has taken. They are marked published in batches, off the barrier's
+/// time, by [`Published::run`]; a row whose mark is lost (a crash first) is simply sent again by
+/// the outbox resender, and the gateway ignores a decision for a passage it already has.
+#[derive(Clone)]
+pub struct Published(tokio::sync::mpsc::UnboundedSender<Uuid>);
+
+impl Published {
+    pub fn channel() -> (Published, tokio::sync::mpsc::UnboundedReceiver<Uuid>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Published(tx), rx)
+    }
+
+    pub fn mark(&self, id: Uuid) {
+        // Nobody marking (an administration command): the resender covers it.
+        let _ = self.0.send(id);
+    }
+
+    /// Marks what was published, as many rows per statement as have gathered meanwhile, until
+    /// `stop`; then marks what is left.
+    pub async fn run(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Uuid>,
+        store: Arc<dyn crate::store::Store>,
+        clock: Arc<dyn Clock>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        const BATCH: usize = 500;
+        let mut ids = Vec::with_capacity(BATCH);
+        loop {
+            let open = tokio::select! {
+                n = rx.recv_many(&mut ids, BATCH) => n > 0,
+                _ = stop.cancelled() => {
+                    while let Ok(id) = rx.try_recv() {
+                        ids.push(id);
+                    }
+                    false
+                }
+            };
+            if !ids.is_empty() {
+                if let Err(e) = store.mark_published(&ids, clock.now()).await {
+                    tracing::warn!(error = %e, rows = ids.len(), "could not mark decisions published; the outbox will resend them");
+                }
+                ids.clear();
+            }
+            if !open {
+                return;
+            }
+        }
+    }
 }
 
 /// Writes that ride along with a passage in its transaction.
@@ -119,6 +173,20 @@ impl App {
             topic: Topic::Decisions(decision.lot.clone(), decision.lane.clone()).to_string(),
             payload: encode(decision, self.clock.now(), None),
         }
+    }
+
+    /// A lot as the hot path sees it: read at most every [`crate::cache::TTL`].
+    pub async fn lot(&self, id: &LotId) -> AppResult<Option<Arc<Lot>>> {
+        Ok(self.config.lot(self.store.as_ref(), id).await?)
+    }
+
+    /// A lane's configuration as ingest sees it: read at most every [`crate::cache::TTL`].
+    pub async fn lane(
+        &self,
+        lot: &LotId,
+        lane: &LaneId,
+    ) -> crate::store::StoreResult<Option<Lane>> {
+        self.config.lane(self.store.as_ref(), lot, lane).await
     }
 
     fn audit(&self, actor: &str, action: &str, subject: String, detail: String) -> AuditEntry {
@@ -150,11 +218,8 @@ impl App {
         received: Instant,
         extra: Extra,
     ) -> AppResult<Decision> {
-        if let Some(stored) = self.store.event_decision(ev.event_id.0).await? {
-            self.metrics.event("duplicate");
-            self.publish_decision(&stored, None).await;
-            return Ok(stored);
-        }
+        // A duplicate event id is found by the transaction (its first statement inserts the
+        // event), which then hands back the stored decision: no lookup ahead of every event.
         // A conflict means another instance (or a concurrent duplicate) changed what we read:
         // read again and decide again; constraints guarantee nothing is written twice.
         let mut attempts = 0;
@@ -237,9 +302,7 @@ impl App {
         {
             Ok(()) => {
                 if let Some(id) = outbox {
-                    if let Err(e) = self.store.mark_published(id, self.clock.now()).await {
-                        tracing::warn!(error = %e, "could not mark decision published; the outbox will resend it");
-                    }
+                    self.published.mark(id);
                 }
             }
             Err(e) => {
@@ -249,7 +312,7 @@ impl App {
     }
 
     async fn plan_entry(&self, ev: &PassageEvent, limits: TimeLimits) -> AppResult<Plan> {
-        let lot_known = self.store.lot(&ev.lot).await?.is_some();
+        let lot_known = self.lot(&ev.lot).await?.is_some();
         let reads = decide::reads(ev);
         let (mut owner, mut inside) = (None, None);
         if let (true, ReadQuality::Confident, Some(top)) = (lot_known, ev.quality, reads.first()) {
@@ -281,7 +344,7 @@ impl App {
         limits: TimeLimits,
         matched: Option<Uuid>,
     ) -> AppResult<Plan> {
-        let lot = self.store.lot(&ev.lot).await?;
+        let lot = self.lot(&ev.lot).await?;
         let reads = decide::reads(ev);
         let top = reads
             .first()
@@ -804,6 +867,10 @@ impl App {
             rows.push(l.into_lane(lot.id.clone(), now));
         }
         self.store.insert_lot(&lot, &rows).await?;
+        self.config.forget_lot(&lot.id);
+        for l in &rows {
+            self.config.forget_lane(&lot.id, &l.id);
+        }
         let audit = self.audit(
             actor,
             "lot.created",
@@ -832,6 +899,7 @@ impl App {
         self.store
             .update_tariff(lot, &text, tariff.currency, &audit)
             .await?;
+        self.config.forget_lot(lot);
         self.store
             .lot(lot)
             .await?
@@ -856,6 +924,7 @@ impl App {
         );
         self.store.put_lane(&row, &audit).await?;
         self.keys.forget_lane(&row.lot, &row.id);
+        self.config.forget_lane(&row.lot, &row.id);
         Ok(row)
     }
 
@@ -868,6 +937,7 @@ impl App {
         );
         self.store.delete_lane(lot, lane, &audit).await?;
         self.keys.forget_lane(lot, lane);
+        self.config.forget_lane(lot, lane);
         Ok(())
     }
 

@@ -130,6 +130,9 @@ pub struct PaymentsConfig {
     pub accepted_poll_secs: f64,
     pub poll_interval_ms: u64,
     pub lease_secs: f64,
+    /// Real seconds another instance may go without a heartbeat before this one frees the
+    /// charges it had leased (a restarted instance frees its own at once).
+    pub instance_dead_secs: f64,
     /// Simulated provider latency, milliseconds.
     pub sandbox_latency_ms: u64,
     /// The sandbox provider's secret: its settle call (the provider saying a driver paid) and
@@ -188,6 +191,7 @@ impl Default for PaymentsConfig {
             accepted_poll_secs: 60.0,
             poll_interval_ms: 250,
             lease_secs: 120.0,
+            instance_dead_secs: 10.0,
             sandbox_latency_ms: 0,
             sandbox_secret: None,
         }
@@ -247,6 +251,10 @@ impl ServerConfig {
                 self.payments.accepted_poll_secs,
             ),
             ("payments.lease_secs", self.payments.lease_secs),
+            (
+                "payments.instance_dead_secs",
+                self.payments.instance_dead_secs,
+            ),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(field, "must be a positive number of seconds");

@@ -261,7 +261,7 @@ async fn event(
         dead_letter(app, p, "topic_mismatch", detail).await;
         return true;
     }
-    let Some(config) = retry(stop, || app.store.lane(&lot, &lane)).await else {
+    let Some(config) = retry(stop, || app.lane(&lot, &lane)).await else {
         return false;
     };
     let Some(config) = config else {

@@ -16,6 +16,7 @@ pub mod access;
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod cache;
 pub mod config;
 pub mod decide;
 pub mod domain;

@@ -112,12 +112,92 @@ pub struct WorkerSettings {
     pub accepted_poll: Duration,
     /// How often the worker looks for due charges when nobody wakes it, in real time.
     pub poll_interval: Duration,
-    /// How long a lease lasts, in clock time; a crashed worker's charges come back after it.
+    /// How long a lease lasts, in clock time; a crashed worker's charges come back after it at
+    /// the latest.
     pub lease: Duration,
+    /// How often this instance says it is alive, in real time.
+    pub beat_interval: Duration,
+    /// How long another instance may go without a heartbeat, in real time, before its leases
+    /// are freed for this one.
+    pub dead_after: Duration,
 }
 
 fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Keeps leases from outliving the worker that took them: at start, frees the leases this
+/// instance held before a restart (a new process has nothing in hand); then beats every
+/// `beat_interval` and frees the leases of any other instance whose beat has not moved for
+/// `dead_after`, so its charges are taken over in seconds rather than after `lease`.
+///
+/// Freeing a lease never risks a second debit: the charge keeps its idempotency key, so the
+/// provider answers a retry with the first debit's result, and a worker that was only slow
+/// finds its lease gone when it records the outcome.
+pub async fn run_liveness(
+    app: App,
+    s: WorkerSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use std::collections::HashMap;
+    use tokio::time::Instant;
+
+    match app.store.release_leases_of(&s.instance).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(
+                freed = n,
+                "took back the charges this instance had leased before it restarted"
+            );
+            app.charges_due.notify_one();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not free this instance's old leases; they run out by themselves")
+        }
+    }
+    // Per other instance: the last beat count seen, when it last moved, and whether its leases
+    // were freed since.
+    let mut peers: HashMap<String, (i64, Instant, bool)> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(s.beat_interval) => {}
+        }
+        let beats = match app.store.beat(&s.instance, app.clock.now()).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record this instance's heartbeat");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        peers.retain(|name, _| beats.iter().any(|(n, _)| n == name));
+        for (name, beat) in beats {
+            if name == s.instance {
+                continue;
+            }
+            let seen = peers.entry(name.clone()).or_insert((beat, now, false));
+            if seen.0 != beat {
+                *seen = (beat, now, false);
+                continue;
+            }
+            if seen.2 || now.duration_since(seen.1) < s.dead_after {
+                continue;
+            }
+            match app.store.release_leases_of(&name).await {
+                Ok(n) => {
+                    seen.2 = true;
+                    if n > 0 {
+                        tracing::warn!(instance = %name, freed = n, "an instance stopped beating; took over its charges");
+                        app.charges_due.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %name, error = %e, "could not free a silent instance's leases")
+                }
+            }
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves, finishing the charge in hand before returning.

@@ -107,6 +107,7 @@ impl Server {
             store.clone(),
             config.mqtt.require_signatures,
         ));
+        let (published, marks) = crate::app::Published::channel();
         let app = App {
             store: store.clone(),
             clock: clock.clone(),
@@ -117,6 +118,8 @@ impl Server {
             keys,
             live: Live::new(),
             metrics,
+            config: Arc::default(),
+            published,
             charges_due: Arc::new(Notify::new()),
             allowlists_due: Arc::new(Notify::new()),
             settings: Arc::new(AppSettings {
@@ -149,6 +152,12 @@ impl Server {
             tokio::spawn(resend_outbox(app.clone(), cancel.clone())),
             tokio::spawn(publish_allowlists(app.clone(), cancel.clone())),
         ];
+        tasks.push(tokio::spawn(crate::app::Published::run(
+            marks,
+            app.store.clone(),
+            app.clock.clone(),
+            cancel.clone(),
+        )));
         tasks.shrink_to_fit();
         let ingest = tokio::spawn(ingest::process(
             app.clone(),
@@ -170,7 +179,14 @@ impl Server {
             accepted_poll: ServerConfig::secs(p.accepted_poll_secs),
             poll_interval: Duration::from_millis(p.poll_interval_ms),
             lease: ServerConfig::secs(p.lease_secs),
+            beat_interval: ServerConfig::secs(p.instance_dead_secs / 5.0),
+            dead_after: ServerConfig::secs(p.instance_dead_secs),
         };
+        tasks.push(tokio::spawn(payments::run_liveness(
+            app.clone(),
+            settings.clone(),
+            cancel.clone(),
+        )));
         let worker = tokio::spawn(payments::run_worker(
             app.clone(),
             provider,
@@ -260,26 +276,41 @@ fn configured_keys(config: &ServerConfig) -> std::collections::HashMap<String, V
         .collect()
 }
 
-/// Republishes decisions committed but not handed to the broker (a crash between the two).
+/// Republishes decisions committed but not handed to the broker (a crash between the two, or
+/// a broker that was down). A row is sent again only when it was still unmarked on the previous
+/// pass too, 2 s of real time earlier, so a decision whose mark is merely queued (marks are
+/// batched) is not sent twice, whatever pace the clock runs at.
 async fn resend_outbox(app: App, cancel: CancellationToken) {
+    let mut waiting: std::collections::HashSet<uuid::Uuid> = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        let cutoff = app.clock.now() - chrono::Duration::seconds(2);
-        let Ok(rows) = app.store.unpublished(cutoff, 100).await else {
+        let Ok(rows) = app.store.unpublished(app.clock.now(), 100).await else {
             continue;
         };
+        let mut sent = Vec::new();
+        let mut still = std::collections::HashSet::new();
         for m in rows {
+            if !waiting.contains(&m.id) {
+                still.insert(m.id);
+                continue;
+            }
             if app
                 .outbound
                 .publish(&m.topic, m.payload.clone(), false)
                 .await
                 .is_ok()
             {
-                let _ = app.store.mark_published(m.id, app.clock.now()).await;
+                sent.push(m.id);
+            } else {
+                still.insert(m.id);
             }
+        }
+        waiting = still;
+        if !sent.is_empty() {
+            let _ = app.store.mark_published(&sent, app.clock.now()).await;
         }
     }
 }
@@ -298,6 +329,10 @@ async fn publish_allowlists(app: App, cancel: CancellationToken) {
     let mut published: std::collections::HashMap<String, Vec<String>> =
         std::collections::HashMap::new();
     loop {
+        let started = std::time::Instant::now();
+        // Several gateways of one lot get the same list: compute it once per pass.
+        let mut lists: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
         for gw in app.live.gateways().into_iter().filter(|g| g.online) {
             let (Ok(lot), Ok(gateway)) = (
                 parkpay_protocol::LotId::parse(gw.lot),
@@ -313,9 +348,16 @@ async fn publish_allowlists(app: App, cancel: CancellationToken) {
             if !serves {
                 continue;
             }
-            let since = app.clock.now() - chrono::Duration::days(ALLOWLIST_DAYS);
-            let Ok(plates) = app.store.trusted_plates(&lot, since, 50_000).await else {
-                continue;
+            let plates = match lists.get(lot.as_str()) {
+                Some(p) => p.clone(),
+                None => {
+                    let since = app.clock.now() - chrono::Duration::days(ALLOWLIST_DAYS);
+                    let Ok(p) = app.store.trusted_plates(&lot, since, 50_000).await else {
+                        continue;
+                    };
+                    lists.insert(lot.to_string(), p.clone());
+                    p
+                }
             };
             let key = format!("{lot}/{gateway}");
             if published.get(&key) == Some(&plates) {
@@ -333,13 +375,16 @@ async fn publish_allowlists(app: App, cancel: CancellationToken) {
                 published.insert(key, plates);
             }
         }
+        let took = started.elapsed();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = app.allowlists_due.notified() => {
-                // Entries wake this at the rate cars arrive: gather a burst into one refresh.
+                // Entries wake this at the rate cars arrive: gather a burst into one refresh,
+                // and keep refreshing to at most ~5 % of the time (a big lot's list costs more).
+                let pause = ALLOWLIST_DEBOUNCE.max(took * 20);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(ALLOWLIST_DEBOUNCE) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}

@@ -340,11 +340,15 @@ async fn the_load_bench_accounts_for_every_event_and_charge() {
         mqtt: backend.is_postgres().then(|| backend.mqtt_url.clone()),
         settle_secs: 60,
         seed: None,
+        // On PostgreSQL, two instances split the events on a shared subscription.
+        instances: if backend.is_postgres() { 2 } else { 1 },
+        append: None,
     };
     let o = parkpay_sim::bench_load::run(&args)
         .await
         .expect("the bench runs");
     assert_eq!(o.events, 80, "40 entries then their 40 exits");
+    assert_eq!(o.instances, if backend.is_postgres() { 2 } else { 1 });
     assert_eq!((o.lost, o.double, o.wrong), (0, 0, 0), "{o:?}");
     assert!(
         o.p50_ms > 0.0 && o.p99_ms >= o.p50_ms && o.floor_p50_ms > 0.0,

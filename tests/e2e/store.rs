@@ -10,6 +10,7 @@ use parkpay_protocol::{
 use parkpay_server::domain::*;
 use parkpay_server::store::*;
 use parkpay_server::tariff::Tariff;
+use parkpay_tests::world::{World, WorldOptions};
 use parkpay_tests::{unique_lot, Backend};
 use uuid::Uuid;
 
@@ -361,6 +362,132 @@ async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
 }
 
 #[tokio::test]
+async fn an_instances_leases_are_freed_by_name_and_nobody_elses() {
+    let (s, b, lot) = store().await;
+    for i in 0..4 {
+        let (w, session) = entry(&lot, &format!("京B1234{i}"), t0());
+        s.commit_passage(&w).await.unwrap();
+        s.commit_passage(&exit(&lot, session, 100 + i, t0() + Duration::hours(1)))
+            .await
+            .unwrap();
+    }
+    let now = t0() + Duration::hours(2);
+    let until = now + Duration::minutes(2);
+    // Worker tokens are "{instance}:{uuid}"; "node_1" must not free "node_10"'s leases (an
+    // underscore is a LIKE wildcard), nor "node" those of "node_1".
+    let one = s
+        .lease_due_charges("node_1:aa", now, until, 2)
+        .await
+        .unwrap();
+    let ten = s
+        .lease_due_charges("node_10:bb", now, until, 2)
+        .await
+        .unwrap();
+    assert_eq!((one.len(), ten.len()), (2, 2));
+    assert_eq!(s.release_leases_of("node").await.unwrap(), 0);
+    assert_eq!(s.release_leases_of("node_1").await.unwrap(), 2);
+    // Freed: due again now, long before the lease would have run out.
+    let again = s
+        .lease_due_charges("other:cc", now, until, 10)
+        .await
+        .unwrap();
+    let mut got: Vec<_> = again.iter().map(|c| c.id).collect();
+    let mut want: Vec<_> = one.iter().map(|c| c.id).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "exactly node_1's charges came back");
+    assert_eq!(s.release_leases_of("node_10").await.unwrap(), 2);
+
+    // Heartbeats count per instance; an instance not seen for a day is forgotten.
+    assert_eq!(s.beat("a", now).await.unwrap(), vec![("a".to_string(), 1)]);
+    s.beat("b", now).await.unwrap();
+    assert_eq!(
+        s.beat("a", now).await.unwrap(),
+        vec![("a".to_string(), 2), ("b".to_string(), 1)]
+    );
+    let next_day = now + Duration::hours(25);
+    assert_eq!(
+        s.beat("a", next_day).await.unwrap(),
+        vec![("a".to_string(), 3)]
+    );
+    b.cleanup().await;
+}
+
+/// A running server takes over the charges leased by an instance that stopped beating within
+/// seconds, and a restarted instance takes back its own at once: neither waits for the leases
+/// to run out (here they never would: the clock stands still and they last until tomorrow).
+#[tokio::test]
+async fn charges_of_a_dead_or_restarted_instance_are_taken_over_without_waiting_for_the_lease() {
+    let origin = t0() + Duration::hours(2);
+    let mut w = World::start(
+        WorldOptions::default(),
+        Arc::new(parkpay_protocol::ManualClock::new(origin)),
+    )
+    .await;
+    let s = w.app().store.clone();
+    let own = w.instance();
+    w.stop_server().await;
+    let mut charges = Vec::new();
+    for plate in ["京C11111", "京C22222", "京C33333"] {
+        let (e, session) = entry(&w.lot, plate, t0());
+        s.commit_passage(&e).await.unwrap();
+        let x = exit(&w.lot, session, 300, t0() + Duration::hours(1));
+        charges.push(x.charge.as_ref().unwrap().id);
+        s.commit_passage(&x).await.unwrap();
+    }
+    let tomorrow = origin + Duration::days(1);
+    // The first charge is held by an instance that beat once and went silent, the second by this
+    // instance before its restart, the third by a live instance that keeps beating.
+    let ghost = s
+        .lease_due_charges("ghost:1", origin, tomorrow, 1)
+        .await
+        .unwrap();
+    let before = s
+        .lease_due_charges(&format!("{own}:before"), origin, tomorrow, 1)
+        .await
+        .unwrap();
+    let alive = s
+        .lease_due_charges("alive:1", origin, tomorrow, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        [&ghost, &before, &alive].map(|l| l.iter().map(|c| c.id).collect::<Vec<_>>()),
+        [vec![charges[0]], vec![charges[1]], vec![charges[2]]]
+    );
+    s.beat("ghost", origin).await.unwrap();
+
+    let beating = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            loop {
+                s.beat("alive", origin).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+    };
+    w.start_server().await;
+    for (id, whose) in [
+        (charges[0], "the silent instance's"),
+        (charges[1], "its own"),
+    ] {
+        let s = s.clone();
+        parkpay_tests::eventually(
+            &format!("{whose} charge to be attempted"),
+            std::time::Duration::from_secs(30),
+            || {
+                let s = s.clone();
+                async move { (!s.charge_attempts(id).await.unwrap().is_empty()).then_some(()) }
+            },
+        )
+        .await;
+    }
+    // The instance that keeps beating keeps its charge, however long it holds it.
+    assert!(s.charge_attempts(charges[2]).await.unwrap().is_empty());
+    beating.abort();
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn sandbox_debits_once_per_key_and_never_below_zero() {
     let (s, b, _lot) = store().await;
     s.put_wallet(
@@ -441,7 +568,7 @@ async fn outbox_dead_letters_and_audit_round_trip() {
         .unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].payload, b"d");
-    s.mark_published(pending[0].id, t0()).await.unwrap();
+    s.mark_published(&[pending[0].id], t0()).await.unwrap();
     assert!(s
         .unpublished(t0() + Duration::seconds(1), 10)
         .await

@@ -163,6 +163,8 @@ impl World {
                 max_attempts: opts.max_attempts,
                 retry_base_secs: opts.retry_base_secs,
                 poll_interval_ms: 20,
+                // Tests run several servers on one database and kill some: take over quickly.
+                instance_dead_secs: 1.0,
                 sandbox_secret: Some(parkpay_server::config::Secret::new(sandbox_secret.clone())),
                 ..PaymentsConfig::default()
             },
@@ -299,6 +301,11 @@ impl World {
             .as_ref()
             .expect("the gateway is running")
             .handle
+    }
+
+    /// The server's instance name (its MQTT client id and its charge leases).
+    pub fn instance(&self) -> String {
+        self.server_config.instance_name()
     }
 
     pub fn url(&self, path: &str) -> Url {

@@ -292,12 +292,21 @@ pub trait Store: Send + Sync + 'static {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> StoreResult<Vec<Charge>>;
+    /// Frees every lease held by `instance`'s payment worker (owners `"{instance}:..."`), so
+    /// other workers take its charges at once; returns how many were freed. Safe while that
+    /// worker still runs: its update then fails with `Conflict`, and a debit it may have made
+    /// is found again by the charge's idempotency key.
+    async fn release_leases_of(&self, instance: &str) -> StoreResult<u64>;
+    /// Counts one heartbeat of `instance` and returns every known instance's name and beat
+    /// count; instances not seen for a day are forgotten.
+    async fn beat(&self, instance: &str, now: DateTime<Utc>) -> StoreResult<Vec<(String, i64)>>;
     /// Applies a worker's update; `Conflict` if the lease was lost.
     async fn update_charge(&self, u: &ChargeUpdate) -> StoreResult<()>;
     async fn pay_directly(&self, p: &DirectPayment) -> StoreResult<()>;
 
     // Outbox
-    async fn mark_published(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<()>;
+    /// Marks outbox rows as handed to the broker (any number in one statement).
+    async fn mark_published(&self, ids: &[Uuid], at: DateTime<Utc>) -> StoreResult<()>;
     async fn unpublished(
         &self,
         older_than: DateTime<Utc>,

@@ -926,6 +926,42 @@ macro_rules! backend {
                         .collect()
                 }
 
+                async fn release_leases_of(&self, instance: &str) -> StoreResult<u64> {
+                    let prefix = format!("{instance}:");
+                    let len = i32::try_from(prefix.chars().count())
+                        .map_err(|_| StoreError::Corrupt(format!("instance name {instance:?} too long")))?;
+                    let freed = sqlx::query(
+                        "UPDATE charges SET lease_owner = NULL, lease_until = NULL \
+                         WHERE lease_owner IS NOT NULL AND substr(lease_owner, 1, $2) = $1",
+                    )
+                    .bind(prefix)
+                    .bind(len)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(freed.rows_affected())
+                }
+
+                async fn beat(&self, instance: &str, now: DateTime<Utc>) -> StoreResult<Vec<(String, i64)>> {
+                    sqlx::query(
+                        "INSERT INTO instances (name, beat, seen_at) VALUES ($1, 1, $2) \
+                         ON CONFLICT (name) DO UPDATE SET beat = instances.beat + 1, seen_at = $2",
+                    )
+                    .bind(instance)
+                    .bind(ms(now))
+                    .execute(&self.pool)
+                    .await?;
+                    sqlx::query("DELETE FROM instances WHERE seen_at < $1")
+                        .bind(ms(now - chrono::Duration::days(1)))
+                        .execute(&self.pool)
+                        .await?;
+                    sqlx::query("SELECT name, beat FROM instances ORDER BY name")
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| Ok((r.try_get("name")?, r.try_get("beat")?)))
+                        .collect()
+                }
+
                 async fn update_charge(&self, u: &ChargeUpdate) -> StoreResult<()> {
                     let mut tx = self.pool.begin().await?;
                     let r = sqlx::query(
@@ -997,12 +1033,18 @@ macro_rules! backend {
                     Ok(())
                 }
 
-                async fn mark_published(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
-                    sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = $2 AND published_at IS NULL")
-                        .bind(ms(now))
-                        .bind(id.to_string())
-                        .execute(&self.pool)
-                        .await?;
+                async fn mark_published(&self, ids: &[Uuid], now: DateTime<Utc>) -> StoreResult<()> {
+                    for chunk in ids.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("UPDATE outbox SET published_at = ");
+                        q.push_bind(ms(now));
+                        q.push(" WHERE published_at IS NULL AND id IN (");
+                        let mut list = q.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id.to_string());
+                        }
+                        q.push(")");
+                        q.build().execute(&self.pool).await?;
+                    }
                     Ok(())
                 }
 
