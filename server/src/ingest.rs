@@ -86,6 +86,11 @@ pub async fn process(
             let _ = ack_tx.send(done(&p));
             continue;
         }
+        if p.topic == crate::mqtt::BROKER_DROPPED {
+            broker_dropped(&app, &p.payload);
+            let _ = ack_tx.send(done(&p));
+            continue;
+        }
         match Topic::parse(&p.topic) {
             Ok(Topic::Events(lot, lane)) => {
                 let permit = tokio::select! {
@@ -204,6 +209,26 @@ async fn from_gateway<M: parkpay_protocol::Message>(
     let body = env.body::<M>().map_err(|e| (e.reason(), e.to_string()))?;
     signed_by(app, &env, gateway).await?;
     Ok(body)
+}
+
+/// The broker's report of what it dropped. Anything it dropped may have been an event: say so
+/// loudly (the gateways resend what is not decided, so the cars wait rather than pass unpaid).
+fn broker_dropped(app: &App, payload: &[u8]) {
+    let Some(total) = std::str::from_utf8(payload)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    else {
+        tracing::warn!("the broker's dropped-message count is not a number");
+        return;
+    };
+    let new = app.metrics.broker_dropped(total);
+    if new > 0 {
+        tracing::error!(
+            dropped = new,
+            total,
+            "the broker dropped messages: raise its queue limit (docs/operations.md, \"The broker\")"
+        );
+    }
 }
 
 /// A message about a lane, signed by the gateway configured for that lane.

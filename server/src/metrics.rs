@@ -50,6 +50,8 @@ pub struct Metrics {
     pub charges: Family<Status, Counter>,
     pub dead_letters: Family<Reason, Counter>,
     pub gateways_online: Gauge,
+    /// What the broker says it dropped since it started (Mosquitto's `$SYS` counter).
+    pub broker_dropped: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,6 +93,12 @@ impl Metrics {
             "Gateways reporting online",
             gateways_online.clone(),
         );
+        let broker_dropped = Gauge::default();
+        registry.register(
+            "broker_dropped_messages",
+            "Messages the broker reports it dropped since it started (queue limits); alert on any increase",
+            broker_dropped.clone(),
+        );
         // Every reason is exported from the start, at zero, so a dashboard or an alert on
         // `parkpay_dead_letters_total` sees the series before the first bad message arrives.
         for reason in DEAD_LETTER_REASONS {
@@ -105,6 +113,18 @@ impl Metrics {
             charges,
             dead_letters,
             gateways_online,
+            broker_dropped,
+        }
+    }
+
+    /// The broker reported its dropped-message count; returns how many were dropped since the
+    /// last report (0 after a broker restart, which starts the count again).
+    pub fn broker_dropped(&self, total: i64) -> i64 {
+        let before = self.broker_dropped.set(total);
+        if total > before {
+            total - before
+        } else {
+            0
         }
     }
 

@@ -158,6 +158,10 @@ pub fn spawn_event_loop(
     })
 }
 
+/// Mosquitto's count of messages it dropped (queue limits), published every `sys_interval`.
+/// The server watches it so a broker that loses events raises an alarm instead of staying quiet.
+pub const BROKER_DROPPED: &str = "$SYS/broker/publish/messages/dropped";
+
 /// The subscriptions the server needs: for every lot, or only for the lots it is given.
 pub fn server_subscriptions(shared: bool, lots: Option<&[String]>) -> Vec<String> {
     let per_lot = |lot: Option<&str>| {

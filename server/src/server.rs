@@ -90,10 +90,14 @@ impl Server {
         if let (Some(u), Some(p)) = (&config.mqtt.username, &config.mqtt.password) {
             opts.set_credentials(u.clone(), p.expose().to_string());
         }
-        let subscriptions = mqtt::server_subscriptions(
+        let mut subscriptions = mqtt::server_subscriptions(
             config.mqtt.shared_subscription,
             config.mqtt.lots.as_deref(),
         );
+        if broker.is_none() {
+            // An external broker may drop messages at its queue limits: watch its count.
+            subscriptions.push(mqtt::BROKER_DROPPED.to_string());
+        }
         let (client, eventloop, early) = mqtt::connect(opts, subscriptions.clone()).await?;
 
         let metrics = Arc::new(Metrics::new());

@@ -356,3 +356,94 @@ async fn the_load_bench_accounts_for_every_event_and_charge() {
     );
     backend.cleanup().await;
 }
+
+/// A broker that drops messages at its queue limit does not do it quietly: the server follows
+/// Mosquitto's dropped-message count and exports it (`parkpay_broker_dropped_messages`) for an
+/// alert. Runs against a Mosquitto of its own with a queue of 10 (skipped where Mosquitto is not
+/// installed).
+#[tokio::test]
+async fn a_broker_dropping_messages_shows_in_the_metrics() {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let Some(broker) =
+        parkpay_tests::OwnMosquitto::start("max_queued_messages 10\nsys_interval 1").await
+    else {
+        eprintln!("mosquitto is not installed: skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = parkpay_server::ServerConfig {
+        database_url: format!("sqlite://{}", dir.path().join("t.db").display()),
+        http: parkpay_server::config::HttpConfig {
+            bind: ([127, 0, 0, 1], 0).into(),
+            ..Default::default()
+        },
+        mqtt: parkpay_server::config::MqttConfig {
+            broker: broker.url.clone(),
+            ..Default::default()
+        },
+        instance: Some("drops".into()),
+        ..Default::default()
+    };
+    let server = parkpay_server::Server::build(config, Arc::new(parkpay_protocol::SystemClock))
+        .await
+        .expect("the server starts");
+    let app = server.app();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    // A client with a persistent session subscribes, then goes away: the broker queues for it,
+    // up to 10 messages, and drops the rest.
+    let port = broker
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let mut o = rumqttc::MqttOptions::new("slow", "127.0.0.1", port);
+    o.set_clean_session(false);
+    let (slow, mut el) = AsyncClient::new(o, 10);
+    slow.subscribe("drops/test", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = el.poll().await.unwrap() {
+            break;
+        }
+    }
+    drop(el);
+    drop(slow);
+    let (publisher, mut pel) =
+        AsyncClient::new(rumqttc::MqttOptions::new("fast", "127.0.0.1", port), 100);
+    for i in 0..30 {
+        publisher
+            .publish("drops/test", QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < 30 {
+        if let Event::Incoming(Packet::PubAck(_)) = pel.poll().await.unwrap() {
+            acked += 1;
+        }
+    }
+    let dropped = eventually(
+        "the broker's dropped count in the server's metrics",
+        Duration::from_secs(20),
+        || {
+            let text = app.metrics.render();
+            async move {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("parkpay_broker_dropped_messages "))
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .filter(|v| *v > 0)
+            }
+        },
+    )
+    .await;
+    assert!(dropped >= 10, "30 sent, 10 queued: {dropped} dropped");
+    let _ = stop.send(());
+    let _ = running.await;
+}

@@ -147,3 +147,66 @@ mod tests {
         );
     }
 }
+
+/// A Mosquitto of the test's own, with extra configuration lines, on a free port; killed when
+/// dropped. `None` when the `mosquitto` binary is not installed.
+pub struct OwnMosquitto {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnMosquitto {
+    pub async fn start(extra: &str) -> Option<OwnMosquitto> {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n"),
+            )
+            .expect("the broker's configuration is written");
+            let child = match std::process::Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+            {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(e) => panic!("cannot start mosquitto: {e}"),
+            };
+            let mut broker = OwnMosquitto {
+                child,
+                url: format!("mqtt://127.0.0.1:{port}"),
+                _dir: dir,
+            };
+            // Readiness is observed: the port accepts, or the broker exited (port taken: retry).
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Some(broker);
+                }
+                if broker.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        panic!("mosquitto did not start on a free port in 5 attempts");
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
