@@ -101,7 +101,9 @@ async fn subscriber(
     filter: &str,
     on_publish: impl Fn(&[u8]) + Send + 'static,
 ) -> anyhow::Result<AsyncClient> {
-    let (client, mut el) = AsyncClient::new(options(url, id)?, 10_000);
+    let (client, mut el) = AsyncClient::new(options(url, id)?, 100_000);
+    // As the gateway and the server do: small packets leave at once.
+    el.network_options.set_tcp_nodelay(true);
     client.subscribe(filter, QoS::AtLeastOnce).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut tx = Some(tx);
@@ -206,20 +208,17 @@ async fn floor(
 ) -> anyhow::Result<Vec<Duration>> {
     let topic = format!("parkpay-bench/{}/echo", Uuid::new_v4().simple());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let _sub = subscriber(
+    // One connection publishes and receives, as a gateway does: the broker's PUBACK and the
+    // echo then travel on the same socket, where Nagle's algorithm would delay the second.
+    let publisher = subscriber(
         url,
-        &format!("bench-echo-in-{}", Uuid::new_v4().simple()),
+        &format!("bench-echo-{}", Uuid::new_v4().simple()),
         &topic,
         move |_| {
             let _ = tx.send(());
         },
     )
     .await?;
-    let (publisher, mut el) = AsyncClient::new(
-        options(url, &format!("bench-echo-out-{}", Uuid::new_v4().simple()))?,
-        100,
-    );
-    tokio::spawn(async move { while el.poll().await.is_ok() {} });
     let payload = vec![b'x'; size];
     let every = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let n = (rate * secs.min(5)).max(20);
@@ -274,6 +273,31 @@ pub struct BenchOutcome {
     pub double: usize,
     /// Charges of another amount than the stay's, or not settled.
     pub wrong: usize,
+    /// Each repetition on its own, to see a long run stay flat.
+    pub per_rep: Vec<RepSummary>,
+}
+
+/// One repetition: its decision p99, and the process's memory and open descriptors after it
+/// (the server runs in this process).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepSummary {
+    pub p99_ms: f64,
+    pub rss_mib: f64,
+    pub open_fds: usize,
+}
+
+/// This process's resident memory (MiB) and open file descriptors, where /proc tells.
+fn process_usage() -> (f64, usize) {
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    ((rss_kib / 1024.0 * 10.0).round() / 10.0, fds)
 }
 
 /// Runs the bench and prints what it measured, the last line as JSON.
@@ -414,9 +438,10 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
     let samples = Arc::new(Mutex::new(Samples::default()));
     let seen = samples.clone();
     let decision_key = key.clone();
-    let _decisions = subscriber(
+    // The bench's gateway, on one connection like a real one: events out, decisions in.
+    let publisher = subscriber(
         &url,
-        &format!("bench-gw-in-{}", lot.as_str()),
+        &format!("bench-gw-{}", lot.as_str()),
         &format!("parkpay/v1/lots/{lot}/lanes/+/decisions"),
         move |payload| {
             let Ok(d) = decode::<Decision>(payload, Some(&decision_key)) else {
@@ -430,11 +455,6 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
         },
     )
     .await?;
-    let (publisher, mut el) = AsyncClient::new(
-        options(&url, &format!("bench-gw-out-{}", lot.as_str()))?,
-        100_000,
-    );
-    tokio::spawn(async move { while el.poll().await.is_ok() {} });
 
     let entries: Vec<&(LaneId, Direction)> =
         lanes.iter().filter(|l| l.1 == Direction::Entry).collect();
@@ -451,8 +471,14 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let mut rep_summaries = Vec::new();
     for rep in 0..args.reps as usize {
         let cars = &plates[rep * per_rep..(rep + 1) * per_rep];
+        let rep_first = samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .decided
+            .len();
         let started = Instant::now();
         let mut next = Instant::now();
         for (phase, direction) in [(0, Direction::Entry), (1, Direction::Exit)] {
@@ -506,6 +532,24 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
             && drained.elapsed() < Duration::from_secs(args.settle_secs)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rep_p99 = {
+            let s = samples.lock().unwrap_or_else(|p| p.into_inner());
+            let mut mine = s.decided[rep_first..].to_vec();
+            mine.sort();
+            ms(LatencySummary::of_sorted(&mine).p99)
+        };
+        let (rss_mib, open_fds) = process_usage();
+        rep_summaries.push(RepSummary {
+            p99_ms: rep_p99,
+            rss_mib,
+            open_fds,
+        });
+        if args.reps > 1 {
+            bar.println(format!(
+                "repetition {}: p99 {rep_p99:.1} ms, {rss_mib:.1} MiB resident, {open_fds} open descriptors",
+                rep + 1
+            ));
         }
         bar.set_message(format!("floor {}", rep + 1));
         floors.extend(floor(&app, &url, args.rate, args.secs, payload_size).await?);
@@ -574,6 +618,7 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
         lost,
         double,
         wrong,
+        per_rep: rep_summaries,
     };
     for (stop, running) in servers {
         let _ = stop.send(());

@@ -377,8 +377,21 @@ impl App {
         };
         let (mut mandates, mut arrears) = (Vec::new(), 0);
         if let (Some(driver), Some(lot)) = (driver, &lot) {
-            mandates = self.mandate_facts(driver, &lot.tariff).await?;
-            arrears = self.store.arrears_of(driver).await?;
+            let (facts, owed) = self
+                .store
+                .payer_facts(driver, month_start(self.clock.now(), &lot.tariff))
+                .await?;
+            mandates = facts
+                .into_iter()
+                .map(|(mandate, spent)| MandateFacts {
+                    spent_this_month: match (mandate.status, mandate.monthly_cap) {
+                        (MandateStatus::Active, Some(_)) => spent,
+                        _ => 0,
+                    },
+                    mandate,
+                })
+                .collect();
+            arrears = owed;
         }
         Ok(decide::decide_exit(&ExitFacts {
             now: self.clock.now(),
@@ -398,25 +411,6 @@ impl App {
     /// car: it is never taken for this one.
     async fn owner_of(&self, plate: &str) -> AppResult<Option<Uuid>> {
         Ok(self.store.vehicle(plate).await?.map(|v| v.driver_id))
-    }
-
-    async fn mandate_facts(&self, driver: Uuid, tariff: &Tariff) -> AppResult<Vec<MandateFacts>> {
-        let mut out = Vec::new();
-        for m in self.store.mandates_of(driver).await? {
-            let spent_this_month = match (m.status, m.monthly_cap) {
-                (MandateStatus::Active, Some(_)) => {
-                    self.store
-                        .mandate_spend_since(m.id, month_start(self.clock.now(), tariff))
-                        .await?
-                }
-                _ => 0,
-            };
-            out.push(MandateFacts {
-                mandate: m,
-                spent_this_month,
-            });
-        }
-        Ok(out)
     }
 
     /// Turns a plan into the rows that make it true and the decision the lane gets.

@@ -679,6 +679,66 @@ async fn trusted_plates_are_mandated_and_owe_nothing() {
     b.cleanup().await;
 }
 
+#[tokio::test]
+async fn payer_facts_sum_each_mandates_month_and_the_drivers_arrears_in_one_query() {
+    let (s, b, lot) = store().await;
+    let d = Driver {
+        id: Uuid::now_v7(),
+        name: "Wang".into(),
+        phone: None,
+        created_at: t0(),
+    };
+    s.insert_driver(&d).await.unwrap();
+    let month_start = t0();
+    // Without a mandate the arrears are still found.
+    let (none, owed) = s.payer_facts(d.id, month_start).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(owed, 0);
+    let mandate = |cap: Option<i64>, at| Mandate {
+        id: Uuid::now_v7(),
+        driver_id: d.id,
+        provider: "sandbox".into(),
+        provider_ref: "w".into(),
+        status: MandateStatus::Active,
+        per_charge_cap: None,
+        monthly_cap: cap.map(Money::cny),
+        channel: "api".into(),
+        signed_at: at,
+        revoked_at: None,
+    };
+    let capped = mandate(Some(10_000), t0() - Duration::days(40));
+    let plain = mandate(None, t0() - Duration::days(30));
+    s.insert_mandate(&capped).await.unwrap();
+    s.insert_mandate(&plain).await.unwrap();
+    // Under the capped mandate: 300 last month, 500 and 700 this month, 900 this month waived;
+    // under no mandate: 1,100 of arrears.
+    let charges = [
+        (Some(capped.id), 300, t0() - Duration::days(3), ChargeStatus::Succeeded),
+        (Some(capped.id), 500, t0() + Duration::days(1), ChargeStatus::Succeeded),
+        (Some(capped.id), 700, t0() + Duration::days(2), ChargeStatus::Pending),
+        (Some(capped.id), 900, t0() + Duration::days(2), ChargeStatus::Waived),
+        (None, 1_100, t0() + Duration::days(3), ChargeStatus::Arrears),
+    ];
+    for (i, (m, amount, at, status)) in charges.into_iter().enumerate() {
+        let (w, session) = entry(&lot, &format!("京D1000{i}"), at - Duration::hours(1));
+        s.commit_passage(&w).await.unwrap();
+        let mut x = exit(&lot, session, amount, at);
+        if let Some(c) = x.charge.as_mut() {
+            c.driver_id = Some(d.id);
+            c.mandate_id = m;
+            c.status = status;
+            c.created_at = at;
+        }
+        s.commit_passage(&x).await.unwrap();
+    }
+    let (mandates, arrears) = s.payer_facts(d.id, month_start).await.unwrap();
+    let got: Vec<(Uuid, i64)> = mandates.iter().map(|(m, spent)| (m.id, *spent)).collect();
+    assert_eq!(got, vec![(capped.id, 1_200), (plain.id, 0)], "oldest mandate first");
+    assert_eq!(mandates[0].0.monthly_cap, Some(Money::cny(10_000)));
+    assert_eq!(arrears, 1_100);
+    b.cleanup().await;
+}
+
 fn audit_row(action: &str) -> AuditEntry {
     AuditEntry {
         id: Uuid::now_v7(),

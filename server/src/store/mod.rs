@@ -265,8 +265,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<String>>;
     /// Sum of the driver's unpaid arrears.
     async fn arrears_of(&self, driver: Uuid) -> StoreResult<i64>;
-    /// Sum charged (or being charged) under a mandate since an instant, for the monthly cap.
-    async fn mandate_spend_since(&self, mandate: Uuid, since: DateTime<Utc>) -> StoreResult<i64>;
+    /// What an exit needs to know of a driver, in one query: each mandate with what was charged
+    /// under it since `month_start` (for a monthly cap), and the driver's arrears.
+    async fn payer_facts(
+        &self,
+        driver: Uuid,
+        month_start: DateTime<Utc>,
+    ) -> StoreResult<(Vec<(Mandate, i64)>, i64)>;
 
     // Passages
     async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>>;

@@ -630,16 +630,29 @@ macro_rules! backend {
                         .try_get("s")?)
                 }
 
-                async fn mandate_spend_since(&self, mandate: Uuid, since: DateTime<Utc>) -> StoreResult<i64> {
-                    Ok(sqlx::query(
-                        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s FROM charges \
-                         WHERE mandate_id = $1 AND created_at >= $2 AND status NOT IN ('waived')",
+                async fn payer_facts(&self, driver: Uuid, month_start: DateTime<Utc>) -> StoreResult<(Vec<(Mandate, i64)>, i64)> {
+                    let rows = sqlx::query(
+                        "SELECT m.*, \
+                         (SELECT CAST(COALESCE(SUM(c.amount_minor), 0) AS BIGINT) FROM charges c \
+                          WHERE c.mandate_id = m.id AND c.created_at >= $2 AND c.status NOT IN ('waived')) AS spent, \
+                         (SELECT CAST(COALESCE(SUM(a.amount_minor), 0) AS BIGINT) FROM charges a \
+                          WHERE a.driver_id = $1 AND a.status = 'arrears') AS arrears \
+                         FROM mandates m WHERE m.driver_id = $1 ORDER BY m.signed_at",
                     )
-                    .bind(mandate.to_string())
-                    .bind(ms(since))
-                    .fetch_one(&self.pool)
-                    .await?
-                    .try_get("s")?)
+                    .bind(driver.to_string())
+                    .bind(ms(month_start))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let Some(first) = rows.first() else {
+                        // No mandate: the arrears still count (they are shown, and block opening).
+                        return Ok((Vec::new(), self.arrears_of(driver).await?));
+                    };
+                    let arrears: i64 = first.try_get("arrears")?;
+                    let mandates = rows
+                        .iter()
+                        .map(|r| Ok((mandate_from(r)?, r.try_get::<i64, _>("spent")?)))
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    Ok((mandates, arrears))
                 }
 
                 async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>> {
