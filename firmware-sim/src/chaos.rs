@@ -50,6 +50,9 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// What the gateway's display says when it holds an exit because it cannot reach the server.
 const OFFLINE_HOLD_LINE2: &str = "An attendant will help you";
 
+/// How the gateway's display begins when it lets an allowlisted car out on its own.
+const OFFLINE_OPEN_LINE2: &str = "Offline:";
+
 /// How long the gateway waits for the server before its offline policy decides an exit.
 const DECISION_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -223,6 +226,8 @@ pub struct ChaosOutcome {
     /// Exits the gateway held because it could not reach the server and could not decide on
     /// its own (counted from the lanes' displays).
     pub held_offline: u64,
+    /// Exits the gateway let out on its own (allowlisted) while it could not reach the server.
+    pub opened_offline: u64,
     pub mismatches: Vec<Mismatch>,
     pub elapsed_s: f64,
     /// The run's directory, when it was kept.
@@ -305,8 +310,15 @@ fn print_summary(o: &ChaosOutcome) {
         c.stuck_lifted
     );
     println!(
-        "ledger: {} in, {} out, {} charged ({} of {} fen due); {} exits held offline",
-        r.entries, r.exits, r.charged, r.charged_fen, r.expected_fen, o.held_offline
+        "ledger: {} in, {} out, {} charged ({} of {} fen due); exits decided by the gateway \
+         offline: {} let out (allowlisted), {} held",
+        r.entries,
+        r.exits,
+        r.charged,
+        r.charged_fen,
+        r.expected_fen,
+        o.opened_offline,
+        o.held_offline
     );
     for m in o.mismatches.iter().take(20) {
         println!("  mismatch ({:?}): {m}", m.kind);
@@ -648,6 +660,7 @@ impl Proxy {
 struct Seen {
     status: Option<GatewayStatus>,
     offline_holds: u64,
+    offline_opens: u64,
 }
 
 async fn watch_broker(
@@ -688,8 +701,11 @@ async fn watch_broker(
                         }
                     } else if !p.retain {
                         if let Ok(d) = decode::<DisplayCommand>(&p.payload, None) {
+                            tracing::debug!(topic = %p.topic, text = ?d.body.text, "display");
                             if d.body.text.line2 == OFFLINE_HOLD_LINE2 {
                                 s.offline_holds += 1;
+                            } else if d.body.text.line2.starts_with(OFFLINE_OPEN_LINE2) {
+                                s.offline_opens += 1;
                             }
                         }
                     }
@@ -1087,7 +1103,7 @@ impl System {
                 self.signal_servers("CONT").await?;
                 self.counts.partitions += 1;
                 format!(
-                    "{} exit(s) held offline meanwhile",
+                    "{} exit(s) held by the gateway offline meanwhile",
                     self.offline_holds() - before
                 )
             }
@@ -1557,6 +1573,11 @@ async fn drive(
         double: count_of(MismatchKind::Double),
         wrong: count_of(MismatchKind::Wrong),
         held_offline: sys.offline_holds(),
+        opened_offline: sys
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .offline_opens,
         mismatches: verdict.mismatches,
         elapsed_s: 0.0,
         kept: None,

@@ -23,7 +23,17 @@ fn binaries() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build
-        .args(["build", "-p", "parkpay-server", "-p", "parkpay-gateway"])
+        // With this test package selected too, the build's features are this test binary's,
+        // so what `cargo test -p parkpay-tests` just built is reused.
+        .args([
+            "build",
+            "-p",
+            "parkpay-tests",
+            "-p",
+            "parkpay-server",
+            "-p",
+            "parkpay-gateway",
+        ])
         .env("CARGO_TARGET_DIR", target);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
@@ -107,5 +117,8 @@ async fn a_chaos_run_loses_doubles_and_misprices_nothing() {
     if postgres.is_some() {
         assert!(c.database_connections_terminated > 0, "{c:?}");
     }
-    assert!(o.faults.len() >= 5 + instances, "{:#?}", o.faults);
+    // One of each kind at least: each instance killed, the gateway killed, the broker killed,
+    // a partition, a gateway freeze, and on PostgreSQL the connections terminated.
+    let kinds = 4 + instances + usize::from(postgres.is_some());
+    assert!(o.faults.len() >= kinds, "{:#?}", o.faults);
 }
