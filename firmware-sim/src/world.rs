@@ -64,6 +64,25 @@ pub struct WorldConfig {
 /// How long a car waits at a barrier the server decided for before the attendant lifts it.
 pub const STUCK_AFTER: Duration = Duration::from_secs(8);
 
+/// How long the attendant gives a decision it has seen to reach the arm.
+const DECISION_GRACE: Duration = Duration::from_secs(2);
+
+/// A car the attendant sees at a barrier: since when, and since when the server has decided
+/// for it.
+struct Waiting {
+    since: Instant,
+    decided: Option<Instant>,
+}
+
+impl Waiting {
+    fn new() -> Waiting {
+        Waiting {
+            since: Instant::now(),
+            decided: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for WorldConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorldConfig")
@@ -298,7 +317,7 @@ async fn attend(
 ) {
     let mut handled = std::collections::HashSet::new();
     // Cars standing at an exit (lane, capture instant) and since when the attendant sees them.
-    let mut waiting: std::collections::HashMap<(String, chrono::DateTime<chrono::Utc>), Instant> =
+    let mut waiting: std::collections::HashMap<(String, chrono::DateTime<chrono::Utc>), Waiting> =
         std::collections::HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -363,7 +382,7 @@ async fn lift_stuck_cars(
     entries: &[LaneRig],
     exits: &[LaneRig],
     tally: &Tally,
-    waiting: &mut std::collections::HashMap<(String, chrono::DateTime<chrono::Utc>), Instant>,
+    waiting: &mut std::collections::HashMap<(String, chrono::DateTime<chrono::Utc>), Waiting>,
 ) {
     use crate::api::SessionStatus;
     let same = |at: Option<chrono::DateTime<chrono::Utc>>,
@@ -381,8 +400,8 @@ async fn lift_stuck_cars(
         };
         let key = (rig.lane().to_string(), captured);
         present.insert(key.clone());
-        let since = *waiting.entry(key).or_insert_with(Instant::now);
-        if since.elapsed() < STUCK_AFTER
+        let w = waiting.entry(key).or_insert_with(Waiting::new);
+        if w.since.elapsed() < STUCK_AFTER
             || rig.arm().state().position != parkpay_protocol::ArmPosition::Closed
         {
             continue;
@@ -395,6 +414,12 @@ async fn lift_stuck_cars(
             Direction::Exit => s.status == SessionStatus::Closed && same(s.exit_at, captured),
         });
         if !decided {
+            w.decided = None;
+            continue;
+        }
+        // The decision may be on its way to the arm right now: only a decision that has been
+        // there for a while without moving the arm means the arm will not move.
+        if w.decided.get_or_insert_with(Instant::now).elapsed() < DECISION_GRACE {
             continue;
         }
         tracing::warn!(lane = %rig.lane(), plate, "the server decided for this car but the barrier did not open: lifting it by hand");
@@ -411,7 +436,7 @@ async fn lift_stuck_cars(
             // attendant lifts again.
             Ok(()) => {
                 tally.lifted();
-                waiting.insert((rig.lane().to_string(), captured), Instant::now());
+                *w = Waiting::new();
             }
             Err(e) => tracing::warn!(error = %e, "the attendant could not lift the barrier"),
         }
