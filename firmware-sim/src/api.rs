@@ -73,6 +73,12 @@ impl Api {
         }
     }
 
+    /// The same API through `client` (its own pooling and timeouts) instead of a default one.
+    pub fn with_client(mut self, client: reqwest::Client) -> Api {
+        self.http = client;
+        self
+    }
+
     /// Calls as the holder of this API token.
     pub fn with_token(mut self, token: impl Into<String>) -> Api {
         self.token = Some(token.into());
@@ -246,6 +252,19 @@ impl Api {
         self.call::<serde_json::Value>(Method::POST, &path, &[], Some(body))
             .await
             .map(drop)
+    }
+
+    /// Lifts a lane's barrier by hand, as an operator does from the dashboard (audited).
+    pub async fn open_barrier(&self, lot: &str, lane: &str, reason: &str) -> Result<(), SimError> {
+        let body = serde_json::json!({ "reason": reason });
+        self.call::<serde_json::Value>(
+            Method::POST,
+            &format!("/api/lots/{lot}/lanes/{lane}/open"),
+            &[],
+            Some(body),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn charges(&self) -> Result<Vec<Charge>, SimError> {

@@ -26,6 +26,7 @@ pub mod bench;
 pub mod bench_load;
 pub mod bench_plot;
 pub mod bench_quote;
+pub mod chaos;
 pub mod demo;
 pub mod devices;
 pub mod error;
@@ -42,7 +43,7 @@ pub mod world;
 
 pub use error::SimError;
 pub use mqtt::{DeviceContext, MqttUrl};
-pub use report::{Audit, FeeFn, Ledger, Mismatch, Report};
+pub use report::{Audit, FeeFn, Ledger, Mismatch, MismatchKind, Report};
 pub use rig::{LaneConfig, LaneRig, PassageOutcome, Vehicle};
 pub use tally::{LatencySummary, Snapshot, Tally};
 pub use traffic::{DwellMix, TrafficConfig};

@@ -39,6 +39,9 @@ enum Command {
     BenchPlot(parkpay_sim::bench_plot::BenchPlotArgs),
     /// Measure what pricing a stay costs, against the per-unit reference, in one run.
     BenchQuote(parkpay_sim::bench_quote::BenchQuoteArgs),
+    /// Real processes (Mosquitto, servers, gateway) under injected faults, then the ledger
+    /// checked against ground truth.
+    Chaos(parkpay_sim::chaos::ChaosArgs),
     /// Drive an external server and broker.
     Run {
         /// The server's HTTP base URL.
@@ -325,6 +328,17 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| "info,rumqttc=warn,rumqttd=off".into())
 }
 
+/// Logs to the terminal with `default` as the filter unless `RUST_LOG` says otherwise.
+fn log_to_terminal_at(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn log_to_terminal() {
     tracing_subscriber::fmt()
         .with_env_filter(log_filter())
@@ -406,6 +420,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BenchLoad(args) => parkpay_sim::bench_load::bench_load(&args).await,
         Command::BenchPlot(args) => parkpay_sim::bench_plot::bench_plot(&args),
+        Command::Chaos(args) => {
+            log_to_terminal_at("error,parkpay_sim::chaos=info,parkpay_sim::world=warn");
+            parkpay_sim::chaos::run_chaos(&args).await
+        }
         Command::BenchQuote(args) => {
             tokio::task::spawn_blocking(move || parkpay_sim::bench_quote::bench_quote(&args))
                 .await?

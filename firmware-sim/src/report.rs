@@ -49,7 +49,21 @@ pub struct Report {
 pub struct Mismatch {
     pub car: u32,
     pub plate: String,
+    pub kind: MismatchKind,
     pub reason: String,
+}
+
+/// What kind of wrong a mismatch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchKind {
+    /// Something that happened is missing: a car kept in or out, a stay or a charge not
+    /// recorded, a session left open.
+    Lost,
+    /// A stay recorded, or charged, more than once.
+    Double,
+    /// Recorded once, but wrongly: another amount, another status, paid the wrong way.
+    Wrong,
 }
 
 impl fmt::Display for Mismatch {
@@ -96,39 +110,50 @@ fn is_money(c: &Charge) -> bool {
 }
 
 /// What went wrong for one car, if anything.
-fn judge(car: &CarTruth, rows: &CarLedger<'_>, fee: &FeeFn) -> Option<String> {
+fn judge(car: &CarTruth, rows: &CarLedger<'_>, fee: &FeeFn) -> Option<(MismatchKind, String)> {
+    use MismatchKind::{Double, Lost, Wrong};
     let (Some(entry), Some(exit)) = (car.entry_at, car.exit_at) else {
-        return Some(if car.let_in() {
-            "never let out".to_string()
-        } else {
-            "never let in".to_string()
-        });
+        return Some((
+            Lost,
+            if car.let_in() {
+                "never let out".to_string()
+            } else {
+                "never let in".to_string()
+            },
+        ));
     };
     match rows.sessions.as_slice() {
         [s] if s.status == SessionStatus::Closed => {}
-        [s] => return Some(format!("session is {:?}, not closed", s.status)),
+        [s] => return Some((Lost, format!("session is {:?}, not closed", s.status))),
         other => {
-            return Some(format!(
-                "{} sessions on the server, expected 1",
-                other.len()
-            ))
+            let kind = if other.is_empty() { Lost } else { Double };
+            return Some((
+                kind,
+                format!("{} sessions on the server, expected 1", other.len()),
+            ));
         }
     }
     let due = fee(entry, exit);
     let money: Vec<&&Charge> = rows.charges.iter().filter(|c| is_money(c)).collect();
     if due == 0 {
-        return (!money.is_empty()).then(|| format!("charged {} for a free stay", money[0].amount));
+        return (!money.is_empty()).then(|| {
+            (
+                Wrong,
+                format!("charged {} for a free stay", money[0].amount),
+            )
+        });
     }
     let [charge] = money.as_slice() else {
-        return Some(format!(
-            "{} charges, expected one of {due} fen",
-            money.len()
+        let kind = if money.is_empty() { Lost } else { Double };
+        return Some((
+            kind,
+            format!("{} charges, expected one of {due} fen", money.len()),
         ));
     };
     if charge.amount.minor != due {
-        return Some(format!(
-            "charged {} fen, tariff says {due}",
-            charge.amount.minor
+        return Some((
+            Wrong,
+            format!("charged {} fen, tariff says {due}", charge.amount.minor),
         ));
     }
     let (expected, held_ok) = if !car.has_mandate {
@@ -139,17 +164,20 @@ fn judge(car: &CarTruth, rows: &CarLedger<'_>, fee: &FeeFn) -> Option<String> {
         (ChargeStatus::Arrears, false)
     };
     if charge.status != expected {
-        return Some(format!(
-            "charge is {:?}, expected {expected:?}",
-            charge.status
+        return Some((
+            Wrong,
+            format!("charge is {:?}, expected {expected:?}", charge.status),
         ));
     }
     // Being held for a no-read is the lane doing its job; being asked to pay is not.
     if car.has_mandate && car.paid_at_exit {
-        return Some("asked to pay at the exit despite a mandate".to_string());
+        return Some((
+            Wrong,
+            "asked to pay at the exit despite a mandate".to_string(),
+        ));
     }
     if held_ok && !car.paid_at_exit {
-        return Some("let out without paying at the exit".to_string());
+        return Some((Wrong, "let out without paying at the exit".to_string()));
     }
     None
 }
@@ -184,10 +212,11 @@ pub fn audit(cars: &[CarTruth], ledger: &Ledger, fee: &FeeFn) -> Audit {
         if let (Some(entry), Some(exit)) = (car.entry_at, car.exit_at) {
             report.expected_fen += fee(entry, exit);
         }
-        if let Some(reason) = judge(car, &rows, fee) {
+        if let Some((kind, reason)) = judge(car, &rows, fee) {
             mismatches.push(Mismatch {
                 car: car.car,
                 plate: car.plate.clone(),
+                kind,
                 reason,
             });
         }
@@ -310,6 +339,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stay_recorded_or_charged_twice_is_double() {
+        let cars = vec![
+            car(1, "京A12345", true, 100_000, Some((0, 150))),
+            car(2, "京A22345", true, 100_000, Some((0, 150))),
+        ];
+        let ledger = Ledger {
+            sessions: vec![
+                session(1, "京A12345", (0, 150)),
+                session(2, "京A22345", (0, 150)),
+                Session {
+                    id: Uuid::from_u128(1003),
+                    ..session(2, "京A22345", (0, 150))
+                },
+            ],
+            charges: vec![
+                charge(1, 300, ChargeStatus::Succeeded),
+                Charge {
+                    id: Uuid::from_u128(2999),
+                    ..charge(1, 300, ChargeStatus::Succeeded)
+                },
+                charge(2, 300, ChargeStatus::Succeeded),
+            ],
+        };
+        let a = audit(&cars, &ledger, &fee());
+        let kinds: Vec<(u32, MismatchKind)> =
+            a.mismatches.iter().map(|m| (m.car, m.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![(1, MismatchKind::Double), (2, MismatchKind::Double)],
+            "{:#?}",
+            a.mismatches
+        );
+    }
+
+    #[test]
     fn every_kind_of_wrong_outcome_is_counted_once_per_car() {
         let cars = vec![
             car(1, "京A12345", true, 100_000, Some((0, 150))), // overcharged
@@ -338,6 +402,9 @@ mod tests {
         let a = audit(&cars, &ledger, &fee());
         let broken: Vec<u32> = a.mismatches.iter().map(|m| m.car).collect();
         assert_eq!(broken, vec![1, 2, 3, 4, 5, 6], "{:#?}", a.mismatches);
+        use MismatchKind::{Lost, Wrong};
+        let kinds: Vec<MismatchKind> = a.mismatches.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, vec![Wrong, Wrong, Lost, Wrong, Lost, Lost]);
         assert_eq!(a.report.cars, 6);
         assert_eq!(a.report.charged, 3);
         assert_eq!(a.report.charged_fen, 700);

@@ -17,6 +17,7 @@ pub struct Tally {
     left: AtomicU64,
     done: AtomicU64,
     held: AtomicU64,
+    lifted: AtomicU64,
     charged: Mutex<HashSet<Uuid>>,
     exceptions: Mutex<HashSet<Uuid>>,
     latencies: Mutex<Vec<Duration>>,
@@ -47,6 +48,16 @@ impl Tally {
     pub fn hold(&self) -> HeldGuard<'_> {
         self.held.fetch_add(1, Ordering::Relaxed);
         HeldGuard(self)
+    }
+
+    /// The attendant lifted an exit barrier by hand for a car whose stay was already closed.
+    pub fn lifted(&self) {
+        self.lifted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times the attendant lifted a barrier by hand.
+    pub fn lifts(&self) -> u64 {
+        self.lifted.load(Ordering::Relaxed)
     }
 
     /// A passage closed a stay with a fee to pay; the server charges it (by deduction or at the

@@ -135,6 +135,28 @@ impl GroundTruth {
     }
 }
 
+/// Reads back a fact log written by [`GroundTruth::with_file`]. A line that is not a fact is an
+/// error naming its line number.
+pub fn read_facts(path: &Path) -> Result<Vec<Fact>, SimError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SimError::TruthLog {
+        path: path.display().to_string(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str(l).map_err(|e| SimError::TruthLog {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("line {}: {e}", n + 1),
+                ),
+            })
+        })
+        .collect()
+}
+
 /// Folds a fact log into one summary per car, in car order.
 pub fn fold_cars(facts: &[Fact]) -> Vec<CarTruth> {
     let mut cars: BTreeMap<u32, CarTruth> = BTreeMap::new();

@@ -51,6 +51,36 @@ pub struct WorldConfig {
     pub api_token: Option<String>,
     /// The sandbox provider's secret: drivers' QR payments are settled through it.
     pub sandbox_secret: Option<String>,
+    /// The HTTP client the run's API calls go through; a default one when `None`.
+    pub http_client: Option<reqwest::Client>,
+    /// Real time the next car waits for the arm to come down after the car before.
+    pub clear_wait: Duration,
+    /// The attendant also lifts, by hand, the barrier for a car that has waited
+    /// [`STUCK_AFTER`] at it although the server has already decided for that very capture
+    /// (the decision reached a gateway that had restarted since the car arrived).
+    pub lift_stuck_cars: bool,
+}
+
+/// How long a car waits at a barrier the server decided for before the attendant lifts it.
+pub const STUCK_AFTER: Duration = Duration::from_secs(8);
+
+/// How long the attendant gives a decision it has seen to reach the arm.
+const DECISION_GRACE: Duration = Duration::from_secs(2);
+
+/// A car the attendant sees at a barrier: since when, and since when the server has decided
+/// for it.
+struct Waiting {
+    since: Instant,
+    decided: Option<Instant>,
+}
+
+impl Waiting {
+    fn new() -> Waiting {
+        Waiting {
+            since: Instant::now(),
+            decided: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for WorldConfig {
@@ -99,6 +129,9 @@ impl WorldConfig {
             tally: Arc::default(),
             api_token: None,
             sandbox_secret: None,
+            http_client: None,
+            clear_wait: Duration::from_secs(5),
+            lift_stuck_cars: false,
         })
     }
 
@@ -117,6 +150,7 @@ impl WorldConfig {
             },
             drive_through: self.drive_through,
             open_wait: self.open_wait,
+            clear_wait: self.clear_wait,
             ..LaneConfig::new(self.lot.clone(), lane.clone(), direction)
         }
     }
@@ -145,6 +179,9 @@ pub async fn drive_audited(
     clock: Arc<dyn Clock>,
 ) -> Result<Audit, SimError> {
     let mut api = Api::new(&http);
+    if let Some(c) = &world.http_client {
+        api = api.with_client(c.clone());
+    }
     if let Some(t) = &world.api_token {
         api = api.with_token(t.clone());
     }
@@ -200,6 +237,7 @@ pub async fn drive_audited(
         car_ctx.entry_lanes.clone(),
         car_ctx.exit_lanes.clone(),
         world.tally.clone(),
+        world.lift_stuck_cars,
     ));
     let mut running = JoinSet::new();
     for car in cars {
@@ -275,10 +313,17 @@ async fn attend(
     entries: Arc<Vec<LaneRig>>,
     exits: Arc<Vec<LaneRig>>,
     tally: Arc<Tally>,
+    lift_stuck: bool,
 ) {
     let mut handled = std::collections::HashSet::new();
+    // Cars standing at an exit (lane, capture instant) and since when the attendant sees them.
+    let mut waiting: std::collections::HashMap<(String, chrono::DateTime<chrono::Utc>), Waiting> =
+        std::collections::HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if lift_stuck {
+            lift_stuck_cars(&api, &lot, &entries, &exits, &tally, &mut waiting).await;
+        }
         let Ok(open) = api.open_exceptions(&lot).await else {
             continue;
         };
@@ -324,4 +369,77 @@ async fn attend(
             }
         }
     }
+}
+
+/// Lifts the barrier for a car that has waited [`STUCK_AFTER`] at a lane although the server
+/// has already decided for that car's very capture (an entry opened its stay with it, an exit
+/// closed its stay with it): the decision was made but did not move the arm, so the car would
+/// otherwise wait for ever. An operator would check the stay on the dashboard and lift the
+/// barrier by hand; this is that.
+async fn lift_stuck_cars(
+    api: &Api,
+    lot: &str,
+    entries: &[LaneRig],
+    exits: &[LaneRig],
+    tally: &Tally,
+    waiting: &mut std::collections::HashMap<(String, chrono::DateTime<chrono::Utc>), Waiting>,
+) {
+    use crate::api::SessionStatus;
+    let same = |at: Option<chrono::DateTime<chrono::Utc>>,
+                captured: chrono::DateTime<chrono::Utc>| {
+        at.is_some_and(|at: chrono::DateTime<chrono::Utc>| {
+            (at - captured)
+                .num_microseconds()
+                .is_some_and(|us| us.abs() < 1000)
+        })
+    };
+    let mut present = std::collections::HashSet::new();
+    for rig in entries.iter().chain(exits) {
+        let Some((plate, captured)) = rig.car_at_barrier() else {
+            continue;
+        };
+        let key = (rig.lane().to_string(), captured);
+        present.insert(key.clone());
+        let w = waiting.entry(key).or_insert_with(Waiting::new);
+        if w.since.elapsed() < STUCK_AFTER
+            || rig.arm().state().position != parkpay_protocol::ArmPosition::Closed
+        {
+            continue;
+        }
+        let Ok(sessions) = api.sessions(Some(lot), Some(&plate), None).await else {
+            continue;
+        };
+        let decided = sessions.iter().any(|s| match rig.direction() {
+            Direction::Entry => s.status == SessionStatus::Open && same(s.entry_at, captured),
+            Direction::Exit => s.status == SessionStatus::Closed && same(s.exit_at, captured),
+        });
+        if !decided {
+            w.decided = None;
+            continue;
+        }
+        // The decision may be on its way to the arm right now: only a decision that has been
+        // there for a while without moving the arm means the arm will not move.
+        if w.decided.get_or_insert_with(Instant::now).elapsed() < DECISION_GRACE {
+            continue;
+        }
+        tracing::warn!(lane = %rig.lane(), plate, "the server decided for this car but the barrier did not open: lifting it by hand");
+        match api
+            .open_barrier(
+                lot,
+                rig.lane().as_str(),
+                "decided for this car; the barrier did not open",
+            )
+            .await
+        {
+            // The next look finds the arm moving, then the car gone; if the command was lost
+            // (the broker restarting), the car is still there after another wait, and the
+            // attendant lifts again.
+            Ok(()) => {
+                tally.lifted();
+                *w = Waiting::new();
+            }
+            Err(e) => tracing::warn!(error = %e, "the attendant could not lift the barrier"),
+        }
+    }
+    waiting.retain(|k, _| present.contains(k));
 }

@@ -135,6 +135,11 @@ pub struct PaymentsConfig {
     pub instance_dead_secs: f64,
     /// Simulated provider latency, milliseconds.
     pub sandbox_latency_ms: u64,
+    /// Fault injection: the share (0 to below 1) of sandbox debits that take effect and are then
+    /// answered with a failure, as a provider's 5xx or timeout after the fact. 0 by default.
+    pub sandbox_fault_rate: f64,
+    /// How long such a failed answer takes to arrive, milliseconds.
+    pub sandbox_late_ms: u64,
     /// The sandbox provider's secret: its settle call (the provider saying a driver paid) and
     /// its wallet calls require it as a bearer token. Unset, those calls do not exist.
     pub sandbox_secret: Option<Secret>,
@@ -193,6 +198,8 @@ impl Default for PaymentsConfig {
             lease_secs: 120.0,
             instance_dead_secs: 10.0,
             sandbox_latency_ms: 0,
+            sandbox_fault_rate: 0.0,
+            sandbox_late_ms: 0,
             sandbox_secret: None,
         }
     }
@@ -259,6 +266,19 @@ impl ServerConfig {
             if !(v.is_finite() && v > 0.0) {
                 return bad(field, "must be a positive number of seconds");
             }
+        }
+        let rate = self.payments.sandbox_fault_rate;
+        if !(rate.is_finite() && (0.0..1.0).contains(&rate)) {
+            return bad(
+                "payments.sandbox_fault_rate",
+                "must be at least 0 and below 1",
+            );
+        }
+        if self.payments.sandbox_late_ms > 600_000 {
+            return bad(
+                "payments.sandbox_late_ms",
+                "must be at most 600000 (10 min)",
+            );
         }
         if self.mqtt.broker != "embedded" && !self.mqtt.broker.starts_with("mqtt://") {
             return bad("mqtt.broker", "use \"embedded\" or mqtt://HOST:PORT");
@@ -375,6 +395,21 @@ mod tests {
         std::fs::write(&f, "[mqtt]\nbrokr = \"x\"\n").unwrap();
         let e = ServerConfig::load(Some(&f), None).unwrap_err().to_string();
         assert!(e.contains("brokr"), "{e}");
+        for rate in ["1.0", "-0.1", "nan"] {
+            std::fs::write(&f, format!("[payments]\nsandbox_fault_rate = {rate}\n")).unwrap();
+            let e = ServerConfig::load(Some(&f), None).unwrap_err().to_string();
+            assert!(e.contains("payments.sandbox_fault_rate"), "{rate}: {e}");
+        }
+        std::fs::write(
+            &f,
+            "[payments]\nsandbox_fault_rate = 0.25\nsandbox_late_ms = 300\n",
+        )
+        .unwrap();
+        let c = ServerConfig::load(Some(&f), None).unwrap();
+        assert_eq!(
+            (c.payments.sandbox_fault_rate, c.payments.sandbox_late_ms),
+            (0.25, 300)
+        );
     }
 
     #[test]

@@ -55,10 +55,17 @@ pub trait PaymentProvider: Send + Sync {
 
 /// In-process wallets with balances, scripted transient failures and a configurable latency.
 /// State lives in the database so it survives a restart like a real provider would.
+///
+/// With a fault rate, a debit that took effect is answered, with that probability, by a failure
+/// (`Unavailable`, after `late`) instead of its success: a provider's 5xx or a timeout after the
+/// call went through. The worker must then retry under the same idempotency key and not charge
+/// twice.
 pub struct SandboxProvider {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     latency: Duration,
+    fault_rate: f64,
+    late: Duration,
 }
 
 impl SandboxProvider {
@@ -67,7 +74,21 @@ impl SandboxProvider {
             store,
             clock,
             latency,
+            fault_rate: 0.0,
+            late: Duration::ZERO,
         }
+    }
+
+    /// Answers a debit that took effect with a failure, `late`, with probability `rate` (0..1;
+    /// out of range values are clamped).
+    pub fn with_faults(mut self, rate: f64, late: Duration) -> SandboxProvider {
+        self.fault_rate = if rate.is_finite() {
+            rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.late = late;
+        self
     }
 }
 
@@ -91,6 +112,22 @@ impl PaymentProvider for SandboxProvider {
             )
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        if matches!(r, DebitResult::Succeeded { .. })
+            && self.fault_rate > 0.0
+            && rand::random::<f64>() < self.fault_rate
+        {
+            // The debit is recorded under its idempotency key; the caller hears only a failure.
+            tracing::warn!(
+                idempotency_key = %req.idempotency_key,
+                "sandbox: injected fault after the debit took effect"
+            );
+            if !self.late.is_zero() {
+                tokio::time::sleep(self.late).await;
+            }
+            return Err(ProviderError::Unavailable(
+                "injected fault: the debit took effect, the answer was lost".into(),
+            ));
+        }
         Ok(match r {
             DebitResult::Succeeded { txn_id } => ProviderOutcome::Succeeded { txn: txn_id },
             DebitResult::Declined { reason } => ProviderOutcome::Declined { reason },

@@ -170,11 +170,17 @@ impl Server {
             stop_ingest.clone(),
         ));
 
-        let provider: Arc<dyn PaymentProvider> = Arc::new(SandboxProvider::new(
-            store,
-            clock,
-            Duration::from_millis(config.payments.sandbox_latency_ms),
-        ));
+        let provider: Arc<dyn PaymentProvider> = Arc::new(
+            SandboxProvider::new(
+                store,
+                clock,
+                Duration::from_millis(config.payments.sandbox_latency_ms),
+            )
+            .with_faults(
+                config.payments.sandbox_fault_rate,
+                Duration::from_millis(config.payments.sandbox_late_ms),
+            ),
+        );
         let p = &config.payments;
         let settings = WorkerSettings {
             instance: instance.clone(),
