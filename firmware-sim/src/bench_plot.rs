@@ -150,8 +150,9 @@ pub fn bench_plot(args: &BenchPlotArgs) -> anyhow::Result<()> {
             .draw_series(pts.iter().map(|p| Circle::new(*p, 3, colour.filled())))
             .map_err(draw)?;
     }
-    for (name, pts) in &floor {
-        let grey = RGBColor(120, 120, 120);
+    let greys = [RGBColor(90, 90, 90), RGBColor(170, 170, 170)];
+    for (i, (name, pts)) in floor.iter().enumerate() {
+        let grey = greys[i % greys.len()];
         chart
             .draw_series(DashedLineSeries::new(
                 pts.iter().copied(),

@@ -86,11 +86,6 @@ pub async fn process(
             let _ = ack_tx.send(done(&p));
             continue;
         }
-        if p.topic == crate::mqtt::BROKER_DROPPED {
-            broker_dropped(&app, &p.payload);
-            let _ = ack_tx.send(done(&p));
-            continue;
-        }
         match Topic::parse(&p.topic) {
             Ok(Topic::Events(lot, lane)) => {
                 let permit = tokio::select! {
@@ -213,7 +208,7 @@ async fn from_gateway<M: parkpay_protocol::Message>(
 
 /// The broker's report of what it dropped. Anything it dropped may have been an event: say so
 /// loudly (the gateways resend what is not decided, so the cars wait rather than pass unpaid).
-fn broker_dropped(app: &App, payload: &[u8]) {
+pub(crate) fn broker_dropped(app: &App, payload: &[u8]) {
     let Some(total) = std::str::from_utf8(payload)
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())

@@ -90,14 +90,10 @@ impl Server {
         if let (Some(u), Some(p)) = (&config.mqtt.username, &config.mqtt.password) {
             opts.set_credentials(u.clone(), p.expose().to_string());
         }
-        let mut subscriptions = mqtt::server_subscriptions(
+        let subscriptions = mqtt::server_subscriptions(
             config.mqtt.shared_subscription,
             config.mqtt.lots.as_deref(),
         );
-        if broker.is_none() {
-            // An external broker may drop messages at its queue limits: watch its count.
-            subscriptions.push(mqtt::BROKER_DROPPED.to_string());
-        }
         let (client, eventloop, early) = mqtt::connect(opts, subscriptions.clone()).await?;
 
         let metrics = Arc::new(Metrics::new());
@@ -162,6 +158,14 @@ impl Server {
             app.clock.clone(),
             cancel.clone(),
         )));
+        if broker.is_none() {
+            // An external broker may drop messages at its queue limits: watch its count.
+            let mut o = mqtt::options(&mqtt_url, &format!("parkpay-{instance}-sys"))?;
+            if let (Some(u), Some(p)) = (&config.mqtt.username, &config.mqtt.password) {
+                o.set_credentials(u.clone(), p.expose().to_string());
+            }
+            tasks.push(tokio::spawn(watch_broker_drops(o, app.clone())));
+        }
         tasks.shrink_to_fit();
         let ingest = tokio::spawn(ingest::process(
             app.clone(),
@@ -284,6 +288,36 @@ fn configured_keys(config: &ServerConfig) -> std::collections::HashMap<String, V
         // validate() checked every key is hex.
         .filter_map(|(gw, k)| hex_decode(k.expose()).map(|k| (gw.clone(), k)))
         .collect()
+}
+
+/// Follows the broker's count of dropped messages (Mosquitto's `$SYS` topic) on a connection of
+/// its own, so a broker that refuses `$SYS` subscriptions (or has none) costs nothing but this
+/// connection: it is tried again every minute, quietly.
+async fn watch_broker_drops(mut opts: rumqttc::MqttOptions, app: App) {
+    use rumqttc::{Event, Packet, QoS};
+    opts.set_clean_session(true);
+    loop {
+        let (client, mut el) = rumqttc::AsyncClient::new(opts.clone(), 16);
+        if client
+            .subscribe(mqtt::BROKER_DROPPED, QoS::AtMostOnce)
+            .await
+            .is_ok()
+        {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        crate::ingest::broker_dropped(&app, &p.payload)
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "not following the broker's dropped-message count");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
 }
 
 /// Republishes decisions committed but not handed to the broker (a crash between the two, or

@@ -689,7 +689,7 @@ async fn payer_facts_sum_each_mandates_month_and_the_drivers_arrears_in_one_quer
         created_at: t0(),
     };
     s.insert_driver(&d).await.unwrap();
-    let month_start = t0();
+    let month_start = t0() + Duration::days(10);
     // Without a mandate the arrears are still found.
     let (none, owed) = s.payer_facts(d.id, month_start).await.unwrap();
     assert!(none.is_empty());
@@ -713,11 +713,36 @@ async fn payer_facts_sum_each_mandates_month_and_the_drivers_arrears_in_one_quer
     // Under the capped mandate: 300 last month, 500 and 700 this month, 900 this month waived;
     // under no mandate: 1,100 of arrears.
     let charges = [
-        (Some(capped.id), 300, t0() - Duration::days(3), ChargeStatus::Succeeded),
-        (Some(capped.id), 500, t0() + Duration::days(1), ChargeStatus::Succeeded),
-        (Some(capped.id), 700, t0() + Duration::days(2), ChargeStatus::Pending),
-        (Some(capped.id), 900, t0() + Duration::days(2), ChargeStatus::Waived),
-        (None, 1_100, t0() + Duration::days(3), ChargeStatus::Arrears),
+        (
+            Some(capped.id),
+            300,
+            month_start - Duration::days(3),
+            ChargeStatus::Succeeded,
+        ),
+        (
+            Some(capped.id),
+            500,
+            month_start + Duration::days(1),
+            ChargeStatus::Succeeded,
+        ),
+        (
+            Some(capped.id),
+            700,
+            month_start + Duration::days(2),
+            ChargeStatus::Pending,
+        ),
+        (
+            Some(capped.id),
+            900,
+            month_start + Duration::days(2),
+            ChargeStatus::Waived,
+        ),
+        (
+            None,
+            1_100,
+            month_start + Duration::days(3),
+            ChargeStatus::Arrears,
+        ),
     ];
     for (i, (m, amount, at, status)) in charges.into_iter().enumerate() {
         let (w, session) = entry(&lot, &format!("京D1000{i}"), at - Duration::hours(1));
@@ -733,7 +758,11 @@ async fn payer_facts_sum_each_mandates_month_and_the_drivers_arrears_in_one_quer
     }
     let (mandates, arrears) = s.payer_facts(d.id, month_start).await.unwrap();
     let got: Vec<(Uuid, i64)> = mandates.iter().map(|(m, spent)| (m.id, *spent)).collect();
-    assert_eq!(got, vec![(capped.id, 1_200), (plain.id, 0)], "oldest mandate first");
+    assert_eq!(
+        got,
+        vec![(capped.id, 1_200), (plain.id, 0)],
+        "oldest mandate first"
+    );
     assert_eq!(mandates[0].0.monthly_cap, Some(Money::cny(10_000)));
     assert_eq!(arrears, 1_100);
     b.cleanup().await;
