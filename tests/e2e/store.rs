@@ -292,16 +292,21 @@ async fn one_open_session_per_plate_and_one_charge_per_session() {
     b.cleanup().await;
 }
 
-#[tokio::test]
-async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
-    let (s, b, lot) = store().await;
-    for i in 0..6 {
-        let (w, session) = entry(&lot, &format!("京A1234{i}"), t0());
+/// `n` stays in `lot`, each closed an hour after its entry with a pending charge of 100 + i.
+async fn stays_with_charges(s: &Arc<dyn Store>, lot: &LotId, plate_prefix: &str, n: i64) {
+    for i in 0..n {
+        let (w, session) = entry(lot, &format!("{plate_prefix}{i}"), t0());
         s.commit_passage(&w).await.unwrap();
-        s.commit_passage(&exit(&lot, session, 100 + i, t0() + Duration::hours(1)))
+        s.commit_passage(&exit(lot, session, 100 + i, t0() + Duration::hours(1)))
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
+    let (s, b, lot) = store().await;
+    stays_with_charges(&s, &lot, "京A1234", 6).await;
     let now = t0() + Duration::hours(2);
     let (a, c) = tokio::join!(
         s.lease_due_charges("a", now, now + Duration::minutes(1), 4),
@@ -364,13 +369,7 @@ async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
 #[tokio::test]
 async fn an_instances_leases_are_freed_by_name_and_nobody_elses() {
     let (s, b, lot) = store().await;
-    for i in 0..4 {
-        let (w, session) = entry(&lot, &format!("京B1234{i}"), t0());
-        s.commit_passage(&w).await.unwrap();
-        s.commit_passage(&exit(&lot, session, 100 + i, t0() + Duration::hours(1)))
-            .await
-            .unwrap();
-    }
+    stays_with_charges(&s, &lot, "京B1234", 4).await;
     let now = t0() + Duration::hours(2);
     let until = now + Duration::minutes(2);
     // Worker tokens are "{instance}:{uuid}"; "node_1" must not free "node_10"'s leases (an
