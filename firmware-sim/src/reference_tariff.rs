@@ -23,12 +23,23 @@
 //!    Each window's sum is cut to the daily cap.
 //! 7. The sum of the windows is cut to the stay cap, then raised to the minimum charge, where the
 //!    minimum is itself never above the stay cap.
+//! 8. A unit that starts on a holiday (a date of the lot's calendar) costs nothing when the
+//!    holiday is free, else the price of the holiday band containing its start. A first period
+//!    that starts on a free holiday is free.
+//!
+//! And for a stay under a vehicle's lists and class ([`fee_with`]):
+//! 9. The parts of the stay outside every covered window (white list, pass, free visitor grant)
+//!    are priced each as a stay of its own by rules 1 to 8; covered parts are free.
+//! 10. The sum is multiplied by the class's percent and rounded down, then the visitor discount
+//!     is taken off and the result rounded down.
+//! 11. Merchant validations: their minutes come off the end of the stay before anything else
+//!     (rule 9 prices the shortened stay), and their amount comes off last, down to zero.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Timelike, Utc};
-use parkpay_server::tariff::{Band, CapBasis, Tariff};
+use parkpay_server::tariff::{Band, CapBasis, Tariff, VehicleClass};
 
 use crate::report::FeeFn;
 
@@ -60,14 +71,24 @@ pub fn fee(tariff: &Tariff, entry: DateTime<Utc>, exit: DateTime<Utc>) -> i64 {
     // Rule 3: the first period, in the entry's window.
     let mut unit_start = entry;
     if let Some(fp) = &tariff.first_period {
-        *windows.entry(window_of(tariff, entry, entry)).or_insert(0) += i128::from(fp.price.minor);
+        let free_day = holiday_of(tariff, entry).is_some_and(|free| free);
+        let price = if free_day { 0 } else { fp.price.minor };
+        *windows.entry(window_of(tariff, entry, entry)).or_insert(0) += i128::from(price);
         unit_start = entry + TimeDelta::minutes(i64::from(fp.minutes));
     }
 
     // Rules 4 to 6: every unit that starts before exit is charged whole.
     let unit = TimeDelta::minutes(i64::from(tariff.unit_minutes));
     while unit_start < exit {
-        let price = band_at(tariff, unit_start).unit_price.minor;
+        let price = match holiday_of(tariff, unit_start) {
+            Some(true) => 0,
+            Some(false) => {
+                band_in(&tariff.holiday_bands, tariff, unit_start)
+                    .unit_price
+                    .minor
+            }
+            None => band_at(tariff, unit_start).unit_price.minor,
+        };
         *windows
             .entry(window_of(tariff, entry, unit_start))
             .or_insert(0) += i128::from(price);
@@ -97,6 +118,87 @@ pub fn fee(tariff: &Tariff, entry: DateTime<Utc>, exit: DateTime<Utc>) -> i64 {
     i64::try_from(total).expect("a test stay's fee fits in i64")
 }
 
+/// What the lists and the class of a vehicle change in the price of its stay.
+#[derive(Debug, Clone, Default)]
+pub struct StayTerms {
+    pub class: Option<VehicleClass>,
+    /// Windows `[from, until)` in which the stay is free (`until` `None`: no end).
+    pub covered: Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>,
+    pub percent_off: Option<u32>,
+    /// Merchant validations: minutes off the end of the stay, then an amount off the fee.
+    pub validation_minutes: u32,
+    pub validation_amount: i64,
+}
+
+/// The fee for a stay under `terms` (rules 9 and 10).
+pub fn fee_with(
+    tariff: &Tariff,
+    entry: DateTime<Utc>,
+    exit: DateTime<Utc>,
+    terms: &StayTerms,
+) -> i64 {
+    // Rule 11: the stay is priced as if it ended the validation's minutes earlier.
+    let exit = exit - TimeDelta::minutes(i64::from(terms.validation_minutes));
+    if exit <= entry {
+        return 0;
+    }
+    // Every window boundary inside the stay, in order: between two of them, the stay is either
+    // covered throughout or not at all.
+    let mut cuts: Vec<DateTime<Utc>> = vec![entry, exit];
+    for (from, until) in &terms.covered {
+        cuts.push(*from);
+        if let Some(u) = until {
+            cuts.push(*u);
+        }
+    }
+    cuts.retain(|t| *t >= entry && *t <= exit);
+    cuts.sort();
+    cuts.dedup();
+    let covered_at = |t: DateTime<Utc>| {
+        terms
+            .covered
+            .iter()
+            .any(|(from, until)| *from <= t && until.is_none_or(|u| t < u))
+    };
+    // Consecutive uncovered pieces are one gap, priced as one stay.
+    let mut total: i128 = 0;
+    let mut gap_start: Option<DateTime<Utc>> = None;
+    for &a in &cuts[..cuts.len().saturating_sub(1)] {
+        if covered_at(a) {
+            if let Some(start) = gap_start.take() {
+                total += i128::from(fee(tariff, start, a));
+            }
+        } else if gap_start.is_none() {
+            gap_start = Some(a);
+        }
+    }
+    if let Some(start) = gap_start {
+        total += i128::from(fee(tariff, start, exit));
+    }
+    let class = terms.class.unwrap_or(VehicleClass::Small);
+    let percent = tariff
+        .classes
+        .iter()
+        .find(|c| c.class == class)
+        .map_or(100, |c| c.percent);
+    total = total * i128::from(percent) / 100;
+    if let Some(off) = terms.percent_off {
+        total = total * i128::from(100 - off.min(100)) / 100;
+    }
+    total = (total - i128::from(terms.validation_amount)).max(0);
+    i64::try_from(total).expect("a test stay's fee fits in i64")
+}
+
+/// `Some(free)` when `instant` falls on a holiday of the lot's calendar.
+fn holiday_of(tariff: &Tariff, instant: DateTime<Utc>) -> Option<bool> {
+    let date = instant.with_timezone(&tariff.time_zone).date_naive();
+    tariff
+        .holidays
+        .iter()
+        .find(|h| h.date == date)
+        .map(|h| h.free)
+}
+
 /// [`fee`] under `tariff`, as the fee function a run's report prices ground truth with.
 pub fn fee_fn(tariff: Tariff) -> FeeFn {
     Arc::new(move |entry, exit| fee(&tariff, entry, exit))
@@ -105,10 +207,13 @@ pub fn fee_fn(tariff: Tariff) -> FeeFn {
 /// The band containing the wall-clock minute of `instant` in the lot's zone, found by trying each
 /// band in turn.
 fn band_at(tariff: &Tariff, instant: DateTime<Utc>) -> &Band {
+    band_in(&tariff.bands, tariff, instant)
+}
+
+fn band_in<'b>(bands: &'b [Band], tariff: &Tariff, instant: DateTime<Utc>) -> &'b Band {
     let wall = instant.with_timezone(&tariff.time_zone);
     let minute = wall.time().num_seconds_from_midnight() / 60;
-    tariff
-        .bands
+    bands
         .iter()
         .find(|band| band_contains(band, minute))
         .expect("a valid tariff's bands cover every minute of the day")

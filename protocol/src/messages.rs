@@ -98,8 +98,10 @@ pub enum DecisionReason {
     Grace,
     /// Whitelisted vehicle.
     Whitelisted,
-    /// Holds a valid monthly pass.
+    /// Holds a valid pass (a pass that ended during the stay is charged for the rest).
     Pass,
+    /// A visitor grant covers the stay or discounts it.
+    Visitor,
     /// Active mandate: open now, deduct after.
     Mandate,
     /// The fee was paid (at the exit, by QR or kiosk).
@@ -116,8 +118,12 @@ pub enum DecisionReason {
     LowConfidence,
     /// Two open sessions are equally close to the read: never guess.
     Ambiguous,
-    /// Blacklisted vehicle.
+    /// Blacklisted vehicle: entry refused.
     Blacklisted,
+    /// The owner has locked the car: its exit is refused until it is unlocked.
+    Locked,
+    /// The lot is full (the spaces left are reserved for pass holders): entry refused.
+    LotFull,
     /// An operator opened the barrier by hand.
     Operator,
     /// The lot is not configured on this server.

@@ -11,14 +11,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use parkpay_protocol::{
     encode, BarrierAction, Clock, Decision, DecisionReason, Direction, GatewayId, LaneAction,
-    LaneId, LotId, OperatorCommand, PassageEvent, Plate, ReadQuality, Topic,
+    LaneId, LotId, OperatorCommand, PassageEvent, Plate, PlateColour, ReadQuality, Topic,
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use parkpay_protocol::plate::{edit_distance, match_key};
 
-use crate::decide::{self, Collect, Effect, EntryFacts, ExitFacts, MandateFacts, Plan, TimeLimits};
+use crate::decide::{
+    self, Collect, Effect, EntryFacts, ExitFacts, MandateFacts, Plan, Spaces, TimeLimits,
+};
 use crate::domain::*;
 use crate::live::{Live, LiveEvent};
 use crate::metrics::Metrics;
@@ -237,6 +239,14 @@ impl App {
             let (mut write, new_charge) = self.write(ev, payload, &plan);
             write.resolves = extra.resolves.clone();
             write.audit = extra.audit.clone();
+            for v in &write.redeem {
+                write.audit.push(self.audit(
+                    "system",
+                    "validation.redeemed",
+                    format!("validation {v}"),
+                    format!("by the exit {} at {}", ev.event_id, ev.lane),
+                ));
+            }
             match self.store.commit_passage(&write).await {
                 Ok(PassageOutcome::Committed) => {
                     let d = write.decision.clone();
@@ -312,11 +322,20 @@ impl App {
     }
 
     async fn plan_entry(&self, ev: &PassageEvent, limits: TimeLimits) -> AppResult<Plan> {
-        let lot_known = self.lot(&ev.lot).await?.is_some();
+        let lot = self.lot(&ev.lot).await?;
+        let lot_known = lot.is_some();
         let reads = decide::reads(ev);
-        let (mut owner, mut inside) = (None, None);
-        if let (true, ReadQuality::Confident, Some(top)) = (lot_known, ev.quality, reads.first()) {
+        let (mut owner, mut inside, mut lists, mut spaces) = (None, None, Vec::new(), None);
+        if let (Some(lot), ReadQuality::Confident, Some(top)) = (&lot, ev.quality, reads.first()) {
             owner = self.owner_of(&top.plate).await?;
+            lists = self.store.lists_of_plate(&top.plate, &ev.lot).await?;
+            if lot.capacity > 0 {
+                spaces = Some(Spaces {
+                    occupancy: self.store.occupancy(&ev.lot).await?,
+                    capacity: lot.capacity,
+                    reserved: lot.reserved_spaces,
+                });
+            }
             inside = self
                 .store
                 .open_session_of(&ev.lot, &top.plate)
@@ -335,6 +354,8 @@ impl App {
             reads: &reads,
             owner,
             inside,
+            lists: &lists,
+            spaces,
         }))
     }
 
@@ -393,6 +414,21 @@ impl App {
                 .collect();
             arrears = owed;
         }
+        let (mut lists, mut class, mut locked) = (Vec::new(), VehicleClass::Small, false);
+        let validations = match &session {
+            Some(s) => self.store.validations_of_session(s.id).await?,
+            None => Vec::new(),
+        };
+        if let (Some(_), Some(top)) = (&lot, top) {
+            lists = self.store.lists_of_plate(&top.plate, &ev.lot).await?;
+            let vehicle = self.store.vehicle(&top.plate).await?;
+            locked = vehicle.as_ref().is_some_and(|v| v.locked_at.is_some());
+            class = class_of(
+                vehicle.and_then(|v| v.class),
+                &top.plate,
+                colour_of(ev, &top.plate),
+            );
+        }
         Ok(decide::decide_exit(&ExitFacts {
             now: self.clock.now(),
             limits,
@@ -404,6 +440,10 @@ impl App {
             driver,
             mandates: &mandates,
             arrears,
+            lists: &lists,
+            class,
+            locked,
+            validations: &validations,
         }))
     }
 
@@ -432,6 +472,7 @@ impl App {
         };
         let mut sessions = Vec::new();
         let mut charge = None;
+        let mut redeem = Vec::new();
         match &plan.effect {
             Effect::None => {}
             Effect::Open {
@@ -470,7 +511,9 @@ impl App {
                 driver,
                 collect,
                 rename,
+                redeem: redeemed,
             } => {
+                redeem.clone_from(redeemed);
                 sessions.push(SessionChange::Close {
                     id: *session,
                     status: *status,
@@ -558,6 +601,7 @@ impl App {
             },
             resolves: None,
             audit: Vec::new(),
+            redeem,
             session_id: decision.session_id,
             outbox: self.outbox(&decision),
             decision,
@@ -718,7 +762,9 @@ impl App {
             | ExceptionKind::UnknownLot
             | ExceptionKind::ClockSkew
             | ExceptionKind::ExitBeforeEntry
-            | ExceptionKind::PricingFailed => {
+            | ExceptionKind::PricingFailed
+            | ExceptionKind::Blacklisted
+            | ExceptionKind::LockedExit => {
                 return Err(AppError::Conflict(format!(
                     "a {} exception is not resolved by correcting a plate",
                     x.kind
@@ -743,17 +789,7 @@ impl App {
                 )));
             }
         }
-        let event_id = x
-            .event_id
-            .ok_or_else(|| AppError::Conflict("the exception has no passage".into()))?;
-        let payload = self
-            .store
-            .event_payload(event_id)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("event {event_id}")))?;
-        let mut ev = parkpay_protocol::decode::<PassageEvent>(payload.as_bytes(), None)
-            .map_err(|e| AppError::Unprocessable(format!("stored event {event_id}: {e}")))?
-            .body;
+        let mut ev = self.held_passage(&x).await?;
         let original = ev.event_id;
         ev.event_id = parkpay_protocol::EventId::new();
         ev.candidates = vec![parkpay_protocol::PlateCandidate {
@@ -789,6 +825,44 @@ impl App {
             session,
         };
         self.passage(&ev, &corrected, Instant::now(), extra).await
+    }
+
+    /// The passage event an exception was raised for, as it was received.
+    async fn held_passage(&self, x: &ExceptionRecord) -> AppResult<PassageEvent> {
+        let event_id = x
+            .event_id
+            .ok_or_else(|| AppError::Conflict("the exception has no passage".into()))?;
+        let payload = self
+            .store
+            .event_payload(event_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("event {event_id}")))?;
+        Ok(
+            parkpay_protocol::decode::<PassageEvent>(payload.as_bytes(), None)
+                .map_err(|e| AppError::Unprocessable(format!("stored event {event_id}: {e}")))?
+                .body,
+        )
+    }
+
+    /// Decides a held passage again, as it was read, under a new event id, once what held it has
+    /// changed (its owner unlocked the car); resolves the exception it raised. The car still at
+    /// the barrier gets the new decision, as after a plate correction.
+    pub async fn decide_again(
+        &self,
+        x: &ExceptionRecord,
+        resolution: String,
+        audit: AuditEntry,
+    ) -> AppResult<Decision> {
+        let mut ev = self.held_passage(x).await?;
+        ev.event_id = parkpay_protocol::EventId::new();
+        let text = String::from_utf8_lossy(&encode(&ev, self.clock.now(), None)).into_owned();
+        let extra = Extra {
+            resolves: Some((x.id, resolution)),
+            audit: vec![audit],
+            time_checked: true,
+            session: None,
+        };
+        self.passage(&ev, &text, Instant::now(), extra).await
     }
 
     /// An operator lifts a lane's barrier by hand. Always audited; a reason is required.
@@ -893,6 +967,11 @@ impl App {
         self.store
             .update_tariff(lot, &text, tariff.currency, &audit)
             .await?;
+        self.reloaded_lot(lot).await
+    }
+
+    /// The lot as stored now, after a change: the cache forgets it on this instance at once.
+    pub(crate) async fn reloaded_lot(&self, lot: &LotId) -> AppResult<Lot> {
         self.config.forget_lot(lot);
         self.store
             .lot(lot)
@@ -969,12 +1048,21 @@ impl NewLane {
     }
 }
 
+/// The colour the camera gave for the candidate that reads as `plate`.
+fn colour_of(ev: &PassageEvent, plate: &str) -> Option<PlateColour> {
+    ev.candidates
+        .iter()
+        .find(|c| Plate::parse(&c.plate).is_ok_and(|p| p.as_str() == plate))
+        .map(|c| c.colour)
+}
+
 pub fn reason_label(r: DecisionReason) -> &'static str {
     match r {
         DecisionReason::Entered => "entered",
         DecisionReason::Grace => "grace",
         DecisionReason::Whitelisted => "whitelisted",
         DecisionReason::Pass => "pass",
+        DecisionReason::Visitor => "visitor",
         DecisionReason::Mandate => "mandate",
         DecisionReason::Paid => "paid",
         DecisionReason::PaymentRequired => "payment_required",
@@ -984,6 +1072,8 @@ pub fn reason_label(r: DecisionReason) -> &'static str {
         DecisionReason::LowConfidence => "low_confidence",
         DecisionReason::Ambiguous => "ambiguous",
         DecisionReason::Blacklisted => "blacklisted",
+        DecisionReason::Locked => "locked",
+        DecisionReason::LotFull => "lot_full",
         DecisionReason::Operator => "operator",
         DecisionReason::UnknownLot => "unknown_lot",
         DecisionReason::ClockSkew => "clock_skew",

@@ -31,7 +31,9 @@ pub enum Action {
     SeeDrivers,
     /// Register drivers, vehicles and mandates (an integration's job).
     ManageDrivers,
-    /// Lots, tariffs, lanes.
+    /// The white and black lists, passes and visitor grants of a lot.
+    ManageLists,
+    /// Lots, tariffs, lanes, spaces.
     Configure,
     /// Accounts and API tokens.
     ManageAccess,
@@ -48,6 +50,7 @@ impl Action {
             Action::TakeCash => "take payments",
             Action::SeeDrivers => "see drivers",
             Action::ManageDrivers => "manage drivers",
+            Action::ManageLists => "manage plate lists",
             Action::Configure => "configure lots",
             Action::ManageAccess => "manage accounts",
             Action::ReadAudit => "read the audit log",
@@ -55,13 +58,17 @@ impl Action {
     }
 }
 
-/// The role table: admin may do everything; an operator runs lanes; finance handles money
+/// The role table: admin may do everything; an operator runs lanes and keeps the lot's plate
+/// lists; finance handles money
 /// and sees drivers; a viewer only looks.
 pub fn allows(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
         Role::Admin => true,
-        Role::Operator => matches!(action, View | OperateLanes | CorrectPlates | TakeCash),
+        Role::Operator => matches!(
+            action,
+            View | OperateLanes | CorrectPlates | TakeCash | ManageLists
+        ),
         Role::Finance => matches!(action, View | TakeCash | SeeDrivers | ReadAudit),
         Role::Viewer => matches!(action, View),
     }

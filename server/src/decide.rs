@@ -11,11 +11,14 @@
 //! | lot not configured | hold `unknown_lot` | hold `unknown_lot` |
 //! | captured too far from the server's clock | hold `clock_skew` | hold `clock_skew` |
 //! | no plate, or not read surely | hold `unreadable` / `low_confidence` | the same |
+//! | plate on the black list | hold `blacklisted` (an alarm for the operator) | an alarm, and go on |
+//! | car locked by its owner | — | hold `locked` |
+//! | lot full (counting reserved spaces for all but pass and white-list holders) | hold `lot_full` | — |
 //! | plate already inside | close the stale session as an exception, open anew | — |
 //! | no open session with exactly this plate | — | hold `no_entry` (similar plates are named for the attendant, never charged) |
 //! | captured before its entry | — | hold `exit_before_entry` |
-//! | tariff cannot price the stay | — | hold `cannot_price` |
-//! | fee is zero | — | open `grace` |
+//! | tariff cannot price the stay (white list, pass and free visitor windows are free; class and visitor discount apply) | — | hold `cannot_price` |
+//! | fee is zero | — | open `whitelisted`, `pass` or `visitor` when a list made it so, else `grace` |
 //! | active mandate within its caps, no arrears | — | open `mandate`, charge after |
 //! | otherwise | — | hold `arrears` (showing all that is owed) or `payment_required` |
 //! | a confident read | open `entered` | — |
@@ -33,9 +36,12 @@ use parkpay_protocol::{
 };
 use uuid::Uuid;
 
-use crate::domain::{ExceptionKind, Mandate, MandateStatus, Session, SessionStatus};
+use crate::domain::{
+    ExceptionKind, ListEntry, ListKind, Mandate, MandateStatus, Session, SessionStatus, Validation,
+    VehicleClass,
+};
 use crate::store::OpenSession;
-use crate::tariff::{self, Quote, Tariff};
+use crate::tariff::{self, Cover, Discount, Quote, Tariff, Terms, ValidationTerms};
 
 /// How far a capture instant may lie from the server's clock when the event is received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +144,8 @@ pub enum Effect {
         /// The plate the stay is recorded under from now on, when it differs from the entry's
         /// (an attendant matched this exit to a session whose entry was misread).
         rename: Option<Read>,
+        /// Merchant validations this exit redeems.
+        redeem: Vec<Uuid>,
     },
 }
 
@@ -183,6 +191,20 @@ pub struct EntryFacts<'a> {
     pub owner: Option<Uuid>,
     /// The open session with exactly the best read's plate, if the car is already inside.
     pub inside: Option<OpenSession>,
+    /// The best read's entries on this lot's lists, whatever their validity.
+    pub lists: &'a [ListEntry],
+    /// The lot's spaces, when it counts them (a capacity above 0).
+    pub spaces: Option<Spaces>,
+}
+
+/// How full a lot is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spaces {
+    /// Cars inside now (open sessions).
+    pub occupancy: i64,
+    pub capacity: i64,
+    /// Kept for pass and white-list holders.
+    pub reserved: i64,
 }
 
 /// The driver's mandates, each with what it has carried this calendar month.
@@ -211,6 +233,108 @@ pub struct ExitFacts<'a> {
     pub mandates: &'a [MandateFacts],
     /// The driver's unpaid arrears, in the fee's minor units.
     pub arrears: i64,
+    /// The best read's entries on this lot's lists, whatever their validity.
+    pub lists: &'a [ListEntry],
+    /// The class the vehicle is priced as.
+    pub class: VehicleClass,
+    /// The owner has locked the car with the best read's plate.
+    pub locked: bool,
+    /// The session's merchant validations not yet redeemed.
+    pub validations: &'a [Validation],
+}
+
+/// The entry of `kind` in force at `t`, if any.
+fn listed(lists: &[ListEntry], kind: ListKind, t: DateTime<Utc>) -> Option<&ListEntry> {
+    lists.iter().find(|e| e.kind == kind && e.in_force_at(t))
+}
+
+fn blacklisted_issue(read: &Read, entry: &ListEntry, detail: &str) -> Issue {
+    Issue {
+        kind: ExceptionKind::Blacklisted,
+        plate: Some(read.plate.clone()),
+        session: None,
+        detail: format!(
+            "{} is on the black list ({}): {detail}",
+            read.plate, entry.reason
+        ),
+    }
+}
+
+/// What the lists change in the price of a stay from `entry` to `exit`: the white list, passes
+/// and free visitor grants cover the parts of the stay they overlap; a visitor discount in force
+/// at the exit takes its percentage off.
+pub fn terms_for(
+    lists: &[ListEntry],
+    validations: &[Validation],
+    class: VehicleClass,
+    entry: DateTime<Utc>,
+    exit: DateTime<Utc>,
+) -> Terms {
+    let covered = lists
+        .iter()
+        .filter(|e| e.overlaps(entry, exit))
+        .filter_map(|e| {
+            let label = match (e.kind, e.percent_off) {
+                (ListKind::White, _) => "white list",
+                (ListKind::Pass, _) => "pass",
+                (ListKind::Visitor, None) => "visitor",
+                (ListKind::Visitor, Some(_)) | (ListKind::Black, _) => return None,
+            };
+            Some(Cover {
+                from: e.valid_from,
+                until: e.covers_until(),
+                label: label.to_string(),
+            })
+        })
+        .collect();
+    let discount = lists
+        .iter()
+        .filter(|e| e.kind == ListKind::Visitor && e.in_force_at(exit))
+        .filter_map(|e| e.percent_off)
+        .max()
+        .map(|percent| Discount {
+            percent,
+            label: "visitor".to_string(),
+        });
+    let validation = (!validations.is_empty()).then(|| {
+        let mut names: Vec<&str> = validations.iter().map(|v| v.merchant.as_str()).collect();
+        names.dedup();
+        ValidationTerms {
+            minutes_off: validations
+                .iter()
+                .map(|v| u32::try_from(v.minutes_off).unwrap_or(0))
+                .fold(0u32, u32::saturating_add),
+            amount_off: validations
+                .iter()
+                .map(|v| v.amount_off.minor)
+                .fold(0i64, i64::saturating_add),
+            label: format!("validation {}", names.join(", ")),
+        }
+    });
+    Terms {
+        class: Some(class),
+        covered,
+        discount,
+        validation,
+    }
+}
+
+/// The reason a stay that costs nothing gives: the list that made it free, else the grace period.
+fn free_reason(lists: &[ListEntry], entry: DateTime<Utc>, exit: DateTime<Utc>) -> DecisionReason {
+    let covering = |kind: ListKind| {
+        lists
+            .iter()
+            .any(|e| e.kind == kind && e.percent_off.is_none() && e.overlaps(entry, exit))
+    };
+    if covering(ListKind::White) {
+        DecisionReason::Whitelisted
+    } else if covering(ListKind::Pass) {
+        DecisionReason::Pass
+    } else if covering(ListKind::Visitor) {
+        DecisionReason::Visitor
+    } else {
+        DecisionReason::Grace
+    }
 }
 
 fn unknown_lot(ev: &PassageEvent, reads: &[Read]) -> Plan {
@@ -312,6 +436,33 @@ pub fn decide_entry(f: &EntryFacts) -> Plan {
         Ok(r) => r,
         Err(hold) => return *hold,
     };
+    let at = ev.captured_at;
+    if let Some(black) = listed(f.lists, ListKind::Black, at) {
+        return Plan::hold(
+            DecisionReason::Blacklisted,
+            Some(&read.plate),
+            blacklisted_issue(read, black, &format!("entry refused at {}", ev.lane)),
+        );
+    }
+    if let Some(sp) = f.spaces {
+        let privileged = listed(f.lists, ListKind::White, at).is_some()
+            || listed(f.lists, ListKind::Pass, at).is_some();
+        // A car already inside gives its space back when it enters again.
+        let occupied = sp.occupancy - i64::from(f.inside.is_some());
+        let free_to_all = sp.capacity - sp.reserved;
+        if !privileged && occupied >= free_to_all {
+            return Plan {
+                action: BarrierAction::Hold,
+                reason: DecisionReason::LotFull,
+                plate: Some(read.plate.clone()),
+                session: None,
+                fee: None,
+                owed: None,
+                effect: Effect::None,
+                issues: Vec::new(),
+            };
+        }
+    }
     // The same plate still inside means its exit was missed: close that stay as an exception
     // rather than keep two open (a different car with a look-alike plate is not touched).
     let issues = f
@@ -381,8 +532,27 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
         Ok(r) => r,
         Err(hold) => return *hold,
     };
+    if f.locked {
+        return Plan::hold(
+            DecisionReason::Locked,
+            Some(&read.plate),
+            Issue {
+                kind: ExceptionKind::LockedExit,
+                plate: Some(read.plate.clone()),
+                session: f.session.map(|s| s.id),
+                detail: format!(
+                    "{} tried to leave at {} while locked by its owner",
+                    read.plate, ev.lane
+                ),
+            },
+        );
+    }
+    let alarm = listed(f.lists, ListKind::Black, ev.captured_at)
+        .map(|black| blacklisted_issue(read, black, &format!("leaving at {}", ev.lane)));
     let Some(session) = f.session else {
-        return no_entry(ev, read, f.look_alikes);
+        let mut plan = no_entry(ev, read, f.look_alikes);
+        plan.issues.extend(alarm);
+        return plan;
     };
     if ev.captured_at < session.entry_at {
         return Plan::hold(
@@ -403,7 +573,8 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
     let exit_at = ev
         .captured_at
         .max(session.entry_at + TimeDelta::milliseconds(1));
-    let quote = match tariff::quote(tariff, session.entry_at, exit_at) {
+    let terms = terms_for(f.lists, f.validations, f.class, session.entry_at, exit_at);
+    let quote = match tariff::quote_with(tariff, session.entry_at, exit_at, &terms) {
         Ok(q) => q,
         Err(e) => {
             return Plan::hold(
@@ -428,6 +599,7 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
         driver: f.driver,
         collect,
         rename: rename.clone(),
+        redeem: f.validations.iter().map(|v| v.id).collect(),
     };
     let mut plan = Plan {
         action: BarrierAction::Open,
@@ -437,9 +609,10 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
         fee: Some(fee),
         owed: None,
         effect: Effect::None,
-        issues: Vec::new(),
+        issues: alarm.into_iter().collect(),
     };
     if fee.is_zero() {
+        plan.reason = free_reason(f.lists, session.entry_at, exit_at);
         plan.effect = close(SessionStatus::Closed, None);
         return plan;
     }
@@ -532,7 +705,9 @@ pub fn display(
     let line2 = match reason {
         DecisionReason::Entered => "Welcome".to_string(),
         DecisionReason::Grace => "Free stay, goodbye".to_string(),
-        DecisionReason::Whitelisted | DecisionReason::Pass => "Goodbye".to_string(),
+        DecisionReason::Whitelisted | DecisionReason::Pass | DecisionReason::Visitor => {
+            "Goodbye".to_string()
+        }
         DecisionReason::Mandate => "Charged to your account".to_string(),
         DecisionReason::Paid => "Paid, goodbye".to_string(),
         DecisionReason::PaymentRequired => "Scan to pay".to_string(),
@@ -548,7 +723,9 @@ pub fn display(
         | DecisionReason::ExitBeforeEntry
         | DecisionReason::CannotPrice
         | DecisionReason::Rejected => "Please wait: staff coming".to_string(),
-        DecisionReason::Blacklisted => "Entry refused".to_string(),
+        DecisionReason::Blacklisted => "Entry refused: see the office".to_string(),
+        DecisionReason::Locked => "Vehicle locked by its owner".to_string(),
+        DecisionReason::LotFull => "Car park full".to_string(),
         DecisionReason::Operator => "Opened by staff".to_string(),
         DecisionReason::UnknownLot => "Lane not configured".to_string(),
     };
@@ -647,6 +824,8 @@ mod tests {
         lot_known: bool,
         owner: Option<Uuid>,
         inside: Option<OpenSession>,
+        lists: Vec<ListEntry>,
+        spaces: Option<Spaces>,
     }
 
     impl Entry {
@@ -656,6 +835,8 @@ mod tests {
                 lot_known: true,
                 owner: None,
                 inside: None,
+                lists: Vec::new(),
+                spaces: None,
             }
         }
 
@@ -669,6 +850,8 @@ mod tests {
                 reads: &reads,
                 owner: self.owner,
                 inside: self.inside.clone(),
+                lists: &self.lists,
+                spaces: self.spaces,
             })
         }
     }
@@ -681,6 +864,10 @@ mod tests {
         driver: Option<Uuid>,
         mandates: Vec<MandateFacts>,
         arrears: i64,
+        lists: Vec<ListEntry>,
+        class: VehicleClass,
+        locked: bool,
+        validations: Vec<Validation>,
     }
 
     impl Exit {
@@ -694,6 +881,10 @@ mod tests {
                 driver: None,
                 mandates: Vec::new(),
                 arrears: 0,
+                lists: Vec::new(),
+                class: VehicleClass::Small,
+                locked: false,
+                validations: Vec::new(),
             }
         }
 
@@ -726,6 +917,10 @@ mod tests {
                 driver: self.driver,
                 mandates: &self.mandates,
                 arrears: self.arrears,
+                lists: &self.lists,
+                class: self.class,
+                locked: self.locked,
+                validations: &self.validations,
             })
         }
     }
@@ -823,6 +1018,261 @@ mod tests {
             } else {
                 is(&p, BarrierAction::Open, DecisionReason::Entered);
             }
+        }
+    }
+
+    /// A list entry for `plate` valid from `from` until `until` (RFC 3339; `None`: open-ended).
+    fn listed(kind: ListKind, plate: &str, from: &str, until: Option<&str>) -> ListEntry {
+        ListEntry {
+            id: Uuid::now_v7(),
+            kind,
+            lot: None,
+            plate: plate.into(),
+            valid_from: t(from),
+            valid_until: until.map(t),
+            grace_minutes: 0,
+            percent_off: None,
+            reason: "test".into(),
+            created_by: "test".into(),
+            created_at: t(from),
+            revoked_at: None,
+            revoked_by: None,
+        }
+    }
+
+    #[test]
+    fn a_black_listed_plate_is_refused_at_entry_with_an_alarm_while_its_entry_is_in_force() {
+        for (from, until, refused) in [
+            ("2026-01-01T00:00:00Z", None, true),
+            ("2026-01-01T00:00:00Z", Some("2026-11-25T10:00:01Z"), true),
+            ("2026-01-01T00:00:00Z", Some("2026-11-25T10:00:00Z"), false), // ended at capture
+            ("2026-11-25T10:00:01Z", None, false),                         // not yet
+        ] {
+            let mut e = Entry::new(&["沪B12345"], ReadQuality::Confident);
+            e.lists = vec![listed(ListKind::Black, "沪B12345", from, until)];
+            let p = e.decide();
+            if refused {
+                is(&p, BarrierAction::Hold, DecisionReason::Blacklisted);
+                assert_eq!(issue(&p), ExceptionKind::Blacklisted);
+                assert_eq!(p.effect, Effect::None);
+            } else {
+                is(&p, BarrierAction::Open, DecisionReason::Entered);
+            }
+        }
+        // A revoked entry refuses nobody.
+        let mut e = Entry::new(&["沪B12345"], ReadQuality::Confident);
+        let mut black = listed(ListKind::Black, "沪B12345", "2026-01-01T00:00:00Z", None);
+        black.revoked_at = Some(t("2026-11-01T00:00:00Z"));
+        e.lists = vec![black];
+        is(&e.decide(), BarrierAction::Open, DecisionReason::Entered);
+    }
+
+    #[test]
+    fn a_full_lot_refuses_all_but_pass_and_white_list_holders() {
+        let full = |occupancy, reserved| Spaces {
+            occupancy,
+            capacity: 10,
+            reserved,
+        };
+        for (occupancy, reserved, list, opens) in [
+            (9, 0, None, true),
+            (10, 0, None, false),
+            (8, 2, None, false), // the last two spaces are reserved
+            (8, 2, Some(ListKind::Pass), true),
+            (10, 0, Some(ListKind::White), true),
+            (10, 0, Some(ListKind::Visitor), false),
+        ] {
+            let mut e = Entry::new(&["沪B12345"], ReadQuality::Confident);
+            e.spaces = Some(full(occupancy, reserved));
+            e.lists = list
+                .map(|k| {
+                    listed(
+                        k,
+                        "沪B12345",
+                        "2026-01-01T00:00:00Z",
+                        Some("2027-01-01T00:00:00Z"),
+                    )
+                })
+                .into_iter()
+                .collect();
+            let p = e.decide();
+            if opens {
+                is(&p, BarrierAction::Open, DecisionReason::Entered);
+            } else {
+                is(&p, BarrierAction::Hold, DecisionReason::LotFull);
+                assert!(p.issues.is_empty(), "a full lot is not an exception");
+                assert_eq!(
+                    display(p.reason, p.plate.as_deref(), None, None).line2,
+                    "Car park full"
+                );
+            }
+        }
+        // The same plate inside already holds a space, which it gives back.
+        let mut e = Entry::new(&["沪B12345"], ReadQuality::Confident);
+        e.spaces = Some(full(10, 0));
+        e.inside = Some(open("沪B12345"));
+        is(&e.decide(), BarrierAction::Open, DecisionReason::Entered);
+    }
+
+    #[test]
+    fn a_locked_car_is_held_at_the_exit_whatever_it_owes() {
+        let mut x = Exit::new("沪B12345").with_mandate(MandateStatus::Active, None, None, 0);
+        x.locked = true;
+        let p = x.decide();
+        is(&p, BarrierAction::Hold, DecisionReason::Locked);
+        assert_eq!(issue(&p), ExceptionKind::LockedExit);
+        assert_eq!(p.effect, Effect::None, "the session stays open");
+        // Locked with no entry on record: still held as locked, not merely "no entry".
+        let mut x = Exit::new("沪B12345");
+        x.session = None;
+        x.locked = true;
+        is(&x.decide(), BarrierAction::Hold, DecisionReason::Locked);
+    }
+
+    #[test]
+    fn lists_price_the_stay_and_name_the_reason() {
+        // The session entered 08:00Z, the exit is at 10:00Z (two hours: 500 + 2 x 300 fen).
+        let full_fee = 500 + 2 * 300;
+        let year = ("2026-01-01T00:00:00Z", Some("2027-01-01T00:00:00Z"));
+        for (entry, reason, fee) in [
+            (
+                listed(ListKind::White, "沪B12345", year.0, None),
+                DecisionReason::Whitelisted,
+                0,
+            ),
+            (
+                listed(ListKind::Pass, "沪B12345", year.0, year.1),
+                DecisionReason::Pass,
+                0,
+            ),
+            (
+                listed(ListKind::Visitor, "沪B12345", year.0, year.1),
+                DecisionReason::Visitor,
+                0,
+            ),
+            // A pass that ended at 09:00Z: the hour after it is priced as a stay of its own.
+            (
+                listed(
+                    ListKind::Pass,
+                    "沪B12345",
+                    year.0,
+                    Some("2026-11-25T09:00:00Z"),
+                ),
+                DecisionReason::Mandate,
+                500,
+            ),
+            // A pass for another plate changes nothing.
+            (
+                listed(ListKind::Pass, "沪B99999", year.0, year.1),
+                DecisionReason::Mandate,
+                full_fee,
+            ),
+        ] {
+            let mut x = Exit::new("沪B12345").with_mandate(MandateStatus::Active, None, None, 0);
+            x.lists = vec![entry.clone()]
+                .into_iter()
+                .filter(|e| e.plate == "沪B12345")
+                .collect();
+            let p = x.decide();
+            assert_eq!(
+                (p.reason, p.fee.map(|f| f.minor)),
+                (reason, Some(fee)),
+                "{entry:?}"
+            );
+            assert_eq!(p.action, BarrierAction::Open);
+        }
+        // A pass whose grace runs past the exit covers the stay.
+        let mut x = Exit::new("沪B12345");
+        let mut pass = listed(
+            ListKind::Pass,
+            "沪B12345",
+            year.0,
+            Some("2026-11-25T09:00:00Z"),
+        );
+        pass.grace_minutes = 61;
+        x.lists = vec![pass];
+        is(&x.decide(), BarrierAction::Open, DecisionReason::Pass);
+        // A visitor discount takes its share off the whole fee, rounded in the driver's favour.
+        let mut x = Exit::new("沪B12345").with_mandate(MandateStatus::Active, None, None, 0);
+        let mut visitor = listed(ListKind::Visitor, "沪B12345", year.0, year.1);
+        visitor.percent_off = Some(33);
+        x.lists = vec![visitor];
+        let p = x.decide();
+        is(&p, BarrierAction::Open, DecisionReason::Mandate);
+        assert_eq!(p.fee, Some(Money::cny(full_fee * 67 / 100)));
+    }
+
+    #[test]
+    fn a_black_listed_car_inside_leaves_as_usual_but_raises_the_alarm() {
+        let mut x = Exit::new("沪B12345").with_mandate(MandateStatus::Active, None, None, 0);
+        x.lists = vec![listed(
+            ListKind::Black,
+            "沪B12345",
+            "2026-01-01T00:00:00Z",
+            None,
+        )];
+        let p = x.decide();
+        is(&p, BarrierAction::Open, DecisionReason::Mandate);
+        assert_eq!(issue(&p), ExceptionKind::Blacklisted);
+    }
+
+    #[test]
+    fn validations_take_time_then_money_off_and_are_redeemed_by_the_exit() {
+        let validation = |minutes, amount| Validation {
+            id: Uuid::now_v7(),
+            merchant_id: Uuid::now_v7(),
+            merchant: "Cafe".into(),
+            lot: LotId::parse("lot-1").unwrap(),
+            code: None,
+            session_id: None,
+            minutes_off: minutes,
+            amount_off: Money::cny(amount),
+            issued_at: t("2026-11-25T09:00:00Z"),
+            bound_at: None,
+            redeemed_at: None,
+        };
+        // Two hours (1100) less one hour is the first hour alone (500); then 200 off.
+        let mut x = Exit::new("沪B12345").with_mandate(MandateStatus::Active, None, None, 0);
+        x.validations = vec![validation(60, 200)];
+        let p = x.decide();
+        assert_eq!(p.fee, Some(Money::cny(300)));
+        match &p.effect {
+            Effect::Close { redeem, .. } => assert_eq!(redeem, &vec![x.validations[0].id]),
+            other => panic!("{other:?}"),
+        }
+        // More time off than the stay, or more money than the fee: free, never negative.
+        for v in [validation(180, 0), validation(0, 5000)] {
+            let mut x = Exit::new("沪B12345");
+            x.validations = vec![v];
+            let p = x.decide();
+            is(&p, BarrierAction::Open, DecisionReason::Grace);
+            assert_eq!(p.fee, Some(Money::cny(0)));
+        }
+    }
+
+    #[test]
+    fn the_class_scales_the_fee() {
+        let mut tariff = Tariff::example_cn();
+        tariff.classes = vec![
+            tariff::ClassRule {
+                class: VehicleClass::Large,
+                percent: 200,
+            },
+            tariff::ClassRule {
+                class: VehicleClass::NewEnergy,
+                percent: 50,
+            },
+        ];
+        for (class, fee) in [
+            (VehicleClass::Small, 1100),
+            (VehicleClass::Large, 2200),
+            (VehicleClass::NewEnergy, 550),
+            (VehicleClass::Motorcycle, 1100), // not listed: priced as small
+        ] {
+            let mut x = Exit::new("沪B12345").with_mandate(MandateStatus::Active, None, None, 0);
+            x.tariff = Some(tariff.clone());
+            x.class = class;
+            assert_eq!(x.decide().fee, Some(Money::cny(fee)), "{class:?}");
         }
     }
 

@@ -6,6 +6,7 @@ use parkpay_protocol::{Direction, GatewayId, LaneId, LotId, Money, PlateColour};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::tariff::VehicleClass;
 use crate::tariff::{Quote, Tariff};
 
 /// Declares a status enum stored as text, with an exhaustive string mapping both ways.
@@ -111,6 +112,8 @@ text_enum!(
         ClockSkew => "clock_skew",
         ExitBeforeEntry => "exit_before_entry",
         PricingFailed => "pricing_failed",
+        Blacklisted => "blacklisted",
+        LockedExit => "locked_exit",
     }
 );
 
@@ -129,6 +132,9 @@ pub struct Lot {
     pub id: LotId,
     pub name: String,
     pub capacity: i64,
+    /// Spaces kept for pass holders: other cars are refused once `capacity - reserved_spaces`
+    /// are inside.
+    pub reserved_spaces: i64,
     pub tariff: Tariff,
     pub tariff_version: i64,
     pub created_at: DateTime<Utc>,
@@ -158,7 +164,125 @@ pub struct Vehicle {
     pub plate: String,
     pub colour: PlateColour,
     pub driver_id: Uuid,
+    /// The class the registration gives; `None`: read from the plate (see [`class_of`]).
+    pub class: Option<VehicleClass>,
+    /// Set while the owner has locked the car: its exits are held.
+    pub locked_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+/// The class a vehicle is priced as: its registration's, or else what its plate says (a Chinese
+/// plate of eight characters is a new-energy plate; a yellow plate is a large vehicle's).
+pub fn class_of(
+    registered: Option<VehicleClass>,
+    plate: &str,
+    colour: Option<PlateColour>,
+) -> VehicleClass {
+    if let Some(c) = registered {
+        return c;
+    }
+    let cn_new_energy =
+        plate.chars().next().is_some_and(|c| !c.is_ascii()) && plate.chars().count() == 8;
+    if cn_new_energy || colour == Some(PlateColour::Green) {
+        VehicleClass::NewEnergy
+    } else if colour == Some(PlateColour::Yellow) {
+        VehicleClass::Large
+    } else {
+        VehicleClass::Small
+    }
+}
+
+/// A shop or a mall that validates stays (商户优惠) at one lot. It signs its requests with its own
+/// key; each validation takes `minutes_off` off the stay and/or `amount_off` off the fee.
+#[derive(Debug, Clone, Serialize)]
+pub struct Merchant {
+    pub id: Uuid,
+    pub lot: LotId,
+    pub name: String,
+    pub minutes_off: i64,
+    pub amount_off: Money,
+    /// Validations it may issue per calendar day of the lot.
+    pub daily_limit: i64,
+    /// Its validations may be added to a stay that has another one.
+    pub stackable: bool,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// One validation: bound to a stay when issued for a plate, or when a driver claims its code;
+/// redeemed by that stay's exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Validation {
+    pub id: Uuid,
+    pub merchant_id: Uuid,
+    /// The merchant's name, for the receipt.
+    pub merchant: String,
+    pub lot: LotId,
+    /// Set for a validation handed out as a QR code, until and after it is claimed.
+    pub code: Option<String>,
+    pub session_id: Option<Uuid>,
+    pub minutes_off: i64,
+    pub amount_off: Money,
+    pub issued_at: DateTime<Utc>,
+    pub bound_at: Option<DateTime<Utc>>,
+    pub redeemed_at: Option<DateTime<Utc>>,
+}
+
+text_enum!(
+    /// The lists a plate can be on (docs/tariffs.md, "Lists, passes and classes").
+    ListKind {
+        White => "white",
+        Black => "black",
+        Pass => "pass",
+        Visitor => "visitor",
+    }
+);
+
+/// A plate on one of a lot's lists (or every lot's, when `lot` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListEntry {
+    pub id: Uuid,
+    pub kind: ListKind,
+    pub lot: Option<LotId>,
+    pub plate: String,
+    pub valid_from: DateTime<Utc>,
+    /// `None`: open-ended (white and black lists only).
+    pub valid_until: Option<DateTime<Utc>>,
+    /// A pass is still honoured this long after `valid_until`.
+    pub grace_minutes: i64,
+    /// A visitor grant with a discount instead of a free window.
+    pub percent_off: Option<u32>,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+}
+
+impl ListEntry {
+    /// The end of the window the entry covers, its grace included; `None`: no end.
+    pub fn covers_until(&self) -> Option<DateTime<Utc>> {
+        self.valid_until
+            .map(|u| u + chrono::TimeDelta::minutes(self.grace_minutes))
+    }
+
+    /// In force at `t`: not revoked, and `t` within `[valid_from, covers_until)`.
+    pub fn in_force_at(&self, t: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none()
+            && self.valid_from <= t
+            && self.covers_until().is_none_or(|end| t < end)
+    }
+
+    /// Whether the entry touches `[from, to]` at all (a pass that covered part of a stay).
+    pub fn overlaps(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none()
+            && self.valid_from <= to
+            && self.covers_until().is_none_or(|end| from < end)
+    }
+
+    pub fn applies_to(&self, lot: &LotId) -> bool {
+        self.lot.as_ref().is_none_or(|l| l == lot)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

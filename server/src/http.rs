@@ -40,7 +40,9 @@ use crate::app::{App, AppError, NewLane};
 use crate::auth::{self, Action, Identity, RateLimiter, Via};
 use crate::config::HttpConfig;
 use crate::domain::*;
-use crate::store::{ChargeFilter, SessionFilter, StoreError};
+use crate::lists::NewListEntry;
+use crate::merchants::NewMerchant;
+use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
 
 /// The longest stay a tariff preview prices.
@@ -161,6 +163,19 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/drivers/{id}/vehicles", post(add_vehicle))
         .route("/api/drivers/{id}/mandates", post(add_mandate))
         .route("/api/mandates/{id}/revoke", post(revoke_mandate))
+        .route("/api/vehicles/{plate}/lock", post(lock_vehicle))
+        .route("/api/vehicles/{plate}/unlock", post(unlock_vehicle))
+        .route("/api/lists", post(add_list_entry).get(list_entries))
+        .route("/api/lists/{id}/revoke", post(revoke_list_entry))
+        .route("/api/lots/{lot}/spaces", put(put_spaces))
+        .route(
+            "/api/lots/{lot}/merchants",
+            post(create_merchant).get(list_merchants),
+        )
+        .route("/api/merchants/{id}/disable", post(disable_merchant))
+        .route("/api/validations", post(validate_plate).get(my_validations))
+        .route("/api/validations/codes", post(validation_code))
+        .route("/api/validations/claim", post(claim_validation))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", get(get_session))
         .route("/api/sessions/{id}/cash", post(cash_for_session))
@@ -807,6 +822,8 @@ struct NewLot {
     name: Text<120>,
     #[serde(default)]
     capacity: i64,
+    #[serde(default)]
+    reserved_spaces: i64,
     tariff: Tariff,
     /// The lot's lanes: which gateway serves each, and which way cars pass.
     #[serde(default)]
@@ -815,7 +832,8 @@ struct NewLot {
 
 fn lot_json(lot: &Lot, occupancy: Option<i64>) -> Value {
     json!({
-        "id": lot.id, "name": lot.name, "capacity": lot.capacity, "tariff": lot.tariff,
+        "id": lot.id, "name": lot.name, "capacity": lot.capacity,
+        "reserved_spaces": lot.reserved_spaces, "tariff": lot.tariff,
         "tariff_version": lot.tariff_version, "created_at": lot.created_at, "occupancy": occupancy,
     })
 }
@@ -827,10 +845,16 @@ async fn create_lot(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = lot_id(n.id)?;
     require_on(&me, Action::Configure, &id)?;
+    if n.capacity < 0 || !(0..=n.capacity.max(0)).contains(&n.reserved_spaces) {
+        return Err(ApiError::Unprocessable(
+            "capacity must be >= 0 (0: not counted) and reserved_spaces within 0..=capacity".into(),
+        ));
+    }
     let lot = Lot {
         id,
         name: n.name.0,
         capacity: n.capacity,
+        reserved_spaces: n.reserved_spaces,
         tariff: n.tariff,
         tariff_version: 1,
         created_at: ctx.app.clock.now(),
@@ -885,6 +909,10 @@ async fn put_tariff(
 struct PreviewQuery {
     entry: DateTime<Utc>,
     exit: DateTime<Utc>,
+    /// Price as this plate's stay: its lists (white, pass, visitor) and its class apply.
+    plate: Option<String>,
+    /// Price as this class (overrides the plate's).
+    class: Option<String>,
 }
 
 /// Prices a stay under the lot's tariff. The stay is bounded ([`MAX_PREVIEW_DAYS`]) and the
@@ -903,12 +931,36 @@ async fn preview(
             "a preview prices at most {MAX_PREVIEW_DAYS} days"
         )));
     }
+    let mut terms = tariff::Terms::default();
+    if let Some(p) = &q.plate {
+        param(p, "plate", 16)?;
+        let plate = Plate::parse(p).map_err(|e| ApiError::Unprocessable(format!("plate: {e}")))?;
+        let lists = ctx
+            .app
+            .store
+            .lists_of_plate(plate.as_str(), &lot.id)
+            .await?;
+        let vehicle = ctx.app.store.vehicle(plate.as_str()).await?;
+        let class = class_of(
+            vehicle.as_ref().and_then(|v| v.class),
+            plate.as_str(),
+            vehicle.map(|v| v.colour),
+        );
+        terms = crate::decide::terms_for(&lists, &[], class, q.entry, q.exit);
+    }
+    if let Some(c) = &q.class {
+        terms.class = Some(VehicleClass::parse(c).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown class {c:?}: small, large, new_energy or motorcycle"
+            ))
+        })?);
+    }
     let _turn = ctx
         .previews
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    tokio::task::spawn_blocking(move || tariff::quote(&lot.tariff, q.entry, q.exit))
+    tokio::task::spawn_blocking(move || tariff::quote_with(&lot.tariff, q.entry, q.exit, &terms))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map(Json)
@@ -1082,6 +1134,9 @@ struct NewVehicle {
     plate: Text<16>,
     #[serde(default)]
     colour: Option<PlateColour>,
+    /// The registered class; left out, the plate says (docs/tariffs.md).
+    #[serde(default)]
+    class: Option<VehicleClass>,
 }
 
 async fn add_vehicle(
@@ -1097,6 +1152,8 @@ async fn add_vehicle(
         plate: plate.as_str().to_string(),
         colour: n.colour.unwrap_or_default(),
         driver_id: driver.id,
+        class: n.class,
+        locked_at: None,
         created_at: ctx.app.clock.now(),
     };
     ctx.app.store.insert_vehicle(&v, &plate.match_key()).await?;
@@ -1167,6 +1224,271 @@ async fn revoke_mandate(
     let m = ctx.app.revoke_mandate(mid).await?;
     audit_write(&ctx, &me, "mandate.revoked", format!("mandate {mid}")).await?;
     Ok(Json(m))
+}
+
+async fn lock_vehicle(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(plate): Path<String>,
+) -> ApiResult<Json<Vehicle>> {
+    require_all_lots(&me, Action::ManageDrivers)?;
+    param(&plate, "plate", 16)?;
+    Ok(Json(ctx.app.lock_vehicle(&plate, true, &me.name).await?))
+}
+
+async fn unlock_vehicle(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(plate): Path<String>,
+) -> ApiResult<Json<Vehicle>> {
+    require_all_lots(&me, Action::ManageDrivers)?;
+    param(&plate, "plate", 16)?;
+    Ok(Json(ctx.app.lock_vehicle(&plate, false, &me.name).await?))
+}
+
+// ---- plate lists and spaces -------------------------------------------------------------
+
+async fn add_list_entry(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Body(n): Body<NewListEntry>,
+) -> ApiResult<(StatusCode, Json<ListEntry>)> {
+    match &n.lot {
+        Some(lot) => require_on(&me, Action::ManageLists, lot)?,
+        None => require_all_lots(&me, Action::ManageLists)?,
+    }
+    let e = ctx.app.add_list_entry(n, &me.name).await?;
+    Ok((StatusCode::CREATED, Json(e)))
+}
+
+#[derive(Deserialize)]
+struct PlateListQuery {
+    kind: Option<String>,
+    lot: Option<String>,
+    plate: Option<String>,
+    /// `true`: only entries in force or still to come (not revoked, not ended).
+    current: Option<bool>,
+    limit: Option<i64>,
+}
+
+async fn list_entries(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Q(q): Q<PlateListQuery>,
+) -> ApiResult<Json<Vec<ListEntry>>> {
+    require(&me, Action::View)?;
+    let kind = q
+        .kind
+        .map(|k| {
+            ListKind::parse(&k).ok_or_else(|| {
+                ApiError::BadRequest(format!("unknown list {k:?}: white, black, pass or visitor"))
+            })
+        })
+        .transpose()?;
+    let lot = q.lot.map(lot_id).transpose()?;
+    if let Some(lot) = &lot {
+        require_on(&me, Action::View, lot)?;
+    }
+    let plate = match q.plate {
+        Some(p) => {
+            param(&p, "plate", 16)?;
+            Some(
+                Plate::parse(&p)
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or(p),
+            )
+        }
+        None => None,
+    };
+    let f = ListFilter {
+        kind,
+        lot,
+        plate,
+        current_at: q.current.unwrap_or(false).then(|| ctx.app.clock.now()),
+        limit: q.limit.unwrap_or(100).clamp(1, 10_000),
+    };
+    Ok(Json(
+        ctx.app
+            .list_entries(&f)
+            .await?
+            .into_iter()
+            .filter(|e| e.lot.as_ref().is_none_or(|l| me.grant.covers(l)))
+            .collect(),
+    ))
+}
+
+async fn revoke_list_entry(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+) -> ApiResult<Json<ListEntry>> {
+    let eid = id(&id_s, "list entry")?;
+    let e = ctx
+        .app
+        .store
+        .list_entry(eid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("list entry {eid}")))?;
+    match &e.lot {
+        Some(lot) => require_on(&me, Action::ManageLists, lot)?,
+        None => require_all_lots(&me, Action::ManageLists)?,
+    }
+    Ok(Json(ctx.app.revoke_list_entry(eid, &me.name).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Spaces {
+    capacity: i64,
+    #[serde(default)]
+    reserved_spaces: i64,
+}
+
+async fn put_spaces(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(lot): Path<String>,
+    Body(n): Body<Spaces>,
+) -> ApiResult<Json<Value>> {
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::Configure, &lot)?;
+    let l = ctx
+        .app
+        .set_spaces(&lot, n.capacity, n.reserved_spaces, &me.name)
+        .await?;
+    let occupancy = ctx.app.store.occupancy(&lot).await?;
+    Ok(Json(lot_json(&l, Some(occupancy))))
+}
+
+// ---- merchant validations ----------------------------------------------------------------
+
+async fn create_merchant(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(lot): Path<String>,
+    Body(n): Body<NewMerchant>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::Configure, &lot)?;
+    let (m, key) = ctx.app.create_merchant(&lot, n, &me.name).await?;
+    let mut v = json!(m);
+    v["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn list_merchants(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(lot): Path<String>,
+) -> ApiResult<Json<Vec<Merchant>>> {
+    let lot = lot_id(lot)?;
+    require_on(&me, Action::View, &lot)?;
+    Ok(Json(ctx.app.store.merchants(&lot).await?))
+}
+
+async fn disable_merchant(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+) -> ApiResult<StatusCode> {
+    let mid = id(&id_s, "merchant")?;
+    let m = ctx
+        .app
+        .store
+        .merchant(mid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("merchant {mid}")))?;
+    require_on(&me, Action::Configure, &m.lot)?;
+    let audit = AuditEntry {
+        id: Uuid::now_v7(),
+        at: ctx.app.clock.now(),
+        actor: me.name.clone(),
+        action: "merchant.disabled".into(),
+        subject: format!("merchant {mid} ({})", m.name),
+        detail: String::new(),
+    };
+    ctx.app
+        .store
+        .disable_merchant(mid, ctx.app.clock.now(), &audit)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A merchant, by the key it was given (`Authorization: Bearer pmk_...`).
+struct MerchantKey(Merchant);
+
+impl FromRequestParts<Ctx> for MerchantKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Ctx) -> Result<Self, ApiError> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| k.starts_with("pmk_"))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("use Authorization: Bearer <merchant key>".into())
+            })?;
+        ctx.app
+            .merchant_by_key(key)
+            .await?
+            .map(MerchantKey)
+            .ok_or_else(|| ApiError::Unauthorized("unknown or disabled merchant key".into()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlateBody {
+    plate: Text<16>,
+}
+
+async fn validate_plate(
+    State(ctx): State<Ctx>,
+    MerchantKey(m): MerchantKey,
+    Body(b): Body<PlateBody>,
+) -> ApiResult<(StatusCode, Json<Validation>)> {
+    let v = ctx.app.validate_plate(&m, &b.plate.0).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn validation_code(
+    State(ctx): State<Ctx>,
+    MerchantKey(m): MerchantKey,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let v = ctx.app.validation_code(&m).await?;
+    let url = format!(
+        "{}/v/{}",
+        ctx.app.settings.public_url.trim_end_matches('/'),
+        v.code.as_deref().unwrap_or_default()
+    );
+    let mut body = json!(v);
+    body["url"] = json!(url);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn my_validations(
+    State(ctx): State<Ctx>,
+    MerchantKey(m): MerchantKey,
+) -> ApiResult<Json<Vec<Validation>>> {
+    Ok(Json(ctx.app.store.validations(m.id, 500).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    code: Text<64>,
+    plate: Text<16>,
+}
+
+/// A driver claims a validation code for their parked car: no sign-in, the code is the secret.
+async fn claim_validation(
+    State(ctx): State<Ctx>,
+    Body(b): Body<ClaimBody>,
+) -> ApiResult<Json<Validation>> {
+    Ok(Json(ctx.app.claim_validation(&b.code.0, &b.plate.0).await?))
 }
 
 // ---- sessions, charges ------------------------------------------------------------------

@@ -359,14 +359,11 @@ async fn resend_outbox(app: App, cancel: CancellationToken) {
     }
 }
 
-/// A lot's allowlist holds the plates parked there or seen there within this many days.
-const ALLOWLIST_DAYS: i64 = 90;
-
 /// Allowlists are recomputed at most this often after a wake-up (every entry wakes them).
 const ALLOWLIST_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Keeps every gateway's retained allowlist current: the plates it may let out on its own when
-/// it cannot reach us (drivers with an active mandate and no arrears who park at that lot).
+/// it cannot reach us ([`App::offline_plates`]).
 /// Only gateways that serve a configured lane of the lot get one, signed with their key: a
 /// gateway that merely announces itself gets nothing.
 async fn publish_allowlists(app: App, cancel: CancellationToken) {
@@ -395,8 +392,7 @@ async fn publish_allowlists(app: App, cancel: CancellationToken) {
             let plates = match lists.get(lot.as_str()) {
                 Some(p) => p.clone(),
                 None => {
-                    let since = app.clock.now() - chrono::Duration::days(ALLOWLIST_DAYS);
-                    let Ok(p) = app.store.trusted_plates(&lot, since, 50_000).await else {
+                    let Ok(p) = app.offline_plates(&lot, 50_000).await else {
                         continue;
                     };
                     lists.insert(lot.to_string(), p.clone());

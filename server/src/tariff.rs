@@ -67,7 +67,84 @@ pub struct Tariff {
     /// What a chargeable stay costs at least; free stays stay free.
     #[serde(default)]
     pub minimum_charge: Option<Money>,
+    /// Days of the lot's calendar priced otherwise: free, or by `holiday_bands`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holidays: Vec<Holiday>,
+    /// The bands of a holiday that is not free; they cover the day exactly once, like `bands`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holiday_bands: Vec<Band>,
+    /// Price rules per vehicle class; a class not listed pays what a small car pays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassRule>,
 }
+
+/// A day of the lot's calendar with its own price: units that start on it are free, or priced
+/// by the tariff's `holiday_bands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holiday {
+    pub date: NaiveDate,
+    /// Shown on the receipt ("National Day").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub free: bool,
+}
+
+/// What a vehicle is priced as. The vehicle's registration says, or else its plate: a Chinese
+/// plate of eight characters (green) is new-energy, a yellow one is large; anything else is small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VehicleClass {
+    Small,
+    Large,
+    NewEnergy,
+    Motorcycle,
+}
+
+impl VehicleClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VehicleClass::Small => "small",
+            VehicleClass::Large => "large",
+            VehicleClass::NewEnergy => "new_energy",
+            VehicleClass::Motorcycle => "motorcycle",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<VehicleClass> {
+        [
+            VehicleClass::Small,
+            VehicleClass::Large,
+            VehicleClass::NewEnergy,
+            VehicleClass::Motorcycle,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            VehicleClass::Small => "small vehicle",
+            VehicleClass::Large => "large vehicle",
+            VehicleClass::NewEnergy => "new-energy vehicle",
+            VehicleClass::Motorcycle => "motorcycle",
+        }
+    }
+}
+
+/// A class pays `percent` of what a small car would pay for the same stay (caps included):
+/// 200 for a large vehicle, 50 for a new-energy discount. The result is rounded down to the
+/// minor unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRule {
+    pub class: VehicleClass,
+    pub percent: u32,
+}
+
+/// The most a class may pay, in percent of a small car's fee.
+pub const MAX_CLASS_PERCENT: u32 = 1000;
 
 /// The first `minutes` of a chargeable stay cost a flat `price`, however short the stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,12 +365,72 @@ impl Tariff {
             }),
             stay_cap: None,
             minimum_charge: None,
+            holidays: Vec::new(),
+            holiday_bands: Vec::new(),
+            classes: Vec::new(),
         }
     }
 
     /// Checks the tariff; the error names the first bad field found.
     pub fn validate(&self) -> Result<(), TariffError> {
-        self.band_table().map(|_| ())
+        self.band_table()?;
+        self.holiday_table()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, c) in self.classes.iter().enumerate() {
+            if !seen.insert(c.class) {
+                return Err(invalid(
+                    format!("classes[{i}].class"),
+                    format!("{} is listed twice", c.class.as_str()),
+                ));
+            }
+            if c.percent > MAX_CLASS_PERCENT {
+                return Err(invalid(
+                    format!("classes[{i}].percent"),
+                    format!("must be at most {MAX_CLASS_PERCENT}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The percent of a small car's fee that `class` pays.
+    pub fn class_percent(&self, class: VehicleClass) -> u32 {
+        self.classes
+            .iter()
+            .find(|c| c.class == class)
+            .map_or(100, |c| c.percent)
+    }
+
+    fn holiday(&self, date: NaiveDate) -> Option<&Holiday> {
+        self.holidays.iter().find(|h| h.date == date)
+    }
+
+    /// Validates the holidays; returns the holiday band table when there are holiday bands.
+    fn holiday_table(&self) -> Result<Option<Vec<u16>>, TariffError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, h) in self.holidays.iter().enumerate() {
+            if !seen.insert(h.date) {
+                return Err(invalid(
+                    format!("holidays[{i}].date"),
+                    format!("{} is listed twice", h.date),
+                ));
+            }
+        }
+        let priced = self.holidays.iter().any(|h| !h.free);
+        if self.holiday_bands.is_empty() {
+            return if priced {
+                Err(invalid(
+                    "holiday_bands",
+                    "a holiday that is not free is priced by holiday_bands: give them",
+                ))
+            } else {
+                Ok(None)
+            };
+        }
+        table_of(&self.holiday_bands, "holiday_bands", |f, p| {
+            self.check_price(f, p)
+        })
+        .map(Some)
     }
 
     /// A price must be in the tariff's currency and within `0..=MAX_PRICE_MINOR`.
@@ -346,46 +483,56 @@ impl Tariff {
         if let Some(min) = self.minimum_charge {
             self.check_price("minimum_charge", min)?;
         }
-        if self.bands.is_empty() {
-            return Err(invalid("bands", "at least one band must cover the day"));
-        }
-        // Each band covers at least one minute, so more than a day's worth must overlap; checking
-        // first also keeps band indices within u16.
-        if self.bands.len() > usize::from(MINUTES_PER_DAY) {
-            return Err(invalid("bands", "more bands than minutes in a day"));
-        }
-        const UNSET: u16 = u16::MAX;
-        let mut table = vec![UNSET; usize::from(MINUTES_PER_DAY)];
-        for (i, band) in self.bands.iter().enumerate() {
-            self.check_price(&format!("bands[{i}].unit_price"), band.unit_price)?;
-            for m in band.minutes() {
-                let slot = &mut table[usize::from(m)];
-                if *slot != UNSET {
-                    let other = &self.bands[usize::from(*slot)];
-                    return Err(invalid(
-                        "bands",
-                        format!("{} and {} overlap", other.hours(), band.hours()),
-                    ));
-                }
-                // Cannot truncate: the length check above bounds i below 1440.
-                *slot = i as u16;
-            }
-        }
-        if let Some(first_gap) = table.iter().position(|&b| b == UNSET) {
-            let len = table[first_gap..]
-                .iter()
-                .take_while(|&&b| b == UNSET)
-                .count();
-            // first_gap + len <= 1440, so both fit in u16.
-            let from = TimeOfDay(first_gap as u16);
-            let to = TimeOfDay((first_gap + len) as u16);
-            return Err(invalid(
-                "bands",
-                format!("{from}-{to} is not covered by any band"),
-            ));
-        }
-        Ok(table)
+        table_of(&self.bands, "bands", |f, p| self.check_price(f, p))
     }
+}
+
+/// Checks that `bands` cover the day exactly once and returns, for each minute of the day, the
+/// index of the band covering it, which makes the per-unit band lookup a table read.
+fn table_of(
+    bands: &[Band],
+    field: &str,
+    check_price: impl Fn(&str, Money) -> Result<(), TariffError>,
+) -> Result<Vec<u16>, TariffError> {
+    if bands.is_empty() {
+        return Err(invalid(field, "at least one band must cover the day"));
+    }
+    // Each band covers at least one minute, so more than a day's worth must overlap; checking
+    // first also keeps band indices within u16.
+    if bands.len() > usize::from(MINUTES_PER_DAY) {
+        return Err(invalid(field, "more bands than minutes in a day"));
+    }
+    const UNSET: u16 = u16::MAX;
+    let mut table = vec![UNSET; usize::from(MINUTES_PER_DAY)];
+    for (i, band) in bands.iter().enumerate() {
+        check_price(&format!("{field}[{i}].unit_price"), band.unit_price)?;
+        for m in band.minutes() {
+            let slot = &mut table[usize::from(m)];
+            if *slot != UNSET {
+                let other = &bands[usize::from(*slot)];
+                return Err(invalid(
+                    field,
+                    format!("{} and {} overlap", other.hours(), band.hours()),
+                ));
+            }
+            // Cannot truncate: the length check above bounds i below 1440.
+            *slot = i as u16;
+        }
+    }
+    if let Some(first_gap) = table.iter().position(|&b| b == UNSET) {
+        let len = table[first_gap..]
+            .iter()
+            .take_while(|&&b| b == UNSET)
+            .count();
+        // first_gap + len <= 1440, so both fit in u16.
+        let from = TimeOfDay(first_gap as u16);
+        let to = TimeOfDay((first_gap + len) as u16);
+        return Err(invalid(
+            field,
+            format!("{from}-{to} is not covered by any band"),
+        ));
+    }
+    Ok(table)
 }
 
 /// Reads a tariff as stored by the database. Tariffs stored before prices became Money objects
@@ -431,11 +578,21 @@ enum Window {
     Rolling(i64),
 }
 
+/// What prices a run of units: a band of the regular day, a band of a priced holiday, or a free
+/// holiday.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PriceKey {
+    Band(u16),
+    HolidayBand(u16),
+    FreeHoliday,
+}
+
 struct WindowLines {
     key: Window,
     lines: Vec<QuoteLine>,
-    /// The band the window's last line bills, so that a next unit in that band extends it.
-    last_band: Option<u16>,
+    /// The price key ([`PriceKey`]) the window's last line bills, so that a next unit priced
+    /// alike extends it.
+    last_band: Option<PriceKey>,
 }
 
 /// Prices a stay from `entry` to `exit` under `tariff`. See the module doc for the rules; the
@@ -446,6 +603,7 @@ pub fn quote(
     exit: DateTime<Utc>,
 ) -> Result<Quote, TariffError> {
     let table = tariff.band_table()?;
+    let holiday_table = tariff.holiday_table()?;
     if exit <= entry {
         return Err(TariffError::ExitNotAfterEntry { entry, exit });
     }
@@ -485,15 +643,21 @@ pub fn quote(
         let fp_end = entry
             .checked_add_signed(TimeDelta::minutes(i64::from(fp.minutes)))
             .ok_or(TariffError::Overflow)?;
+        let entry_local = entry.with_timezone(&tariff.time_zone);
+        // A first period that starts on a free holiday is free like the rest of the day.
+        let (label, price) = match tariff.holiday(entry_local.date_naive()) {
+            Some(h) if h.free => (format!("first period, {} (free)", holiday_name(h)), 0),
+            _ => ("first period".to_string(), fp.price.minor),
+        };
         windows.push(WindowLines {
-            key: window_of(entry, &entry.with_timezone(&tariff.time_zone)),
+            key: window_of(entry, &entry_local),
             lines: vec![QuoteLine {
-                label: "first period".into(),
+                label,
                 from: entry,
                 to: fp_end.min(exit),
                 units: 1,
-                unit_price: money(fp.price.minor),
-                amount: money(fp.price.minor),
+                unit_price: money(price),
+                amount: money(price),
             }],
             last_band: None,
         });
@@ -509,16 +673,8 @@ pub fn quote(
         });
     }
 
-    // For each minute of the day, the first later minute (up to 1440, the end of the day) in
-    // another band: consecutive units that start before it are priced alike.
-    let mut band_ends = vec![1440u16; 1440];
-    for m in (0..1439).rev() {
-        band_ends[m] = if table[m + 1] == table[m] {
-            band_ends[m + 1]
-        } else {
-            (m + 1) as u16
-        };
-    }
+    let band_ends = ends_of(&table);
+    let holiday_ends = holiday_table.as_deref().map(ends_of);
     let rolling = matches!(
         tariff.daily_cap.map(|c| c.basis),
         Some(CapBasis::Rolling24h)
@@ -530,9 +686,38 @@ pub fn quote(
         let local = start.with_timezone(&tariff.time_zone);
         // hour() < 24 and minute() < 60, so the index is below 1440.
         let minute = (local.hour() * 60 + local.minute()) as usize;
-        let band_idx = table[minute];
-        let band = &tariff.bands[usize::from(band_idx)];
         let key = window_of(start, &local);
+        // Runs never cross midnight (every band table ends at 1440), so a run is on one date.
+        let (band_idx, band_end, unit_price, label) = match (
+            tariff.holiday(local.date_naive()),
+            &holiday_table,
+            &holiday_ends,
+        ) {
+            (Some(h), _, _) if h.free => (
+                PriceKey::FreeHoliday,
+                MINUTES_PER_DAY,
+                0,
+                format!("{} (free)", holiday_name(h)),
+            ),
+            (Some(h), Some(t), Some(ends)) => {
+                let band = &tariff.holiday_bands[usize::from(t[minute])];
+                (
+                    PriceKey::HolidayBand(t[minute]),
+                    ends[minute],
+                    band.unit_price.minor,
+                    format!("{} {}", holiday_name(h), band.label()),
+                )
+            }
+            _ => {
+                let band = &tariff.bands[usize::from(table[minute])];
+                (
+                    PriceKey::Band(table[minute]),
+                    band_ends[minute],
+                    band.unit_price.minor,
+                    band.label(),
+                )
+            }
+        };
         // The units from here that start in the same band and the same cap window cost the same:
         // they are added in one step, so a quote costs per band change, not per unit.
         let run = same_price_run(
@@ -540,7 +725,7 @@ pub fn quote(
                 start,
                 local: &local,
                 minute,
-                band_end: band_ends[minute],
+                band_end,
                 rolling_from: rolling.then_some(entry),
                 unit,
             },
@@ -554,9 +739,7 @@ pub fn quote(
             .and_then(|secs| start.checked_add_signed(TimeDelta::seconds(secs)))
             .ok_or(TariffError::Overflow)?;
         let to = end.min(exit);
-        let amount = band
-            .unit_price
-            .minor
+        let amount = unit_price
             .checked_mul(run as i64)
             .ok_or(TariffError::Overflow)?;
 
@@ -576,11 +759,11 @@ pub fn quote(
             }
             None => {
                 let line = QuoteLine {
-                    label: band.label(),
+                    label,
                     from: start,
                     to,
                     units: run,
-                    unit_price: money(band.unit_price.minor),
+                    unit_price: money(unit_price),
                     amount: money(amount),
                 };
                 match windows.last_mut() {
@@ -654,6 +837,213 @@ pub fn quote(
     })
 }
 
+/// What besides the clock prices a stay: the vehicle's class, the windows in which a pass or a
+/// free visitor grant covers it, and a visitor's percentage discount.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Terms {
+    /// `None` prices the stay as a small car's.
+    pub class: Option<VehicleClass>,
+    pub covered: Vec<Cover>,
+    pub discount: Option<Discount>,
+    /// Merchant validations: minutes taken off the end of the stay, then an amount off the fee.
+    pub validation: Option<ValidationTerms>,
+}
+
+/// What a stay's merchant validations take off, all of them together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationTerms {
+    pub minutes_off: u32,
+    /// In the tariff's currency; 0 for none.
+    pub amount_off: i64,
+    /// Names the lines ("validation Cafe Mocha").
+    pub label: String,
+}
+
+/// The stay is free from `from` until `until` (for ever when `None`); `label` names the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cover {
+    pub from: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+    pub label: String,
+}
+
+/// `percent` off the fee, rounded in the driver's favour; `label` names the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discount {
+    pub percent: u32,
+    pub label: String,
+}
+
+/// Prices a stay under `terms` (docs/tariffs.md, "Holidays, vehicle classes, passes and
+/// visitors"):
+/// 1. A validation's minutes come off the end of the stay: it is priced as if it ended that much
+///    earlier (free if nothing is left).
+/// 2. The parts of the stay outside every covered window are priced by [`quote`] each as a stay
+///    of its own (with its own grace period, first period and caps); covered parts cost nothing.
+/// 3. The sum is multiplied by the class's percent, rounded down to the minor unit.
+/// 4. Then the visitor discount is taken off, the result rounded down.
+/// 5. Then a validation's amount, down to zero at most.
+///
+/// Each step is a line of its own, so the lines still add up to the total.
+pub fn quote_with(
+    tariff: &Tariff,
+    entry: DateTime<Utc>,
+    exit: DateTime<Utc>,
+    terms: &Terms,
+) -> Result<Quote, TariffError> {
+    if exit <= entry {
+        return Err(TariffError::ExitNotAfterEntry { entry, exit });
+    }
+    let currency = tariff.currency;
+    let money = |minor: i64| Money::new(minor, currency);
+    let minutes_off = terms.validation.as_ref().map_or(0, |v| v.minutes_off);
+    let priced_until = exit
+        .checked_sub_signed(TimeDelta::minutes(i64::from(minutes_off)))
+        .ok_or(TariffError::Overflow)?;
+    let mut q = if priced_until <= entry {
+        Quote {
+            total: money(0),
+            free: true,
+            billable_minutes: 0,
+            lines: Vec::new(),
+            caps_applied: Vec::new(),
+        }
+    } else if terms.covered.is_empty() {
+        quote(tariff, entry, priced_until)?
+    } else {
+        covered_quote(tariff, entry, priced_until, &terms.covered)?
+    };
+    if let Some(v) = terms.validation.as_ref().filter(|v| v.minutes_off > 0) {
+        q.lines.push(QuoteLine {
+            label: format!("{} -{} min", v.label, v.minutes_off),
+            from: priced_until.max(entry),
+            to: exit,
+            units: 0,
+            unit_price: money(0),
+            amount: money(0),
+        });
+    }
+    let class = terms.class.unwrap_or(VehicleClass::Small);
+    let percent = tariff.class_percent(class);
+    if percent != 100 && q.total.minor > 0 {
+        let scaled = scale(q.total.minor, percent)?;
+        let label = format!("{} {percent} %", class.label());
+        q.lines.push(adjustment(
+            &label,
+            entry,
+            exit,
+            scaled - q.total.minor,
+            currency,
+        ));
+        q.total.minor = scaled;
+    }
+    if let Some(d) = &terms.discount {
+        if d.percent > 0 && q.total.minor > 0 {
+            let kept = scale(q.total.minor, 100 - d.percent.min(100))?;
+            let label = format!("{} -{} %", d.label, d.percent.min(100));
+            q.lines.push(adjustment(
+                &label,
+                entry,
+                exit,
+                kept - q.total.minor,
+                currency,
+            ));
+            q.total.minor = kept;
+        }
+    }
+    if let Some(v) = terms.validation.as_ref().filter(|v| v.amount_off > 0) {
+        let off = v.amount_off.min(q.total.minor);
+        if off > 0 {
+            q.lines
+                .push(adjustment(&v.label, entry, exit, -off, currency));
+            q.total.minor -= off;
+        }
+    }
+    Ok(q)
+}
+
+/// `minor * percent / 100`, rounded down.
+fn scale(minor: i64, percent: u32) -> Result<i64, TariffError> {
+    i64::try_from(i128::from(minor) * i128::from(percent) / 100).map_err(|_| TariffError::Overflow)
+}
+
+/// Prices the parts of `[entry, exit)` outside the covered windows, each as a stay of its own.
+fn covered_quote(
+    tariff: &Tariff,
+    entry: DateTime<Utc>,
+    exit: DateTime<Utc>,
+    covers: &[Cover],
+) -> Result<Quote, TariffError> {
+    if exit <= entry {
+        return Err(TariffError::ExitNotAfterEntry { entry, exit });
+    }
+    let money = |minor: i64| Money::new(minor, tariff.currency);
+    // The covered windows clipped to the stay, in time order, merged where they touch.
+    let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>, &str)> = covers
+        .iter()
+        .map(|c| {
+            (
+                c.from.max(entry),
+                c.until.map_or(exit, |u| u.min(exit)),
+                c.label.as_str(),
+            )
+        })
+        .filter(|(from, to, _)| from < to)
+        .collect();
+    spans.sort_by_key(|s| s.0);
+    let mut merged: Vec<(DateTime<Utc>, DateTime<Utc>, &str)> = Vec::new();
+    for s in spans {
+        match merged.last_mut() {
+            Some(last) if s.0 <= last.1 => last.1 = last.1.max(s.1),
+            _ => merged.push(s),
+        }
+    }
+    let mut q = Quote {
+        total: money(0),
+        free: true,
+        billable_minutes: 0,
+        lines: Vec::new(),
+        caps_applied: Vec::new(),
+    };
+    let mut add = |part: Quote| -> Result<(), TariffError> {
+        q.total.minor = q
+            .total
+            .minor
+            .checked_add(part.total.minor)
+            .ok_or(TariffError::Overflow)?;
+        q.free &= part.free;
+        q.billable_minutes += part.billable_minutes;
+        q.lines.extend(part.lines);
+        q.caps_applied.extend(part.caps_applied);
+        Ok(())
+    };
+    let mut at = entry;
+    for (from, to, label) in merged {
+        if at < from {
+            add(quote(tariff, at, from)?)?;
+        }
+        add(Quote {
+            total: money(0),
+            free: true,
+            billable_minutes: 0,
+            lines: vec![QuoteLine {
+                label: label.to_string(),
+                from,
+                to,
+                units: 0,
+                unit_price: money(0),
+                amount: money(0),
+            }],
+            caps_applied: Vec::new(),
+        })?;
+        at = at.max(to);
+    }
+    if at < exit {
+        add(quote(tariff, at, exit)?)?;
+    }
+    Ok(q)
+}
+
 /// Where a run of alike-priced units starts, and what bounds it.
 struct SameRun<'a> {
     start: DateTime<Utc>,
@@ -700,6 +1090,24 @@ fn same_price_run(r: SameRun<'_>, tz: Tz) -> u64 {
         Some(last) if last.with_timezone(&tz).offset().fix() == r.local.offset().fix() => n,
         _ => 1,
     }
+}
+
+/// For each minute of the day, the first later minute (up to 1440, the end of the day) in another
+/// band of `table`: consecutive units that start before it are priced alike.
+fn ends_of(table: &[u16]) -> Vec<u16> {
+    let mut ends = vec![MINUTES_PER_DAY; usize::from(MINUTES_PER_DAY)];
+    for m in (0..usize::from(MINUTES_PER_DAY) - 1).rev() {
+        ends[m] = if table[m + 1] == table[m] {
+            ends[m + 1]
+        } else {
+            (m + 1) as u16
+        };
+    }
+    ends
+}
+
+fn holiday_name(h: &Holiday) -> &str {
+    h.name.as_deref().unwrap_or("holiday")
 }
 
 /// Units needed to cover `[from, to)`, a started unit counting whole; none when `from >= to`.
@@ -1003,6 +1411,9 @@ mod tests {
             }),
             stay_cap: None,
             minimum_charge: None,
+            holidays: Vec::new(),
+            holiday_bands: Vec::new(),
+            classes: Vec::new(),
         }
     }
 
@@ -1363,6 +1774,9 @@ mod tests {
                 }),
                 stay_cap: stay_cap.map(Money::cny),
                 minimum_charge: minimum_charge.map(Money::cny),
+                holidays: Vec::new(),
+                holiday_bands: Vec::new(),
+                classes: Vec::new(),
             }
         }
     }

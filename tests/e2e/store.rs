@@ -31,6 +31,7 @@ async fn store() -> (Arc<dyn Store>, Backend, LotId) {
             id: lot.clone(),
             name: "Test".into(),
             capacity: 10,
+            reserved_spaces: 0,
             tariff: Tariff::example_cn(),
             tariff_version: 1,
             created_at: t0(),
@@ -77,6 +78,7 @@ fn entry(lot: &LotId, plate: &str, at: DateTime<Utc>) -> (PassageWrite, Uuid) {
             payload: "{}".into(),
         },
         resolves: None,
+        redeem: Vec::new(),
         audit: Vec::new(),
         session_id: Some(session),
         decision: decision(lot, event),
@@ -195,6 +197,8 @@ async fn lots_and_vehicles_reject_duplicates() {
         plate: "京A12345".into(),
         colour: parkpay_protocol::PlateColour::Blue,
         driver_id: d.id,
+        class: None,
+        locked_at: None,
         created_at: t0(),
     };
     s.insert_vehicle(&v, "k").await.unwrap();
@@ -617,6 +621,8 @@ async fn trusted_plates_are_mandated_and_owe_nothing() {
             plate: plate.into(),
             colour: parkpay_protocol::PlateColour::Blue,
             driver_id: d.id,
+            class: None,
+            locked_at: None,
             created_at: t0(),
         };
         s.insert_vehicle(&v, &parkpay_protocol::plate::match_key(plate))
@@ -902,6 +908,7 @@ async fn lanes_are_configured_with_their_lot_and_changed_with_an_audit_row() {
         id: lot.clone(),
         name: "Test".into(),
         capacity: 10,
+        reserved_spaces: 0,
         tariff: Tariff::example_cn(),
         tariff_version: 1,
         created_at: t0(),

@@ -4,7 +4,10 @@
 use chrono::{NaiveDateTime, TimeZone};
 use chrono_tz::Tz;
 use parkpay_protocol::{Currency, Money};
-use parkpay_server::tariff::{quote, DailyCap, FirstPeriod, TimeOfDay, MAX_PRICE_MINOR};
+use parkpay_server::tariff::{
+    quote, quote_with, ClassRule, Cover, DailyCap, Discount, FirstPeriod, Holiday, Terms,
+    TimeOfDay, ValidationTerms, MAX_PRICE_MINOR,
+};
 use proptest::prelude::*;
 
 use super::*;
@@ -110,6 +113,9 @@ fn units_are_elapsed_time_across_a_dst_change() {
         daily_cap: None,
         stay_cap: None,
         minimum_charge: None,
+        holidays: Vec::new(),
+        holiday_bands: Vec::new(),
+        classes: Vec::new(),
     };
     // Spring forward: 22:00 to 10:00 on the wall clock is 11 hours: 9 night, 2 day.
     assert_eq!(
@@ -226,6 +232,9 @@ fn arb_tariff() -> impl Strategy<Value = Tariff> {
                 }),
                 stay_cap: stay.map(Money::cny),
                 minimum_charge: minimum.map(Money::cny),
+                holidays: Vec::new(),
+                holiday_bands: Vec::new(),
+                classes: Vec::new(),
             },
         )
 }
@@ -299,6 +308,116 @@ proptest! {
     }
 }
 
+/// A tariff with holidays near `entry` (some free, some by holiday bands) and class rules, and
+/// the terms of one stay: its class, up to two covered windows and maybe a visitor discount.
+fn arb_rules_case() -> impl Strategy<Value = (Tariff, DateTime<Utc>, i64, StayTerms)> {
+    arb_case().prop_flat_map(|(t, entry, secs)| {
+        let holidays = prop::collection::vec((-1i64..12, any::<bool>()), 0..4);
+        let classes = prop::collection::vec((0usize..4, 0u32..=400), 0..4);
+        let covers = prop::collection::vec(
+            (-3 * 86_400i64..TEN_DAYS, prop::option::of(1i64..5 * 86_400)),
+            0..3,
+        );
+        let discount = prop::option::of(1u32..=99);
+        let class = prop::option::of(0usize..4);
+        let validation = prop::option::of((0u32..600, 0i64..3000));
+        (
+            Just((t, entry, secs)),
+            holidays,
+            arb_bands(),
+            classes,
+            covers,
+            (discount, class, validation),
+        )
+            .prop_map(
+                |(
+                    (mut t, entry, secs),
+                    holidays,
+                    holiday_bands,
+                    classes,
+                    covers,
+                    (off, class, validation),
+                )| {
+                    let all = [
+                        VehicleClass::Small,
+                        VehicleClass::Large,
+                        VehicleClass::NewEnergy,
+                        VehicleClass::Motorcycle,
+                    ];
+                    let day0 = entry.with_timezone(&t.time_zone).date_naive();
+                    for (day, free) in holidays {
+                        let date = day0 + TimeDelta::days(day);
+                        if t.holidays.iter().all(|h| h.date != date) {
+                            t.holidays.push(Holiday {
+                                date,
+                                name: None,
+                                free,
+                            });
+                        }
+                    }
+                    if t.holidays.iter().any(|h| !h.free) {
+                        t.holiday_bands = holiday_bands;
+                    }
+                    for (c, percent) in classes {
+                        if t.classes.iter().all(|r| r.class != all[c]) {
+                            t.classes.push(ClassRule {
+                                class: all[c],
+                                percent,
+                            });
+                        }
+                    }
+                    let terms = StayTerms {
+                        class: class.map(|c| all[c]),
+                        covered: covers
+                            .into_iter()
+                            .map(|(from, len)| {
+                                let from = entry + TimeDelta::seconds(from);
+                                (from, len.map(|l| from + TimeDelta::seconds(l)))
+                            })
+                            .collect(),
+                        percent_off: off,
+                        validation_minutes: validation.map_or(0, |v| v.0),
+                        validation_amount: validation.map_or(0, |v| v.1),
+                    };
+                    (t, entry, secs, terms)
+                },
+            )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn the_engine_agrees_with_the_reference_on_holidays_classes_and_lists(
+        (t, entry, secs, terms) in arb_rules_case()
+    ) {
+        prop_assert_eq!(t.validate(), Ok(()));
+        let exit = entry + TimeDelta::seconds(secs);
+        let engine_terms = Terms {
+            class: terms.class,
+            covered: terms
+                .covered
+                .iter()
+                .map(|&(from, until)| Cover { from, until, label: "pass".into() })
+                .collect(),
+            discount: terms.percent_off.map(|percent| Discount { percent, label: "visitor".into() }),
+            validation: (terms.validation_minutes > 0 || terms.validation_amount > 0).then(|| {
+                ValidationTerms {
+                    minutes_off: terms.validation_minutes,
+                    amount_off: terms.validation_amount,
+                    label: "validation".into(),
+                }
+            }),
+        };
+        let q = quote_with(&t, entry, exit, &engine_terms).expect("a valid tariff prices the stay");
+        let expected = fee_with(&t, entry, exit, &terms);
+        prop_assert_eq!(q.total.minor, expected, "quote {:#?}", q);
+        let lines: i64 = q.lines.iter().map(|l| l.amount.minor).sum();
+        prop_assert_eq!(lines, q.total.minor, "the lines must add up to the total");
+    }
+}
+
 // ---- the worked examples of docs/tariffs.md -------------------------------------------------
 
 /// One receipt line as the doc writes it: `label  units × unit price = amount`.
@@ -347,7 +466,7 @@ fn the_worked_examples_in_the_docs_hold() {
         }
     }
     assert!(
-        checked >= 3,
+        checked >= 8,
         "docs/tariffs.md has {checked} worked examples"
     );
 }
@@ -357,8 +476,41 @@ fn check_doc_quote(t: &Tariff, rows: &[&str]) {
     let mut exit = None;
     let mut total = None;
     let mut lines = Vec::new();
+    let mut terms = Terms::default();
+    let mut reference = StayTerms::default();
     for row in rows.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
-        if let Some(v) = row.strip_prefix("entry") {
+        // The stay's terms: `class large`, `covered pass FROM UNTIL`, `discount visitor 40`.
+        if let Some(v) = row.strip_prefix("class ") {
+            let class = VehicleClass::parse(v.trim()).expect("doc class is a class");
+            terms.class = Some(class);
+            reference.class = Some(class);
+        } else if let Some(v) = row.strip_prefix("covered ") {
+            let parts: Vec<&str> = v.split_whitespace().collect();
+            let [label, from, until] = parts[..] else {
+                panic!("doc `covered LABEL FROM UNTIL`: {row:?}");
+            };
+            let instant = |s: &str| {
+                DateTime::parse_from_rfc3339(s)
+                    .expect("doc cover instants are RFC 3339")
+                    .with_timezone(&Utc)
+            };
+            terms.covered.push(Cover {
+                from: instant(from),
+                until: Some(instant(until)),
+                label: label.to_string(),
+            });
+            reference
+                .covered
+                .push((instant(from), Some(instant(until))));
+        } else if let Some(v) = row.strip_prefix("discount ") {
+            let (label, percent) = v.trim().rsplit_once(' ').expect("doc `discount LABEL N`");
+            let percent: u32 = percent.parse().expect("doc discount is a percent");
+            terms.discount = Some(Discount {
+                percent,
+                label: label.to_string(),
+            });
+            reference.percent_off = Some(percent);
+        } else if let Some(v) = row.strip_prefix("entry") {
             entry = Some(DateTime::parse_from_rfc3339(v.trim()).expect("doc entry is RFC 3339"));
         } else if let Some(v) = row.strip_prefix("exit") {
             exit = Some(DateTime::parse_from_rfc3339(v.trim()).expect("doc exit is RFC 3339"));
@@ -372,7 +524,7 @@ fn check_doc_quote(t: &Tariff, rows: &[&str]) {
         panic!("a doc quote needs entry, exit and total: {rows:?}");
     };
     let (entry, exit) = (entry.with_timezone(&Utc), exit.with_timezone(&Utc));
-    let q = quote(t, entry, exit).expect("the doc's stay prices");
+    let q = quote_with(t, entry, exit, &terms).expect("the doc's stay prices");
     let engine: Vec<(String, u64, i64, i64)> = q
         .lines
         .iter()
@@ -381,7 +533,7 @@ fn check_doc_quote(t: &Tariff, rows: &[&str]) {
     assert_eq!(engine, lines, "doc lines for {entry} to {exit}");
     assert_eq!(q.total.minor, total, "doc total for {entry} to {exit}");
     assert_eq!(
-        fee(t, entry, exit),
+        fee_with(t, entry, exit, &reference),
         total,
         "reference for {entry} to {exit}"
     );

@@ -128,6 +128,8 @@ pub struct PassageWrite {
     /// `Conflict` if it was resolved meanwhile, and then nothing is written.
     pub resolves: Option<(Uuid, String)>,
     pub audit: Vec<AuditEntry>,
+    /// Merchant validations the passage redeems; `Conflict` if one was redeemed meanwhile.
+    pub redeem: Vec<Uuid>,
     pub session_id: Option<Uuid>,
     pub decision: Decision,
     pub sessions: Vec<SessionChange>,
@@ -156,6 +158,17 @@ pub struct SessionFilter {
     pub lot: Option<LotId>,
     pub plate: Option<String>,
     pub status: Option<SessionStatus>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub kind: Option<ListKind>,
+    /// Entries of this lot and those for every lot.
+    pub lot: Option<LotId>,
+    pub plate: Option<String>,
+    /// Only entries not revoked and not yet ended at this instant.
+    pub current_at: Option<DateTime<Utc>>,
     pub limit: i64,
 }
 
@@ -243,6 +256,85 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_vehicle(&self, v: &Vehicle, plate_key: &str) -> StoreResult<()>;
     async fn vehicle(&self, plate: &str) -> StoreResult<Option<Vehicle>>;
     async fn vehicles_of(&self, driver: Uuid) -> StoreResult<Vec<Vehicle>>;
+    /// Locks (`Some`) or unlocks (`None`) a vehicle, with its audit row; `Conflict` if it is
+    /// already so, `NotFound` if no such vehicle is registered.
+    async fn set_vehicle_lock(
+        &self,
+        plate: &str,
+        locked_at: Option<DateTime<Utc>>,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
+
+    async fn locked_plates(&self) -> StoreResult<Vec<String>>;
+
+    // Lists and spaces
+    async fn insert_list_entry(&self, e: &ListEntry, audit: &AuditEntry) -> StoreResult<()>;
+    /// Revokes a list entry for good and returns it; `Conflict` if it was revoked already.
+    async fn revoke_list_entry(
+        &self,
+        id: Uuid,
+        by: &str,
+        at: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> StoreResult<ListEntry>;
+    async fn list_entry(&self, id: Uuid) -> StoreResult<Option<ListEntry>>;
+    async fn list_entries(&self, f: &ListFilter) -> StoreResult<Vec<ListEntry>>;
+    /// Every unrevoked entry for `plate` that applies to `lot` (its own or every lot's), whatever
+    /// its validity: the decision reads the windows.
+    async fn lists_of_plate(&self, plate: &str, lot: &LotId) -> StoreResult<Vec<ListEntry>>;
+    /// Cars inside `lot` now: its open sessions.
+    async fn occupancy(&self, lot: &LotId) -> StoreResult<i64>;
+
+    // Merchants and validations
+    /// `Duplicate` if the id or key exists.
+    async fn insert_merchant(
+        &self,
+        m: &Merchant,
+        key_hash: &str,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
+    /// The enabled merchant with this key.
+    async fn merchant_by_key(&self, key_hash: &str) -> StoreResult<Option<Merchant>>;
+    async fn merchants(&self, lot: &LotId) -> StoreResult<Vec<Merchant>>;
+    async fn merchant(&self, id: Uuid) -> StoreResult<Option<Merchant>>;
+    /// Disables a merchant for good: its key is refused from then on. `NotFound` if there is no
+    /// such enabled merchant.
+    async fn disable_merchant(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
+    /// Issues a validation, bound to a stay or not, within the merchant's `daily_limit` counted
+    /// from `day_start`; a bound one also within "one per stay unless stackable". `Conflict`
+    /// names the rule that refused it.
+    async fn issue_validation(
+        &self,
+        v: &Validation,
+        stackable: bool,
+        daily_limit: i64,
+        day_start: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Binds the unbound validation with `code` to an open session; `NotFound` for no such
+    /// code, `Conflict` if it was claimed already or the stay has a validation it may not join.
+    async fn claim_validation(
+        &self,
+        code: &str,
+        session: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Validation>;
+    /// The validation with this code.
+    async fn validation_by_code(&self, code: &str) -> StoreResult<Option<Validation>>;
+    /// The session's validations not yet redeemed.
+    async fn validations_of_session(&self, session: Uuid) -> StoreResult<Vec<Validation>>;
+    async fn validations(&self, merchant: Uuid, limit: i64) -> StoreResult<Vec<Validation>>;
+    async fn update_lot_spaces(
+        &self,
+        lot: &LotId,
+        capacity: i64,
+        reserved: i64,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
     async fn insert_mandate(&self, m: &Mandate) -> StoreResult<()>;
     async fn mandate(&self, id: Uuid) -> StoreResult<Option<Mandate>>;
     async fn mandates_of(&self, driver: Uuid) -> StoreResult<Vec<Mandate>>;
@@ -254,7 +346,7 @@ pub trait Store: Send + Sync + 'static {
         status: MandateStatus,
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
-    /// Plates whose drivers hold an active mandate and owe nothing, and that are parked in
+    /// Plates (not locked) whose drivers hold an active mandate and owe nothing, and that are parked in
     /// `lot` or entered it since `since`: the lot's gateways may let them out on their own
     /// while the server is unreachable. Nobody else's plates go to a lot's gateways.
     async fn trusted_plates(

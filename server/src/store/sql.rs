@@ -140,6 +140,7 @@ macro_rules! backend {
                     id: LotId::parse(r.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     name: r.try_get("name")?,
                     capacity: r.try_get("capacity")?,
+                    reserved_spaces: r.try_get("reserved_spaces")?,
                     tariff: crate::tariff::from_stored_json(&r.try_get::<String, _>("tariff")?)
                         .map_err(|e| StoreError::Corrupt(format!("tariff: {e}")))?,
                     tariff_version: r.try_get("tariff_version")?,
@@ -153,8 +154,82 @@ macro_rules! backend {
                     plate: r.try_get("plate")?,
                     colour: PlateColour::parse(&colour).ok_or_else(|| StoreError::Corrupt(format!("colour {colour:?}")))?,
                     driver_id: uuid(&r.try_get::<String, _>("driver_id")?)?,
+                    class: r.try_get::<Option<String>, _>("class")?.map(|c| VehicleClass::parse(&c).ok_or_else(|| StoreError::Corrupt(format!("class {c:?}")))).transpose()?,
+                    locked_at: opt_at(r.try_get("locked_at")?)?,
                     created_at: at(r.try_get("created_at")?)?,
                 })
+            }
+
+            fn list_entry_from(r: &$row) -> StoreResult<ListEntry> {
+                let kind: String = r.try_get("kind")?;
+                Ok(ListEntry {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    kind: ListKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("list kind {kind:?}")))?,
+                    lot: r.try_get::<Option<String>, _>("lot_id")?.map(|l| LotId::parse(l).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()?,
+                    plate: r.try_get("plate")?,
+                    valid_from: at(r.try_get("valid_from")?)?,
+                    valid_until: opt_at(r.try_get("valid_until")?)?,
+                    grace_minutes: r.try_get("grace_minutes")?,
+                    percent_off: r.try_get::<Option<i64>, _>("percent_off")?.map(|p| u32::try_from(p).map_err(|_| StoreError::Corrupt(format!("percent_off {p}")))).transpose()?,
+                    reason: r.try_get("reason")?,
+                    created_by: r.try_get("created_by")?,
+                    created_at: at(r.try_get("created_at")?)?,
+                    revoked_at: opt_at(r.try_get("revoked_at")?)?,
+                    revoked_by: r.try_get("revoked_by")?,
+                })
+            }
+
+            fn merchant_from(r: &$row) -> StoreResult<Merchant> {
+                let currency: String = r.try_get("currency")?;
+                Ok(Merchant {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    name: r.try_get("name")?,
+                    minutes_off: r.try_get("minutes_off")?,
+                    amount_off: money(r.try_get("amount_off")?, &currency)?,
+                    daily_limit: r.try_get("daily_limit")?,
+                    stackable: r.try_get::<i64, _>("stackable")? != 0,
+                    created_at: at(r.try_get("created_at")?)?,
+                    disabled_at: opt_at(r.try_get("disabled_at")?)?,
+                })
+            }
+
+            /// A validation row joined with its merchant's name (`merchant`).
+            fn validation_from(r: &$row) -> StoreResult<Validation> {
+                let currency: String = r.try_get("currency")?;
+                Ok(Validation {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    merchant_id: uuid(&r.try_get::<String, _>("merchant_id")?)?,
+                    merchant: r.try_get("merchant")?,
+                    lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    code: r.try_get("code")?,
+                    session_id: opt_uuid(r.try_get("session_id")?)?,
+                    minutes_off: r.try_get("minutes_off")?,
+                    amount_off: money(r.try_get("amount_off")?, &currency)?,
+                    issued_at: at(r.try_get("issued_at")?)?,
+                    bound_at: opt_at(r.try_get("bound_at")?)?,
+                    redeemed_at: opt_at(r.try_get("redeemed_at")?)?,
+                })
+            }
+
+            const VALIDATION_SELECT: &str = "SELECT v.id, v.merchant_id, m.name AS merchant, v.lot_id, v.code, v.session_id, v.minutes_off, v.amount_off, \
+                v.currency, v.issued_at, v.bound_at, v.redeemed_at FROM validations v JOIN merchants m ON m.id = v.merchant_id";
+
+            /// Refuses to bind a validation of a (non-)stackable merchant to a stay that already has
+            /// validations, unless all of them and the new one are stackable.
+            async fn check_stacking(tx: &mut sqlx::Transaction<'static, $db>, session: Uuid, stackable: bool) -> StoreResult<()> {
+                let row = sqlx::query(
+                    "SELECT COUNT(*) AS n, COALESCE(MIN(m.stackable), 1) AS all_stack FROM validations v JOIN merchants m ON m.id = v.merchant_id WHERE v.session_id = $1",
+                )
+                .bind(session.to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+                let n: i64 = row.try_get("n")?;
+                let all_stack: i64 = row.try_get("all_stack")?;
+                if n > 0 && !(stackable && all_stack != 0) {
+                    return Err(StoreError::Conflict("this stay already has a validation; one per stay".into()));
+                }
+                Ok(())
             }
 
             fn mandate_from(r: &$row) -> StoreResult<Mandate> {
@@ -360,11 +435,12 @@ macro_rules! backend {
                 async fn insert_lot(&self, lot: &Lot, lanes: &[Lane]) -> StoreResult<()> {
                     let mut tx = self.pool.begin().await?;
                     let r = sqlx::query(
-                        "INSERT INTO lots (id, name, capacity, currency, tariff, tariff_version, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        "INSERT INTO lots (id, name, capacity, reserved_spaces, currency, tariff, tariff_version, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     )
                     .bind(lot.id.as_str())
                     .bind(lot.name.clone())
                     .bind(lot.capacity)
+                    .bind(lot.reserved_spaces)
                     .bind(lot.tariff.currency.as_str())
                     .bind(to_json(&lot.tariff))
                     .bind(lot.tariff_version)
@@ -510,11 +586,13 @@ macro_rules! backend {
                 }
 
                 async fn insert_vehicle(&self, v: &Vehicle, plate_key: &str) -> StoreResult<()> {
-                    let r = sqlx::query("INSERT INTO vehicles (plate, plate_key, colour, driver_id, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    let r = sqlx::query("INSERT INTO vehicles (plate, plate_key, colour, driver_id, class, locked_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                         .bind(v.plate.clone())
                         .bind(plate_key)
                         .bind(v.colour.as_str())
                         .bind(v.driver_id.to_string())
+                        .bind(v.class.map(|c| c.as_str()))
+                        .bind(v.locked_at.map(ms))
                         .bind(ms(v.created_at))
                         .execute(&self.pool)
                         .await;
@@ -531,6 +609,327 @@ macro_rules! backend {
                         .await?
                         .map(|r| vehicle_from(&r))
                         .transpose()
+                }
+
+                async fn set_vehicle_lock(&self, plate: &str, locked_at: Option<DateTime<Utc>>, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    // Locking a locked car (or unlocking an unlocked one) changes nothing.
+                    let done = sqlx::query(
+                        "UPDATE vehicles SET locked_at = $2 WHERE plate = $1 AND ((locked_at IS NULL) <> ($2 IS NULL))",
+                    )
+                    .bind(plate)
+                    .bind(locked_at.map(ms))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if done == 0 {
+                        return match sqlx::query("SELECT 1 AS one FROM vehicles WHERE plate = $1").bind(plate).fetch_optional(&mut *tx).await? {
+                            Some(_) => Err(StoreError::Conflict(format!("{plate} is already {}", if locked_at.is_some() { "locked" } else { "unlocked" }))),
+                            None => Err(StoreError::NotFound(format!("vehicle {plate}"))),
+                        };
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn locked_plates(&self) -> StoreResult<Vec<String>> {
+                    sqlx::query("SELECT plate FROM vehicles WHERE locked_at IS NOT NULL ORDER BY plate")
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| Ok(r.try_get("plate")?))
+                        .collect()
+                }
+
+                async fn insert_list_entry(&self, e: &ListEntry, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(
+                        "INSERT INTO plate_lists (id, kind, lot_id, plate, valid_from, valid_until, grace_minutes, percent_off, reason, created_by, created_at, revoked_at, revoked_by) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    )
+                    .bind(e.id.to_string())
+                    .bind(e.kind.as_str())
+                    .bind(e.lot.as_ref().map(|l| l.to_string()))
+                    .bind(e.plate.clone())
+                    .bind(ms(e.valid_from))
+                    .bind(e.valid_until.map(ms))
+                    .bind(e.grace_minutes)
+                    .bind(e.percent_off.map(i64::from))
+                    .bind(e.reason.clone())
+                    .bind(e.created_by.clone())
+                    .bind(ms(e.created_at))
+                    .bind(e.revoked_at.map(ms))
+                    .bind(e.revoked_by.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn revoke_list_entry(&self, id: Uuid, by: &str, at: DateTime<Utc>, audit: &AuditEntry) -> StoreResult<ListEntry> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query("UPDATE plate_lists SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL")
+                        .bind(id.to_string())
+                        .bind(ms(at))
+                        .bind(by)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    let row = sqlx::query("SELECT * FROM plate_lists WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(row) = row else {
+                        return Err(StoreError::NotFound(format!("list entry {id}")));
+                    };
+                    if done == 0 {
+                        return Err(StoreError::Conflict(format!("list entry {id} is already revoked")));
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    list_entry_from(&row)
+                }
+
+                async fn list_entry(&self, id: Uuid) -> StoreResult<Option<ListEntry>> {
+                    sqlx::query("SELECT * FROM plate_lists WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| list_entry_from(&r))
+                        .transpose()
+                }
+
+                async fn list_entries(&self, f: &ListFilter) -> StoreResult<Vec<ListEntry>> {
+                    // NULL parameters match everything; `lot` also matches entries for every lot.
+                    sqlx::query(
+                        "SELECT * FROM plate_lists WHERE ($1 IS NULL OR kind = $1) AND ($2 IS NULL OR lot_id = $2 OR lot_id IS NULL) \
+                         AND ($3 IS NULL OR plate = $3) AND ($4 = 0 OR (revoked_at IS NULL AND (valid_until IS NULL OR valid_until + grace_minutes * 60000 > $5))) \
+                         ORDER BY created_at DESC, id LIMIT $6",
+                    )
+                    .bind(f.kind.map(|k| k.as_str()))
+                    .bind(f.lot.as_ref().map(|l| l.to_string()))
+                    .bind(f.plate.clone())
+                    .bind(i64::from(f.current_at.is_some()))
+                    .bind(f.current_at.map_or(0, ms))
+                    .bind(if f.limit > 0 { f.limit } else { 100 })
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(list_entry_from)
+                    .collect()
+                }
+
+                async fn lists_of_plate(&self, plate: &str, lot: &LotId) -> StoreResult<Vec<ListEntry>> {
+                    sqlx::query("SELECT * FROM plate_lists WHERE plate = $1 AND (lot_id = $2 OR lot_id IS NULL) AND revoked_at IS NULL ORDER BY created_at, id")
+                        .bind(plate)
+                        .bind(lot.as_str())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(list_entry_from)
+                        .collect()
+                }
+
+                async fn occupancy(&self, lot: &LotId) -> StoreResult<i64> {
+                    Ok(sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE lot_id = $1 AND status = 'open'")
+                        .bind(lot.as_str())
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get("n")?)
+                }
+
+                async fn insert_merchant(&self, m: &Merchant, key_hash: &str, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let r = sqlx::query(
+                        "INSERT INTO merchants (id, lot_id, name, key_hash, minutes_off, amount_off, currency, daily_limit, stackable, created_at, disabled_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(m.id.to_string())
+                    .bind(m.lot.as_str())
+                    .bind(m.name.clone())
+                    .bind(key_hash)
+                    .bind(m.minutes_off)
+                    .bind(m.amount_off.minor)
+                    .bind(m.amount_off.currency.as_str())
+                    .bind(m.daily_limit)
+                    .bind(i64::from(m.stackable))
+                    .bind(ms(m.created_at))
+                    .bind(m.disabled_at.map(ms))
+                    .execute(&mut *tx)
+                    .await;
+                    match r {
+                        Err(e) if unique_violation(&e) => return Err(StoreError::Duplicate(format!("merchant {}", m.id))),
+                        other => { other?; }
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn merchant_by_key(&self, key_hash: &str) -> StoreResult<Option<Merchant>> {
+                    sqlx::query("SELECT * FROM merchants WHERE key_hash = $1 AND disabled_at IS NULL")
+                        .bind(key_hash)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| merchant_from(&r))
+                        .transpose()
+                }
+
+                async fn merchants(&self, lot: &LotId) -> StoreResult<Vec<Merchant>> {
+                    sqlx::query("SELECT * FROM merchants WHERE lot_id = $1 ORDER BY name, id")
+                        .bind(lot.as_str())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(merchant_from)
+                        .collect()
+                }
+
+                async fn merchant(&self, id: Uuid) -> StoreResult<Option<Merchant>> {
+                    sqlx::query("SELECT * FROM merchants WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| merchant_from(&r))
+                        .transpose()
+                }
+
+                async fn disable_merchant(&self, id: Uuid, at: DateTime<Utc>, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query("UPDATE merchants SET disabled_at = $2 WHERE id = $1 AND disabled_at IS NULL")
+                        .bind(id.to_string())
+                        .bind(ms(at))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if done == 0 {
+                        return Err(StoreError::NotFound(format!("enabled merchant {id}")));
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn issue_validation(&self, v: &Validation, stackable: bool, daily_limit: i64, day_start: DateTime<Utc>) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    // Serialises issuing per merchant: the count below and the insert are one step.
+                    sqlx::query("UPDATE merchants SET daily_limit = daily_limit WHERE id = $1")
+                        .bind(v.merchant_id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    let issued: i64 = sqlx::query("SELECT COUNT(*) AS n FROM validations WHERE merchant_id = $1 AND issued_at >= $2")
+                        .bind(v.merchant_id.to_string())
+                        .bind(ms(day_start))
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("n")?;
+                    if issued >= daily_limit {
+                        return Err(StoreError::Conflict(format!("the merchant's daily limit of {daily_limit} validations is reached")));
+                    }
+                    if let Some(session) = v.session_id {
+                        check_stacking(&mut tx, session, stackable).await?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO validations (id, merchant_id, lot_id, code, session_id, minutes_off, amount_off, currency, issued_at, bound_at, redeemed_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(v.id.to_string())
+                    .bind(v.merchant_id.to_string())
+                    .bind(v.lot.as_str())
+                    .bind(v.code.clone())
+                    .bind(v.session_id.map(|s| s.to_string()))
+                    .bind(v.minutes_off)
+                    .bind(v.amount_off.minor)
+                    .bind(v.amount_off.currency.as_str())
+                    .bind(ms(v.issued_at))
+                    .bind(v.bound_at.map(ms))
+                    .bind(v.redeemed_at.map(ms))
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn claim_validation(&self, code: &str, session: Uuid, at: DateTime<Utc>) -> StoreResult<Validation> {
+                    let mut tx = self.pool.begin().await?;
+                    let row = sqlx::query(&format!("{VALIDATION_SELECT} WHERE v.code = $1"))
+                        .bind(code)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(row) = row else {
+                        return Err(StoreError::NotFound("validation code".into()));
+                    };
+                    let v = validation_from(&row)?;
+                    if v.session_id.is_some() {
+                        return Err(StoreError::Conflict("this validation was used already".into()));
+                    }
+                    let stackable: i64 = sqlx::query("SELECT stackable FROM merchants WHERE id = $1")
+                        .bind(v.merchant_id.to_string())
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("stackable")?;
+                    check_stacking(&mut tx, session, stackable != 0).await?;
+                    let done = sqlx::query("UPDATE validations SET session_id = $2, bound_at = $3 WHERE code = $1 AND session_id IS NULL")
+                        .bind(code)
+                        .bind(session.to_string())
+                        .bind(ms(at))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if done != 1 {
+                        return Err(StoreError::Conflict("this validation was used already".into()));
+                    }
+                    tx.commit().await?;
+                    Ok(Validation { session_id: Some(session), bound_at: Some(at), ..v })
+                }
+
+                async fn validation_by_code(&self, code: &str) -> StoreResult<Option<Validation>> {
+                    sqlx::query(&format!("{VALIDATION_SELECT} WHERE v.code = $1"))
+                        .bind(code)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| validation_from(&r))
+                        .transpose()
+                }
+
+                async fn validations_of_session(&self, session: Uuid) -> StoreResult<Vec<Validation>> {
+                    sqlx::query(&format!("{VALIDATION_SELECT} WHERE v.session_id = $1 AND v.redeemed_at IS NULL ORDER BY v.issued_at, v.id"))
+                        .bind(session.to_string())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(validation_from)
+                        .collect()
+                }
+
+                async fn validations(&self, merchant: Uuid, limit: i64) -> StoreResult<Vec<Validation>> {
+                    sqlx::query(&format!("{VALIDATION_SELECT} WHERE v.merchant_id = $1 ORDER BY v.issued_at DESC, v.id LIMIT $2"))
+                        .bind(merchant.to_string())
+                        .bind(if limit > 0 { limit } else { 100 })
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(validation_from)
+                        .collect()
+                }
+
+                async fn update_lot_spaces(&self, lot: &LotId, capacity: i64, reserved: i64, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let done = sqlx::query("UPDATE lots SET capacity = $2, reserved_spaces = $3 WHERE id = $1")
+                        .bind(lot.as_str())
+                        .bind(capacity)
+                        .bind(reserved)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if done == 0 {
+                        return Err(StoreError::NotFound(format!("lot {lot}")));
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 async fn vehicles_of(&self, driver: Uuid) -> StoreResult<Vec<Vehicle>> {
@@ -607,7 +1006,7 @@ macro_rules! backend {
 
                 async fn trusted_plates(&self, lot: &LotId, since: DateTime<Utc>, limit: i64) -> StoreResult<Vec<String>> {
                     sqlx::query(
-                        "SELECT v.plate FROM vehicles v WHERE EXISTS (SELECT 1 FROM mandates m WHERE m.driver_id = v.driver_id AND m.status = 'active') \
+                        "SELECT v.plate FROM vehicles v WHERE v.locked_at IS NULL AND EXISTS (SELECT 1 FROM mandates m WHERE m.driver_id = v.driver_id AND m.status = 'active') \
                          AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.driver_id = v.driver_id AND c.status = 'arrears') \
                          AND EXISTS (SELECT 1 FROM sessions s WHERE s.plate = v.plate AND s.lot_id = $1 AND (s.status = 'open' OR s.entry_at >= $2)) \
                          ORDER BY v.plate LIMIT $3",
@@ -780,6 +1179,17 @@ macro_rules! backend {
                             Ok(_) => return Err(StoreError::Conflict("session is no longer open".into())),
                             Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("plate already has an open session".into())),
                             Err(e) => return Err(e.into()),
+                        }
+                    }
+                    for v in &w.redeem {
+                        let done = sqlx::query("UPDATE validations SET redeemed_at = $2 WHERE id = $1 AND redeemed_at IS NULL")
+                            .bind(v.to_string())
+                            .bind(ms(now))
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        if done != 1 {
+                            return Err(StoreError::Conflict(format!("validation {v} was redeemed meanwhile")));
                         }
                     }
                     if let Some(c) = &w.charge {
