@@ -59,3 +59,17 @@ CREATE TABLE validations (
 );
 CREATE INDEX validations_session ON validations (session_id);
 CREATE INDEX validations_merchant ON validations (merchant_id, issued_at);
+
+-- Tickets for cars without a plate (无牌车): scanning the code on a held entry's display opens a
+-- stay under a ticket number and gives the phone a secret (only its SHA-256 is kept); the same
+-- phone closes the stay at an exit.
+CREATE TABLE tickets (
+    secret_hash     TEXT PRIMARY KEY,
+    session_id      TEXT NOT NULL UNIQUE REFERENCES sessions (id),
+    lot_id          TEXT NOT NULL,
+    entry_event_id  TEXT NOT NULL UNIQUE,
+    created_at      BIGINT NOT NULL
+);
+
+-- A ticket page finds the exception its held passage raised.
+CREATE INDEX exceptions_event ON exceptions (event_id);

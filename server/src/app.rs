@@ -155,13 +155,18 @@ impl Published {
 
 /// Writes that ride along with a passage in its transaction.
 #[derive(Default)]
-struct Extra {
-    resolves: Option<(Uuid, String)>,
-    audit: Vec<AuditEntry>,
+pub(crate) struct Extra {
+    pub(crate) resolves: Option<(Uuid, String)>,
+    pub(crate) audit: Vec<AuditEntry>,
     /// The capture instant was already checked when the event first arrived (a correction).
-    time_checked: bool,
-    /// The open session an attendant matched this exit to (its entry was misread).
-    session: Option<Uuid>,
+    pub(crate) time_checked: bool,
+    /// The open session an attendant matched this exit to (its entry was misread), or the one
+    /// a plateless car's ticket opened.
+    pub(crate) session: Option<Uuid>,
+    /// What the passage is decided as having read, instead of its candidates (a ticket number).
+    pub(crate) reads: Option<Vec<decide::Read>>,
+    /// A ticket to issue with the stay an entry opens: the secret's SHA-256 and the held entry.
+    pub(crate) ticket: Option<(String, Uuid)>,
 }
 
 fn new_id() -> Uuid {
@@ -213,7 +218,7 @@ impl App {
         self.passage(ev, payload, received, Extra::default()).await
     }
 
-    async fn passage(
+    pub(crate) async fn passage(
         &self,
         ev: &PassageEvent,
         payload: &str,
@@ -232,13 +237,21 @@ impl App {
             } else {
                 self.settings.limits
             };
+            let reads = extra.reads.clone().unwrap_or_else(|| decide::reads(ev));
             let plan = match ev.direction {
-                Direction::Entry => self.plan_entry(ev, limits).await?,
-                Direction::Exit => self.plan_exit(ev, limits, extra.session).await?,
+                Direction::Entry => self.plan_entry(ev, limits, reads).await?,
+                Direction::Exit => self.plan_exit(ev, limits, reads, extra.session).await?,
             };
             let (mut write, new_charge) = self.write(ev, payload, &plan);
             write.resolves = extra.resolves.clone();
             write.audit = extra.audit.clone();
+            if let (Some((hash, held)), Some(session)) = (&extra.ticket, write.session_id) {
+                write.ticket = Some(NewTicket {
+                    secret_hash: hash.clone(),
+                    session_id: session,
+                    entry_event_id: *held,
+                });
+            }
             for v in &write.redeem {
                 write.audit.push(self.audit(
                     "system",
@@ -321,10 +334,14 @@ impl App {
         }
     }
 
-    async fn plan_entry(&self, ev: &PassageEvent, limits: TimeLimits) -> AppResult<Plan> {
+    async fn plan_entry(
+        &self,
+        ev: &PassageEvent,
+        limits: TimeLimits,
+        reads: Vec<decide::Read>,
+    ) -> AppResult<Plan> {
         let lot = self.lot(&ev.lot).await?;
         let lot_known = lot.is_some();
-        let reads = decide::reads(ev);
         let (mut owner, mut inside, mut lists, mut spaces) = (None, None, Vec::new(), None);
         if let (Some(lot), ReadQuality::Confident, Some(top)) = (&lot, ev.quality, reads.first()) {
             owner = self.owner_of(&top.plate).await?;
@@ -363,10 +380,10 @@ impl App {
         &self,
         ev: &PassageEvent,
         limits: TimeLimits,
+        reads: Vec<decide::Read>,
         matched: Option<Uuid>,
     ) -> AppResult<Plan> {
         let lot = self.lot(&ev.lot).await?;
-        let reads = decide::reads(ev);
         let top = reads
             .first()
             .filter(|_| ev.quality == ReadQuality::Confident);
@@ -470,6 +487,14 @@ impl App {
             display: decide::display(plan.reason, plan.plate.as_deref(), plan.fee, plan.owed),
             decided_at: now,
         };
+        if plan.reason == DecisionReason::Unreadable {
+            // A car without a plate takes a ticket with the code on the display.
+            decision.pay_url = Some(format!(
+                "{}/ticket/{}",
+                self.settings.public_url.trim_end_matches('/'),
+                ev.event_id
+            ));
+        }
         let mut sessions = Vec::new();
         let mut charge = None;
         let mut redeem = Vec::new();
@@ -602,6 +627,7 @@ impl App {
             resolves: None,
             audit: Vec::new(),
             redeem,
+            ticket: None,
             session_id: decision.session_id,
             outbox: self.outbox(&decision),
             decision,
@@ -823,12 +849,13 @@ impl App {
             )],
             time_checked: true,
             session,
+            ..Extra::default()
         };
         self.passage(&ev, &corrected, Instant::now(), extra).await
     }
 
     /// The passage event an exception was raised for, as it was received.
-    async fn held_passage(&self, x: &ExceptionRecord) -> AppResult<PassageEvent> {
+    pub(crate) async fn held_passage(&self, x: &ExceptionRecord) -> AppResult<PassageEvent> {
         let event_id = x
             .event_id
             .ok_or_else(|| AppError::Conflict("the exception has no passage".into()))?;
@@ -860,7 +887,7 @@ impl App {
             resolves: Some((x.id, resolution)),
             audit: vec![audit],
             time_checked: true,
-            session: None,
+            ..Extra::default()
         };
         self.passage(&ev, &text, Instant::now(), extra).await
     }

@@ -716,7 +716,7 @@ pub fn display(
             None => "Unpaid arrears: scan to pay".to_string(),
         },
         DecisionReason::NoEntry => "No entry record: staff coming".to_string(),
-        DecisionReason::Unreadable => "Plate not read: staff coming".to_string(),
+        DecisionReason::Unreadable => "Plate not read: scan for a ticket or wait".to_string(),
         DecisionReason::LowConfidence => "Plate unclear: staff coming".to_string(),
         DecisionReason::Ambiguous
         | DecisionReason::ClockSkew

@@ -106,13 +106,15 @@ impl Page {
     }
 }
 
-fn pages() -> &'static (Page, Page, Page) {
-    static PAGES: std::sync::OnceLock<(Page, Page, Page)> = std::sync::OnceLock::new();
+fn pages() -> &'static (Page, Page, Page, Page, Page) {
+    static PAGES: std::sync::OnceLock<(Page, Page, Page, Page, Page)> = std::sync::OnceLock::new();
     PAGES.get_or_init(|| {
         (
             Page::new(include_str!("dashboard.html")),
             Page::new(include_str!("pay.html")),
             Page::new(include_str!("login.html")),
+            Page::new(include_str!("ticket.html")),
+            Page::new(include_str!("validation.html")),
         )
     })
 }
@@ -136,6 +138,11 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/", get(dashboard))
         .route("/login", get(login_page))
         .route("/pay/{session}", get(pay_page))
+        .route("/ticket/{event}", get(ticket_page))
+        .route("/v/{code}", get(validation_page))
+        .route("/api/tickets", post(take_ticket))
+        .route("/api/tickets/exit", post(leave_with_ticket))
+        .route("/api/tickets/passage/{event}", get(ticket_passage))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -570,6 +577,76 @@ async fn pay_page(
     ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
     let p = &pages().1;
     Ok(p.respond(p.html.replace("{{SESSION}}", &session_token(&session))))
+}
+
+/// The page a plateless car's driver opens from the code on a held lane's display.
+async fn ticket_page(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Path(event): Path<String>,
+) -> ApiResult<Response> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
+    let p = &pages().3;
+    Ok(p.respond(p.html.replace("{{EVENT}}", &session_token(&event))))
+}
+
+/// The page a merchant's validation code (a QR code on a receipt) leads to.
+async fn validation_page(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Path(code): Path<String>,
+) -> ApiResult<Response> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
+    let p = &pages().4;
+    Ok(p.respond(p.html.replace("{{CODE}}", &session_token(&code))))
+}
+
+async fn ticket_passage(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Path(event): Path<String>,
+) -> ApiResult<Json<crate::tickets::HeldPassage>> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
+    let eid = id(&event, "passage")?;
+    Ok(Json(ctx.app.ticket_passage(eid).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TakeTicket {
+    event_id: Uuid,
+}
+
+/// A plateless car's driver takes a ticket at a held entry: no sign-in (the car is at the
+/// barrier, and the passage must be held for an unread plate and recent).
+async fn take_ticket(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Body(b): Body<TakeTicket>,
+) -> ApiResult<(StatusCode, Json<crate::tickets::Ticket>)> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ctx.app.take_ticket(b.event_id).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UseTicket {
+    ticket: Text<64>,
+    event_id: Uuid,
+}
+
+async fn leave_with_ticket(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Body(b): Body<UseTicket>,
+) -> ApiResult<Json<parkpay_protocol::Decision>> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
+    Ok(Json(
+        ctx.app.leave_with_ticket(&b.ticket.0, b.event_id).await?,
+    ))
 }
 
 /// The client's address, or "unknown" where the server was not told it (tests that call the
@@ -1486,8 +1563,10 @@ struct ClaimBody {
 /// A driver claims a validation code for their parked car: no sign-in, the code is the secret.
 async fn claim_validation(
     State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
     Body(b): Body<ClaimBody>,
 ) -> ApiResult<Json<Validation>> {
+    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
     Ok(Json(ctx.app.claim_validation(&b.code.0, &b.plate.0).await?))
 }
 

@@ -32,6 +32,7 @@ pub mod payments;
 pub mod server;
 pub mod store;
 pub mod tariff;
+pub mod tickets;
 
 pub use config::ServerConfig;
 pub use server::{Server, ServerError};

@@ -607,7 +607,15 @@ async fn a_merchant_validation_is_redeemed_once_and_refused_a_second_time() {
     // A code, claimed by the other driver; a second claim of the same code is refused.
     let (status, code) = as_merchant(&w, &mall, "/api/validations/codes", json!({})).await;
     assert_eq!(status, 201, "{code}");
-    assert!(code["url"].as_str().unwrap().contains("/v/"), "{code}");
+    let url = code["url"].as_str().unwrap();
+    let path = &url[url.find("/v/").expect("a /v/ link")..];
+    let page = w.client.get(w.url(path)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(code["code"].as_str().unwrap()),
+        "the page carries the code"
+    );
     let claim = json!({ "code": code["code"], "plate": "京A20016" });
     let (status, c) = post(&w, "/api/validations/claim", claim.clone()).await;
     assert_eq!(status, 200, "{c}");
@@ -752,5 +760,104 @@ async fn an_offline_gateway_lets_pass_holders_out_and_holds_black_listed_and_loc
     for plate in ["京A20022", "京A20023"] {
         refused(&w, "out-1", &blue(plate), "An attendant will help you").await;
     }
+    w.stop().await;
+}
+
+/// Publishes, as the gateway, a passage whose plate was not read, and waits until it is held.
+async fn unread(w: &World, lane: &str, direction: parkpay_protocol::Direction) -> String {
+    let mut ev = crate::scenarios::raw_event(w, lane, direction, "京A?", w.now());
+    ev.candidates.clear();
+    ev.quality = parkpay_protocol::ReadQuality::NoRead;
+    crate::scenarios::publish(w, &ev).await;
+    let id = ev.event_id.to_string();
+    let lot = w.lot.to_string();
+    eventually("the unread passage to be held", WAIT, || async {
+        let xs = w
+            .get_json(&format!("/api/exceptions?lot={lot}&open=true"))
+            .await;
+        xs.as_array()?
+            .iter()
+            .any(|x| x["kind"] == "unreadable" && x["event_id"] == id.as_str())
+            .then_some(())
+    })
+    .await;
+    id
+}
+
+#[tokio::test]
+async fn a_car_without_a_plate_takes_a_ticket_at_the_entry_and_pays_with_it_at_the_exit() {
+    let (w, clock) = world().await;
+    use parkpay_protocol::Direction::{Entry, Exit};
+    let held_in = unread(&w, "in-1", Entry).await;
+    let page = w
+        .client
+        .get(w.url(&format!("/ticket/{held_in}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let p = w.get_json(&format!("/api/tickets/passage/{held_in}")).await;
+    assert_eq!(
+        (p["direction"].as_str(), p["waiting"].as_bool()),
+        (Some("entry"), Some(true)),
+        "{p}"
+    );
+
+    let (status, t) = post(&w, "/api/tickets", json!({ "event_id": held_in })).await;
+    assert_eq!(status, 201, "{t}");
+    assert_eq!(
+        (
+            t["decision"]["action"].as_str(),
+            t["decision"]["reason"].as_str()
+        ),
+        (Some("open"), Some("entered")),
+        "{t}"
+    );
+    let plate = t["plate"].as_str().unwrap().to_string();
+    let ticket = t["ticket"].as_str().unwrap().to_string();
+    let (status, again) = post(&w, "/api/tickets", json!({ "event_id": held_in })).await;
+    assert_eq!(status, 409, "one ticket per held entry: {again}");
+    let s = sessions(&w, &plate).await;
+    assert_eq!(
+        (s.len(), s[0]["status"].as_str()),
+        (1, Some("open")),
+        "{s:?}"
+    );
+    let entry_at = instant(&s[0]["entry_at"]);
+
+    clock.advance(TimeDelta::minutes(95));
+    let held_out = unread(&w, "out-1", Exit).await;
+    // A ticket taken at an entry is no good at an entry, and a made-up one at all.
+    let (status, _) = post(&w, "/api/tickets", json!({ "event_id": held_out })).await;
+    assert_eq!(status, 422);
+    let (status, _) = post(
+        &w,
+        "/api/tickets/exit",
+        json!({ "ticket": "tk_0000", "event_id": held_out }),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, d) = post(
+        &w,
+        "/api/tickets/exit",
+        json!({ "ticket": ticket, "event_id": held_out }),
+    )
+    .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["reason"], "payment_required", "{d}");
+    let session: uuid::Uuid = s[0]["id"].as_str().unwrap().parse().unwrap();
+    let paid = w.api.pay_session(session).await.unwrap();
+    let exit_at = instant(&sessions(&w, &plate).await[0]["exit_at"]);
+    assert_eq!(
+        paid.amount.minor,
+        reference_tariff::fee(&tariff(), entry_at, exit_at)
+    );
+    let (status, _) = post(
+        &w,
+        "/api/tickets/exit",
+        json!({ "ticket": ticket, "event_id": held_out }),
+    )
+    .await;
+    assert_eq!(status, 409, "a used ticket lets nobody out again");
     w.stop().await;
 }

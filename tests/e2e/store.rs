@@ -79,6 +79,7 @@ fn entry(lot: &LotId, plate: &str, at: DateTime<Utc>) -> (PassageWrite, Uuid) {
         },
         resolves: None,
         redeem: Vec::new(),
+        ticket: None,
         audit: Vec::new(),
         session_id: Some(session),
         decision: decision(lot, event),

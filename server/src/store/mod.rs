@@ -130,12 +130,24 @@ pub struct PassageWrite {
     pub audit: Vec<AuditEntry>,
     /// Merchant validations the passage redeems; `Conflict` if one was redeemed meanwhile.
     pub redeem: Vec<Uuid>,
+    /// A ticket for a car without a plate, issued with the stay this passage opens; `Conflict`
+    /// if the held passage already has one.
+    pub ticket: Option<NewTicket>,
     pub session_id: Option<Uuid>,
     pub decision: Decision,
     pub sessions: Vec<SessionChange>,
     pub charge: Option<Charge>,
     pub exceptions: Vec<ExceptionRecord>,
     pub outbox: OutboxMessage,
+}
+
+/// A ticket for a plateless car: the SHA-256 of the phone's secret, the stay it opened and the
+/// held entry it was issued for.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    pub secret_hash: String,
+    pub session_id: Uuid,
+    pub entry_event_id: Uuid,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +296,8 @@ pub trait Store: Send + Sync + 'static {
     async fn lists_of_plate(&self, plate: &str, lot: &LotId) -> StoreResult<Vec<ListEntry>>;
     /// Cars inside `lot` now: its open sessions.
     async fn occupancy(&self, lot: &LotId) -> StoreResult<i64>;
+    /// The stay a ticket's secret (its SHA-256) opened.
+    async fn ticket_session(&self, secret_hash: &str) -> StoreResult<Option<Uuid>>;
 
     // Merchants and validations
     /// `Duplicate` if the id or key exists.
@@ -418,6 +432,8 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> StoreResult<Vec<ExceptionRecord>>;
     async fn exception(&self, id: Uuid) -> StoreResult<Option<ExceptionRecord>>;
+    /// The open exceptions a passage event raised.
+    async fn open_exceptions_of_event(&self, event_id: Uuid) -> StoreResult<Vec<ExceptionRecord>>;
     /// Marks an open exception resolved; `Conflict` if somebody resolved it first.
     async fn resolve_exception(
         &self,

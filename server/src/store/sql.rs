@@ -732,6 +732,15 @@ macro_rules! backend {
                         .collect()
                 }
 
+                async fn ticket_session(&self, secret_hash: &str) -> StoreResult<Option<Uuid>> {
+                    sqlx::query("SELECT session_id FROM tickets WHERE secret_hash = $1")
+                        .bind(secret_hash)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| uuid(&r.try_get::<String, _>("session_id")?))
+                        .transpose()
+                }
+
                 async fn occupancy(&self, lot: &LotId) -> StoreResult<i64> {
                     Ok(sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE lot_id = $1 AND status = 'open'")
                         .bind(lot.as_str())
@@ -1181,6 +1190,20 @@ macro_rules! backend {
                             Err(e) => return Err(e.into()),
                         }
                     }
+                    if let Some(t) = &w.ticket {
+                        let r = sqlx::query("INSERT INTO tickets (secret_hash, session_id, lot_id, entry_event_id, created_at) VALUES ($1, $2, $3, $4, $5)")
+                            .bind(t.secret_hash.clone())
+                            .bind(t.session_id.to_string())
+                            .bind(w.event.lot.as_str())
+                            .bind(t.entry_event_id.to_string())
+                            .bind(ms(now))
+                            .execute(&mut *tx)
+                            .await;
+                        match r {
+                            Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("a ticket was issued for this passage already".into())),
+                            other => { other?; }
+                        }
+                    }
                     for v in &w.redeem {
                         let done = sqlx::query("UPDATE validations SET redeemed_at = $2 WHERE id = $1 AND redeemed_at IS NULL")
                             .bind(v.to_string())
@@ -1510,6 +1533,16 @@ macro_rules! backend {
                         .await?
                         .map(|r| exception_from(&r))
                         .transpose()
+                }
+
+                async fn open_exceptions_of_event(&self, event_id: Uuid) -> StoreResult<Vec<ExceptionRecord>> {
+                    sqlx::query(&format!("SELECT {EXCEPTION_COLS} FROM exceptions WHERE event_id = $1 AND resolved_at IS NULL ORDER BY created_at, id"))
+                        .bind(event_id.to_string())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(exception_from)
+                        .collect()
                 }
 
                 async fn resolve_exception(&self, id: Uuid, resolution: &str, now: DateTime<Utc>) -> StoreResult<()> {
