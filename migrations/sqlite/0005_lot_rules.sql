@@ -73,3 +73,19 @@ CREATE TABLE tickets (
 
 -- A ticket page finds the exception its held passage raised.
 CREATE INDEX exceptions_event ON exceptions (event_id);
+
+-- Passes bought through the payment provider. The id is the buyer's idempotency key (and the
+-- provider's): a retry with the same id returns the first purchase and never debits twice.
+CREATE TABLE pass_purchases (
+    id             TEXT PRIMARY KEY,
+    lot_id         TEXT NOT NULL REFERENCES lots (id),
+    plate          TEXT NOT NULL,
+    driver_id      TEXT NOT NULL REFERENCES drivers (id),
+    mandate_id     TEXT NOT NULL REFERENCES mandates (id),
+    months         INTEGER NOT NULL,
+    amount_minor   INTEGER NOT NULL,
+    currency       TEXT NOT NULL,
+    provider_txn   TEXT NOT NULL,
+    list_entry_id  TEXT NOT NULL REFERENCES plate_lists (id),
+    created_at     INTEGER NOT NULL
+);

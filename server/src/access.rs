@@ -199,8 +199,8 @@ impl App {
                 store.clone(),
                 true,
             )),
-            store,
-            clock,
+            store: store.clone(),
+            clock: clock.clone(),
             outbound: Arc::new(NoBroker),
             live: crate::live::Live::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
@@ -208,6 +208,11 @@ impl App {
             published: crate::app::Published::channel().0,
             charges_due: Arc::new(tokio::sync::Notify::new()),
             allowlists_due: Arc::new(tokio::sync::Notify::new()),
+            provider: Arc::new(crate::payments::SandboxProvider::new(
+                store.clone(),
+                clock.clone(),
+                std::time::Duration::ZERO,
+            )),
             settings: Arc::new(crate::app::AppSettings {
                 public_url: String::new(),
                 limits: crate::decide::TimeLimits::unbounded(),

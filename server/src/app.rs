@@ -100,6 +100,8 @@ pub struct App {
     pub published: Published,
     /// Wakes the allowlist publisher: a gateway came online or a mandate changed.
     pub allowlists_due: Arc<Notify>,
+    /// The payment provider, for what is paid at once (a pass): stays are charged by the worker.
+    pub provider: Arc<dyn crate::payments::PaymentProvider>,
     pub settings: Arc<AppSettings>,
 }
 
@@ -1111,7 +1113,7 @@ pub fn reason_label(r: DecisionReason) -> &'static str {
 }
 
 /// The first instant of the current calendar month in the lot's time zone.
-fn month_start(now: DateTime<Utc>, tariff: &Tariff) -> DateTime<Utc> {
+pub(crate) fn month_start(now: DateTime<Utc>, tariff: &Tariff) -> DateTime<Utc> {
     let tz = tariff.time_zone;
     let local = now.with_timezone(&tz);
     tz.with_ymd_and_hms(local.year(), local.month(), 1, 0, 0, 0)

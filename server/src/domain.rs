@@ -228,6 +228,22 @@ pub struct Validation {
     pub redeemed_at: Option<DateTime<Utc>>,
 }
 
+/// A pass bought through the payment provider (its list entry is the pass itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PassPurchase {
+    /// The buyer's idempotency key, and the provider's.
+    pub id: Uuid,
+    pub lot: LotId,
+    pub plate: String,
+    pub driver_id: Uuid,
+    pub mandate_id: Uuid,
+    pub months: i64,
+    pub amount: Money,
+    pub provider_txn: String,
+    pub list_entry_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
 text_enum!(
     /// The lists a plate can be on (docs/tariffs.md, "Lists, passes and classes").
     ListKind {

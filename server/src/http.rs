@@ -40,7 +40,7 @@ use crate::app::{App, AppError, NewLane};
 use crate::auth::{self, Action, Identity, RateLimiter, Via};
 use crate::config::HttpConfig;
 use crate::domain::*;
-use crate::lists::NewListEntry;
+use crate::lists::{NewListEntry, NewPurchase};
 use crate::merchants::NewMerchant;
 use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
@@ -174,6 +174,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/vehicles/{plate}/unlock", post(unlock_vehicle))
         .route("/api/lists", post(add_list_entry).get(list_entries))
         .route("/api/lists/{id}/revoke", post(revoke_list_entry))
+        .route("/api/passes", post(buy_pass))
         .route("/api/lots/{lot}/spaces", put(put_spaces))
         .route(
             "/api/lots/{lot}/merchants",
@@ -1411,6 +1412,26 @@ async fn revoke_list_entry(
         None => require_all_lots(&me, Action::ManageLists)?,
     }
     Ok(Json(ctx.app.revoke_list_entry(eid, &me.name).await?))
+}
+
+/// The driver app's backend buys (or renews) a pass for a driver's plate: `201` for a new
+/// purchase, `200` for a repeat of one already made under the same `purchase_id`.
+async fn buy_pass(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Body(n): Body<NewPurchase>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_all_lots(&me, Action::ManageDrivers)?;
+    let (purchase, pass, replay) = ctx.app.buy_pass(n, &me.name).await?;
+    let status = if replay {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(json!({ "purchase": without_driver(json!(purchase), &me), "pass": pass })),
+    ))
 }
 
 #[derive(Deserialize)]

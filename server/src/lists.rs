@@ -291,3 +291,216 @@ impl App {
 
 /// A lot's allowlist holds the plates parked there or seen there within this many days.
 pub const ALLOWLIST_DAYS: i64 = 90;
+
+/// A pass bought for a registered plate, paid under its driver's mandate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPurchase {
+    /// The buyer's idempotency key: a retry with the same id never pays twice.
+    pub purchase_id: Uuid,
+    pub lot: LotId,
+    pub plate: String,
+    pub months: u32,
+}
+
+/// The most months one purchase buys.
+pub const MAX_PASS_MONTHS: u32 = 12;
+
+/// `t` plus `months` calendar months on the lot's wall clock (the 31st becomes the month's last
+/// day); an instant the zone skips becomes the next that exists.
+fn add_months(t: DateTime<Utc>, months: u32, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    use chrono::TimeZone;
+    let local = t.with_timezone(&tz).naive_local();
+    let later = local.checked_add_months(chrono::Months::new(months))?;
+    (0..3)
+        .find_map(|h| {
+            tz.from_local_datetime(&(later + TimeDelta::hours(h)))
+                .earliest()
+        })
+        .map(|d| d.with_timezone(&Utc))
+}
+
+impl App {
+    /// Sells a pass of `months` for a registered plate at a lot that sells them
+    /// (`tariff.pass_month_price`), debited at once under the driver's mandate through the
+    /// payment provider. A plate that holds a pass at the lot renews it: the new one starts
+    /// where the last ends. Returns the purchase, its pass, and whether this was a replay of an
+    /// earlier request with the same `purchase_id`.
+    pub async fn buy_pass(
+        &self,
+        n: NewPurchase,
+        actor: &str,
+    ) -> AppResult<(PassPurchase, ListEntry, bool)> {
+        let plate = Plate::parse(&n.plate).map_err(|e| unprocessable("plate", e))?;
+        if let Some(done) = self.replayed_purchase(&n, plate.as_str()).await? {
+            return Ok(done);
+        }
+        if !(1..=MAX_PASS_MONTHS).contains(&n.months) {
+            return Err(unprocessable("months", format!("1 to {MAX_PASS_MONTHS}")));
+        }
+        let lot = self
+            .store
+            .lot(&n.lot)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("lot {}", n.lot)))?;
+        let price = lot
+            .tariff
+            .pass_month_price
+            .ok_or_else(|| unprocessable("lot", format!("lot {} does not sell passes", lot.id)))?;
+        let amount = price
+            .minor
+            .checked_mul(i64::from(n.months))
+            .map(|m| parkpay_protocol::Money::new(m, price.currency))
+            .ok_or_else(|| unprocessable("months", "too many"))?;
+        let vehicle = self.store.vehicle(plate.as_str()).await?.ok_or_else(|| {
+            unprocessable(
+                "plate",
+                format!("{} is not registered to a driver", plate.as_str()),
+            )
+        })?;
+        let now = self.clock.now();
+        let (facts, arrears) = self
+            .store
+            .payer_facts(vehicle.driver_id, crate::app::month_start(now, &lot.tariff))
+            .await?;
+        if arrears > 0 {
+            return Err(AppError::Conflict(
+                "the driver has unpaid arrears; settle them first".to_string(),
+            ));
+        }
+        let facts: Vec<crate::decide::MandateFacts> = facts
+            .into_iter()
+            .map(|(mandate, spent)| crate::decide::MandateFacts {
+                mandate,
+                spent_this_month: spent,
+            })
+            .collect();
+        let mandate = crate::decide::usable_mandate(&facts, amount)
+            .cloned()
+            .ok_or_else(|| {
+                unprocessable(
+                    "plate",
+                    "the driver has no active mandate that may carry this amount",
+                )
+            })?;
+        // A renewal starts where the pass in force (or already bought ahead) ends.
+        let start = self
+            .store
+            .lists_of_plate(plate.as_str(), &lot.id)
+            .await?
+            .iter()
+            .filter(|e| e.kind == ListKind::Pass && e.lot.as_ref() == Some(&lot.id))
+            .filter_map(|e| e.valid_until.filter(|u| *u > now))
+            .max()
+            .unwrap_or(now);
+        let until = add_months(start, n.months, lot.tariff.time_zone)
+            .ok_or_else(|| unprocessable("months", "out of range"))?;
+        let outcome = self
+            .provider
+            .debit(&crate::payments::DebitRequest {
+                idempotency_key: n.purchase_id.simple().to_string(),
+                provider_ref: mandate.provider_ref.clone(),
+                amount,
+                description: format!(
+                    "{}-month pass for {} at {}",
+                    n.months,
+                    plate.as_str(),
+                    lot.name
+                ),
+            })
+            .await;
+        let txn = match outcome {
+            Ok(crate::payments::ProviderOutcome::Succeeded { txn }) => txn,
+            Ok(crate::payments::ProviderOutcome::Declined { reason }) => {
+                return Err(AppError::Unprocessable(format!(
+                    "the payment was declined: {reason}"
+                )))
+            }
+            Ok(crate::payments::ProviderOutcome::Accepted { .. }) | Err(_) => {
+                return Err(AppError::Conflict(
+                    "the payment is not confirmed yet; send the same request (same purchase_id) \
+                     again"
+                        .to_string(),
+                ))
+            }
+        };
+        let pass = ListEntry {
+            id: Uuid::now_v7(),
+            kind: ListKind::Pass,
+            lot: Some(lot.id.clone()),
+            plate: plate.as_str().to_string(),
+            valid_from: start,
+            valid_until: Some(until),
+            grace_minutes: 0,
+            percent_off: None,
+            reason: format!("bought: {} month(s)", n.months),
+            created_by: actor.to_string(),
+            created_at: now,
+            revoked_at: None,
+            revoked_by: None,
+        };
+        let purchase = PassPurchase {
+            id: n.purchase_id,
+            lot: lot.id.clone(),
+            plate: pass.plate.clone(),
+            driver_id: vehicle.driver_id,
+            mandate_id: mandate.id,
+            months: i64::from(n.months),
+            amount,
+            provider_txn: txn,
+            list_entry_id: pass.id,
+            created_at: now,
+        };
+        let audit = AuditEntry {
+            id: Uuid::now_v7(),
+            at: now,
+            actor: actor.to_string(),
+            action: "pass.bought".to_string(),
+            subject: format!("plate {}", pass.plate),
+            detail: format!(
+                "{} month(s) at lot {} for {}, {} to {}, purchase {}",
+                n.months, lot.id, amount, start, until, n.purchase_id
+            ),
+        };
+        match self
+            .store
+            .record_pass_purchase(&purchase, &pass, &audit)
+            .await
+        {
+            Ok(()) => {
+                self.allowlists_due.notify_one();
+                Ok((purchase, pass, false))
+            }
+            // A concurrent retry recorded it first: the provider debited once (same key).
+            Err(crate::store::StoreError::Duplicate(_)) => self
+                .replayed_purchase(&n, plate.as_str())
+                .await?
+                .ok_or_else(|| AppError::Conflict("the purchase changed meanwhile".into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The purchase already made under `n.purchase_id`, if any; `Conflict` if that id was used
+    /// for another purchase.
+    async fn replayed_purchase(
+        &self,
+        n: &NewPurchase,
+        plate: &str,
+    ) -> AppResult<Option<(PassPurchase, ListEntry, bool)>> {
+        let Some(p) = self.store.pass_purchase(n.purchase_id).await? else {
+            return Ok(None);
+        };
+        if p.lot != n.lot || p.plate != plate || p.months != i64::from(n.months) {
+            return Err(AppError::Conflict(format!(
+                "purchase_id {} was used for another purchase",
+                n.purchase_id
+            )));
+        }
+        let pass = self
+            .store
+            .list_entry(p.list_entry_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("pass {}", p.list_entry_id)))?;
+        Ok(Some((p, pass, true)))
+    }
+}

@@ -107,6 +107,17 @@ impl Server {
             store.clone(),
             config.mqtt.require_signatures,
         ));
+        let provider: Arc<dyn PaymentProvider> = Arc::new(
+            SandboxProvider::new(
+                store.clone(),
+                clock.clone(),
+                Duration::from_millis(config.payments.sandbox_latency_ms),
+            )
+            .with_faults(
+                config.payments.sandbox_fault_rate,
+                Duration::from_millis(config.payments.sandbox_late_ms),
+            ),
+        );
         let (published, marks) = crate::app::Published::channel();
         let app = App {
             store: store.clone(),
@@ -122,6 +133,7 @@ impl Server {
             published,
             charges_due: Arc::new(Notify::new()),
             allowlists_due: Arc::new(Notify::new()),
+            provider: provider.clone(),
             settings: Arc::new(AppSettings {
                 public_url,
                 limits: config.ingest.limits(),
@@ -174,17 +186,6 @@ impl Server {
             stop_ingest.clone(),
         ));
 
-        let provider: Arc<dyn PaymentProvider> = Arc::new(
-            SandboxProvider::new(
-                store,
-                clock,
-                Duration::from_millis(config.payments.sandbox_latency_ms),
-            )
-            .with_faults(
-                config.payments.sandbox_fault_rate,
-                Duration::from_millis(config.payments.sandbox_late_ms),
-            ),
-        );
         let p = &config.payments;
         let settings = WorkerSettings {
             instance: instance.clone(),

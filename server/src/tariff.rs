@@ -76,6 +76,10 @@ pub struct Tariff {
     /// Price rules per vehicle class; a class not listed pays what a small car pays.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<ClassRule>,
+    /// What a month's pass costs when bought through the payment provider; `None`: passes are
+    /// not sold at this lot (an operator may still issue them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_month_price: Option<Money>,
 }
 
 /// A day of the lot's calendar with its own price: units that start on it are free, or priced
@@ -368,6 +372,7 @@ impl Tariff {
             holidays: Vec::new(),
             holiday_bands: Vec::new(),
             classes: Vec::new(),
+            pass_month_price: None,
         }
     }
 
@@ -482,6 +487,9 @@ impl Tariff {
         }
         if let Some(min) = self.minimum_charge {
             self.check_price("minimum_charge", min)?;
+        }
+        if let Some(p) = self.pass_month_price {
+            self.check_price("pass_month_price", p)?;
         }
         table_of(&self.bands, "bands", |f, p| self.check_price(f, p))
     }
@@ -1414,6 +1422,7 @@ mod tests {
             holidays: Vec::new(),
             holiday_bands: Vec::new(),
             classes: Vec::new(),
+            pass_month_price: None,
         }
     }
 
@@ -1777,6 +1786,7 @@ mod tests {
                 holidays: Vec::new(),
                 holiday_bands: Vec::new(),
                 classes: Vec::new(),
+                pass_month_price: None,
             }
         }
     }

@@ -861,3 +861,78 @@ async fn a_car_without_a_plate_takes_a_ticket_at_the_entry_and_pays_with_it_at_t
     assert_eq!(status, 409, "a used ticket lets nobody out again");
     w.stop().await;
 }
+
+/// The sandbox wallet's balance, as the provider holds it.
+async fn balance(w: &World, driver: uuid::Uuid) -> i64 {
+    let r = reqwest::Client::new()
+        .get(w.url(&format!("/api/sandbox/wallets/wallet-{driver}")))
+        .bearer_auth(&w.sandbox_secret)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let v: Value = r.json().await.unwrap();
+    fen(&v["balance"])
+}
+
+#[tokio::test]
+async fn a_pass_bought_through_the_provider_is_paid_once_and_renewed_from_its_end() {
+    let (w, clock) = world().await;
+    let mut t = tariff();
+    t.pass_month_price = Some(parkpay_protocol::Money::cny(30_000));
+    let lot = w.lot.to_string();
+    let r = w
+        .client
+        .put(w.url(&format!("/api/lots/{lot}/tariff")))
+        .json(&t)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let driver = w.driver("京A20030", Some(100_000)).await;
+    w.driver("京A20031", Some(100)).await;
+
+    let first = json!({ "purchase_id": uuid::Uuid::now_v7(), "lot": lot, "plate": "京A20030", "months": 1 });
+    let (status, bought) = post(&w, "/api/passes", first.clone()).await;
+    assert_eq!(status, 201, "{bought}");
+    assert_eq!(fen(&bought["purchase"]["amount"]), 30_000);
+    assert_eq!(balance(&w, driver).await, 70_000);
+    // The same request again (a retry after a lost answer): the same pass, no second debit.
+    let (status, again) = post(&w, "/api/passes", first).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["pass"]["id"], bought["pass"]["id"]);
+    assert_eq!(balance(&w, driver).await, 70_000);
+    // A renewal starts where the first pass ends.
+    let (status, renewed) = post(
+        &w,
+        "/api/passes",
+        json!({ "purchase_id": uuid::Uuid::now_v7(), "lot": lot, "plate": "京A20030", "months": 2 }),
+    )
+    .await;
+    assert_eq!(status, 201, "{renewed}");
+    assert_eq!(renewed["pass"]["valid_from"], bought["pass"]["valid_until"]);
+    assert_eq!(balance(&w, driver).await, 10_000);
+    // Declined: no money, no pass.
+    let (status, declined) = post(
+        &w,
+        "/api/passes",
+        json!({ "purchase_id": uuid::Uuid::now_v7(), "lot": lot, "plate": "京A20031", "months": 1 }),
+    )
+    .await;
+    assert_eq!(status, 422, "{declined}");
+    assert!(w
+        .get_json("/api/lists?kind=pass&plate=京A20031")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // The pass holder parks for free.
+    through(&w, "in-1", &blue("京A20030")).await;
+    clock.advance(TimeDelta::hours(3));
+    through(&w, "out-1", &blue("京A20030")).await;
+    let s = closed_session(&w, "京A20030").await;
+    assert_eq!(fen(&s["fee"]), 0, "{s}");
+    assert_eq!(balance(&w, driver).await, 10_000, "nothing more is charged");
+    w.stop().await;
+}

@@ -116,6 +116,7 @@ fn units_are_elapsed_time_across_a_dst_change() {
         holidays: Vec::new(),
         holiday_bands: Vec::new(),
         classes: Vec::new(),
+        pass_month_price: None,
     };
     // Spring forward: 22:00 to 10:00 on the wall clock is 11 hours: 9 night, 2 day.
     assert_eq!(
@@ -235,6 +236,7 @@ fn arb_tariff() -> impl Strategy<Value = Tariff> {
                 holidays: Vec::new(),
                 holiday_bands: Vec::new(),
                 classes: Vec::new(),
+                pass_month_price: None,
             },
         )
 }

@@ -296,6 +296,15 @@ pub trait Store: Send + Sync + 'static {
     async fn lists_of_plate(&self, plate: &str, lot: &LotId) -> StoreResult<Vec<ListEntry>>;
     /// Cars inside `lot` now: its open sessions.
     async fn occupancy(&self, lot: &LotId) -> StoreResult<i64>;
+    async fn pass_purchase(&self, id: Uuid) -> StoreResult<Option<PassPurchase>>;
+    /// Records a paid purchase with the pass it bought, in one transaction; `Duplicate` if a
+    /// purchase with this id exists (a concurrent retry).
+    async fn record_pass_purchase(
+        &self,
+        p: &PassPurchase,
+        pass: &ListEntry,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
     /// The stay a ticket's secret (its SHA-256) opened.
     async fn ticket_session(&self, secret_hash: &str) -> StoreResult<Option<Uuid>>;
 

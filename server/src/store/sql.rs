@@ -405,6 +405,32 @@ macro_rules! backend {
                 Ok(())
             }
 
+            async fn insert_list_row<'c, E>(ex: E, e: &ListEntry) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query(
+                    "INSERT INTO plate_lists (id, kind, lot_id, plate, valid_from, valid_until, grace_minutes, percent_off, reason, created_by, created_at, revoked_at, revoked_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(e.id.to_string())
+                .bind(e.kind.as_str())
+                .bind(e.lot.as_ref().map(|l| l.to_string()))
+                .bind(e.plate.clone())
+                .bind(ms(e.valid_from))
+                .bind(e.valid_until.map(ms))
+                .bind(e.grace_minutes)
+                .bind(e.percent_off.map(i64::from))
+                .bind(e.reason.clone())
+                .bind(e.created_by.clone())
+                .bind(ms(e.created_at))
+                .bind(e.revoked_at.map(ms))
+                .bind(e.revoked_by.clone())
+                .execute(ex)
+                .await?;
+                Ok(())
+            }
+
             async fn insert_audit_row<'c, E>(e: E, a: &AuditEntry) -> StoreResult<()>
             where
                 E: sqlx::Executor<'c, Database = $db>,
@@ -644,25 +670,7 @@ macro_rules! backend {
 
                 async fn insert_list_entry(&self, e: &ListEntry, audit: &AuditEntry) -> StoreResult<()> {
                     let mut tx = self.pool.begin().await?;
-                    sqlx::query(
-                        "INSERT INTO plate_lists (id, kind, lot_id, plate, valid_from, valid_until, grace_minutes, percent_off, reason, created_by, created_at, revoked_at, revoked_by) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    )
-                    .bind(e.id.to_string())
-                    .bind(e.kind.as_str())
-                    .bind(e.lot.as_ref().map(|l| l.to_string()))
-                    .bind(e.plate.clone())
-                    .bind(ms(e.valid_from))
-                    .bind(e.valid_until.map(ms))
-                    .bind(e.grace_minutes)
-                    .bind(e.percent_off.map(i64::from))
-                    .bind(e.reason.clone())
-                    .bind(e.created_by.clone())
-                    .bind(ms(e.created_at))
-                    .bind(e.revoked_at.map(ms))
-                    .bind(e.revoked_by.clone())
-                    .execute(&mut *tx)
-                    .await?;
+                    insert_list_row(&mut *tx, e).await?;
                     insert_audit_row(&mut *tx, audit).await?;
                     tx.commit().await?;
                     Ok(())
@@ -730,6 +738,58 @@ macro_rules! backend {
                         .iter()
                         .map(list_entry_from)
                         .collect()
+                }
+
+                async fn pass_purchase(&self, id: Uuid) -> StoreResult<Option<PassPurchase>> {
+                    let Some(r) = sqlx::query("SELECT * FROM pass_purchases WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let currency: String = r.try_get("currency")?;
+                    Ok(Some(PassPurchase {
+                        id: uuid(&r.try_get::<String, _>("id")?)?,
+                        lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        plate: r.try_get("plate")?,
+                        driver_id: uuid(&r.try_get::<String, _>("driver_id")?)?,
+                        mandate_id: uuid(&r.try_get::<String, _>("mandate_id")?)?,
+                        months: r.try_get("months")?,
+                        amount: money(r.try_get("amount_minor")?, &currency)?,
+                        provider_txn: r.try_get("provider_txn")?,
+                        list_entry_id: uuid(&r.try_get::<String, _>("list_entry_id")?)?,
+                        created_at: at(r.try_get("created_at")?)?,
+                    }))
+                }
+
+                async fn record_pass_purchase(&self, p: &PassPurchase, pass: &ListEntry, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    insert_list_row(&mut *tx, pass).await?;
+                    let r = sqlx::query(
+                        "INSERT INTO pass_purchases (id, lot_id, plate, driver_id, mandate_id, months, amount_minor, currency, provider_txn, list_entry_id, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(p.id.to_string())
+                    .bind(p.lot.as_str())
+                    .bind(p.plate.clone())
+                    .bind(p.driver_id.to_string())
+                    .bind(p.mandate_id.to_string())
+                    .bind(p.months)
+                    .bind(p.amount.minor)
+                    .bind(p.amount.currency.as_str())
+                    .bind(p.provider_txn.clone())
+                    .bind(p.list_entry_id.to_string())
+                    .bind(ms(p.created_at))
+                    .execute(&mut *tx)
+                    .await;
+                    match r {
+                        Err(e) if unique_violation(&e) => return Err(StoreError::Duplicate(format!("pass purchase {}", p.id))),
+                        other => { other?; }
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 async fn ticket_session(&self, secret_hash: &str) -> StoreResult<Option<Uuid>> {
