@@ -1474,6 +1474,45 @@ mod tests {
                 .to_string()
         };
         assert_eq!(err(&|t| t.unit_minutes = 0), "unit_minutes: must be > 0");
+        let day = |d: u32| Holiday {
+            date: NaiveDate::from_ymd_opt(2026, 10, d).expect("a date"),
+            name: None,
+            free: false,
+        };
+        assert_eq!(
+            err(&|t| t.holidays = vec![day(1)]),
+            "holiday_bands: a holiday that is not free is priced by holiday_bands: give them"
+        );
+        assert_eq!(
+            err(&|t| {
+                t.holidays = vec![day(1), day(1)];
+                t.holiday_bands = t.bands.clone();
+            }),
+            "holidays[1].date: 2026-10-01 is listed twice"
+        );
+        assert_eq!(
+            err(&|t| {
+                t.holidays = vec![day(2)];
+                t.holiday_bands = vec![t.bands[0].clone()];
+            }),
+            "holiday_bands: 00:00-08:00 is not covered by any band"
+        );
+        let class = |class, percent| ClassRule { class, percent };
+        assert_eq!(
+            err(&|t| t.classes = vec![class(VehicleClass::Large, 1001)]),
+            "classes[0].percent: must be at most 1000"
+        );
+        assert_eq!(
+            err(&|t| t.classes = vec![
+                class(VehicleClass::Large, 200),
+                class(VehicleClass::Large, 150)
+            ]),
+            "classes[1].class: large is listed twice"
+        );
+        assert_eq!(
+            err(&|t| t.pass_month_price = Some(Money::cny(-1))),
+            "pass_month_price: must be >= 0"
+        );
         assert_eq!(
             err(&|t| t.bands[1].start = TimeOfDay(19 * 60)),
             "bands: 08:00-20:00 and 19:00-08:00 overlap"

@@ -468,7 +468,7 @@ fn the_worked_examples_in_the_docs_hold() {
         }
     }
     assert!(
-        checked >= 8,
+        checked >= 9,
         "docs/tariffs.md has {checked} worked examples"
     );
 }
@@ -481,8 +481,23 @@ fn check_doc_quote(t: &Tariff, rows: &[&str]) {
     let mut terms = Terms::default();
     let mut reference = StayTerms::default();
     for row in rows.iter().map(|r| r.trim()).filter(|r| !r.is_empty()) {
-        // The stay's terms: `class large`, `covered pass FROM UNTIL`, `discount visitor 40`.
-        if let Some(v) = row.strip_prefix("class ") {
+        // The stay's terms: `class large`, `covered pass FROM UNTIL`, `discount visitor 40`,
+        // `merchant NAME MINUTES AMOUNT`.
+        if let Some(v) = row.strip_prefix("merchant ") {
+            let parts: Vec<&str> = v.split_whitespace().collect();
+            let [name @ .., minutes, amount] = &parts[..] else {
+                panic!("doc `merchant NAME MINUTES AMOUNT`: {row:?}");
+            };
+            let minutes: u32 = minutes.parse().expect("doc merchant minutes");
+            let amount: i64 = amount.parse().expect("doc merchant amount");
+            terms.validation = Some(ValidationTerms {
+                minutes_off: minutes,
+                amount_off: amount,
+                label: format!("validation {}", name.join(" ")),
+            });
+            reference.validation_minutes = minutes;
+            reference.validation_amount = amount;
+        } else if let Some(v) = row.strip_prefix("class ") {
             let class = VehicleClass::parse(v.trim()).expect("doc class is a class");
             terms.class = Some(class);
             reference.class = Some(class);
