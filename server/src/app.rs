@@ -405,10 +405,17 @@ impl App {
             }
             _ => Vec::new(),
         };
+        // The vehicle registered with exactly the read plate: its owner, lock and class.
+        let vehicle = match (&lot, top) {
+            (Some(_), Some(top)) => self.store.vehicle(&top.plate).await?,
+            _ => None,
+        };
+        let owner = vehicle.as_ref().map(|v| v.driver_id);
         let driver = match (&session, top) {
             // A matched session's driver came from the misread entry plate: the car is the
             // owner's of the plate the attendant read, and nobody else's.
-            (Some(_), Some(top)) if matched.is_some() => self.owner_of(&top.plate).await?,
+            (Some(_), Some(_)) if matched.is_some() => owner,
+            (Some(s), Some(top)) if s.plate == top.plate => s.driver_id.or(owner),
             (Some(s), _) => match s.driver_id {
                 Some(d) => Some(d),
                 None => self.owner_of(&s.plate).await?,
@@ -440,7 +447,6 @@ impl App {
         };
         if let (Some(_), Some(top)) = (&lot, top) {
             lists = self.store.lists_of_plate(&top.plate, &ev.lot).await?;
-            let vehicle = self.store.vehicle(&top.plate).await?;
             locked = vehicle.as_ref().is_some_and(|v| v.locked_at.is_some());
             class = class_of(
                 vehicle.and_then(|v| v.class),

@@ -575,9 +575,14 @@ async fn pay_page(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     Path(session): Path<String>,
 ) -> ApiResult<Response> {
-    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
-    let p = &pages().1;
-    Ok(p.respond(p.html.replace("{{SESSION}}", &session_token(&session))))
+    public_page(&ctx, &ip, &pages().1, "{{SESSION}}", &session)
+}
+
+/// A page for drivers (no sign-in, limited per client address) with the id from its path put in
+/// place of `placeholder`, reduced to what an id can hold so the page never echoes markup.
+fn public_page(ctx: &Ctx, ip: &str, p: &Page, placeholder: &str, id: &str) -> ApiResult<Response> {
+    ctx.public.hit(ip).map_err(ApiError::TooManyRequests)?;
+    Ok(p.respond(p.html.replace(placeholder, &session_token(id))))
 }
 
 /// The page a plateless car's driver opens from the code on a held lane's display.
@@ -586,9 +591,7 @@ async fn ticket_page(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     Path(event): Path<String>,
 ) -> ApiResult<Response> {
-    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
-    let p = &pages().3;
-    Ok(p.respond(p.html.replace("{{EVENT}}", &session_token(&event))))
+    public_page(&ctx, &ip, &pages().3, "{{EVENT}}", &event)
 }
 
 /// The page a merchant's validation code (a QR code on a receipt) leads to.
@@ -597,9 +600,7 @@ async fn validation_page(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     Path(code): Path<String>,
 ) -> ApiResult<Response> {
-    ctx.public.hit(&ip).map_err(ApiError::TooManyRequests)?;
-    let p = &pages().4;
-    Ok(p.respond(p.html.replace("{{CODE}}", &session_token(&code))))
+    public_page(&ctx, &ip, &pages().4, "{{CODE}}", &code)
 }
 
 async fn ticket_passage(
