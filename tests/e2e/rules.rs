@@ -936,3 +936,67 @@ async fn a_pass_bought_through_the_provider_is_paid_once_and_renewed_from_its_en
     assert_eq!(balance(&w, driver).await, 10_000, "nothing more is charged");
     w.stop().await;
 }
+
+#[tokio::test]
+async fn lists_are_kept_only_by_operators_of_their_lot() {
+    let (w, _clock) = world().await;
+    let lot = w.lot.to_string();
+    let token = |role: &'static str, lots: Value| {
+        let w = &w;
+        async move {
+            let (status, t) = post(
+                w,
+                "/api/tokens",
+                json!({ "name": role, "role": role, "lots": lots }),
+            )
+            .await;
+            assert_eq!(status, 201, "{t}");
+            parkpay_tests::world::authorised_client(t["token"].as_str().unwrap())
+        }
+    };
+    let elsewhere = token("operator", json!(["elsewhere"])).await;
+    let viewer = token("viewer", json!([lot])).await;
+    let here = token("operator", json!([lot])).await;
+    let entry = json!({ "kind": "black", "lot": lot, "plate": "京A20040", "reason": "test" });
+    for (client, status) in [(&elsewhere, 403), (&viewer, 403), (&here, 201)] {
+        let r = client
+            .post(w.url("/api/lists"))
+            .json(&entry)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+    }
+    // Every lot needs a grant on every lot.
+    let every = json!({ "kind": "black", "plate": "京A20040", "reason": "test" });
+    let r = here
+        .post(w.url("/api/lists"))
+        .json(&every)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let listed = w.get_json("/api/lists?plate=京A20040").await;
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let r = elsewhere
+        .post(w.url(&format!("/api/lists/{id}/revoke")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "another lot's operator cannot revoke it"
+    );
+    // Another lot's operator does not even see this lot's entries.
+    let seen: Value = elsewhere
+        .get(w.url("/api/lists"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(seen.as_array().unwrap().is_empty(), "{seen}");
+    w.stop().await;
+}

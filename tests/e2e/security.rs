@@ -1015,6 +1015,15 @@ async fn hostile_http_bodies_get_a_clear_4xx_never_a_5xx() {
         (reqwest::Method::POST, "/api/sandbox/settle".into()),
         (reqwest::Method::POST, "/api/sandbox/wallets".into()),
         (reqwest::Method::POST, format!("/api/lots/{lot}/lanes")),
+        (reqwest::Method::POST, "/api/lists".into()),
+        (reqwest::Method::POST, format!("/api/lists/{some}/revoke")),
+        (reqwest::Method::POST, "/api/passes".into()),
+        (reqwest::Method::PUT, format!("/api/lots/{lot}/spaces")),
+        (reqwest::Method::POST, format!("/api/lots/{lot}/merchants")),
+        (reqwest::Method::POST, "/api/validations/claim".into()),
+        (reqwest::Method::POST, "/api/tickets".into()),
+        (reqwest::Method::POST, "/api/tickets/exit".into()),
+        (reqwest::Method::POST, "/api/vehicles/%00/lock".into()),
     ];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     for (method, path) in &routes {
