@@ -498,7 +498,7 @@ def scene(fmt, cond, seed, latin, cjk):
     out = degrade(frame, quad, rng, c)
     if c == "clean":
         out = np.clip(out + np.random.default_rng(seed).normal(0, 2.5, out.shape), 0, 255).astype(np.uint8)
-    return out, text
+    return out, text, quad
 
 
 def write_scenes(out_dir, per_cell, seed):
@@ -509,7 +509,7 @@ def write_scenes(out_dir, per_cell, seed):
     for fmt in FORMATS:
         for cond in CONDITIONS:
             for i in range(per_cell):
-                img, text = scene(fmt, cond, seed + i, latin, cjk)
+                img, text, _ = scene(fmt, cond, seed + i, latin, cjk)
                 name = f"{fmt}-{cond}-{seed + i}.png"
                 Image.fromarray(img).save(os.path.join(out_dir, name))
                 lines.append(f"{name}\t{text}\t{fmt}\t{cond}")
