@@ -1,13 +1,15 @@
 //! `parkpay-sim bench-plates`: the gateway's plate reader measured on scenes drawn by
 //! `parkpay-scenes`, the figures in `docs/plates.md`. With `--dump`, every scene is also written
-//! as PNG with a `truth.tsv`, for a peer reader to run over the very same pixels.
+//! as PNG with a `truth.tsv`, for a peer reader to run over the very same pixels; with `--dir`,
+//! the scenes are read back from such a folder instead (the held-out-typeface set that
+//! `train/plates/render.py scenes` writes has the same layout).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use image::DynamicImage;
-use parkpay_gateway::reader::{PlateReader, PureReader, ACCEPT_THRESHOLD};
+use parkpay_gateway::reader::{LearnedReader, PlateReader, PureReader, ACCEPT_THRESHOLD};
 use parkpay_protocol::plate::edit_distance;
 use parkpay_scenes::{encode_png, Condition, FontChoice, PlateFormat, Scene};
 use serde_json::json;
@@ -29,6 +31,15 @@ pub struct BenchPlatesArgs {
     /// Also write every scene as PNG plus `truth.tsv` into this folder.
     #[arg(long)]
     pub dump: Option<PathBuf>,
+    /// Read the scenes from this folder's `truth.tsv` and PNGs instead of drawing them.
+    #[arg(long, conflicts_with = "dump")]
+    pub dir: Option<PathBuf>,
+    /// Which reader: `pure` (the gateway's, hand-built templates) or `learned` (the network).
+    #[arg(long, default_value = "pure")]
+    pub reader: String,
+    /// Also print one row per format and condition.
+    #[arg(long)]
+    pub cells: bool,
 }
 
 /// Tallies of one cell (or of a whole row or the total).
@@ -100,43 +111,86 @@ impl Tally {
 pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
     let font = FontChoice::parse(&args.font)
         .with_context(|| format!("unknown font {:?}: primary or alternate", args.font))?;
-    let reader = PureReader::new();
+    let reader: Box<dyn PlateReader> = match args.reader.as_str() {
+        "learned" => Box::new(LearnedReader::new()?),
+        "pure" => Box::new(PureReader::new()),
+        other => anyhow::bail!("unknown reader {other:?}: learned or pure"),
+    };
     if let Some(dir) = &args.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut truth = String::from("file\tplate\tformat\tcondition\n");
-    let mut cells: Vec<(PlateFormat, Condition, Tally)> = Vec::new();
-    for format in PlateFormat::ALL {
-        for condition in Condition::ALL {
-            let mut t = Tally::default();
-            for i in 0..args.per_cell {
-                let scene = Scene::generate(format, condition, args.seed + i, font);
-                if let Some(dir) = &args.dump {
-                    let name = format!(
-                        "{}-{}-{}.png",
-                        format.as_str(),
-                        condition.as_str(),
-                        args.seed + i
-                    );
-                    std::fs::write(dir.join(&name), encode_png(&scene.image)?)?;
-                    truth.push_str(&format!(
-                        "{name}\t{}\t{}\t{}\n",
-                        scene.plate,
-                        format.as_str(),
-                        condition.as_str()
-                    ));
-                }
-                let img = DynamicImage::ImageRgb8(scene.image);
-                let start = Instant::now();
-                let cands = reader.read(&img, None);
-                t.ms.push(start.elapsed().as_secs_f64() * 1000.0);
+    let mut cells: Vec<(PlateFormat, Condition, Tally)> = PlateFormat::ALL
+        .iter()
+        .flat_map(|&f| {
+            Condition::ALL
+                .iter()
+                .map(move |&c| (f, c, Tally::default()))
+        })
+        .collect();
+    let mut measure =
+        |format: PlateFormat, condition: Condition, plate: &str, img: DynamicImage| {
+            let start = Instant::now();
+            let cands = reader.read(&img, None);
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            if let Some(cell) = cells.iter_mut().find(|x| x.0 == format && x.1 == condition) {
+                cell.2.ms.push(ms);
                 score(
-                    &mut t,
-                    &scene.plate,
+                    &mut cell.2,
+                    plate,
                     cands.first().map(|c| (c.plate.as_str(), c.confidence)),
                 );
             }
-            cells.push((format, condition, t));
+        };
+    if let Some(dir) = &args.dir {
+        let tsv = dir.join("truth.tsv");
+        let text =
+            std::fs::read_to_string(&tsv).with_context(|| format!("reading {}", tsv.display()))?;
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let [file, plate, format, condition] = f[..] else {
+                anyhow::bail!("{}: expected four columns in {line:?}", tsv.display());
+            };
+            let format = PlateFormat::ALL
+                .into_iter()
+                .find(|x| x.as_str() == format)
+                .with_context(|| format!("unknown format {format:?}"))?;
+            let condition = Condition::ALL
+                .into_iter()
+                .find(|x| x.as_str() == condition)
+                .with_context(|| format!("unknown condition {condition:?}"))?;
+            let path = dir.join(file);
+            let img = image::open(&path).with_context(|| format!("reading {}", path.display()))?;
+            measure(format, condition, plate, img);
+        }
+    } else {
+        for format in PlateFormat::ALL {
+            for condition in Condition::ALL {
+                for i in 0..args.per_cell {
+                    let scene = Scene::generate(format, condition, args.seed + i, font);
+                    if let Some(dir) = &args.dump {
+                        let name = format!(
+                            "{}-{}-{}.png",
+                            format.as_str(),
+                            condition.as_str(),
+                            args.seed + i
+                        );
+                        std::fs::write(dir.join(&name), encode_png(&scene.image)?)?;
+                        truth.push_str(&format!(
+                            "{name}\t{}\t{}\t{}\n",
+                            scene.plate,
+                            format.as_str(),
+                            condition.as_str()
+                        ));
+                    }
+                    measure(
+                        format,
+                        condition,
+                        &scene.plate,
+                        DynamicImage::ImageRgb8(scene.image),
+                    );
+                }
+            }
         }
     }
     if let Some(dir) = &args.dump {
@@ -179,12 +233,20 @@ pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
-    println!(
-        "font {}, {} scenes per cell, seeds {}.., accept threshold {ACCEPT_THRESHOLD}",
-        font.as_str(),
-        args.per_cell,
-        args.seed
-    );
+    match &args.dir {
+        Some(dir) => println!(
+            "reader {}, scenes from {}, accept threshold {ACCEPT_THRESHOLD}",
+            args.reader,
+            dir.display()
+        ),
+        None => println!(
+            "reader {}, font {}, {} scenes per cell, seeds {}.., accept threshold {ACCEPT_THRESHOLD}",
+            args.reader,
+            font.as_str(),
+            args.per_cell,
+            args.seed
+        ),
+    }
     let header = format!(
         "{:<22} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
         "cell", "n", "exact%", "char%", "conf%", "wrong%", "noread%", "p50ms", "p95ms"
@@ -197,6 +259,11 @@ pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
         println!("{}", t.row(f.as_str()));
     }
     println!("{}", overall.row("overall"));
+    if args.cells {
+        for (f, c, t) in &cells {
+            println!("{}", t.row(&format!("{} {}", f.as_str(), c.as_str())));
+        }
+    }
     Ok(())
 }
 

@@ -101,6 +101,34 @@ pub(crate) fn locate(full: &RgbImage) -> Vec<Blob> {
     blobs
 }
 
+/// Raises the top edge of a blob that is too flat for its layout: the near-white upper half of a
+/// new-energy plate does not pass as green, so only the lower half is found.
+pub(crate) fn grow_to_aspect(quad: [(f32, f32); 4], aspect: f32) -> [(f32, f32); 4] {
+    let [tl, tr, br, bl] = quad;
+    let d = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+    let width = (d(tl, tr) + d(bl, br)) / 2.0;
+    let height = (d(tl, bl) + d(tr, br)) / 2.0;
+    let want = width / aspect;
+    if height <= 0.0 || height > want * 0.85 {
+        return quad;
+    }
+    let k = want / height;
+    let up = |top: (f32, f32), bottom: (f32, f32)| {
+        (
+            bottom.0 + (top.0 - bottom.0) * k,
+            bottom.1 + (top.1 - bottom.1) * k,
+        )
+    };
+    [up(tl, bl), up(tr, br), br, bl]
+}
+
+/// Moves the quad's left edge outwards by `k` of its width.
+pub(crate) fn extend_left(quad: [(f32, f32); 4], k: f32) -> [(f32, f32); 4] {
+    let [tl, tr, br, bl] = quad;
+    let out = |l: (f32, f32), r: (f32, f32)| (l.0 - (r.0 - l.0) * k, l.1 - (r.1 - l.1) * k);
+    [out(tl, tr), tr, br, out(bl, br)]
+}
+
 /// Blobs in `rgb`, which is `scale` times the original frame's size.
 fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
     let (w, h) = rgb.dimensions();

@@ -1,19 +1,24 @@
 //! Plate reading: camera image in, ranked plate candidates out.
 //!
-//! The gateway depends only on [`PlateReader`]; the pure-Rust reader lives beside it and a learned
-//! recogniser can sit behind a cargo feature.
+//! The gateway depends only on [`PlateReader`]. Two readers implement it, sharing the locator:
 //!
 //! - [`PureReader`] (in `pure`): colour blobs -> rectified plate -> glyph grid -> template
-//!   classification -> layout correction -> calibrated confidence. Start reading there.
+//!   classification -> layout correction -> calibrated confidence. The gateway's reader; start
+//!   reading there.
+//! - [`LearnedReader`] (in `learned`): the same blobs, each flattened to a small crop and read by
+//!   a committed CRNN through tract. It generalises better to unseen typefaces but is not yet
+//!   calibrated well enough to replace the other (`docs/plates.md`).
 //! - `locate`: where the plate is; `glyphs`: the character models and their features.
 //! - [`cli`]: the `read-plate` subcommand. The benchmark on rendered scenes is the simulator's
 //!   (`parkpay-sim bench-plates`): the gateway does not depend on the scenes it draws.
 
 pub mod cli;
 mod glyphs;
+mod learned;
 mod locate;
 mod pure;
 
+pub use learned::{LearnedReader, ModelError};
 pub use pure::PureReader;
 
 use image::DynamicImage;

@@ -18,7 +18,7 @@ use parkpay_protocol::plate::{CN_PROVINCES, CN_SUFFIXES};
 use parkpay_protocol::{Plate, PlateCandidate, PlateColour, Region};
 
 use super::glyphs::{feature, InkMap, Templates};
-use super::locate::{locate, Blob, Hue};
+use super::locate::{extend_left, grow_to_aspect, locate, Blob, Hue};
 use super::{PlateReader, Roi};
 
 /// One glyph of a read, for tuning: character, score, and lead over the runner-up (negative when
@@ -326,6 +326,45 @@ impl PureReader {
     }
 }
 
+impl PureReader {
+    /// The recogniser alone on a plate whose corners are known (TL, TR, BR, BL) and whose colour
+    /// is given: the plate text and its confidence, for telling the locator's losses from the
+    /// recogniser's.
+    #[doc(hidden)]
+    pub fn read_at(
+        &self,
+        image: &DynamicImage,
+        quad: [(f32, f32); 4],
+        colour: PlateColour,
+    ) -> Option<(String, f32)> {
+        let rgb = image.to_rgb8();
+        let (hue, layouts): (Hue, &[Layout]) = match colour {
+            PlateColour::Blue => (Hue::Blue, &[Layout::Cn]),
+            PlateColour::Green => (Hue::Green, &[Layout::CnGreen]),
+            PlateColour::Yellow => (Hue::Yellow, &[Layout::Cn, Layout::Uk]),
+            PlateColour::White | PlateColour::Black | PlateColour::Other => {
+                (Hue::White, &[Layout::De, Layout::Uk])
+            }
+        };
+        let blob = Blob {
+            hue,
+            quad,
+            extreme_quad: quad,
+            score: 1.0,
+        };
+        let best = layouts
+            .iter()
+            .filter_map(|&l| self.read_blob(&rgb, &blob, quad, l))
+            .max_by(|a, b| a.quality.total_cmp(&b.quality))?;
+        let read = Read {
+            corroborated: true,
+            ..best
+        };
+        let top = candidates(&read).into_iter().next()?;
+        Some((top.plate, top.confidence))
+    }
+}
+
 impl PlateReader for PureReader {
     fn read(&self, image: &DynamicImage, roi: Option<Roi>) -> Vec<PlateCandidate> {
         let rgb = match roi {
@@ -455,34 +494,6 @@ fn slot_confidence(s: &Slot) -> f32 {
     let need = if c.is_ascii() { 0.02 } else { 0.07 };
     let sig = |z: f32| 1.0 / (1.0 + (-z).exp());
     sig(150.0 * (s.margin() - need)) * sig(40.0 * (score - 0.4))
-}
-
-/// Raises the top edge of a blob that is too flat for its layout: the near-white upper half of a
-/// new-energy plate does not pass as green, so only the lower half is found.
-fn grow_to_aspect(quad: [(f32, f32); 4], aspect: f32) -> [(f32, f32); 4] {
-    let [tl, tr, br, bl] = quad;
-    let d = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
-    let width = (d(tl, tr) + d(bl, br)) / 2.0;
-    let height = (d(tl, bl) + d(tr, br)) / 2.0;
-    let want = width / aspect;
-    if height <= 0.0 || height > want * 0.85 {
-        return quad;
-    }
-    let k = want / height;
-    let up = |top: (f32, f32), bottom: (f32, f32)| {
-        (
-            bottom.0 + (top.0 - bottom.0) * k,
-            bottom.1 + (top.1 - bottom.1) * k,
-        )
-    };
-    [up(tl, bl), up(tr, br), br, bl]
-}
-
-/// Moves the quad's left edge outwards by `k` of its width.
-fn extend_left(quad: [(f32, f32); 4], k: f32) -> [(f32, f32); 4] {
-    let [tl, tr, br, bl] = quad;
-    let out = |l: (f32, f32), r: (f32, f32)| (l.0 - (r.0 - l.0) * k, l.1 - (r.1 - l.1) * k);
-    [out(tl, tr), tr, br, out(bl, br)]
 }
 
 /// Flattens the quad to `w x h` grey pixels, with the share of blue pixels in each column (the EU

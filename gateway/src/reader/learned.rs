@@ -1,0 +1,372 @@
+//! The learned recogniser: the locator's plate quadrilaterals, flattened to a small grey crop, read
+//! by a convolutional network with a CTC head (`gateway/models/plate-crnn.onnx`, trained by
+//! `train/plates/train.sh` on typefaces the evaluation never sees), run in pure Rust by tract.
+//!
+//! 1. [`locate`](crate::reader::locate) finds plate-coloured blobs; each blob is tried in every
+//!    layout its colour allows, from its two corner estimates.
+//! 2. Each quadrilateral is flattened to [`CROP_W`] x [`CROP_H`] grey, exactly as the training
+//!    renderer flattens its samples.
+//! 3. The network gives per-step class probabilities; greedy CTC decoding spells the plate, and
+//!    the product of the per-step maxima is how sure it is of that spelling.
+//! 4. The region's layout (`Plate::parse_in`) must accept the spelling as it stands: a read the
+//!    grammar had to correct is never trusted. Two corner estimates that spell different plates
+//!    are a contradiction, and a contradiction is never resolved by guessing.
+
+use image::{DynamicImage, RgbImage};
+use imageproc::geometric_transformations::Projection;
+use parkpay_protocol::{Plate, PlateCandidate, PlateColour, Region};
+use tract_onnx::prelude::*;
+
+use super::locate::{extend_left, grow_to_aspect, locate, Hue};
+use super::{PlateReader, Roi, ACCEPT_THRESHOLD};
+
+/// The committed model; its licence and provenance are in `gateway/models/README.md`.
+static MODEL: &[u8] = include_bytes!("../../models/plate-crnn.onnx");
+
+pub const CROP_W: usize = 128;
+pub const CROP_H: usize = 32;
+
+/// The network's output classes after the CTC blank, in order (`train/plates/render.py`).
+const ALPHABET: &str =
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ 京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使领学警挂港澳";
+
+/// The most a guess may claim: a corrected spelling, or one of two that disagree.
+const GUESS_CAP: f32 = ACCEPT_THRESHOLD * 0.9;
+
+/// How many of the locator's blobs are read at most: the plate is nearly always among the first.
+const MAX_BLOBS: usize = 5;
+
+type Runnable = std::sync::Arc<TypedRunnableModel>;
+
+/// The reader. Building it parses and optimises the network (tens of milliseconds); reuse one.
+pub struct LearnedReader {
+    model: Runnable,
+    alphabet: Vec<char>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the plate model does not load: {0}")]
+pub struct ModelError(String);
+
+/// The layouts a blob can be read in, which decide the crop and the grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Cn,
+    CnGreen,
+    De,
+    Uk,
+}
+
+/// One spelling of one crop.
+#[derive(Debug, Clone)]
+struct Read {
+    plate: String,
+    colour: PlateColour,
+    confidence: f32,
+}
+
+impl LearnedReader {
+    pub fn new() -> Result<LearnedReader, ModelError> {
+        let err = |e: TractError| ModelError(e.to_string());
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(MODEL))
+            .map_err(err)?
+            .with_input_fact(0, f32::fact([1, 1, CROP_H, CROP_W]).into())
+            .map_err(err)?
+            .into_optimized()
+            .map_err(err)?
+            .into_runnable()
+            .map_err(err)?;
+        Ok(LearnedReader {
+            model,
+            alphabet: ALPHABET.chars().collect(),
+        })
+    }
+
+    /// Greedy CTC spelling of one crop and the product of its per-step maxima.
+    fn spell(&self, crop: Vec<f32>) -> Option<(String, f32)> {
+        let input = tract_ndarray::Array4::from_shape_vec((1, 1, CROP_H, CROP_W), crop).ok()?;
+        let out = self.model.run(tvec!(Tensor::from(input).into())).ok()?;
+        let probs = out.first()?.to_plain_array_view::<f32>().ok()?;
+        let shape = probs.shape();
+        if shape.len() != 3 {
+            return None;
+        }
+        let (steps, classes) = (shape[1], shape[2]);
+        let mut text = String::new();
+        let mut confidence = 1.0f32;
+        let mut prev = 0usize;
+        for t in 0..steps {
+            let (best, p) = (0..classes)
+                .map(|k| (k, probs[[0, t, k]]))
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            confidence *= p;
+            if best != prev && best != 0 {
+                text.push(*self.alphabet.get(best - 1)?);
+            }
+            prev = best;
+        }
+        Some((text, confidence))
+    }
+
+    /// Reads one quadrilateral in one layout: a canonical plate and its confidence.
+    fn read_quad(
+        &self,
+        rgb: &RgbImage,
+        quad: [(f32, f32); 4],
+        layout: Layout,
+    ) -> Option<(String, f32)> {
+        let quad = match layout {
+            Layout::CnGreen => grow_to_aspect(quad, 480.0 / 140.0),
+            // The white blob of a German plate stops at the EU band: take the band in.
+            Layout::De => extend_left(quad, 0.1),
+            Layout::Cn | Layout::Uk => quad,
+        };
+        let (raw, p) = self.spell(flatten(rgb, quad)?)?;
+        let region = match layout {
+            Layout::Cn | Layout::CnGreen => Region::Cn,
+            Layout::De => Region::De,
+            Layout::Uk => Region::Uk,
+        };
+        let plate = Plate::parse_in(&raw, region).ok()?;
+        let green = plate.as_str().chars().count() == 8;
+        if (layout == Layout::CnGreen) != green && region == Region::Cn {
+            return None;
+        }
+        // The grammar may correct a read (O for 0); a corrected read is a guess, never vouched.
+        let as_read = plate.as_str() == raw;
+        let confidence = if as_read { p } else { p.min(GUESS_CAP) };
+        Some((plate.as_str().to_string(), confidence))
+    }
+
+    fn best_read(&self, rgb: &RgbImage) -> Option<Read> {
+        let mut reads: Vec<Read> = Vec::new();
+        for blob in locate(rgb).iter().take(MAX_BLOBS) {
+            let layouts: &[Layout] = match blob.hue {
+                Hue::Blue => &[Layout::Cn],
+                Hue::Green => &[Layout::CnGreen],
+                Hue::Yellow => &[Layout::Cn, Layout::Uk],
+                Hue::White => &[Layout::De, Layout::Uk],
+            };
+            for &layout in layouts {
+                let a = self.read_quad(rgb, blob.quad, layout);
+                let b = self.read_quad(rgb, blob.extreme_quad, layout);
+                let read = match (a, b) {
+                    (Some(x), Some(y)) if x.0 == y.0 => Some((x.0, x.1.max(y.1))),
+                    // Two corner estimates, two spellings: the surer one, capped below trust.
+                    (Some(x), Some(y)) => {
+                        let best = if x.1 >= y.1 { x } else { y };
+                        Some((best.0, best.1.min(GUESS_CAP)))
+                    }
+                    (x, y) => x.or(y),
+                };
+                let Some((plate, confidence)) = read else {
+                    continue;
+                };
+                let colour = match (blob.hue, layout) {
+                    (Hue::Blue, _) => PlateColour::Blue,
+                    (Hue::Yellow, _) => PlateColour::Yellow,
+                    (Hue::Green, _) => PlateColour::Green,
+                    (Hue::White, Layout::Uk) => PlateColour::White,
+                    (Hue::White, _) => PlateColour::Other,
+                };
+                reads.push(Read {
+                    plate,
+                    colour,
+                    confidence,
+                });
+            }
+            if reads.iter().any(|r| r.confidence >= 0.97) {
+                break;
+            }
+        }
+        reads.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+        let best = reads.first()?.clone();
+        // Another plate read almost as surely elsewhere in the frame: not one we may vouch for.
+        // (Reads already capped as guesses sit at the cap and are no rivals.)
+        let rival = reads
+            .iter()
+            .skip(1)
+            .any(|r| r.plate != best.plate && r.confidence > GUESS_CAP);
+        Some(if rival {
+            Read {
+                confidence: best.confidence.min(GUESS_CAP),
+                ..best
+            }
+        } else {
+            best
+        })
+    }
+}
+
+impl PlateReader for LearnedReader {
+    fn read(&self, image: &DynamicImage, roi: Option<Roi>) -> Vec<PlateCandidate> {
+        let rgb = match roi {
+            Some(r) => {
+                let (w, h) = (image.width(), image.height());
+                let x = r.x.min(w);
+                let y = r.y.min(h);
+                let cw = r.width.min(w - x);
+                let ch = r.height.min(h - y);
+                image.crop_imm(x, y, cw, ch).to_rgb8()
+            }
+            None => image.to_rgb8(),
+        };
+        if rgb.width() < 24 || rgb.height() < 12 {
+            return Vec::new();
+        }
+        // Defence in depth: a bug in the geometry must cost one read, never the gateway.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.best_read(&rgb)))
+            .ok()
+            .flatten()
+            .map(|r| PlateCandidate {
+                plate: r.plate,
+                confidence: r.confidence.clamp(0.0, 1.0),
+                colour: r.colour,
+            })
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `quad` (TL, TR, BR, BL) flattened to the model's grey input in 0..=1, sampled bilinearly at
+/// pixel centres; `None` for a degenerate quad.
+pub fn flatten(rgb: &RgbImage, quad: [(f32, f32); 4]) -> Option<Vec<f32>> {
+    // A non-finite corner would send the projection's solver into an endless iteration.
+    if !quad.iter().all(|(x, y)| x.is_finite() && y.is_finite()) {
+        return None;
+    }
+    let (w, h) = (CROP_W as f32, CROP_H as f32);
+    let proj = Projection::from_control_points([(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)], quad)?;
+    let (iw, ih) = (rgb.width() as i64, rgb.height() as i64);
+    let grey = |x: i64, y: i64| {
+        let p = rgb
+            .get_pixel(x.clamp(0, iw - 1) as u32, y.clamp(0, ih - 1) as u32)
+            .0;
+        0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
+    };
+    let mut out = Vec::with_capacity(CROP_W * CROP_H);
+    for y in 0..CROP_H {
+        for x in 0..CROP_W {
+            let (u, v) = proj * (x as f32 + 0.5, y as f32 + 0.5);
+            if !u.is_finite() || !v.is_finite() {
+                return None;
+            }
+            let (u, v) = (u - 0.5, v - 0.5);
+            let (xi, yi) = (u.floor() as i64, v.floor() as i64);
+            let (fx, fy) = (u - xi as f32, v - yi as f32);
+            let top = grey(xi, yi) * (1.0 - fx) + grey(xi + 1, yi) * fx;
+            let bottom = grey(xi, yi + 1) * (1.0 - fx) + grey(xi + 1, yi + 1) * fx;
+            out.push((top * (1.0 - fy) + bottom * fy) / 255.0);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parkpay_scenes::{Condition, FontChoice, PlateFormat, Scene};
+
+    /// One reader for all tests: optimising the network is the slow part.
+    fn shared() -> &'static LearnedReader {
+        static READER: std::sync::OnceLock<LearnedReader> = std::sync::OnceLock::new();
+        READER.get_or_init(|| LearnedReader::new().expect("the committed model loads"))
+    }
+
+    #[test]
+    fn vouched_reads_are_right_and_every_format_is_read() {
+        let reader = shared();
+        let mut vouched = 0;
+        for format in PlateFormat::ALL {
+            let mut right = 0;
+            for seed in 1..=4 {
+                let scene = Scene::generate(format, Condition::Clean, seed, FontChoice::Primary);
+                let cands = reader.read(&DynamicImage::ImageRgb8(scene.image), None);
+                let Some(top) = cands.first() else {
+                    continue;
+                };
+                if top.confidence >= ACCEPT_THRESHOLD {
+                    assert_eq!(top.plate, scene.plate, "vouched for a wrong plate");
+                    vouched += 1;
+                }
+                right += usize::from(top.plate == scene.plate);
+            }
+            assert!(right >= 3, "{format:?}: {right} of 4 clean plates read");
+        }
+        assert!(
+            vouched >= 5,
+            "only {vouched} of 20 clean plates vouched for"
+        );
+    }
+
+    #[test]
+    fn colour_is_reported() {
+        let scene = Scene::generate(
+            PlateFormat::CnYellow,
+            Condition::Clean,
+            1,
+            FontChoice::Primary,
+        );
+        let cands = shared().read(&DynamicImage::ImageRgb8(scene.image), None);
+        assert_eq!(cands.first().map(|c| c.colour), Some(PlateColour::Yellow));
+    }
+
+    #[test]
+    fn empty_and_garbage_frames_give_no_vouched_plate() {
+        let reader = shared();
+        let blank =
+            DynamicImage::ImageRgb8(RgbImage::from_pixel(640, 480, image::Rgb([255, 255, 255])));
+        assert!(reader.read(&blank, None).is_empty());
+        let black = DynamicImage::ImageRgb8(RgbImage::new(320, 240));
+        assert!(reader.read(&black, None).is_empty());
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let garbage = RgbImage::from_fn(640, 480, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if (x / 80 + y / 40) % 3 == 0 {
+                image::Rgb([16, 62, 178])
+            } else {
+                image::Rgb([
+                    (state & 0xff) as u8,
+                    (state >> 8 & 0xff) as u8,
+                    (state >> 16 & 0xff) as u8,
+                ])
+            }
+        });
+        let cands = reader.read(&DynamicImage::ImageRgb8(garbage), None);
+        assert!(
+            cands.iter().all(|c| c.confidence < ACCEPT_THRESHOLD),
+            "{cands:?}"
+        );
+        for (w, h) in [(1, 1), (0, 0), (3, 700), (700, 3)] {
+            let tiny = DynamicImage::ImageRgb8(RgbImage::new(w, h));
+            assert!(reader.read(&tiny, None).is_empty());
+        }
+    }
+
+    #[test]
+    fn truncated_frames_never_panic_nor_vouch_for_another_plate() {
+        let reader = shared();
+        let scene = Scene::generate(PlateFormat::De, Condition::Clean, 2, FontChoice::Primary);
+        let jpeg = parkpay_scenes::encode_jpeg(&scene.image, 85).expect("a frame encodes");
+        for cut in [10, jpeg.len() / 4, jpeg.len() / 2, jpeg.len() * 9 / 10] {
+            if let Ok(img) = image::load_from_memory(&jpeg[..cut]) {
+                for c in reader.read(&img, None) {
+                    assert!(
+                        c.confidence < ACCEPT_THRESHOLD || c.plate == scene.plate,
+                        "cut at {cut}: {c:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_quads_are_refused() {
+        let rgb = RgbImage::new(64, 64);
+        assert!(flatten(&rgb, [(1.0, 1.0); 4]).is_none());
+        assert!(flatten(&rgb, [(f32::NAN, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]).is_none());
+    }
+}
