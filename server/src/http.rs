@@ -170,8 +170,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/drivers/{id}/vehicles", post(add_vehicle))
         .route("/api/drivers/{id}/mandates", post(add_mandate))
         .route("/api/mandates/{id}/revoke", post(revoke_mandate))
-        .route("/api/vehicles/{plate}/lock", post(lock_vehicle))
-        .route("/api/vehicles/{plate}/unlock", post(unlock_vehicle))
+        .route("/api/vehicles/{plate}/{action}", post(lock_vehicle))
         .route("/api/lists", post(add_list_entry).get(list_entries))
         .route("/api/lists/{id}/revoke", post(revoke_list_entry))
         .route("/api/passes", post(buy_pass))
@@ -463,6 +462,14 @@ impl FromRequestParts<Ctx> for Identity {
             },
         })
     }
+}
+
+/// A plate to filter by: its canonical form when it parses, else as given (bounded).
+fn plate_query(p: String) -> ApiResult<String> {
+    param(&p, "plate", 16)?;
+    Ok(Plate::parse(&p)
+        .map(|p| p.as_str().to_string())
+        .unwrap_or(p))
 }
 
 /// 403 unless the caller's role allows `action`.
@@ -1305,24 +1312,20 @@ async fn revoke_mandate(
     Ok(Json(m))
 }
 
+/// `POST /api/vehicles/{plate}/lock` and `/unlock`.
 async fn lock_vehicle(
     State(ctx): State<Ctx>,
     me: Identity,
-    Path(plate): Path<String>,
+    Path((plate, action)): Path<(String, String)>,
 ) -> ApiResult<Json<Vehicle>> {
+    let lock = match action.as_str() {
+        "lock" => true,
+        "unlock" => false,
+        _ => return Err(ApiError::NotFound("no such route".into())),
+    };
     require_all_lots(&me, Action::ManageDrivers)?;
     param(&plate, "plate", 16)?;
-    Ok(Json(ctx.app.lock_vehicle(&plate, true, &me.name).await?))
-}
-
-async fn unlock_vehicle(
-    State(ctx): State<Ctx>,
-    me: Identity,
-    Path(plate): Path<String>,
-) -> ApiResult<Json<Vehicle>> {
-    require_all_lots(&me, Action::ManageDrivers)?;
-    param(&plate, "plate", 16)?;
-    Ok(Json(ctx.app.lock_vehicle(&plate, false, &me.name).await?))
+    Ok(Json(ctx.app.lock_vehicle(&plate, lock, &me.name).await?))
 }
 
 // ---- plate lists and spaces -------------------------------------------------------------
@@ -1368,17 +1371,7 @@ async fn list_entries(
     if let Some(lot) = &lot {
         require_on(&me, Action::View, lot)?;
     }
-    let plate = match q.plate {
-        Some(p) => {
-            param(&p, "plate", 16)?;
-            Some(
-                Plate::parse(&p)
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or(p),
-            )
-        }
-        None => None,
-    };
+    let plate = q.plate.map(plate_query).transpose()?;
     let f = ListFilter {
         kind,
         lot,
@@ -1615,17 +1608,7 @@ async fn list_sessions(
                 .ok_or_else(|| ApiError::BadRequest(format!("unknown session status {s:?}")))
         })
         .transpose()?;
-    let plate = match q.plate {
-        Some(p) => {
-            param(&p, "plate", 16)?;
-            Some(
-                Plate::parse(&p)
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or(p),
-            )
-        }
-        None => None,
-    };
+    let plate = q.plate.map(plate_query).transpose()?;
     let lot = q.lot.map(lot_id).transpose()?;
     if let Some(lot) = &lot {
         require_on(&me, Action::View, lot)?;

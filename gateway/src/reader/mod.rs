@@ -109,6 +109,43 @@ pub fn vote(frames: &[Vec<PlateCandidate>]) -> (Vec<PlateCandidate>, ReadQuality
     (ranked, quality)
 }
 
+/// What every reader must do with frames that hold no plate: nothing for blank, black and
+/// degenerate frames, and no vouched plate for noise with blocks of plate colour in it.
+#[cfg(test)]
+pub(crate) fn assert_no_plate_in_empty_frames(reader: &dyn PlateReader) {
+    use image::RgbImage;
+    let blank =
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(640, 480, image::Rgb([255, 255, 255])));
+    assert!(reader.read(&blank, None).is_empty());
+    let black = DynamicImage::ImageRgb8(RgbImage::new(320, 240));
+    assert!(reader.read(&black, None).is_empty());
+    // Deterministic pseudo-random garbage, with blocks of plate colours among it.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let garbage = RgbImage::from_fn(640, 480, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        if (x / 80 + y / 40) % 3 == 0 {
+            image::Rgb([16, 62, 178])
+        } else {
+            image::Rgb([
+                (state & 0xff) as u8,
+                (state >> 8 & 0xff) as u8,
+                (state >> 16 & 0xff) as u8,
+            ])
+        }
+    });
+    let cands = reader.read(&DynamicImage::ImageRgb8(garbage), None);
+    assert!(
+        cands.iter().all(|c| c.confidence < ACCEPT_THRESHOLD),
+        "{cands:?}"
+    );
+    for (w, h) in [(1, 1), (0, 0), (3, 700), (700, 3)] {
+        let tiny = DynamicImage::ImageRgb8(RgbImage::new(w, h));
+        assert!(reader.read(&tiny, None).is_empty());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -870,37 +870,7 @@ mod tests {
 
     #[test]
     fn blank_and_garbage_images_give_no_plate() {
-        let reader = shared();
-        let blank =
-            DynamicImage::ImageRgb8(RgbImage::from_pixel(640, 480, image::Rgb([255, 255, 255])));
-        assert!(reader.read(&blank, None).is_empty());
-        let black = DynamicImage::ImageRgb8(RgbImage::new(320, 240));
-        assert!(reader.read(&black, None).is_empty());
-        // Deterministic pseudo-random garbage, with blocks of plate colours among it.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let garbage = RgbImage::from_fn(640, 480, |x, y| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            if (x / 80 + y / 40) % 3 == 0 {
-                image::Rgb([16, 62, 178])
-            } else {
-                image::Rgb([
-                    (state & 0xff) as u8,
-                    (state >> 8 & 0xff) as u8,
-                    (state >> 16 & 0xff) as u8,
-                ])
-            }
-        });
-        let cands = reader.read(&DynamicImage::ImageRgb8(garbage), None);
-        assert!(
-            cands.iter().all(|c| c.confidence < ACCEPT_THRESHOLD),
-            "{cands:?}"
-        );
-        for (w, h) in [(1, 1), (0, 0), (3, 700), (700, 3)] {
-            let tiny = DynamicImage::ImageRgb8(RgbImage::new(w, h));
-            assert!(reader.read(&tiny, None).is_empty());
-        }
+        crate::reader::assert_no_plate_in_empty_frames(shared());
     }
 
     #[test]
