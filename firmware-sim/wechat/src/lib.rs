@@ -1,0 +1,1 @@
+//! WeChat Pay simulator (in progress).
