@@ -227,6 +227,7 @@ pub(crate) struct NotificationRecord {
     pub duplicate: bool,
 }
 
+#[derive(Clone, Copy)]
 pub(crate) enum PathFault {
     Error,
     Slow(Duration),
@@ -288,7 +289,7 @@ impl Inner {
             SignWith::PublicKey => &self.public_key,
             SignWith::Certificate => &self.certificate,
             SignWith::Both => {
-                if self.sign_counter.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                if self.sign_counter.fetch_add(1, Ordering::Relaxed) & 1 == 0 {
                     &self.public_key
                 } else {
                     &self.certificate
@@ -407,10 +408,7 @@ fn take_path_fault(inner: &Inner, path: &str) -> Option<PathFault> {
     let i = st.path_faults.iter().position(|(p, n, _)| *n > 0 && path.starts_with(p.as_str()))?;
     let entry = &mut st.path_faults[i];
     entry.1 -= 1;
-    let fault = match entry.2 {
-        PathFault::Error => PathFault::Error,
-        PathFault::Slow(d) => PathFault::Slow(d),
-    };
+    let fault = entry.2;
     if entry.1 == 0 {
         st.path_faults.remove(i);
     }
