@@ -59,10 +59,10 @@ pub(crate) fn trade_bill(inner: &Arc<Inner>, q: &HashMap<String, String>) -> Res
     let now = inner.now();
     let today = bill_day(now);
     if date >= today {
-        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "账单日期不能为当日或未来日期，账单文件不存在"));
+        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在"));
     }
     if date < today - ChronoDuration::days(90) {
-        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "只能下载三个月以内的账单"));
+        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在"));
     }
     let ready_at = tz()
         .from_local_datetime(&(date + ChronoDuration::days(1)).and_hms_opt(10, 0, 0).expect("10:00"))
@@ -71,10 +71,10 @@ pub(crate) fn trade_bill(inner: &Arc<Inner>, q: &HashMap<String, String>) -> Res
         .with_timezone(&Utc);
     let mut st = inner.lock();
     if now < ready_at || st.late_bill {
-        return Err(ApiError::new(400, "STATEMENT_CREATING", "账单生成中，请在次日10点后再下载"));
+        return Err(ApiError::new(400, "STATEMENT_CREATING", "账单生成中"));
     }
     let Some(file) = build_csv(inner, &st, date, &bill_type) else {
-        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "该日期无交易，账单文件不存在"));
+        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在"));
     };
     let hash = hex::encode(Sha1::digest(&file));
     let token = crypto::random_string(40);
@@ -252,4 +252,19 @@ fn build_csv(inner: &Inner, st: &State, date: NaiveDate, bill_type: &str) -> Opt
     ]));
     out.push_str("\r\n");
     Some(out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yuan_has_two_decimals() {
+        assert_eq!(yuan(0), "0.00");
+        assert_eq!(yuan(5), "0.05");
+        assert_eq!(yuan(1234), "12.34");
+        assert_eq!(yuan(-1), "-0.01");
+        assert_eq!(fee(1000), 6);
+        assert_eq!(fee(84), 1);
+    }
 }

@@ -253,6 +253,8 @@ pub(crate) struct State {
     pub bill_foreign: Vec<(String, i64, DateTime<Utc>)>,
     pub bill_amount: HashMap<String, i64>,
     pub bill_files: HashMap<String, Vec<u8>>,
+    /// How refunds end: SUCCESS (default), ABNORMAL or CLOSED.
+    pub refund_outcome: Option<String>,
     pub seq: u64,
 }
 
@@ -551,6 +553,12 @@ impl WechatSim {
 
     pub fn balance(&self, plate: &str) -> Option<i64> {
         self.inner.lock().plates.get(plate).map(|p| p.balance)
+    }
+
+    /// How the refunds applied from now on end: "SUCCESS" (the default), "ABNORMAL" or "CLOSED",
+    /// each with its REFUND.* notification.
+    pub fn set_refund_outcome(&self, status: &str) {
+        self.inner.lock().refund_outcome = Some(status.to_string());
     }
 
     pub fn set_advance(&self, on: bool) {

@@ -621,7 +621,11 @@ pub(crate) fn repay(inner: &Arc<Inner>, out_trade_no: &str) -> bool {
         };
         o.user_repaid = Some("Y".into());
         let o = st.orders.iter().find(|o| o.out_trade_no == out_trade_no).expect("just found");
-        (o.notify_url.clone(), order_json(inner, &st, o))
+        let mut resource = order_json(inner, &st, o);
+        // The repayment notification names its own state.
+        resource["trade_state"] = json!("PAY_BACK");
+        resource["trade_state_description"] = json!("用户还款");
+        (o.notify_url.clone(), resource)
     };
     notify::send(inner, &url, "TRANSACTION.PAY_BACK", "用户还款成功", "transaction", "transaction", &resource);
     true
@@ -731,17 +735,22 @@ fn create_refund(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiError> {
     };
     let v = refund_json(&r);
     st.refunds.push(r);
+    let outcome: &'static str = match st.refund_outcome.as_deref() {
+        Some("ABNORMAL") => "ABNORMAL",
+        Some("CLOSED") => "CLOSED",
+        _ => "SUCCESS",
+    };
     drop(st);
     let task_inner = inner.clone();
     let delay = inner.deduct_after;
     inner.spawn(async move {
         tokio::time::sleep(delay).await;
-        settle_refund(&task_inner, &out_refund_no);
+        settle_refund(&task_inner, &out_refund_no, outcome);
     });
     Ok(v)
 }
 
-fn settle_refund(inner: &Arc<Inner>, out_refund_no: &str) {
+fn settle_refund(inner: &Arc<Inner>, out_refund_no: &str, outcome: &str) {
     let now = inner.now();
     let sent = {
         let mut st = inner.lock();
@@ -749,34 +758,67 @@ fn settle_refund(inner: &Arc<Inner>, out_refund_no: &str) {
         else {
             return;
         };
-        st.refunds[i].status = "SUCCESS".into();
-        st.refunds[i].success_time = Some(now);
-        let (otn, amount) = (st.refunds[i].out_trade_no.clone(), st.refunds[i].amount);
-        let plate = st
-            .orders
-            .iter()
-            .find(|o| o.out_trade_no == otn && o.bank_type.as_deref() != Some("BPA"))
-            .map(|o| o.plate.clone());
-        if let Some(p) = plate.and_then(|p| st.plates.get_mut(&p)) {
-            p.balance += amount;
+        st.refunds[i].status = outcome.to_string();
+        if outcome == "SUCCESS" {
+            st.refunds[i].success_time = Some(now);
+            let (otn, amount) = (st.refunds[i].out_trade_no.clone(), st.refunds[i].amount);
+            let plate = st
+                .orders
+                .iter()
+                .find(|o| o.out_trade_no == otn && o.bank_type.as_deref() != Some("BPA"))
+                .map(|o| o.plate.clone());
+            if let Some(p) = plate.and_then(|p| st.plates.get_mut(&p)) {
+                p.balance += amount;
+            }
         }
         let r = &st.refunds[i];
         r.notify_url.clone().map(|url| {
-            let resource = json!({
+            let mut resource = json!({
                 "mchid": inner.merchant.mchid,
                 "out_trade_no": r.out_trade_no,
                 "transaction_id": r.transaction_id,
                 "out_refund_no": r.out_refund_no,
                 "refund_id": r.refund_id,
                 "refund_status": r.status,
-                "success_time": beijing(now),
                 "user_received_account": "支付用户零钱",
                 "amount": {"total": r.total, "refund": r.amount, "payer_total": r.total, "payer_refund": r.amount},
             });
+            if let Some(t) = r.success_time {
+                resource["success_time"] = json!(beijing(t));
+            }
             (url, resource)
         })
     };
     if let Some((url, resource)) = sent {
-        notify::send(inner, &url, "REFUND.SUCCESS", "退款成功", "refund", "refund", &resource);
+        let (event, summary) = match outcome {
+            "ABNORMAL" => ("REFUND.ABNORMAL", "退款异常"),
+            "CLOSED" => ("REFUND.CLOSED", "退款关闭"),
+            _ => ("REFUND.SUCCESS", "退款成功"),
+        };
+        notify::send(inner, &url, event, summary, "refund", "refund", &resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let q = parse_query("plate_number=%E7%B2%A4B12345&plate_color=BLUE&x=a+b&bad=%zz&tail=%4");
+        assert_eq!(q["plate_number"], "粤B12345");
+        assert_eq!(q["plate_color"], "BLUE");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["tail"], "%4");
+    }
+
+    #[test]
+    fn entry_states_follow_the_plate() {
+        assert_eq!(entry_state(Some("NORMAL")), ("NORMAL".into(), None));
+        assert_eq!(entry_state(Some("OVERDUE")), ("BLOCKED".into(), Some("OVERDUE".into())));
+        assert_eq!(entry_state(None), ("BLOCKED".into(), Some("OUT_SERVICE".into())));
+        assert_eq!(service_state("EVALUATION_FAILED"), "NORMAL");
+        assert_eq!(service_state("PAUSE"), "PAUSE");
     }
 }

@@ -443,6 +443,8 @@ async fn insufficient_balance_fails_without_advance_and_is_advanced_with_it() {
     assert!(sim.repay("T2"));
     assert!(!sim.repay("T2"));
     wait_until("pay back", || rx.valid_events().iter().any(|(e, _)| e == "TRANSACTION.PAY_BACK")).await;
+    let (_, back) = rx.valid_events().into_iter().find(|(e, _)| e == "TRANSACTION.PAY_BACK").unwrap();
+    assert_eq!((back["trade_state"].as_str(), back["user_repaid"].as_str()), (Some("PAY_BACK"), Some("Y")));
     let q = c.call("GET", "/v3/vehicle/transactions/out-trade-no/T2", None).await;
     assert_eq!(q.body["user_repaid"], "Y");
     let o = sim.orders().into_iter().find(|o| o.out_trade_no == "T2").unwrap();
@@ -715,5 +717,31 @@ async fn entrance_state_change_is_notified() {
     assert_eq!((p2["state"].as_str(), p2["block_reason"].as_str()), (Some("BLOCKED"), Some("OVERDUE")));
     sim.set_state(PLATE, "NORMAL");
     wait_until("back to normal", || rx.valid_events().iter().any(|(_, r)| r["parking_state"] == "NORMAL")).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn refunds_can_end_abnormal_or_closed() {
+    let sim = WechatSim::start(options()).await.unwrap();
+    sim.enrol(PLATE, "BLUE", OPENID, 10_000);
+    let rx = receiver(&sim).await;
+    let c = Client::new(&sim);
+    let now = Utc::now();
+    let p = entry(&c, "P-1", &rx.url, now - chrono::Duration::hours(1)).await;
+    c.call("POST", "/v3/vehicle/transactions/parking", Some(&debit_body("T1", &p, 1000, &rx.url, now))).await;
+    wait_until("paid", || sim.orders()[0].trade_state == "SUCCESS").await;
+    let refund = |no: &str, fen: i64| {
+        json!({"out_trade_no": "T1", "out_refund_no": no, "notify_url": rx.url,
+               "amount": {"refund": fen, "total": 1000, "currency": "CNY"}})
+    };
+    sim.set_refund_outcome("CLOSED");
+    assert_eq!(c.call("POST", "/v3/refund/domestic/refunds", Some(&refund("R1", 1000))).await.status, 200);
+    wait_until("closed", || rx.valid_events().iter().any(|(e, _)| e == "REFUND.CLOSED")).await;
+    assert_eq!(sim.orders()[0].refunded, 0);
+    assert_eq!(c.call("GET", "/v3/vehicle/transactions/out-trade-no/T1", None).await.body["trade_state"], "SUCCESS");
+    sim.set_refund_outcome("ABNORMAL");
+    assert_eq!(c.call("POST", "/v3/refund/domestic/refunds", Some(&refund("R2", 1000))).await.status, 200);
+    wait_until("abnormal", || rx.valid_events().iter().any(|(e, r)| e == "REFUND.ABNORMAL" && r["refund_status"] == "ABNORMAL")).await;
+    assert_eq!(sim.balance(PLATE), Some(9_000));
     sim.shutdown().await;
 }
