@@ -692,7 +692,7 @@ fn create_refund(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiError> {
         if r.request == *body {
             return Ok(refund_json(r));
         }
-        return Err(ApiError::invalid("商户退款单号重复，且请求参数与原退款单不一致"));
+        return Err(ApiError::invalid("订单金额或退款金额与之前请求不一致，请核实后再试"));
     }
     let order = st
         .orders
