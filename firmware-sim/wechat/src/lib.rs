@@ -269,6 +269,8 @@ pub(crate) struct Inner {
     pub certificate: Identity,
     pub public_key_pem: String,
     pub certificate_pem: String,
+    pub certificate_not_before: DateTime<Utc>,
+    pub certificate_not_after: DateTime<Utc>,
     pub sign_counter: AtomicU64,
     pub state: Mutex<State>,
     pub tasks: Mutex<Vec<AbortHandle>>,
@@ -465,7 +467,9 @@ impl WechatSim {
         .await??;
         let public_key_pem = crypto::public_pem(&pk)?;
         let public_key = crypto::public_key_identity(pk);
+        let certificate_not_before = Utc::now();
         let (certificate, certificate_pem) = crypto::certificate_identity(ck)?;
+        let certificate_not_after = certificate_not_before + chrono::Duration::days(5 * 365);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = State { advance: opts.advance, ..State::default() };
@@ -480,6 +484,8 @@ impl WechatSim {
             certificate,
             public_key_pem,
             certificate_pem,
+            certificate_not_before,
+            certificate_not_after,
             sign_counter: AtomicU64::new(0),
             state: Mutex::new(state),
             tasks: Mutex::new(Vec::new()),

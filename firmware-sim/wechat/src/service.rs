@@ -99,6 +99,7 @@ pub(crate) fn route(inner: &Arc<Inner>, method: &Method, path: &str, query: &str
             ok(refund_json(r))
         }
         ("GET", "/v3/bill/tradebill") => ok(bill::trade_bill(inner, &q)?),
+        ("GET", "/v3/certificates") => ok(certificates(inner)?),
         ("GET", "/v3/billdownload/file") => {
             let token = q.get("token").cloned().unwrap_or_default();
             let st = inner.lock();
@@ -152,6 +153,24 @@ pub(crate) fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /v3/certificates`: the platform certificate, encrypted with the APIv3 key (aad "certificate").
+fn certificates(inner: &Inner) -> Result<Value, ApiError> {
+    let nonce = crypto::random_string(12);
+    let ciphertext = crypto::encrypt_resource(&inner.merchant.apiv3_key, &nonce, "certificate", &inner.certificate_pem)
+        .map_err(|_| ApiError::new(500, "SYSTEM_ERROR", "系统错误"))?;
+    Ok(json!({"data": [{
+        "serial_no": inner.certificate.serial,
+        "effective_time": beijing(inner.certificate_not_before),
+        "expire_time": beijing(inner.certificate_not_after),
+        "encrypt_certificate": {
+            "algorithm": "AEAD_AES_256_GCM",
+            "nonce": nonce,
+            "associated_data": "certificate",
+            "ciphertext": ciphertext,
+        }
+    }]}))
 }
 
 // ---------------------------------------------------------------- field helpers

@@ -399,6 +399,24 @@ async fn certificate_and_migration_signing() {
     ));
     wait_until("success", || rx.valid_events().iter().any(|(e, _)| e == "TRANSACTION.SUCCESS")).await;
     assert!(rx.all().iter().all(|g| g.serial == sim.platform_serial()));
+    // The platform certificate download, encrypted with the APIv3 key.
+    let certs = c.call("GET", "/v3/certificates", None).await;
+    assert_eq!(certs.status, 200);
+    let entry0 = &certs.body["data"][0];
+    assert_eq!(entry0["serial_no"], sim.platform_serial().as_str());
+    let pem = {
+        let enc = &entry0["encrypt_certificate"];
+        let cipher = Aes256Gcm::new_from_slice(APIV3.as_bytes()).unwrap();
+        let ct = B64.decode(enc["ciphertext"].as_str().unwrap()).unwrap();
+        let plain = cipher
+            .decrypt(
+                Nonce::from_slice(enc["nonce"].as_str().unwrap().as_bytes()),
+                Payload { msg: &ct, aad: b"certificate" },
+            )
+            .unwrap();
+        String::from_utf8(plain).unwrap()
+    };
+    assert_eq!(pem, sim.platform_certificate_pem());
     sim.shutdown().await;
 
     let mut o = options();
