@@ -110,6 +110,9 @@ pub enum DecisionReason {
     PaymentRequired,
     /// Unpaid arrears block "open now".
     Arrears,
+    /// The driver has a mandate, but the payment provider will not deduct for this stay (the
+    /// driver paused the service, owes the provider, or left it): pay to leave.
+    DeductionBlocked,
     /// Exit with no matching entry: an operator must look.
     NoEntry,
     /// No plate was read.

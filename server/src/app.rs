@@ -276,6 +276,9 @@ impl App {
                     if ev.direction == Direction::Entry && d.session_id.is_some() {
                         // A car parked: its plate may belong on this lot's allowlist now.
                         self.allowlists_due.notify_one();
+                        if let Some(session) = d.session_id {
+                            self.register_stay(session);
+                        }
                     }
                     self.live.send(LiveEvent::passage(ev, &d));
                     self.live.send(LiveEvent::decision(&d));
@@ -454,8 +457,20 @@ impl App {
                 colour_of(ev, &top.plate),
             );
         }
+        // A stay the provider marked blocked (WeChat: PAUSE, OVERDUE, OUT_SERVICE, ...) is
+        // not deducted; the exit asks for payment and says why.
+        let blocked = match &session {
+            Some(s) => self
+                .store
+                .provider_parking(s.id)
+                .await?
+                .filter(|p| p.state == ParkingState::Blocked)
+                .map(|p| p.block_reason.unwrap_or_else(|| "BLOCKED".into())),
+            None => None,
+        };
         Ok(decide::decide_exit(&ExitFacts {
             now: self.clock.now(),
+            blocked: blocked.as_deref(),
             limits,
             event: ev,
             tariff: lot.as_ref().map(|l| &l.tariff),
@@ -592,6 +607,8 @@ impl App {
                         created_at: now,
                         updated_at: now,
                         settled_at: None,
+                        refunded: parkpay_protocol::Money::new(0, quote.total.currency),
+                        advanced: false,
                     });
                 }
             }
@@ -680,6 +697,21 @@ impl App {
         method: ChargeMethod,
         actor: &str,
     ) -> AppResult<Charge> {
+        self.settle_directly(charge_id, ChargeStatus::Succeeded, Some(method), actor, "")
+            .await
+    }
+
+    /// Closes a payable charge as paid (`Succeeded`, by `method`) or let go (`Waived`, with
+    /// `note` as the reason); a car held at the exit for it is let out, and the charge's open
+    /// exceptions are resolved, all in one transaction.
+    pub(crate) async fn settle_directly(
+        &self,
+        charge_id: Uuid,
+        outcome: ChargeStatus,
+        method: Option<ChargeMethod>,
+        actor: &str,
+        note: &str,
+    ) -> AppResult<Charge> {
         let charge = self
             .store
             .charge(charge_id)
@@ -687,10 +719,17 @@ impl App {
             .ok_or_else(|| AppError::NotFound(format!("charge {charge_id}")))?;
         if !charge.status.is_payable() {
             return Err(AppError::Conflict(format!(
-                "charge {charge_id} is {}, nothing to pay",
-                charge.status
+                "charge {charge_id} is {}, nothing to {}",
+                charge.status,
+                if outcome == ChargeStatus::Waived { "waive" } else { "pay" }
             )));
         }
+        let method = method.unwrap_or(charge.method);
+        let reason = if outcome == ChargeStatus::Waived {
+            DecisionReason::Operator
+        } else {
+            DecisionReason::Paid
+        };
         let now = self.clock.now();
         let session = self.store.session(charge.session_id).await?;
         let release = match &session {
@@ -706,18 +745,13 @@ impl App {
                     lot: s.lot.clone(),
                     lane,
                     action: BarrierAction::Open,
-                    reason: DecisionReason::Paid,
+                    reason,
                     plate: Some(s.plate.clone()),
                     session_id: Some(s.id),
                     fee: Some(charge.amount),
                     owed: None,
                     pay_url: None,
-                    display: decide::display(
-                        DecisionReason::Paid,
-                        Some(&s.plate),
-                        Some(charge.amount),
-                        None,
-                    ),
+                    display: decide::display(reason, Some(&s.plate), Some(charge.amount), None),
                     decided_at: now,
                 };
                 let outbox = self.outbox(&d);
@@ -729,14 +763,19 @@ impl App {
             id: new_id(),
             at: now,
             actor: actor.to_string(),
-            action: "charge.paid".into(),
+            action: if outcome == ChargeStatus::Waived { "charge.waived" } else { "charge.paid" }.into(),
             subject: format!("charge {charge_id}"),
-            detail: format!("{} paid by {}", charge.amount, method.as_str()),
+            detail: if outcome == ChargeStatus::Waived {
+                format!("{} waived: {note}", charge.amount)
+            } else {
+                format!("{} paid by {}", charge.amount, method.as_str())
+            },
         };
         self.store
             .pay_directly(&DirectPayment {
                 charge_id,
                 method,
+                outcome,
                 at: now,
                 release: release.clone(),
                 audit,
@@ -746,7 +785,7 @@ impl App {
             self.publish_decision(&d, Some(outbox.id)).await;
             self.live.send(LiveEvent::decision(&d));
         }
-        self.metrics.charge(ChargeStatus::Succeeded);
+        self.metrics.charge(outcome);
         let paid = self
             .store
             .charge(charge_id)
@@ -1102,6 +1141,7 @@ pub fn reason_label(r: DecisionReason) -> &'static str {
         DecisionReason::Paid => "paid",
         DecisionReason::PaymentRequired => "payment_required",
         DecisionReason::Arrears => "arrears",
+        DecisionReason::DeductionBlocked => "deduction_blocked",
         DecisionReason::NoEntry => "no_entry",
         DecisionReason::Unreadable => "unreadable",
         DecisionReason::LowConfidence => "low_confidence",

@@ -27,6 +27,8 @@ pub enum Action {
     CorrectPlates,
     /// Take a cash payment at the booth, and see charges with their drivers.
     TakeCash,
+    /// The money desk: refund, waive, retry a debt, reconcile with the provider.
+    ManageMoney,
     /// Driver records: names, phones, plates, mandates.
     SeeDrivers,
     /// Register drivers, vehicles and mandates (an integration's job).
@@ -48,6 +50,7 @@ impl Action {
             Action::OperateLanes => "operate lanes",
             Action::CorrectPlates => "correct plates",
             Action::TakeCash => "take payments",
+            Action::ManageMoney => "refund, waive or reconcile",
             Action::SeeDrivers => "see drivers",
             Action::ManageDrivers => "manage drivers",
             Action::ManageLists => "manage plate lists",
@@ -69,7 +72,10 @@ pub fn allows(role: Role, action: Action) -> bool {
             action,
             View | OperateLanes | CorrectPlates | TakeCash | ManageLists
         ),
-        Role::Finance => matches!(action, View | TakeCash | SeeDrivers | ReadAudit),
+        Role::Finance => matches!(
+            action,
+            View | TakeCash | ManageMoney | SeeDrivers | ReadAudit
+        ),
         Role::Viewer => matches!(action, View),
     }
 }

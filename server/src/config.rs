@@ -10,10 +10,17 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// A secret string (a key or password): never printed.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A secret string (a key or password): never printed, and rendered as `"<secret>"` when the
+/// configuration is shown (`--print-config`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<secret>")
+    }
+}
 
 impl Secret {
     pub fn new(s: impl Into<String>) -> Secret {
@@ -122,7 +129,8 @@ pub struct MqttConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaymentsConfig {
-    /// `sandbox` is the only provider in this build.
+    /// `sandbox` (the project's own wallets) or `wechat` (WeChat Pay's parking service, set up
+    /// in `[payments.wechat]`).
     pub provider: String,
     pub max_attempts: i64,
     /// First retry delay in seconds of clock time; doubles per attempt.
@@ -143,6 +151,60 @@ pub struct PaymentsConfig {
     /// The sandbox provider's secret: its settle call (the provider saying a driver paid) and
     /// its wallet calls require it as a bearer token. Unset, those calls do not exist.
     pub sandbox_secret: Option<Secret>,
+    /// WeChat Pay (docs/payments.md); required when `provider = "wechat"`.
+    pub wechat: Option<WechatConfig>,
+    /// Reconcile yesterday's bill each day once the provider has published it (10:00 China
+    /// Standard Time for WeChat Pay); `false` leaves it to the on-demand run.
+    pub nightly_reconciliation: bool,
+}
+
+/// `[payments.wechat]`: the merchant's identity and keys at WeChat Pay.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WechatConfig {
+    /// The API host; the real one unless overridden (a simulator, a proxy).
+    #[serde(default = "wechat_base_url")]
+    pub base_url: String,
+    pub mchid: String,
+    pub appid: String,
+    /// The serial number of the merchant API certificate (upper-case hex).
+    pub merchant_serial: String,
+    /// The merchant API private key (`apiclient_key.pem`, PKCS#8 or PKCS#1 PEM).
+    pub merchant_private_key_file: std::path::PathBuf,
+    /// The APIv3 key (32 characters) that decrypts notifications; or `apiv3_key_file`.
+    #[serde(default)]
+    pub apiv3_key: Option<Secret>,
+    #[serde(default)]
+    pub apiv3_key_file: Option<std::path::PathBuf>,
+    /// The WeChat Pay public key (PEM) and its id (`PUB_KEY_ID_...`).
+    #[serde(default)]
+    pub public_key_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub public_key_id: Option<String>,
+    /// A platform certificate (PEM); with the public key too during a migration.
+    #[serde(default)]
+    pub platform_certificate_file: Option<std::path::PathBuf>,
+    /// Where WeChat Pay sends notifications: this server's
+    /// `https://HOST/api/providers/wechat/notify`.
+    pub notify_url: String,
+    /// How long a call may take before it counts as unanswered (and is retried, same number).
+    #[serde(default = "wechat_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a plate's service state is remembered.
+    #[serde(default = "wechat_service_cache_secs")]
+    pub service_cache_secs: u64,
+}
+
+fn wechat_base_url() -> String {
+    "https://api.mch.weixin.qq.com".into()
+}
+
+fn wechat_timeout_ms() -> u64 {
+    5000
+}
+
+fn wechat_service_cache_secs() -> u64 {
+    60
 }
 
 impl Default for ServerConfig {
@@ -201,6 +263,8 @@ impl Default for PaymentsConfig {
             sandbox_fault_rate: 0.0,
             sandbox_late_ms: 0,
             sandbox_secret: None,
+            wechat: None,
+            nightly_reconciliation: true,
         }
     }
 }
@@ -242,11 +306,60 @@ impl ServerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, why: &str| Err(ConfigError(format!("{field}: {why}")));
-        if self.payments.provider != "sandbox" {
-            return bad(
-                "payments.provider",
-                "only \"sandbox\" is available in this build",
-            );
+        match (self.payments.provider.as_str(), &self.payments.wechat) {
+            ("sandbox", _) => {}
+            ("wechat", Some(w)) => {
+                for (name, v) in [
+                    ("payments.wechat.mchid", &w.mchid),
+                    ("payments.wechat.appid", &w.appid),
+                    ("payments.wechat.merchant_serial", &w.merchant_serial),
+                    ("payments.wechat.notify_url", &w.notify_url),
+                    ("payments.wechat.base_url", &w.base_url),
+                ] {
+                    if v.trim().is_empty() {
+                        return bad(name, "is required");
+                    }
+                }
+                if !(w.base_url.starts_with("https://") || w.base_url.starts_with("http://")) {
+                    return bad("payments.wechat.base_url", "must be an http(s) URL");
+                }
+                if !w.notify_url.starts_with("https://") && !w.notify_url.starts_with("http://") {
+                    return bad("payments.wechat.notify_url", "must be an http(s) URL");
+                }
+                if w.apiv3_key.is_some() == w.apiv3_key_file.is_some() {
+                    return bad(
+                        "payments.wechat.apiv3_key",
+                        "set exactly one of apiv3_key and apiv3_key_file",
+                    );
+                }
+                if w.apiv3_key.as_ref().is_some_and(|k| k.expose().len() != 32) {
+                    return bad("payments.wechat.apiv3_key", "must be 32 characters");
+                }
+                if w.public_key_file.is_some() != w.public_key_id.is_some() {
+                    return bad(
+                        "payments.wechat.public_key_id",
+                        "public_key_file and public_key_id go together",
+                    );
+                }
+                if w.public_key_file.is_none() && w.platform_certificate_file.is_none() {
+                    return bad(
+                        "payments.wechat.public_key_file",
+                        "set public_key_file + public_key_id, or platform_certificate_file, or both",
+                    );
+                }
+                if w.timeout_ms == 0 || w.timeout_ms > 60_000 {
+                    return bad("payments.wechat.timeout_ms", "must be 1 to 60000");
+                }
+            }
+            ("wechat", None) => {
+                return bad("payments.wechat", "is required when provider = \"wechat\"");
+            }
+            _ => {
+                return bad(
+                    "payments.provider",
+                    "must be \"sandbox\" or \"wechat\"",
+                );
+            }
         }
         if self.payments.max_attempts < 1 {
             return bad("payments.max_attempts", "must be at least 1");

@@ -241,6 +241,9 @@ pub struct ExitFacts<'a> {
     pub locked: bool,
     /// The session's merchant validations not yet redeemed.
     pub validations: &'a [Validation],
+    /// Why the payment provider will not deduct for this stay (WeChat: PAUSE, OVERDUE,
+    /// OUT_SERVICE, EVALUATION_FAILED), if it said so.
+    pub blocked: Option<&'a str>,
 }
 
 /// The entry of `kind` in force at `t`, if any.
@@ -618,6 +621,11 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
     }
     let mandate = f.driver.and_then(|_| usable_mandate(f.mandates, fee));
     match mandate {
+        Some(_) if f.blocked.is_some() && f.arrears == 0 => {
+            plan.action = BarrierAction::Hold;
+            plan.effect = close(SessionStatus::AwaitingPayment, Some(Collect::PayAtExit));
+            plan.reason = DecisionReason::DeductionBlocked;
+        }
         Some(m) if f.arrears == 0 => {
             plan.reason = DecisionReason::Mandate;
             plan.effect = close(SessionStatus::Closed, Some(Collect::Mandate(m.id)));
@@ -711,6 +719,7 @@ pub fn display(
         DecisionReason::Mandate => "Charged to your account".to_string(),
         DecisionReason::Paid => "Paid, goodbye".to_string(),
         DecisionReason::PaymentRequired => "Scan to pay".to_string(),
+        DecisionReason::DeductionBlocked => "Deduction paused: scan to pay".to_string(),
         DecisionReason::Arrears => match owed {
             Some(owed) => format!("Owed {owed} with arrears: scan to pay"),
             None => "Unpaid arrears: scan to pay".to_string(),
@@ -868,6 +877,7 @@ mod tests {
         class: VehicleClass,
         locked: bool,
         validations: Vec<Validation>,
+        blocked: Option<String>,
     }
 
     impl Exit {
@@ -885,6 +895,7 @@ mod tests {
                 class: VehicleClass::Small,
                 locked: false,
                 validations: Vec::new(),
+                blocked: None,
             }
         }
 
@@ -921,6 +932,7 @@ mod tests {
                 class: self.class,
                 locked: self.locked,
                 validations: &self.validations,
+                blocked: self.blocked.as_deref(),
             })
         }
     }
@@ -1340,6 +1352,20 @@ mod tests {
             Some(10_000),
             10_000 - fee.minor,
         );
+        is(&x.decide(), BarrierAction::Open, DecisionReason::Mandate);
+    }
+
+    #[test]
+    fn a_stay_the_provider_will_not_deduct_is_held_and_says_why() {
+        let mut x = Exit::new("京A12345").with_mandate(MandateStatus::Active, None, None, 0);
+        x.blocked = Some("PAUSE".into());
+        let p = x.decide();
+        is(&p, BarrierAction::Hold, DecisionReason::DeductionBlocked);
+        assert!(matches!(
+            p.effect,
+            Effect::Close { status: SessionStatus::AwaitingPayment, collect: Some(Collect::PayAtExit), .. }
+        ));
+        x.blocked = None;
         is(&x.decide(), BarrierAction::Open, DecisionReason::Mandate);
     }
 

@@ -351,6 +351,10 @@ pub struct Charge {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
+    /// What refunds have given back or are giving back (pending, processing or succeeded).
+    pub refunded: Money,
+    /// The provider advanced the money (WeChat Pay's 垫资) and the driver has not repaid it.
+    pub advanced: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -476,4 +480,94 @@ pub struct ApiToken {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+text_enum!(
+    /// A refund's life: pending (not yet taken by the provider) -> processing -> succeeded, or
+    /// closed / abnormal (the money did not reach the driver; closed gives the amount back to
+    /// what may be refunded).
+    RefundStatus {
+        Pending => "pending",
+        Processing => "processing",
+        Succeeded => "succeeded",
+        Closed => "closed",
+        Abnormal => "abnormal",
+    }
+);
+
+/// Money given back on a charge, under our own `out_refund_no` (a retry reuses it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Refund {
+    pub id: Uuid,
+    pub charge_id: Uuid,
+    pub out_refund_no: String,
+    pub amount: Money,
+    pub reason: String,
+    pub status: RefundStatus,
+    pub provider_ref: Option<String>,
+    pub last_error: Option<String>,
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+text_enum!(
+    /// Whether the provider will deduct for a stay (WeChat Pay's parking state).
+    ParkingState {
+        Normal => "normal",
+        Blocked => "blocked",
+    }
+);
+
+/// A stay as the payment provider knows it: WeChat Pay's parking entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderParking {
+    pub session_id: Uuid,
+    pub provider: String,
+    pub out_parking_no: String,
+    pub parking_id: Option<String>,
+    pub state: ParkingState,
+    /// PAUSE, OVERDUE, OUT_SERVICE, EVALUATION_FAILED: why the provider will not deduct.
+    pub block_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+text_enum!(
+    /// One line of a reconciliation: how our ledger and the provider's bill compare.
+    ReconKind {
+        Matched => "matched",
+        MissingAtProvider => "missing_at_provider",
+        MissingHere => "missing_here",
+        AmountDiffers => "amount_differs",
+    }
+);
+
+/// One reconciliation of a day's bill against our charges and refunds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconRun {
+    pub id: Uuid,
+    pub provider: String,
+    /// The bill's day (the provider's calendar, China Standard Time for WeChat Pay).
+    pub bill_date: chrono::NaiveDate,
+    pub ran_at: DateTime<Utc>,
+    pub actor: String,
+    /// done, not_ready (the bill is not out yet) or failed.
+    pub status: String,
+    pub detail: String,
+    pub matched: i64,
+    pub differences: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconItem {
+    pub kind: ReconKind,
+    /// trade or refund
+    pub entry: String,
+    /// out_trade_no or out_refund_no
+    pub reference: String,
+    pub charge_id: Option<Uuid>,
+    pub ours_minor: Option<i64>,
+    pub theirs_minor: Option<i64>,
+    pub detail: String,
 }

@@ -45,6 +45,8 @@ use crate::merchants::NewMerchant;
 use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
 
+mod money;
+
 /// The longest stay a tariff preview prices.
 pub const MAX_PREVIEW_DAYS: i64 = 400;
 
@@ -106,8 +108,10 @@ impl Page {
     }
 }
 
-fn pages() -> &'static (Page, Page, Page, Page, Page) {
-    static PAGES: std::sync::OnceLock<(Page, Page, Page, Page, Page)> = std::sync::OnceLock::new();
+type Pages = (Page, Page, Page, Page, Page, Page);
+
+fn pages() -> &'static Pages {
+    static PAGES: std::sync::OnceLock<Pages> = std::sync::OnceLock::new();
     PAGES.get_or_init(|| {
         (
             Page::new(include_str!("dashboard.html")),
@@ -115,6 +119,7 @@ fn pages() -> &'static (Page, Page, Page, Page, Page) {
             Page::new(include_str!("login.html")),
             Page::new(include_str!("ticket.html")),
             Page::new(include_str!("validation.html")),
+            Page::new(include_str!("receipt.html")),
         )
     })
 }
@@ -198,6 +203,8 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/sandbox/settle", post(sandbox_settle))
         .route("/api/sandbox/wallets", post(put_wallet))
         .route("/api/sandbox/wallets/{reference}", get(get_wallet))
+        .route("/receipt/{session}", get(receipt_page))
+        .merge(money::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))
@@ -592,6 +599,15 @@ fn public_page(ctx: &Ctx, ip: &str, p: &Page, placeholder: &str, id: &str) -> Ap
     Ok(p.respond(p.html.replace(placeholder, &session_token(id))))
 }
 
+/// A paid stay's e-receipt (the driver's copy): what was charged, how, and what went back.
+async fn receipt_page(
+    State(ctx): State<Ctx>,
+    ConnectInfoOpt(ip): ConnectInfoOpt,
+    Path(session): Path<String>,
+) -> ApiResult<Response> {
+    public_page(&ctx, &ip, &pages().5, "{{SESSION}}", &session)
+}
+
 /// The page a plateless car's driver opens from the code on a held lane's display.
 async fn ticket_page(
     State(ctx): State<Ctx>,
@@ -886,6 +902,10 @@ async fn pay_view(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("session {sid}")))?;
     let charge = ctx.app.store.charge_for_session(sid).await?;
+    let refunds = match &charge {
+        Some(c) => ctx.app.store.refunds_of(c.id).await?,
+        None => Vec::new(),
+    };
     let lot = ctx.app.store.lot(&s.lot).await?;
     Ok(Json(json!({
         "id": s.id, "lot": s.lot, "plate": s.plate, "status": s.status,
@@ -895,7 +915,12 @@ async fn pay_view(
         "charge": charge.map(|c| json!({
             "id": c.id, "amount": c.amount, "status": c.status, "method": c.method,
             "created_at": c.created_at, "settled_at": c.settled_at,
+            "provider_txn": c.provider_txn, "refunded": c.refunded,
         })),
+        "refunds": refunds.iter().map(|r| json!({
+            "amount": r.amount, "status": r.status, "reason": r.reason,
+            "created_at": r.created_at, "settled_at": r.settled_at,
+        })).collect::<Vec<_>>(),
     })))
 }
 

@@ -27,12 +27,14 @@ pub mod lists;
 pub mod live;
 pub mod merchants;
 pub mod metrics;
+pub mod money;
 pub mod mqtt;
 pub mod payments;
 pub mod server;
 pub mod store;
 pub mod tariff;
 pub mod tickets;
+pub mod wechat;
 
 pub use config::ServerConfig;
 pub use server::{Server, ServerError};

@@ -407,11 +407,13 @@ impl App {
                     plate.as_str(),
                     lot.name
                 ),
+                stay: None,
             })
             .await;
         let txn = match outcome {
-            Ok(crate::payments::ProviderOutcome::Succeeded { txn }) => txn,
-            Ok(crate::payments::ProviderOutcome::Declined { reason }) => {
+            Ok(crate::payments::ProviderOutcome::Succeeded { txn, .. }) => txn,
+            Ok(crate::payments::ProviderOutcome::Declined { reason })
+            | Ok(crate::payments::ProviderOutcome::Failed { reason }) => {
                 return Err(AppError::Unprocessable(format!(
                     "the payment was declined: {reason}"
                 )))

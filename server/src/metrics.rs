@@ -48,6 +48,8 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     pub events: Family<Outcome, Counter>,
     pub charges: Family<Status, Counter>,
+    /// Provider notifications by what became of them: applied, duplicate, refused, malformed.
+    pub notifications: Family<Status, Counter>,
     pub dead_letters: Family<Reason, Counter>,
     pub gateways_online: Gauge,
     /// What the broker says it dropped since it started (Mosquitto's `$SYS` counter).
@@ -81,6 +83,12 @@ impl Metrics {
             "Charge state transitions by resulting status",
             charges.clone(),
         );
+        let notifications = Family::<Status, Counter>::default();
+        registry.register(
+            "provider_notifications",
+            "Payment provider notifications by outcome (refused: the signature did not verify)",
+            notifications.clone(),
+        );
         let dead_letters = Family::<Reason, Counter>::default();
         registry.register(
             "dead_letters",
@@ -111,6 +119,7 @@ impl Metrics {
             decision_latency,
             events,
             charges,
+            notifications,
             dead_letters,
             gateways_online,
             broker_dropped,
@@ -140,6 +149,14 @@ impl Metrics {
         self.charges
             .get_or_create(&Status {
                 status: status.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn notification(&self, outcome: &str) {
+        self.notifications
+            .get_or_create(&Status {
+                status: outcome.to_string(),
             })
             .inc();
     }

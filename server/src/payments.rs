@@ -8,34 +8,63 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use parkpay_protocol::{Clock, Money};
+use axum::http::HeaderMap;
+use chrono::{DateTime, NaiveDate, Utc};
+use parkpay_protocol::{Clock, Money, PlateColour};
 use uuid::Uuid;
 
 use crate::app::App;
 use crate::domain::*;
 use crate::live::LiveEvent;
-use crate::store::{ChargeUpdate, DebitResult, Store, StoreError};
+use crate::store::{ChargeUpdate, DebitResult, SandboxRefund, Store, StoreError};
+
+/// A stay as a provider that tracks stays (WeChat Pay's parking service) needs it.
+#[derive(Debug, Clone)]
+pub struct Stay {
+    pub session_id: Uuid,
+    pub plate: String,
+    pub colour: PlateColour,
+    pub lot_name: String,
+    pub lane: String,
+    pub entry_at: DateTime<Utc>,
+    pub exit_at: Option<DateTime<Utc>>,
+    pub free_minutes: i64,
+    /// The driver at the provider (WeChat's openid), from the driver's active mandate.
+    pub payer_ref: Option<String>,
+}
 
 #[derive(Debug, Clone)]
 pub struct DebitRequest {
-    /// Fixed for the life of a charge; the provider deduplicates on it.
+    /// Fixed for the life of a charge; the provider deduplicates on it (WeChat's
+    /// `out_trade_no`: 32 hex digits).
     pub idempotency_key: String,
     pub provider_ref: String,
     pub amount: Money,
     pub description: String,
+    /// The stay being charged; `None` for what is not a stay (a pass).
+    pub stay: Option<Stay>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderOutcome {
     Succeeded {
         txn: String,
+        /// The provider advanced the money (垫资): the driver owes it to the provider.
+        advanced: bool,
+        /// When the provider says the money moved, if it says.
+        at: Option<DateTime<Utc>>,
     },
-    /// Taken, not yet debited (WeChat's ACCEPTED): ask again later.
+    /// Taken, not yet debited (WeChat's ACCEPTED): the result comes by notification, or by
+    /// asking again.
     Accepted {
         txn: String,
     },
     Declined {
+        reason: String,
+    },
+    /// The provider tried and the money did not move (WeChat's PAY_FAIL): final for this
+    /// order; the charge becomes arrears at once.
+    Failed {
         reason: String,
     },
 }
@@ -45,12 +74,142 @@ pub enum ProviderError {
     /// Timeouts, outages: try again with the same key.
     #[error("provider unavailable: {0}")]
     Unavailable(String),
+    /// The provider does not offer this.
+    #[error("not supported by this provider: {0}")]
+    Unsupported(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct RefundRequest {
+    /// Ours, fixed for the life of the refund: a retry reuses it.
+    pub out_refund_no: String,
+    /// The charge's idempotency key (the trade's `out_trade_no`).
+    pub trade_key: String,
+    pub amount: Money,
+    /// What the charge took.
+    pub total: Money,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Succeeded { refund_id: String },
+    Processing { refund_id: String },
+    /// Closed or abnormal at the provider, or refused outright: the money did not go back.
+    Closed { reason: String },
+    Abnormal { reason: String },
+    Refused { reason: String },
+}
+
+/// One line of a provider's daily bill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillLine {
+    /// trade or refund
+    pub entry: &'static str,
+    /// out_trade_no or out_refund_no
+    pub reference: String,
+    pub amount_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bill {
+    /// The provider has not produced the day's bill yet (WeChat Pay: after 10:00 next day).
+    NotReady,
+    Lines(Vec<BillLine>),
+}
+
+/// What a verified provider notification says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderEvent {
+    /// A debit's result (Succeeded or Failed), for the charge with this key.
+    Trade {
+        key: String,
+        amount_minor: i64,
+        outcome: ProviderOutcome,
+    },
+    /// The driver paid back an advanced debit.
+    PaidBack { key: String },
+    Refund {
+        out_refund_no: String,
+        outcome: RefundOutcome,
+    },
+    /// The provider changed whether it will deduct for a car inside.
+    Parking {
+        parking_id: String,
+        state: ParkingState,
+        reason: Option<String>,
+    },
+    /// Verified, but of a kind we do not act on.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The provider's notification id: a notification is acted on once.
+    pub id: String,
+    pub event_type: String,
+    /// The decrypted resource, kept as received.
+    pub resource: String,
+    pub event: ProviderEvent,
+}
+
+/// Why a notification was not believed.
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    /// Signature missing, unknown key, wrong, a probe, or a timestamp outside the window.
+    #[error("signature: {0}")]
+    Signature(String),
+    /// Signed, but not a notification we can read (bad JSON, decryption failed).
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("this provider sends no notifications")]
+    Unsupported,
 }
 
 #[async_trait]
 pub trait PaymentProvider: Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Whether the provider wants to hear of every entry ([`PaymentProvider::entered`]).
+    fn tracks_stays(&self) -> bool {
+        false
+    }
+
+    /// A car entered: a provider that tracks stays registers it. `None`: this provider does
+    /// not track stays.
+    async fn entered(&self, _stay: &Stay) -> Result<Option<ProviderParking>, ProviderError> {
+        Ok(None)
+    }
+
     async fn debit(&self, req: &DebitRequest) -> Result<ProviderOutcome, ProviderError>;
+
+    /// What became of a debit (polling, when a notification is late or lost). `None`: the
+    /// provider never took it.
+    async fn query(&self, req: &DebitRequest) -> Result<Option<ProviderOutcome>, ProviderError>;
+
+    async fn refund(&self, req: &RefundRequest) -> Result<RefundOutcome, ProviderError>;
+
+    /// What became of a refund.
+    async fn refund_status(&self, req: &RefundRequest) -> Result<RefundOutcome, ProviderError>;
+
+    /// The provider's bill of `date` (its own calendar day).
+    async fn bill(&self, date: NaiveDate) -> Result<Bill, ProviderError>;
+
+    /// Verifies and reads a notification as received over HTTP.
+    fn notice(&self, _headers: &HeaderMap, _body: &[u8]) -> Result<Notice, NoticeError> {
+        Err(NoticeError::Unsupported)
+    }
+}
+
+/// The bill's calendar: China Standard Time, as WeChat Pay's bills (and the sandbox's) use.
+pub fn bill_day_bounds(date: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+    let cst = chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset");
+    let start = date
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(cst).single())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    (start, start + chrono::Duration::days(1))
 }
 
 /// In-process wallets with balances, scripted transient failures and a configurable latency.
@@ -129,12 +288,75 @@ impl PaymentProvider for SandboxProvider {
             ));
         }
         Ok(match r {
-            DebitResult::Succeeded { txn_id } => ProviderOutcome::Succeeded { txn: txn_id },
+            DebitResult::Succeeded { txn_id } => ProviderOutcome::Succeeded {
+                txn: txn_id,
+                advanced: false,
+                at: None,
+            },
             DebitResult::Declined { reason } => ProviderOutcome::Declined { reason },
             DebitResult::Unavailable => {
                 return Err(ProviderError::Unavailable("scripted failure".into()))
             }
         })
+    }
+
+    async fn query(&self, req: &DebitRequest) -> Result<Option<ProviderOutcome>, ProviderError> {
+        let r = self
+            .store
+            .sandbox_lookup(&req.idempotency_key)
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(match r {
+            Some(DebitResult::Succeeded { txn_id }) => Some(ProviderOutcome::Succeeded {
+                txn: txn_id,
+                advanced: false,
+                at: None,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn refund(&self, req: &RefundRequest) -> Result<RefundOutcome, ProviderError> {
+        let r = self
+            .store
+            .sandbox_refund(
+                &req.out_refund_no,
+                &req.trade_key,
+                req.amount.minor,
+                self.clock.now(),
+            )
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(match r {
+            SandboxRefund::Done { refund_id } => RefundOutcome::Succeeded { refund_id },
+            SandboxRefund::Refused { reason } => RefundOutcome::Refused { reason },
+        })
+    }
+
+    async fn refund_status(&self, req: &RefundRequest) -> Result<RefundOutcome, ProviderError> {
+        // Sandbox refunds finish at once and are idempotent: asking again is the same call.
+        self.refund(req).await
+    }
+
+    async fn bill(&self, date: NaiveDate) -> Result<Bill, ProviderError> {
+        let (from, to) = bill_day_bounds(date);
+        if self.clock.now() < to {
+            return Ok(Bill::NotReady);
+        }
+        let rows = self
+            .store
+            .sandbox_ledger(from, to)
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        Ok(Bill::Lines(
+            rows.into_iter()
+                .map(|r| BillLine {
+                    entry: r.entry,
+                    reference: r.reference,
+                    amount_minor: r.amount_minor,
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -275,6 +497,7 @@ pub async fn run_worker(
                 return;
             }
         }
+        app.finish_refunds().await;
     }
 }
 
@@ -298,16 +521,29 @@ async fn charge_once(
         },
         None => None,
     };
+    let req = DebitRequest {
+        idempotency_key: c.idempotency_key.clone(),
+        provider_ref: mandate
+            .as_ref()
+            .map(|m| m.provider_ref.clone())
+            .unwrap_or_default(),
+        amount: c.amount,
+        description: format!("parking session {}", c.session_id),
+        stay: stay_of(app, c.session_id).await,
+    };
     let result = match &mandate {
-        Some(m) if m.status == MandateStatus::Active => provider
-            .debit(&DebitRequest {
-                idempotency_key: c.idempotency_key.clone(),
-                provider_ref: m.provider_ref.clone(),
-                amount: c.amount,
-                description: format!("parking session {}", c.session_id),
-            })
-            .await
-            .map_err(|e| e.to_string()),
+        // An accepted debit is asked about, not made again; if the provider never took it,
+        // it is made (under the same key).
+        Some(m) if m.status == MandateStatus::Active && c.status == ChargeStatus::Accepted => {
+            match provider.query(&req).await {
+                Ok(Some(outcome)) => Ok(outcome),
+                Ok(None) => provider.debit(&req).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Some(m) if m.status == MandateStatus::Active => {
+            provider.debit(&req).await.map_err(|e| e.to_string())
+        }
         Some(m) => Ok(ProviderOutcome::Declined {
             reason: format!("mandate is {}", m.status),
         }),
@@ -316,6 +552,7 @@ async fn charge_once(
         }),
     };
     let now = app.clock.now();
+    let final_failure = matches!(result, Ok(ProviderOutcome::Failed { .. }));
     let mut u = ChargeUpdate {
         id: c.id,
         lease_owner: token.to_string(),
@@ -325,6 +562,7 @@ async fn charge_once(
         provider_txn: None,
         last_error: None,
         settled_at: None,
+        advanced: false,
         attempt: ChargeAttempt {
             attempt,
             at: now,
@@ -334,11 +572,16 @@ async fn charge_once(
         exception: None,
     };
     match result {
-        Ok(ProviderOutcome::Succeeded { txn }) => {
+        Ok(ProviderOutcome::Succeeded { txn, advanced, at }) => {
             u.status = ChargeStatus::Succeeded;
-            u.settled_at = Some(now);
+            u.settled_at = Some(at.unwrap_or(now));
             u.attempt.outcome = "succeeded".into();
-            u.attempt.detail = txn.clone();
+            u.attempt.detail = if advanced {
+                format!("{txn} (advanced by the provider)")
+            } else {
+                txn.clone()
+            };
+            u.advanced = advanced;
             u.provider_txn = Some(txn);
         }
         Ok(ProviderOutcome::Accepted { txn }) => {
@@ -350,11 +593,14 @@ async fn charge_once(
             // Asking again is not a new attempt.
             u.attempts = c.attempts;
         }
-        Ok(ProviderOutcome::Declined { reason }) | Err(reason) => {
+        Ok(ProviderOutcome::Declined { reason })
+        | Ok(ProviderOutcome::Failed { reason })
+        | Err(reason) => {
+            let last = attempt >= s.max_attempts || final_failure;
             u.last_error = Some(reason.clone());
             u.attempt.outcome = "failed".into();
             u.attempt.detail = reason.clone();
-            if attempt >= s.max_attempts {
+            if last {
                 u.status = ChargeStatus::Arrears;
                 let plate = app
                     .store
@@ -363,23 +609,16 @@ async fn charge_once(
                     .ok()
                     .flatten()
                     .map(|s| s.plate);
-                u.exception = Some(ExceptionRecord {
-                    id: Uuid::now_v7(),
-                    lot: c.lot.clone(),
-                    lane: None,
-                    kind: ExceptionKind::ChargeFailed,
+                let mut failed = c.clone();
+                failed.updated_at = now;
+                u.exception = Some(crate::money::charge_failed(
+                    &failed,
                     plate,
-                    event_id: None,
-                    session_id: Some(c.session_id),
-                    charge_id: Some(c.id),
-                    detail: format!(
+                    format!(
                         "{} not collected after {attempt} attempts: {reason}",
                         c.amount
                     ),
-                    created_at: now,
-                    resolved_at: None,
-                    resolution: None,
-                });
+                ));
             } else {
                 u.status = ChargeStatus::Failed;
                 let backoff = s
@@ -402,5 +641,48 @@ async fn charge_once(
         Err(e) => {
             tracing::warn!(charge = %c.id, error = %e, "could not record the charge attempt; the lease will expire and it is retried")
         }
+    }
+}
+
+/// The stay a charge is for, as a provider that tracks stays needs it. `None` when the session
+/// cannot be read now: the provider then works from what it registered at entry.
+pub async fn stay_of(app: &App, session: Uuid) -> Option<Stay> {
+    let s = app.store.session(session).await.ok().flatten()?;
+    let lot = app.store.lot(&s.lot).await.ok().flatten();
+    let payer_ref = match s.driver_id {
+        Some(d) => app
+            .store
+            .mandates_of(d)
+            .await
+            .ok()
+            .and_then(|ms| ms.into_iter().find(|m| m.status == MandateStatus::Active))
+            .map(|m| m.provider_ref),
+        None => None,
+    };
+    Some(Stay {
+        payer_ref,
+        session_id: s.id,
+        colour: colour_of_plate(&s.plate),
+        plate: s.plate,
+        lot_name: lot.as_ref().map(|l| l.name.clone()).unwrap_or_else(|| s.lot.to_string()),
+        lane: s
+            .exit_lane
+            .as_ref()
+            .or(s.entry_lane.as_ref())
+            .map(|l| l.to_string())
+            .unwrap_or_default(),
+        entry_at: s.entry_at,
+        exit_at: s.exit_at,
+        free_minutes: lot.map(|l| i64::from(l.tariff.grace_minutes)).unwrap_or(0),
+    })
+}
+
+/// The plate's colour as the provider wants it: 8 characters is a new-energy (green) plate,
+/// anything else is taken as blue; a registered vehicle's own colour wins where known.
+pub fn colour_of_plate(plate: &str) -> PlateColour {
+    if plate.chars().count() == 8 {
+        PlateColour::Green
+    } else {
+        PlateColour::Blue
     }
 }

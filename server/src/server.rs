@@ -107,17 +107,23 @@ impl Server {
             store.clone(),
             config.mqtt.require_signatures,
         ));
-        let provider: Arc<dyn PaymentProvider> = Arc::new(
-            SandboxProvider::new(
-                store.clone(),
-                clock.clone(),
-                Duration::from_millis(config.payments.sandbox_latency_ms),
-            )
-            .with_faults(
-                config.payments.sandbox_fault_rate,
-                Duration::from_millis(config.payments.sandbox_late_ms),
+        let provider: Arc<dyn PaymentProvider> = match &config.payments.wechat {
+            Some(w) if config.payments.provider == "wechat" => Arc::new(
+                crate::wechat::WechatProvider::new(w, store.clone(), clock.clone())
+                    .map_err(|e| crate::config::ConfigError(e.to_string()))?,
             ),
-        );
+            _ => Arc::new(
+                SandboxProvider::new(
+                    store.clone(),
+                    clock.clone(),
+                    Duration::from_millis(config.payments.sandbox_latency_ms),
+                )
+                .with_faults(
+                    config.payments.sandbox_fault_rate,
+                    Duration::from_millis(config.payments.sandbox_late_ms),
+                ),
+            ),
+        };
         let (published, marks) = crate::app::Published::channel();
         let app = App {
             store: store.clone(),
@@ -202,6 +208,13 @@ impl Server {
             settings.clone(),
             cancel.clone(),
         )));
+        if p.nightly_reconciliation {
+            tasks.push(tokio::spawn(crate::money::run_nightly(
+                app.clone(),
+                Duration::from_secs(600),
+                cancel.clone(),
+            )));
+        }
         let worker = tokio::spawn(payments::run_worker(
             app.clone(),
             provider,

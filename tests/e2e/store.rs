@@ -132,6 +132,8 @@ fn pending_charge(lot: &LotId, session: Uuid, amount: i64, at: DateTime<Utc>) ->
         created_at: at,
         updated_at: at,
         settled_at: None,
+        refunded: Money::cny(0),
+        advanced: false,
     }
 }
 
@@ -340,6 +342,7 @@ async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
         provider_txn: Some("t1".into()),
         last_error: None,
         settled_at: Some(now),
+        advanced: false,
         attempt: ChargeAttempt {
             attempt: 1,
             at: now,

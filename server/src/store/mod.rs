@@ -203,6 +203,8 @@ pub struct ChargeUpdate {
     pub provider_txn: Option<String>,
     pub last_error: Option<String>,
     pub settled_at: Option<DateTime<Utc>>,
+    /// The provider advanced the money (垫资).
+    pub advanced: bool,
     pub attempt: ChargeAttempt,
     pub exception: Option<ExceptionRecord>,
 }
@@ -212,6 +214,8 @@ pub struct ChargeUpdate {
 pub struct DirectPayment {
     pub charge_id: Uuid,
     pub method: ChargeMethod,
+    /// `Succeeded` (paid) or `Waived` (an operator let it go, with the reason in the audit).
+    pub outcome: ChargeStatus,
     pub at: DateTime<Utc>,
     /// Set when paying releases a car held at the exit: the session closes and the lane opens.
     pub release: Option<(Uuid, Decision, OutboxMessage)>,
@@ -237,8 +241,116 @@ pub struct LotStats {
     pub passages: i64,
 }
 
+/// What the provider said about a debit, recorded outside the worker's lease (a notification,
+/// or a poll): moves the charge only forward from a state the worker owns.
+#[derive(Debug, Clone)]
+pub struct ProviderResult {
+    pub charge_id: Uuid,
+    /// Succeeded or Arrears.
+    pub status: ChargeStatus,
+    pub provider_txn: Option<String>,
+    pub settled_at: Option<DateTime<Utc>>,
+    pub advanced: bool,
+    pub last_error: Option<String>,
+    pub attempt: ChargeAttempt,
+    /// Raised with an arrears result.
+    pub exception: Option<ExceptionRecord>,
+}
+
+/// A row of the provider's ledger (the sandbox's own, for its bill).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    /// trade or refund
+    pub entry: &'static str,
+    /// The trade's out_trade_no (our idempotency key), or the refund's out_refund_no.
+    pub reference: String,
+    pub txn: String,
+    pub amount_minor: i64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxRefund {
+    Done { refund_id: String },
+    Refused { reason: String },
+}
+
+/// Payments beyond the debit: the provider's view of stays, refunds, notifications,
+/// reconciliation and the money desk. Every backend implements it beside [`Store`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait MoneyStore: Send + Sync {
+    async fn provider_parking(&self, session: Uuid) -> StoreResult<Option<ProviderParking>>;
+    async fn put_provider_parking(&self, p: &ProviderParking) -> StoreResult<()>;
+    /// The provider changed what it will do for a car inside (by its parking id).
+    async fn set_parking_state(
+        &self,
+        parking_id: &str,
+        state: ParkingState,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    async fn charge_by_key(&self, idempotency_key: &str) -> StoreResult<Option<Charge>>;
+    /// Records a provider's result unless the charge has moved past the worker's states;
+    /// frees any lease (the worker then finds it lost) and, for success, resolves the charge's
+    /// open exceptions. Returns whether anything changed.
+    async fn record_provider_result(&self, r: &ProviderResult) -> StoreResult<bool>;
+    /// The driver paid back what the provider advanced.
+    async fn clear_advance(&self, charge: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
+    /// An arrears charge goes back to the worker (attempts start again); audited.
+    async fn retry_charge(&self, charge: Uuid, at: DateTime<Utc>, audit: &AuditEntry) -> StoreResult<()>;
+    /// Inserts a refund and raises the charge's refunded amount in one transaction, only if
+    /// the charge was collected and the total stays within it (`Conflict` otherwise). An
+    /// `out_refund_no` seen before is `Duplicate`.
+    async fn insert_refund(&self, r: &Refund, audit: &AuditEntry) -> StoreResult<()>;
+    async fn refund(&self, id: Uuid) -> StoreResult<Option<Refund>>;
+    async fn refund_by_no(&self, out_refund_no: &str) -> StoreResult<Option<Refund>>;
+    async fn refunds_of(&self, charge: Uuid) -> StoreResult<Vec<Refund>>;
+    /// Refunds the provider has not finished (pending or processing), oldest first.
+    async fn unfinished_refunds(&self, limit: i64) -> StoreResult<Vec<Refund>>;
+    /// Moves a pending or processing refund on; closing it gives its amount back to what may
+    /// be refunded. Returns whether anything changed.
+    async fn update_refund(
+        &self,
+        id: Uuid,
+        status: RefundStatus,
+        provider_ref: Option<&str>,
+        last_error: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Keeps a provider notification once by its id; false when it was seen before.
+    async fn insert_notification(
+        &self,
+        id: &str,
+        provider: &str,
+        event_type: &str,
+        resource: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Charges collected by deduction that settled in `[from, to)`.
+    async fn deducted_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<Charge>>;
+    /// Refunds that succeeded in `[from, to)`, with their charge's idempotency key.
+    async fn refunds_settled_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<(Refund, String)>>;
+    async fn insert_reconciliation(&self, run: &ReconRun, items: &[ReconItem]) -> StoreResult<()>;
+    async fn reconciliations(&self, limit: i64) -> StoreResult<Vec<ReconRun>>;
+    async fn reconciliation(&self, id: Uuid) -> StoreResult<Option<(ReconRun, Vec<ReconItem>)>>;
+    /// The sandbox provider: gives back part of a debit, once per `out_refund_no`.
+    async fn sandbox_refund(
+        &self,
+        out_refund_no: &str,
+        trade_key: &str,
+        amount_minor: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<SandboxRefund>;
+    /// The sandbox provider's ledger in `[from, to)`: its bill.
+    async fn sandbox_ledger(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<LedgerRow>>;
+}
+
+#[async_trait]
+pub trait Store: MoneyStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 

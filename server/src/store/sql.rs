@@ -103,7 +103,8 @@ macro_rules! backend {
             use crate::store::sql::*;
 
             const SESSION_COLS: &str = "id, lot_id, plate, status, driver_id, entry_event_id, entry_lane, entry_at, exit_event_id, exit_lane, exit_at, fee_minor, currency, quote, updated_at";
-            const CHARGE_COLS: &str = "id, session_id, lot_id, driver_id, mandate_id, amount_minor, currency, status, method, idempotency_key, attempts, next_attempt_at, provider_txn, last_error, created_at, updated_at, settled_at";
+            const CHARGE_COLS: &str = "id, session_id, lot_id, driver_id, mandate_id, amount_minor, currency, status, method, idempotency_key, attempts, next_attempt_at, provider_txn, last_error, created_at, updated_at, settled_at, refunded_minor, advanced";
+            const REFUND_COLS: &str = "id, charge_id, out_refund_no, amount_minor, currency, reason, status, provider_ref, last_error, actor, created_at, updated_at, settled_at";
             const EXCEPTION_COLS: &str = "id, lot_id, lane_id, kind, plate, event_id, session_id, charge_id, detail, created_at, resolved_at, resolution";
 
             fn grant_from(r: &$row) -> StoreResult<Grant> {
@@ -302,7 +303,56 @@ macro_rules! backend {
                     created_at: at(r.try_get("created_at")?)?,
                     updated_at: at(r.try_get("updated_at")?)?,
                     settled_at: opt_at(r.try_get("settled_at")?)?,
+                    refunded: money(r.try_get("refunded_minor")?, &r.try_get::<String, _>("currency")?)?,
+                    advanced: r.try_get::<i64, _>("advanced")? != 0,
                 })
+            }
+
+            fn refund_from(r: &$row) -> StoreResult<Refund> {
+                let status: String = r.try_get("status")?;
+                Ok(Refund {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    charge_id: uuid(&r.try_get::<String, _>("charge_id")?)?,
+                    out_refund_no: r.try_get("out_refund_no")?,
+                    amount: money(r.try_get("amount_minor")?, &r.try_get::<String, _>("currency")?)?,
+                    reason: r.try_get("reason")?,
+                    status: RefundStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("refund status {status:?}")))?,
+                    provider_ref: r.try_get("provider_ref")?,
+                    last_error: r.try_get("last_error")?,
+                    actor: r.try_get("actor")?,
+                    created_at: at(r.try_get("created_at")?)?,
+                    updated_at: at(r.try_get("updated_at")?)?,
+                    settled_at: opt_at(r.try_get("settled_at")?)?,
+                })
+            }
+
+            fn recon_from(r: &$row) -> StoreResult<ReconRun> {
+                let date: String = r.try_get("bill_date")?;
+                Ok(ReconRun {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    provider: r.try_get("provider")?,
+                    bill_date: date.parse().map_err(|_| StoreError::Corrupt(format!("bill date {date:?}")))?,
+                    ran_at: at(r.try_get("ran_at")?)?,
+                    actor: r.try_get("actor")?,
+                    status: r.try_get("status")?,
+                    detail: r.try_get("detail")?,
+                    matched: r.try_get("matched")?,
+                    differences: r.try_get("differences")?,
+                })
+            }
+
+            /// Resolves the open exceptions raised about a charge: it was paid or let go.
+            async fn resolve_charge_exceptions<'c, E>(e: E, charge: Uuid, resolution: &str, now: DateTime<Utc>) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query("UPDATE exceptions SET resolved_at = $1, resolution = $2 WHERE charge_id = $3 AND resolved_at IS NULL")
+                    .bind(ms(now))
+                    .bind(resolution)
+                    .bind(charge.to_string())
+                    .execute(e)
+                    .await?;
+                Ok(())
             }
 
             fn exception_from(r: &$row) -> StoreResult<ExceptionRecord> {
@@ -1472,7 +1522,7 @@ macro_rules! backend {
                     let mut tx = self.pool.begin().await?;
                     let r = sqlx::query(
                         "UPDATE charges SET status = $1, attempts = $2, next_attempt_at = $3, provider_txn = COALESCE($4, provider_txn), last_error = $5, \
-                         settled_at = $6, updated_at = $7, lease_owner = NULL, lease_until = NULL WHERE id = $8 AND lease_owner = $9",
+                         settled_at = $6, updated_at = $7, lease_owner = NULL, lease_until = NULL, advanced = $10 WHERE id = $8 AND lease_owner = $9",
                     )
                     .bind(u.status.as_str())
                     .bind(u.attempts)
@@ -1483,10 +1533,14 @@ macro_rules! backend {
                     .bind(ms(u.attempt.at))
                     .bind(u.id.to_string())
                     .bind(u.lease_owner.clone())
+                    .bind(i64::from(u.advanced))
                     .execute(&mut *tx)
                     .await?;
                     if r.rows_affected() == 0 {
                         return Err(StoreError::Conflict(format!("lease on charge {} was lost", u.id)));
+                    }
+                    if u.status == ChargeStatus::Succeeded {
+                        resolve_charge_exceptions(&mut *tx, u.id, "collected by the provider", u.attempt.at).await?;
                     }
                     sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
                         .bind(Uuid::now_v7().to_string())
@@ -1507,17 +1561,19 @@ macro_rules! backend {
                 async fn pay_directly(&self, p: &DirectPayment) -> StoreResult<()> {
                     let mut tx = self.pool.begin().await?;
                     let r = sqlx::query(
-                        "UPDATE charges SET status = 'succeeded', method = $1, settled_at = $2, updated_at = $2, last_error = NULL \
+                        "UPDATE charges SET status = $4, method = $1, settled_at = $2, updated_at = $2, last_error = NULL \
                          WHERE id = $3 AND status IN ('arrears', 'awaiting_payment')",
                     )
                     .bind(p.method.as_str())
                     .bind(ms(p.at))
                     .bind(p.charge_id.to_string())
+                    .bind(p.outcome.as_str())
                     .execute(&mut *tx)
                     .await?;
                     if r.rows_affected() == 0 {
                         return Err(StoreError::Conflict(format!("charge {} is not payable", p.charge_id)));
                     }
+                    resolve_charge_exceptions(&mut *tx, p.charge_id, &format!("{}: {}", p.outcome, p.audit.actor), p.at).await?;
                     if let Some((session, decision, outbox)) = &p.release {
                         let r = sqlx::query("UPDATE sessions SET status = 'closed', updated_at = $1 WHERE id = $2 AND status = 'awaiting_payment'")
                             .bind(ms(p.at))
@@ -1975,6 +2031,452 @@ macro_rules! backend {
                         .iter()
                         .map(|r| Ok((r.try_get("gateway_id")?, r.try_get("key_hex")?)))
                         .collect()
+                }
+            }
+
+            #[async_trait]
+            impl MoneyStore for $store {
+                async fn provider_parking(&self, session: Uuid) -> StoreResult<Option<ProviderParking>> {
+                    sqlx::query("SELECT session_id, provider, out_parking_no, parking_id, state, block_reason, updated_at FROM provider_parkings WHERE session_id = $1")
+                        .bind(session.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<ProviderParking> {
+                            let state: String = r.try_get("state")?;
+                            Ok(ProviderParking {
+                                session_id: uuid(&r.try_get::<String, _>("session_id")?)?,
+                                provider: r.try_get("provider")?,
+                                out_parking_no: r.try_get("out_parking_no")?,
+                                parking_id: r.try_get("parking_id")?,
+                                state: ParkingState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("parking state {state:?}")))?,
+                                block_reason: r.try_get("block_reason")?,
+                                updated_at: at(r.try_get("updated_at")?)?,
+                            })
+                        })
+                        .transpose()
+                }
+
+                async fn put_provider_parking(&self, p: &ProviderParking) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO provider_parkings (session_id, provider, out_parking_no, parking_id, state, block_reason, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (session_id) DO UPDATE SET parking_id = $4, state = $5, block_reason = $6, updated_at = $7",
+                    )
+                    .bind(p.session_id.to_string())
+                    .bind(p.provider.clone())
+                    .bind(p.out_parking_no.clone())
+                    .bind(p.parking_id.clone())
+                    .bind(p.state.as_str())
+                    .bind(p.block_reason.clone())
+                    .bind(ms(p.updated_at))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn set_parking_state(&self, parking_id: &str, state: ParkingState, reason: Option<&str>, now: DateTime<Utc>) -> StoreResult<bool> {
+                    let r = sqlx::query("UPDATE provider_parkings SET state = $1, block_reason = $2, updated_at = $3 WHERE parking_id = $4")
+                        .bind(state.as_str())
+                        .bind(reason)
+                        .bind(ms(now))
+                        .bind(parking_id)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(r.rows_affected() > 0)
+                }
+
+                async fn charge_by_key(&self, key: &str) -> StoreResult<Option<Charge>> {
+                    sqlx::query(&format!("SELECT {CHARGE_COLS} FROM charges WHERE idempotency_key = $1"))
+                        .bind(key)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| charge_from(&r))
+                        .transpose()
+                }
+
+                async fn record_provider_result(&self, u: &ProviderResult) -> StoreResult<bool> {
+                    let mut tx = self.pool.begin().await?;
+                    let r = sqlx::query(
+                        "UPDATE charges SET status = $1, provider_txn = COALESCE($2, provider_txn), settled_at = $3, advanced = $4, last_error = $5, \
+                         next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, updated_at = $6 \
+                         WHERE id = $7 AND status IN ('pending', 'submitted', 'accepted', 'failed')",
+                    )
+                    .bind(u.status.as_str())
+                    .bind(u.provider_txn.clone())
+                    .bind(u.settled_at.map(ms))
+                    .bind(i64::from(u.advanced))
+                    .bind(u.last_error.clone())
+                    .bind(ms(u.attempt.at))
+                    .bind(u.charge_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 0 {
+                        return Ok(false);
+                    }
+                    sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(Uuid::now_v7().to_string())
+                        .bind(u.charge_id.to_string())
+                        .bind(u.attempt.attempt)
+                        .bind(ms(u.attempt.at))
+                        .bind(u.attempt.outcome.clone())
+                        .bind(u.attempt.detail.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                    if u.status == ChargeStatus::Succeeded {
+                        resolve_charge_exceptions(&mut *tx, u.charge_id, "collected by the provider", u.attempt.at).await?;
+                    }
+                    if let Some(x) = &u.exception {
+                        insert_exception(&mut *tx, x).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(true)
+                }
+
+                async fn clear_advance(&self, charge: Uuid, now: DateTime<Utc>) -> StoreResult<bool> {
+                    let r = sqlx::query("UPDATE charges SET advanced = 0, updated_at = $1 WHERE id = $2 AND advanced = 1")
+                        .bind(ms(now))
+                        .bind(charge.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(r.rows_affected() > 0)
+                }
+
+                async fn retry_charge(&self, charge: Uuid, now: DateTime<Utc>, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let r = sqlx::query(
+                        "UPDATE charges SET status = 'pending', attempts = 0, next_attempt_at = $1, last_error = NULL, updated_at = $1 \
+                         WHERE id = $2 AND status = 'arrears' AND method = 'mandate' AND mandate_id IS NOT NULL",
+                    )
+                    .bind(ms(now))
+                    .bind(charge.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 0 {
+                        return Err(StoreError::Conflict(format!("charge {charge} is not an arrears debt with a mandate to retry")));
+                    }
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn insert_refund(&self, f: &Refund, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let seen = sqlx::query("SELECT id FROM refunds WHERE out_refund_no = $1")
+                        .bind(f.out_refund_no.clone())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if seen.is_some() {
+                        return Err(StoreError::Duplicate(format!("refund {}", f.out_refund_no)));
+                    }
+                    let raised = sqlx::query(
+                        "UPDATE charges SET refunded_minor = refunded_minor + $1, updated_at = $2 \
+                         WHERE id = $3 AND currency = $4 AND status = 'succeeded' AND refunded_minor + $1 <= amount_minor",
+                    )
+                    .bind(f.amount.minor)
+                    .bind(ms(f.created_at))
+                    .bind(f.charge_id.to_string())
+                    .bind(f.amount.currency.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    if raised.rows_affected() == 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "charge {} was not collected, or {} more would refund more than it took",
+                            f.charge_id, f.amount
+                        )));
+                    }
+                    sqlx::query(&format!(
+                        "INSERT INTO refunds ({REFUND_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                    ))
+                    .bind(f.id.to_string())
+                    .bind(f.charge_id.to_string())
+                    .bind(f.out_refund_no.clone())
+                    .bind(f.amount.minor)
+                    .bind(f.amount.currency.as_str())
+                    .bind(f.reason.clone())
+                    .bind(f.status.as_str())
+                    .bind(f.provider_ref.clone())
+                    .bind(f.last_error.clone())
+                    .bind(f.actor.clone())
+                    .bind(ms(f.created_at))
+                    .bind(ms(f.updated_at))
+                    .bind(f.settled_at.map(ms))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| if unique_violation(&e) { StoreError::Duplicate(format!("refund {}", f.out_refund_no)) } else { e.into() })?;
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn refund(&self, id: Uuid) -> StoreResult<Option<Refund>> {
+                    sqlx::query(&format!("SELECT {REFUND_COLS} FROM refunds WHERE id = $1"))
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| refund_from(&r))
+                        .transpose()
+                }
+
+                async fn refund_by_no(&self, no: &str) -> StoreResult<Option<Refund>> {
+                    sqlx::query(&format!("SELECT {REFUND_COLS} FROM refunds WHERE out_refund_no = $1"))
+                        .bind(no)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| refund_from(&r))
+                        .transpose()
+                }
+
+                async fn refunds_of(&self, charge: Uuid) -> StoreResult<Vec<Refund>> {
+                    sqlx::query(&format!("SELECT {REFUND_COLS} FROM refunds WHERE charge_id = $1 ORDER BY created_at, id"))
+                        .bind(charge.to_string())
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(refund_from)
+                        .collect()
+                }
+
+                async fn unfinished_refunds(&self, limit: i64) -> StoreResult<Vec<Refund>> {
+                    sqlx::query(&format!("SELECT {REFUND_COLS} FROM refunds WHERE status IN ('pending', 'processing') ORDER BY updated_at, id LIMIT $1"))
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(refund_from)
+                        .collect()
+                }
+
+                async fn update_refund(&self, id: Uuid, status: RefundStatus, provider_ref: Option<&str>, last_error: Option<&str>, now: DateTime<Utc>) -> StoreResult<bool> {
+                    let mut tx = self.pool.begin().await?;
+                    let settled = (status == RefundStatus::Succeeded).then(|| ms(now));
+                    let r = sqlx::query(
+                        "UPDATE refunds SET status = $1, provider_ref = COALESCE($2, provider_ref), last_error = $3, settled_at = COALESCE($4, settled_at), updated_at = $5 \
+                         WHERE id = $6 AND status IN ('pending', 'processing')",
+                    )
+                    .bind(status.as_str())
+                    .bind(provider_ref)
+                    .bind(last_error)
+                    .bind(settled)
+                    .bind(ms(now))
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 0 {
+                        return Ok(false);
+                    }
+                    if status == RefundStatus::Closed {
+                        sqlx::query(
+                            "UPDATE charges SET refunded_minor = refunded_minor - (SELECT amount_minor FROM refunds WHERE id = $1), updated_at = $2 \
+                             WHERE id = (SELECT charge_id FROM refunds WHERE id = $1)",
+                        )
+                        .bind(id.to_string())
+                        .bind(ms(now))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(true)
+                }
+
+                async fn insert_notification(&self, id: &str, provider: &str, event_type: &str, resource: &str, now: DateTime<Utc>) -> StoreResult<bool> {
+                    let r = sqlx::query(
+                        "INSERT INTO provider_notifications (id, provider, event_type, received_at, resource) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(provider)
+                    .bind(event_type)
+                    .bind(ms(now))
+                    .bind(resource)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(r.rows_affected() > 0)
+                }
+
+                async fn deducted_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<Charge>> {
+                    sqlx::query(&format!(
+                        "SELECT {CHARGE_COLS} FROM charges WHERE method = 'mandate' AND status = 'succeeded' AND settled_at >= $1 AND settled_at < $2 ORDER BY settled_at, id"
+                    ))
+                    .bind(ms(from))
+                    .bind(ms(to))
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(charge_from)
+                    .collect()
+                }
+
+                async fn refunds_settled_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<(Refund, String)>> {
+                    sqlx::query(
+                        "SELECT r.id, r.charge_id, r.out_refund_no, r.amount_minor, r.currency, r.reason, r.status, r.provider_ref, r.last_error, r.actor, \
+                         r.created_at, r.updated_at, r.settled_at, c.idempotency_key FROM refunds r JOIN charges c ON c.id = r.charge_id \
+                         WHERE r.status = 'succeeded' AND r.settled_at >= $1 AND r.settled_at < $2 ORDER BY r.settled_at, r.id",
+                    )
+                    .bind(ms(from))
+                    .bind(ms(to))
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((refund_from(r)?, r.try_get("idempotency_key")?)))
+                    .collect()
+                }
+
+                async fn insert_reconciliation(&self, run: &ReconRun, items: &[ReconItem]) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query(
+                        "INSERT INTO reconciliations (id, provider, bill_date, ran_at, actor, status, detail, matched, differences) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(run.id.to_string())
+                    .bind(run.provider.clone())
+                    .bind(run.bill_date.to_string())
+                    .bind(ms(run.ran_at))
+                    .bind(run.actor.clone())
+                    .bind(run.status.clone())
+                    .bind(run.detail.clone())
+                    .bind(run.matched)
+                    .bind(run.differences)
+                    .execute(&mut *tx)
+                    .await?;
+                    for i in items {
+                        sqlx::query(
+                            "INSERT INTO reconciliation_items (id, run_id, kind, entry, reference, charge_id, ours_minor, theirs_minor, detail) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        )
+                        .bind(Uuid::now_v7().to_string())
+                        .bind(run.id.to_string())
+                        .bind(i.kind.as_str())
+                        .bind(i.entry.clone())
+                        .bind(i.reference.clone())
+                        .bind(i.charge_id.map(|c| c.to_string()))
+                        .bind(i.ours_minor)
+                        .bind(i.theirs_minor)
+                        .bind(i.detail.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn reconciliations(&self, limit: i64) -> StoreResult<Vec<ReconRun>> {
+                    sqlx::query("SELECT id, provider, bill_date, ran_at, actor, status, detail, matched, differences FROM reconciliations ORDER BY ran_at DESC, id DESC LIMIT $1")
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(recon_from)
+                        .collect()
+                }
+
+                async fn reconciliation(&self, id: Uuid) -> StoreResult<Option<(ReconRun, Vec<ReconItem>)>> {
+                    let Some(run) = sqlx::query("SELECT id, provider, bill_date, ran_at, actor, status, detail, matched, differences FROM reconciliations WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let run = recon_from(&run)?;
+                    let items = sqlx::query(
+                        "SELECT kind, entry, reference, charge_id, ours_minor, theirs_minor, detail FROM reconciliation_items WHERE run_id = $1 \
+                         ORDER BY CASE kind WHEN 'matched' THEN 1 ELSE 0 END, reference",
+                    )
+                    .bind(id.to_string())
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|r| -> StoreResult<ReconItem> {
+                        let kind: String = r.try_get("kind")?;
+                        Ok(ReconItem {
+                            kind: ReconKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("reconciliation kind {kind:?}")))?,
+                            entry: r.try_get("entry")?,
+                            reference: r.try_get("reference")?,
+                            charge_id: opt_uuid(r.try_get("charge_id")?)?,
+                            ours_minor: r.try_get("ours_minor")?,
+                            theirs_minor: r.try_get("theirs_minor")?,
+                            detail: r.try_get("detail")?,
+                        })
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                    Ok(Some((run, items)))
+                }
+
+                async fn sandbox_refund(&self, no: &str, trade_key: &str, amount_minor: i64, now: DateTime<Utc>) -> StoreResult<SandboxRefund> {
+                    let mut tx = self.pool.begin().await?;
+                    if let Some(r) = sqlx::query("SELECT refund_id FROM sandbox_refunds WHERE out_refund_no = $1")
+                        .bind(no)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    {
+                        return Ok(SandboxRefund::Done { refund_id: r.try_get("refund_id")? });
+                    }
+                    let Some(trade) = sqlx::query("SELECT reference, amount_minor FROM sandbox_debits WHERE idempotency_key = $1")
+                        .bind(trade_key)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    else {
+                        return Ok(SandboxRefund::Refused { reason: format!("no debit {trade_key}") });
+                    };
+                    let reference: String = trade.try_get("reference")?;
+                    let taken: i64 = trade.try_get("amount_minor")?;
+                    let given: i64 = sqlx::query("SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS given FROM sandbox_refunds WHERE trade_key = $1")
+                        .bind(trade_key)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("given")?;
+                    if amount_minor <= 0 || given + amount_minor > taken {
+                        return Ok(SandboxRefund::Refused { reason: "refund exceeds the debit".into() });
+                    }
+                    let refund_id = format!("sbr-{}", Uuid::now_v7().simple());
+                    sqlx::query("INSERT INTO sandbox_refunds (out_refund_no, trade_key, reference, amount_minor, refund_id, at) VALUES ($1, $2, $3, $4, $5, $6)")
+                        .bind(no)
+                        .bind(trade_key)
+                        .bind(reference.clone())
+                        .bind(amount_minor)
+                        .bind(refund_id.clone())
+                        .bind(ms(now))
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE sandbox_wallets SET balance_minor = balance_minor + $1, updated_at = $2 WHERE reference = $3")
+                        .bind(amount_minor)
+                        .bind(ms(now))
+                        .bind(reference)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(SandboxRefund::Done { refund_id })
+                }
+
+                async fn sandbox_ledger(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<LedgerRow>> {
+                    let mut rows = Vec::new();
+                    for r in sqlx::query("SELECT idempotency_key, txn_id, amount_minor, at FROM sandbox_debits WHERE outcome = 'succeeded' AND at >= $1 AND at < $2")
+                        .bind(ms(from))
+                        .bind(ms(to))
+                        .fetch_all(&self.pool)
+                        .await?
+                    {
+                        rows.push(LedgerRow {
+                            entry: "trade",
+                            reference: r.try_get("idempotency_key")?,
+                            txn: r.try_get("txn_id")?,
+                            amount_minor: r.try_get("amount_minor")?,
+                            at: at(r.try_get("at")?)?,
+                        });
+                    }
+                    for r in sqlx::query("SELECT out_refund_no, refund_id, amount_minor, at FROM sandbox_refunds WHERE at >= $1 AND at < $2")
+                        .bind(ms(from))
+                        .bind(ms(to))
+                        .fetch_all(&self.pool)
+                        .await?
+                    {
+                        rows.push(LedgerRow {
+                            entry: "refund",
+                            reference: r.try_get("out_refund_no")?,
+                            txn: r.try_get("refund_id")?,
+                            amount_minor: r.try_get("amount_minor")?,
+                            at: at(r.try_get("at")?)?,
+                        });
+                    }
+                    Ok(rows)
                 }
             }
         };
