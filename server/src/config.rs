@@ -185,7 +185,8 @@ pub struct WechatConfig {
     #[serde(default)]
     pub platform_certificate_file: Option<std::path::PathBuf>,
     /// Where WeChat Pay sends notifications: this server's
-    /// `https://HOST/api/providers/wechat/notify`.
+    /// `https://HOST/api/providers/wechat/notify`. A path (starting `/`) is taken at
+    /// `http.public_url`.
     pub notify_url: String,
     /// How long a call may take before it counts as unanswered (and is retried, same number).
     #[serde(default = "wechat_timeout_ms")]
@@ -323,8 +324,14 @@ impl ServerConfig {
                 if !(w.base_url.starts_with("https://") || w.base_url.starts_with("http://")) {
                     return bad("payments.wechat.base_url", "must be an http(s) URL");
                 }
-                if !w.notify_url.starts_with("https://") && !w.notify_url.starts_with("http://") {
-                    return bad("payments.wechat.notify_url", "must be an http(s) URL");
+                if !w.notify_url.starts_with("https://")
+                    && !w.notify_url.starts_with("http://")
+                    && !w.notify_url.starts_with('/')
+                {
+                    return bad(
+                        "payments.wechat.notify_url",
+                        "must be an http(s) URL, or a path at http.public_url",
+                    );
                 }
                 if w.apiv3_key.is_some() == w.apiv3_key_file.is_some() {
                     return bad(

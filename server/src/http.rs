@@ -1295,9 +1295,10 @@ async fn add_mandate(
     let driver = driver_or_404(&ctx, id(&id_s, "driver")?).await?;
     let (provider, provider_ref, channel) =
         (n.provider.0, n.provider_ref.0, n.channel.map(|c| c.0));
-    if provider != "sandbox" {
+    let deducts_with = ctx.app.provider.name();
+    if provider != deducts_with {
         return Err(ApiError::Unprocessable(format!(
-            "provider {provider:?} is not available; use \"sandbox\""
+            "provider {provider:?} is not available; this server deducts through \"{deducts_with}\""
         )));
     }
     for cap in [n.per_charge_cap, n.monthly_cap].into_iter().flatten() {
@@ -1673,6 +1674,8 @@ async fn get_session(
     let charge = ctx.app.store.charge_for_session(sid).await?;
     let mut v = json!(s);
     v["charge"] = json!(charge);
+    // The stay as the payment provider knows it (WeChat Pay's parking entry), if it does.
+    v["provider_parking"] = json!(ctx.app.store.provider_parking(sid).await?);
     Ok(Json(without_driver(v, &me)))
 }
 

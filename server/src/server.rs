@@ -109,7 +109,19 @@ impl Server {
         ));
         let provider: Arc<dyn PaymentProvider> = match &config.payments.wechat {
             Some(w) if config.payments.provider == "wechat" => Arc::new(
-                crate::wechat::WechatProvider::new(w, store.clone(), clock.clone())
+                crate::wechat::WechatProvider::new(
+                    &crate::config::WechatConfig {
+                        // A path is this server's own, at its public address.
+                        notify_url: if w.notify_url.starts_with('/') {
+                            format!("{}{}", public_url.trim_end_matches('/'), w.notify_url)
+                        } else {
+                            w.notify_url.clone()
+                        },
+                        ..w.clone()
+                    },
+                    store.clone(),
+                    clock.clone(),
+                )
                     .map_err(|e| crate::config::ConfigError(e.to_string()))?,
             ),
             _ => Arc::new(

@@ -508,7 +508,9 @@ impl WechatProvider {
         let out_parking_no = stay.session_id.simple().to_string();
         let now = self.clock.now();
         let state = self.service_state(stay, openid).await?;
-        let parking = if state != "NORMAL" {
+        // A plate not enrolled has nothing to register; any other state is WeChat Pay's to
+        // judge: the entry answers NORMAL or BLOCKED with its reason.
+        let parking = if state == "NOT_ENROLLED" {
             ProviderParking {
                 session_id: stay.session_id,
                 provider: "wechat".into(),

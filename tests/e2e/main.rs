@@ -7,6 +7,7 @@ mod fleet;
 mod frames;
 mod journal;
 mod operations;
+mod payments;
 mod rules;
 mod scenarios;
 mod security;

@@ -39,6 +39,10 @@ pub struct WorldOptions {
     pub signed: bool,
     /// The gateway's resend timer for undecided events; `None` keeps the usual 5 s to 60 s.
     pub resend: Option<ResendPolicy>,
+    /// Deduct through WeChat Pay (a simulator's address and keys) instead of the sandbox.
+    pub wechat: Option<parkpay_server::config::WechatConfig>,
+    /// How long an accepted debit waits before it is asked about, in seconds of the clock.
+    pub accepted_poll_secs: f64,
 }
 
 impl Default for WorldOptions {
@@ -58,6 +62,8 @@ impl Default for WorldOptions {
             frames: None,
             signed: true,
             resend: None,
+            wechat: None,
+            accepted_poll_secs: 60.0,
         }
     }
 }
@@ -166,6 +172,10 @@ impl World {
                 // Tests run several servers on one database and kill some: take over quickly.
                 instance_dead_secs: 1.0,
                 sandbox_secret: Some(parkpay_server::config::Secret::new(sandbox_secret.clone())),
+                provider: if opts.wechat.is_some() { "wechat" } else { "sandbox" }.into(),
+                wechat: opts.wechat.clone(),
+                accepted_poll_secs: opts.accepted_poll_secs,
+                nightly_reconciliation: false,
                 ..PaymentsConfig::default()
             },
             // The default instance name, as an operator would run it: derived from the host and
