@@ -176,7 +176,18 @@ impl Api {
 
     /// Signs a sandbox deduction mandate over the wallet; returns the mandate's id.
     pub async fn create_mandate(&self, driver: Uuid, wallet: &str) -> Result<Uuid, SimError> {
-        let body = serde_json::json!({ "provider": "sandbox", "provider_ref": wallet });
+        self.create_mandate_with(driver, "sandbox", wallet).await
+    }
+
+    /// A mandate with `provider` (the server's configured one) under the driver's reference
+    /// there (a wallet, an openid).
+    pub async fn create_mandate_with(
+        &self,
+        driver: Uuid,
+        provider: &str,
+        reference: &str,
+    ) -> Result<Uuid, SimError> {
+        let body = serde_json::json!({ "provider": provider, "provider_ref": reference });
         let path = format!("/api/drivers/{driver}/mandates");
         let m: Created = self.call(Method::POST, &path, &[], Some(body)).await?;
         Ok(m.id)
@@ -224,6 +235,13 @@ impl Api {
                 body: "nothing to pay".into(),
             });
         };
+        if self.sandbox.is_none() {
+            // No sandbox to play: the driver pays at the booth.
+            let body = serde_json::json!({ "amount": due.amount });
+            return self
+                .call(Method::POST, &format!("/api/sessions/{session}/cash"), &[], Some(body))
+                .await;
+        }
         let body = serde_json::json!({ "session": session, "amount": due.amount });
         self.call(Method::POST, "/api/sandbox/settle", &[], Some(body))
             .await

@@ -57,6 +57,9 @@ pub struct DemoOptions {
     pub frames: Option<crate::devices::SceneCamera>,
     /// Live counts of the run, and the decision latency measured at the lane side.
     pub tally: Arc<Tally>,
+    /// Deduct through WeChat Pay (the project's in-process WeChat Pay simulator) instead of the
+    /// sandbox wallets; the run ends by reconciling each finished day's bill.
+    pub wechat: bool,
 }
 
 /// What a finished demo run measured.
@@ -65,6 +68,8 @@ pub struct DemoOutcome {
     pub report: Report,
     /// The live counts at the end of the run, with the exact decision latency quantiles.
     pub tally: Snapshot,
+    /// With WeChat Pay: each finished day's bill reconciled against the ledger.
+    pub reconciliations: Vec<parkpay_server::domain::ReconRun>,
 }
 
 /// The demo's operator account, made fresh for each run.
@@ -95,10 +100,13 @@ pub async fn run_demo(
         .clone()
         .unwrap_or_else(|| dir.path().join("parkpay-demo.db"));
     let sandbox_secret = secret(16);
-    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(
-        opts.origin.unwrap_or_else(Utc::now),
-        opts.speed,
-    ));
+    let started_at = opts.origin.unwrap_or_else(Utc::now);
+    let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(started_at, opts.speed));
+    let wechat = if opts.wechat {
+        Some(start_wechat(dir.path(), clock.clone()).await?)
+    } else {
+        None
+    };
     let config = ServerConfig {
         database_url: format!("sqlite://{}", db.display()),
         http: HttpConfig {
@@ -114,6 +122,8 @@ pub async fn run_demo(
             retry_base_secs: 600.0,
             poll_interval_ms: 50,
             sandbox_secret: Some(Secret::new(sandbox_secret.clone())),
+            provider: if wechat.is_some() { "wechat" } else { "sandbox" }.into(),
+            wechat: wechat.as_ref().map(|(_, c)| c.clone()),
             ..PaymentsConfig::default()
         },
         instance: Some("demo".into()),
@@ -167,7 +177,14 @@ pub async fn run_demo(
 
     let mut world = WorldConfig::four_lanes(lot.clone())?;
     world.api_token = Some(api_token);
-    world.sandbox_secret = Some(sandbox_secret);
+    if let Some((sim, _)) = &wechat {
+        let sim = sim.clone();
+        world.enrol = Some(crate::world::Enrol(Arc::new(
+            move |plate, colour, openid, balance| sim.enrol(plate, colour, openid, balance),
+        )));
+    } else {
+        world.sandbox_secret = Some(sandbox_secret);
+    }
     world.create_lot = true;
     world.traffic.seed = opts.seed;
     world.traffic.cars = opts.cars.unwrap_or(100_000);
@@ -201,19 +218,114 @@ pub async fn run_demo(
     let observer =
         DecisionObserver::start(&mqtt, &lot, opts.tally.clone(), Duration::from_secs(10)).await?;
     let outcome = tokio::select! {
-        r = drive(world, http.clone(), mqtt, clock) => Some(r?),
+        r = drive(world, http.clone(), mqtt, clock.clone()) => Some(r?),
         _ = interrupted => None,
     };
     observer.stop().await;
+    let mut reconciliations = Vec::new();
+    if let (Some(_), Some(_)) = (&wechat, &outcome) {
+        reconciliations = reconcile_days(&app, clock.as_ref(), opts.speed, started_at).await;
+    }
     let outcome = outcome.map(|report| DemoOutcome {
         report,
         tally: opts.tally.snapshot(),
+        reconciliations,
     });
     let _ = stop_gateway.send(());
     let _ = gateway_task.await;
     let _ = stop_server.send(());
     let _ = server_task.await;
     Ok(outcome)
+}
+
+/// Starts the in-process WeChat Pay simulator with a fresh merchant key (the simulator signs
+/// with its public key and its platform certificate in turn, as during a migration) and writes
+/// the key files the server's `[payments.wechat]` names.
+async fn start_wechat(
+    dir: &std::path::Path,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<parkpay_wechat_sim::WechatSim>, parkpay_server::config::WechatConfig), DemoError> {
+    use parkpay_wechat_sim::{Merchant, SignWith, SimOptions, WechatSim};
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let setup = |what: &str, e: &dyn std::fmt::Display| DemoError::Setup(format!("{what}: {e}"));
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+        .map_err(|e| setup("merchant key", &e))?;
+    let apiv3_key = secret(16);
+    let (mchid, appid, serial) = ("1900000109", "wxdemo0000000001", "5157F09EFDC096DE15EBE81A47057A7232F1B8E1");
+    let mut o = SimOptions::new(Merchant {
+        mchid: mchid.into(),
+        appid: appid.into(),
+        merchant_serial: serial.into(),
+        merchant_public_key_pem: key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| setup("merchant key", &e))?,
+        apiv3_key: apiv3_key.clone(),
+    });
+    o.sign_with = SignWith::Both;
+    o.notify_retry_scale = 0.01;
+    o.advance = true;
+    o.now = Arc::new(move || clock.now());
+    let sim = WechatSim::start(o)
+        .await
+        .map_err(|e| setup("WeChat Pay simulator", &e))?;
+    let write = |name: &str, text: &str| -> Result<PathBuf, DemoError> {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| setup(name, &e))?;
+        Ok(p)
+    };
+    let config = parkpay_server::config::WechatConfig {
+        base_url: sim.base_url(),
+        mchid: mchid.into(),
+        appid: appid.into(),
+        merchant_serial: serial.into(),
+        merchant_private_key_file: write(
+            "apiclient_key.pem",
+            &key.to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| setup("merchant key", &e))?,
+        )?,
+        apiv3_key: Some(Secret::new(apiv3_key)),
+        apiv3_key_file: None,
+        public_key_file: Some(write("pub_key.pem", &sim.public_key_pem())?),
+        public_key_id: Some(sim.public_key_id()),
+        platform_certificate_file: Some(write("platform_cert.pem", &sim.platform_certificate_pem())?),
+        notify_url: "/api/providers/wechat/notify".into(),
+        timeout_ms: 5000,
+        service_cache_secs: 60,
+    };
+    Ok((Arc::new(sim), config))
+}
+
+/// Reconciles every day of the run whose bill WeChat Pay has published (10:00 China Standard
+/// Time the next day), waiting up to two real minutes of the scaled clock for the last one.
+async fn reconcile_days(
+    app: &parkpay_server::app::App,
+    clock: &dyn Clock,
+    speed: f64,
+    from: DateTime<Utc>,
+) -> Vec<parkpay_server::domain::ReconRun> {
+    let cst = chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset");
+    let mut day = from.with_timezone(&cst).date_naive();
+    let last = clock.now().with_timezone(&cst).date_naive();
+    let mut runs = Vec::new();
+    while day <= last {
+        let (_, end) = parkpay_server::payments::bill_day_bounds(day);
+        let ready = end + chrono::Duration::hours(10);
+        let wait = (ready - clock.now()).num_milliseconds().max(0) as f64 / speed.max(1.0);
+        if wait > 120_000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(wait as u64 + 50)).await;
+        match app.reconcile(day, "demo").await {
+            Ok(run) => runs.push(run),
+            Err(e) => tracing::warn!(%day, error = %e, "reconciliation failed"),
+        }
+        day = match day.succ_opt() {
+            Some(d) => d,
+            None => break,
+        };
+    }
+    runs
 }
 
 /// A gateway configuration serving `lanes` of `lot`, with the simulator's device-naming rule

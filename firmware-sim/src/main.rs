@@ -96,10 +96,20 @@ struct DemoArgs {
     /// Write ground truth as JSON lines here.
     #[arg(long)]
     truth_log: Option<PathBuf>,
+    /// How stays are paid: `sandbox` (the server's own wallets) or `wechat` (deduction through
+    /// the in-process WeChat Pay simulator; the run ends by reconciling each finished day).
+    #[arg(long, value_enum, default_value_t = PaymentsKind::Sandbox)]
+    payments: PaymentsKind,
     /// Show the log here instead of the progress bar (the log otherwise goes to a file, whose
     /// path the demo prints when it starts).
     #[arg(short, long)]
     verbose: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PaymentsKind {
+    Sandbox,
+    Wechat,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -147,6 +157,7 @@ async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
         database: a.database,
         truth_log: a.truth_log,
         tally: tally.clone(),
+        wechat: matches!(a.payments, PaymentsKind::Wechat),
     };
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -179,6 +190,12 @@ async fn run_demo(a: DemoArgs) -> anyhow::Result<()> {
     match outcome {
         Some(o) => {
             print_summary(&o, elapsed, log.as_deref());
+            for r in &o.reconciliations {
+                println!(
+                    "reconciled {} with WeChat Pay's bill: {} ({})",
+                    r.bill_date, r.status, r.detail
+                );
+            }
             println!("{}", serde_json::to_string(&LedgerLine::new(&o))?);
             if o.report.mismatches > 0 {
                 bail!(

@@ -196,6 +196,8 @@ pub struct CarContext {
     pub start: Instant,
     /// Live counts for whoever watches the run.
     pub tally: Arc<Tally>,
+    /// An outside payment provider to tell of each mandated driver.
+    pub enrol: Option<crate::world::Enrol>,
 }
 
 /// Registers the car's driver, then lives its plan: arrive, enter, stay, leave.
@@ -244,6 +246,20 @@ async fn register(ctx: &CarContext, plan: &CarPlan) -> Result<uuid::Uuid, SimErr
         .add_vehicle(driver, plan.vehicle.plate.as_str(), plan.vehicle.colour)
         .await?;
     let wallet = format!("{}-{}", ctx.wallet_prefix, plan.car);
+    if let Some(enrol) = &ctx.enrol {
+        if plan.has_mandate {
+            let colour = match plan.vehicle.colour {
+                parkpay_protocol::PlateColour::Green => "GREEN",
+                parkpay_protocol::PlateColour::Yellow => "YELLOW",
+                _ => "BLUE",
+            };
+            (enrol.0)(plan.vehicle.plate.as_str(), colour, &wallet, plan.wallet_fen);
+            ctx.api
+                .create_mandate_with(driver, "wechat", &wallet)
+                .await?;
+        }
+        return Ok(driver);
+    }
     ctx.api
         .create_wallet(&wallet, Money::cny(plan.wallet_fen))
         .await?;

@@ -59,6 +59,20 @@ pub struct WorldConfig {
     /// [`STUCK_AFTER`] at it although the server has already decided for that very capture
     /// (the decision reached a gateway that had restarted since the car arrived).
     pub lift_stuck_cars: bool,
+    /// Deduction through an outside provider (WeChat Pay): drivers get a mandate of that
+    /// provider under an openid, and the provider is told of them (plate, colour, openid,
+    /// balance in fen). The sandbox's wallets when `None`.
+    pub enrol: Option<Enrol>,
+}
+
+/// Tells an outside payment provider of a driver: plate, colour, openid, balance in fen.
+#[derive(Clone)]
+pub struct Enrol(pub Arc<dyn Fn(&str, &str, &str, i64) + Send + Sync>);
+
+impl std::fmt::Debug for Enrol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Enrol(..)")
+    }
 }
 
 /// How long a car waits at a barrier the server decided for before the attendant lifts it.
@@ -132,6 +146,7 @@ impl WorldConfig {
             http_client: None,
             clear_wait: Duration::from_secs(5),
             lift_stuck_cars: false,
+            enrol: None,
         })
     }
 
@@ -229,6 +244,7 @@ pub async fn drive_audited(
         wallet_prefix: format!("sim-{}-{:x}", world.lot, world.traffic.seed),
         start: Instant::now(),
         tally: world.tally.clone(),
+        enrol: world.enrol.clone(),
     };
     tracing::info!(cars = cars.len(), "traffic starts");
     let attendant = tokio::spawn(attend(
