@@ -264,7 +264,8 @@ async fn start_wechat(
     });
     o.sign_with = SignWith::Both;
     o.notify_retry_scale = 0.01;
-    o.advance = true;
+    // No advance (垫资): a driver short of money becomes a debt, as with the sandbox.
+    o.advance = false;
     o.now = Arc::new(move || clock.now());
     let sim = WechatSim::start(o)
         .await

@@ -615,8 +615,11 @@ impl PaymentProvider for WechatProvider {
     }
 
     async fn entered(&self, stay: &Stay) -> Result<Option<ProviderParking>, ProviderError> {
-        let openid = stay.payer_ref.clone().unwrap_or_default();
-        self.register(stay, &openid).await.map(Some)
+        // Without a mandate there is nobody to deduct from: nothing to register.
+        match &stay.payer_ref {
+            Some(openid) => self.register(stay, openid).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn debit(&self, req: &DebitRequest) -> Result<ProviderOutcome, ProviderError> {
