@@ -239,7 +239,12 @@ impl Api {
             // No sandbox to play: the driver pays at the booth.
             let body = serde_json::json!({ "amount": due.amount });
             return self
-                .call(Method::POST, &format!("/api/sessions/{session}/cash"), &[], Some(body))
+                .call(
+                    Method::POST,
+                    &format!("/api/sessions/{session}/cash"),
+                    &[],
+                    Some(body),
+                )
                 .await;
         }
         let body = serde_json::json!({ "session": session, "amount": due.amount });

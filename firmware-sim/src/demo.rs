@@ -122,7 +122,12 @@ pub async fn run_demo(
             retry_base_secs: 600.0,
             poll_interval_ms: 50,
             sandbox_secret: Some(Secret::new(sandbox_secret.clone())),
-            provider: if wechat.is_some() { "wechat" } else { "sandbox" }.into(),
+            provider: if wechat.is_some() {
+                "wechat"
+            } else {
+                "sandbox"
+            }
+            .into(),
             wechat: wechat.as_ref().map(|(_, c)| c.clone()),
             ..PaymentsConfig::default()
         },
@@ -244,14 +249,24 @@ pub async fn run_demo(
 async fn start_wechat(
     dir: &std::path::Path,
     clock: Arc<dyn Clock>,
-) -> Result<(Arc<parkpay_wechat_sim::WechatSim>, parkpay_server::config::WechatConfig), DemoError> {
+) -> Result<
+    (
+        Arc<parkpay_wechat_sim::WechatSim>,
+        parkpay_server::config::WechatConfig,
+    ),
+    DemoError,
+> {
     use parkpay_wechat_sim::{Merchant, SignWith, SimOptions, WechatSim};
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     let setup = |what: &str, e: &dyn std::fmt::Display| DemoError::Setup(format!("{what}: {e}"));
     let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
         .map_err(|e| setup("merchant key", &e))?;
     let apiv3_key = secret(16);
-    let (mchid, appid, serial) = ("1900000109", "wxdemo0000000001", "5157F09EFDC096DE15EBE81A47057A7232F1B8E1");
+    let (mchid, appid, serial) = (
+        "1900000109",
+        "wxdemo0000000001",
+        "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+    );
     let mut o = SimOptions::new(Merchant {
         mchid: mchid.into(),
         appid: appid.into(),
@@ -289,7 +304,10 @@ async fn start_wechat(
         apiv3_key_file: None,
         public_key_file: Some(write("pub_key.pem", &sim.public_key_pem())?),
         public_key_id: Some(sim.public_key_id()),
-        platform_certificate_file: Some(write("platform_cert.pem", &sim.platform_certificate_pem())?),
+        platform_certificate_file: Some(write(
+            "platform_cert.pem",
+            &sim.platform_certificate_pem(),
+        )?),
         notify_url: "/api/providers/wechat/notify".into(),
         timeout_ms: 5000,
         service_cache_secs: 60,

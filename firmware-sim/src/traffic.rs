@@ -253,7 +253,12 @@ async fn register(ctx: &CarContext, plan: &CarPlan) -> Result<uuid::Uuid, SimErr
                 parkpay_protocol::PlateColour::Yellow => "YELLOW",
                 _ => "BLUE",
             };
-            (enrol.0)(plan.vehicle.plate.as_str(), colour, &wallet, plan.wallet_fen);
+            (enrol.0)(
+                plan.vehicle.plate.as_str(),
+                colour,
+                &wallet,
+                plan.wallet_fen,
+            );
             ctx.api
                 .create_mandate_with(driver, "wechat", &wallet)
                 .await?;

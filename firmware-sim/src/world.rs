@@ -67,7 +67,10 @@ pub struct WorldConfig {
 
 /// Tells an outside payment provider of a driver: plate, colour, openid, balance in fen.
 #[derive(Clone)]
-pub struct Enrol(pub Arc<dyn Fn(&str, &str, &str, i64) + Send + Sync>);
+pub struct Enrol(pub Arc<EnrolFn>);
+
+/// plate, colour (BLUE, GREEN, YELLOW), openid, balance in fen.
+pub type EnrolFn = dyn Fn(&str, &str, &str, i64) + Send + Sync;
 
 impl std::fmt::Debug for Enrol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -721,7 +721,11 @@ impl App {
             return Err(AppError::Conflict(format!(
                 "charge {charge_id} is {}, nothing to {}",
                 charge.status,
-                if outcome == ChargeStatus::Waived { "waive" } else { "pay" }
+                if outcome == ChargeStatus::Waived {
+                    "waive"
+                } else {
+                    "pay"
+                }
             )));
         }
         let method = method.unwrap_or(charge.method);
@@ -763,7 +767,12 @@ impl App {
             id: new_id(),
             at: now,
             actor: actor.to_string(),
-            action: if outcome == ChargeStatus::Waived { "charge.waived" } else { "charge.paid" }.into(),
+            action: if outcome == ChargeStatus::Waived {
+                "charge.waived"
+            } else {
+                "charge.paid"
+            }
+            .into(),
             subject: format!("charge {charge_id}"),
             detail: if outcome == ChargeStatus::Waived {
                 format!("{} waived: {note}", charge.amount)

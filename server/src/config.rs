@@ -362,10 +362,7 @@ impl ServerConfig {
                 return bad("payments.wechat", "is required when provider = \"wechat\"");
             }
             _ => {
-                return bad(
-                    "payments.provider",
-                    "must be \"sandbox\" or \"wechat\"",
-                );
+                return bad("payments.provider", "must be \"sandbox\" or \"wechat\"");
             }
         }
         if self.payments.max_attempts < 1 {

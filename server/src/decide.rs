@@ -1363,7 +1363,11 @@ mod tests {
         is(&p, BarrierAction::Hold, DecisionReason::DeductionBlocked);
         assert!(matches!(
             p.effect,
-            Effect::Close { status: SessionStatus::AwaitingPayment, collect: Some(Collect::PayAtExit), .. }
+            Effect::Close {
+                status: SessionStatus::AwaitingPayment,
+                collect: Some(Collect::PayAtExit),
+                ..
+            }
         ));
         x.blocked = None;
         is(&x.decide(), BarrierAction::Open, DecisionReason::Mandate);

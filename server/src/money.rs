@@ -76,7 +76,9 @@ impl App {
                     "the provider will not deduct for this stay"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(%session, error = %e, "could not register the stay with the provider; the exit registers it"),
+                Err(e) => {
+                    tracing::warn!(%session, error = %e, "could not register the stay with the provider; the exit registers it")
+                }
             }
         });
     }
@@ -122,7 +124,8 @@ impl App {
                     tracing::error!(charge = %c.id, ours = c.amount.minor, theirs = amount_minor, "the provider reports another amount; left for reconciliation");
                     return Ok(());
                 }
-                self.record_outcome(&c, outcome.clone(), "notification").await
+                self.record_outcome(&c, outcome.clone(), "notification")
+                    .await
             }
             ProviderEvent::PaidBack { key } => {
                 let Some(c) = self.store.charge_by_key(key).await? else {
@@ -228,7 +231,9 @@ impl App {
     async fn record_refund(&self, r: &Refund, o: RefundOutcome) -> AppResult<Refund> {
         let now = self.clock.now();
         let (status, provider_ref, error) = match o {
-            RefundOutcome::Succeeded { refund_id } => (RefundStatus::Succeeded, Some(refund_id), None),
+            RefundOutcome::Succeeded { refund_id } => {
+                (RefundStatus::Succeeded, Some(refund_id), None)
+            }
             RefundOutcome::Processing { refund_id } => {
                 (RefundStatus::Processing, Some(refund_id), None)
             }
@@ -258,17 +263,23 @@ impl App {
     ) -> AppResult<Refund> {
         let reason = n.reason.trim();
         if reason.is_empty() {
-            return Err(AppError::Unprocessable("reason: say why the money goes back".into()));
+            return Err(AppError::Unprocessable(
+                "reason: say why the money goes back".into(),
+            ));
         }
         if n.amount.minor <= 0 {
-            return Err(AppError::Unprocessable("amount: must be more than zero".into()));
+            return Err(AppError::Unprocessable(
+                "amount: must be more than zero".into(),
+            ));
         }
         let out_refund_no = match n.out_refund_no {
             Some(no) => {
                 let no = no.trim().to_string();
                 if no.is_empty()
                     || no.len() > 64
-                    || !no.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
+                    || !no
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b))
                 {
                     return Err(AppError::Unprocessable(
                         "out_refund_no: 1 to 64 of letters, digits and _-|*@".into(),
@@ -318,7 +329,10 @@ impl App {
             actor,
             "charge.refund",
             format!("charge {charge_id}"),
-            format!("{} of {} back ({out_refund_no}): {reason}", n.amount, charge.amount),
+            format!(
+                "{} of {} back ({out_refund_no}): {reason}",
+                n.amount, charge.amount
+            ),
         );
         match self.store.insert_refund(&refund, &a).await {
             Ok(()) => {}
@@ -331,15 +345,20 @@ impl App {
             }
             Err(StoreError::Conflict(_)) => {
                 let left = charge.amount.minor - charge.refunded.minor;
-                return Err(AppError::Conflict(if charge.status != ChargeStatus::Succeeded {
-                    format!("charge {charge_id} is {}: only a collected charge can be refunded", charge.status)
-                } else {
-                    format!(
-                        "{} would refund more than the charge took: at most {} is left",
-                        n.amount,
-                        Money::new(left.max(0), charge.amount.currency)
-                    )
-                }));
+                return Err(AppError::Conflict(
+                    if charge.status != ChargeStatus::Succeeded {
+                        format!(
+                            "charge {charge_id} is {}: only a collected charge can be refunded",
+                            charge.status
+                        )
+                    } else {
+                        format!(
+                            "{} would refund more than the charge took: at most {} is left",
+                            n.amount,
+                            Money::new(left.max(0), charge.amount.currency)
+                        )
+                    },
+                ));
             }
             Err(e) => return Err(e.into()),
         }
@@ -382,10 +401,17 @@ impl App {
 
     /// An operator lets a debt or a held fee go (with a reason; audited). A car held at the
     /// exit for it is let out.
-    pub async fn waive_charge(&self, charge_id: Uuid, reason: &str, actor: &str) -> AppResult<Charge> {
+    pub async fn waive_charge(
+        &self,
+        charge_id: Uuid,
+        reason: &str,
+        actor: &str,
+    ) -> AppResult<Charge> {
         let reason = reason.trim();
         if reason.is_empty() {
-            return Err(AppError::Unprocessable("reason: say why the fee is waived".into()));
+            return Err(AppError::Unprocessable(
+                "reason: say why the fee is waived".into(),
+            ));
         }
         self.settle_directly(charge_id, ChargeStatus::Waived, None, actor, reason)
             .await
@@ -401,7 +427,9 @@ impl App {
             format!("charge {charge_id}"),
             "debit the mandate again".into(),
         );
-        self.store.retry_charge(charge_id, self.clock.now(), &a).await?;
+        self.store
+            .retry_charge(charge_id, self.clock.now(), &a)
+            .await?;
         self.charges_due.notify_one();
         let c = self
             .store
@@ -446,10 +474,16 @@ impl App {
         // (entry, reference) -> (amount, charge)
         let mut ours: BTreeMap<(&'static str, String), (i64, Option<Uuid>)> = BTreeMap::new();
         for c in self.store.deducted_between(from, to).await? {
-            ours.insert(("trade", c.idempotency_key.clone()), (c.amount.minor, Some(c.id)));
+            ours.insert(
+                ("trade", c.idempotency_key.clone()),
+                (c.amount.minor, Some(c.id)),
+            );
         }
         for (r, _) in self.store.refunds_settled_between(from, to).await? {
-            ours.insert(("refund", r.out_refund_no.clone()), (r.amount.minor, Some(r.charge_id)));
+            ours.insert(
+                ("refund", r.out_refund_no.clone()),
+                (r.amount.minor, Some(r.charge_id)),
+            );
         }
         let mut theirs: BTreeMap<(&'static str, String), i64> = BTreeMap::new();
         for l in lines {
@@ -492,7 +526,9 @@ impl App {
                         format!(
                             "our charge is {}{}",
                             c.status,
-                            c.settled_at.map(|t| format!(", settled {t}")).unwrap_or_default()
+                            c.settled_at
+                                .map(|t| format!(", settled {t}"))
+                                .unwrap_or_default()
                         ),
                     ),
                     None => (None, "no charge of ours has this number".to_string()),
@@ -513,7 +549,10 @@ impl App {
                 detail,
             });
         }
-        run.matched = items.iter().filter(|i| i.kind == ReconKind::Matched).count() as i64;
+        run.matched = items
+            .iter()
+            .filter(|i| i.kind == ReconKind::Matched)
+            .count() as i64;
         run.differences = items.len() as i64 - run.matched;
         run.detail = format!(
             "{} of ours, {} on the bill: {} matched, {} differences",
@@ -540,10 +579,18 @@ pub fn recon_csv(run: &ReconRun, items: &[ReconItem]) -> String {
         }
     };
     let yuan = |m: Option<i64>| {
-        m.map(|m| format!("{}{}.{:02}", if m < 0 { "-" } else { "" }, m.abs() / 100, m.abs() % 100))
-            .unwrap_or_default()
+        m.map(|m| {
+            format!(
+                "{}{}.{:02}",
+                if m < 0 { "-" } else { "" },
+                m.abs() / 100,
+                m.abs() % 100
+            )
+        })
+        .unwrap_or_default()
     };
-    let mut out = String::from("bill_date,kind,entry,reference,charge_id,ours_cny,theirs_cny,detail\n");
+    let mut out =
+        String::from("bill_date,kind,entry,reference,charge_id,ours_cny,theirs_cny,detail\n");
     for i in items {
         out.push_str(&format!(
             "{},{},{},{},{},{},{},{}\n",
@@ -562,7 +609,11 @@ pub fn recon_csv(run: &ReconRun, items: &[ReconItem]) -> String {
 
 /// Reconciles yesterday's bill once a day, once the provider has published it (10:00 China
 /// Standard Time), until a run is done; a bill not out yet is asked for again each round.
-pub async fn run_nightly(app: App, every: std::time::Duration, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn run_nightly(
+    app: App,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -584,7 +635,9 @@ pub async fn run_nightly(app: App, every: std::time::Duration, shutdown: tokio_u
         };
         if !done {
             match app.reconcile(yesterday, "nightly").await {
-                Ok(run) => tracing::info!(date = %yesterday, status = %run.status, detail = %run.detail, "nightly reconciliation"),
+                Ok(run) => {
+                    tracing::info!(date = %yesterday, status = %run.status, detail = %run.detail, "nightly reconciliation")
+                }
                 Err(e) => tracing::warn!(error = %e, "nightly reconciliation failed"),
             }
         }

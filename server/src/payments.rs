@@ -93,12 +93,22 @@ pub struct RefundRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundOutcome {
-    Succeeded { refund_id: String },
-    Processing { refund_id: String },
+    Succeeded {
+        refund_id: String,
+    },
+    Processing {
+        refund_id: String,
+    },
     /// Closed or abnormal at the provider, or refused outright: the money did not go back.
-    Closed { reason: String },
-    Abnormal { reason: String },
-    Refused { reason: String },
+    Closed {
+        reason: String,
+    },
+    Abnormal {
+        reason: String,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// One line of a provider's daily bill.
@@ -664,7 +674,10 @@ pub async fn stay_of(app: &App, session: Uuid) -> Option<Stay> {
         session_id: s.id,
         colour: colour_of_plate(&s.plate),
         plate: s.plate,
-        lot_name: lot.as_ref().map(|l| l.name.clone()).unwrap_or_else(|| s.lot.to_string()),
+        lot_name: lot
+            .as_ref()
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| s.lot.to_string()),
         lane: s
             .exit_lane
             .as_ref()

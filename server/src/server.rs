@@ -122,7 +122,7 @@ impl Server {
                     store.clone(),
                     clock.clone(),
                 )
-                    .map_err(|e| crate::config::ConfigError(e.to_string()))?,
+                .map_err(|e| crate::config::ConfigError(e.to_string()))?,
             ),
             _ => Arc::new(
                 SandboxProvider::new(

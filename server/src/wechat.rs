@@ -193,7 +193,9 @@ pub fn plate_color(c: PlateColour) -> &'static str {
 /// RFC 3339 in China Standard Time, to the second, as the parking API wants times.
 pub fn cst(t: DateTime<Utc>) -> String {
     let z = FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset");
-    t.with_timezone(&z).format("%Y-%m-%dT%H:%M:%S+08:00").to_string()
+    t.with_timezone(&z)
+        .format("%Y-%m-%dT%H:%M:%S+08:00")
+        .to_string()
 }
 
 /// Yuan with up to two decimals ("12.5", "0.02", "-3.00") to fen, exactly.
@@ -231,20 +233,23 @@ pub fn parse_trade_bill(text: &str) -> Result<Vec<BillLine>, String> {
         .collect();
     let col = |names: &[&str]| header.iter().position(|h| names.contains(&h.as_str()));
     let state = col(&["交易状态", "trade_state"]).ok_or("the bill has no 交易状态 column")?;
-    let trade_no = col(&["商户订单号", "out_trade_no"]).ok_or("the bill has no 商户订单号 column")?;
+    let trade_no =
+        col(&["商户订单号", "out_trade_no"]).ok_or("the bill has no 商户订单号 column")?;
     let total = col(&["订单金额", "total_amount"])
         .or_else(|| col(&["应结订单金额", "settlement_total_fee"]))
         .ok_or("the bill has no 订单金额 column")?;
     let refund_no = col(&["商户退款单号", "out_refund_no"]);
-    let refund_amount = col(&["申请退款金额", "apply_refund_fee"])
-        .or_else(|| col(&["退款金额", "refund_fee"]));
+    let refund_amount =
+        col(&["申请退款金额", "apply_refund_fee"]).or_else(|| col(&["退款金额", "refund_fee"]));
     let mut out = Vec::new();
     for (n, line) in lines.enumerate() {
         let fields: Vec<&str> = line
             .split(',')
             .map(|f| f.trim().trim_start_matches('`'))
             .collect();
-        if fields.first().is_some_and(|f| f.starts_with("总交易单数") || *f == "total_count")
+        if fields
+            .first()
+            .is_some_and(|f| f.starts_with("总交易单数") || *f == "total_count")
         {
             break;
         }
@@ -322,11 +327,21 @@ impl WechatProvider {
         let pem = read("merchant_private_key_file", &c.merchant_private_key_file)?;
         let key = RsaPrivateKey::from_pkcs8_pem(&pem)
             .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
-            .map_err(|e| field("merchant_private_key_file", format!("not an RSA private key in PEM: {e}")))?;
+            .map_err(|e| {
+                field(
+                    "merchant_private_key_file",
+                    format!("not an RSA private key in PEM: {e}"),
+                )
+            })?;
         let apiv3 = match (&c.apiv3_key, &c.apiv3_key_file) {
             (Some(k), None) => k.expose().to_string(),
             (None, Some(p)) => read("apiv3_key_file", p)?.trim().to_string(),
-            _ => return Err(field("apiv3_key", "set exactly one of apiv3_key and apiv3_key_file")),
+            _ => {
+                return Err(field(
+                    "apiv3_key",
+                    "set exactly one of apiv3_key and apiv3_key_file",
+                ))
+            }
         };
         let apiv3_key: [u8; 32] = apiv3
             .as_bytes()
@@ -338,7 +353,12 @@ impl WechatProvider {
                 .add_public_key(id, &read("public_key_file", p)?)
                 .map_err(|e| field("public_key_file", e))?,
             (None, None) => {}
-            _ => return Err(field("public_key_id", "public_key_file and public_key_id go together")),
+            _ => {
+                return Err(field(
+                    "public_key_id",
+                    "public_key_file and public_key_id go together",
+                ))
+            }
         }
         if let Some(p) = &c.platform_certificate_file {
             verifiers
@@ -448,11 +468,17 @@ impl WechatProvider {
             return Err(ProviderError::Unavailable(format!(
                 "{method} {path_query}: {} {}",
                 status.as_u16(),
-                String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             )));
         }
         if verify {
-            if let Err(why) = self.verifiers.verify(&headers, &bytes, Utc::now().timestamp()) {
+            if let Err(why) = self
+                .verifiers
+                .verify(&headers, &bytes, Utc::now().timestamp())
+            {
                 tracing::warn!(%path_query, status = status.as_u16(), %why, "WeChat Pay answer not verified; not believed");
                 return Err(ProviderError::Unavailable(format!(
                     "{method} {path_query}: answer not verified ({why})"
@@ -496,7 +522,10 @@ impl WechatProvider {
         } else if a.status == StatusCode::NOT_FOUND {
             "NOT_ENROLLED".to_string()
         } else {
-            return Err(ProviderError::Unavailable(format!("services/find: {}", a.code())));
+            return Err(ProviderError::Unavailable(format!(
+                "services/find: {}",
+                a.code()
+            )));
         };
         if let Ok(mut cache) = self.services.lock() {
             cache.insert(cache_key, (state.clone(), Instant::now()));
@@ -533,7 +562,10 @@ impl WechatProvider {
             let url = self.url("/v3/vehicle/parking/parkings", &[])?;
             let a = self.call(Method::POST, url, Some(&body)).await?;
             if !a.status.is_success() {
-                return Err(ProviderError::Unavailable(format!("parking entry: {}", a.code())));
+                return Err(ProviderError::Unavailable(format!(
+                    "parking entry: {}",
+                    a.code()
+                )));
             }
             let blocked = a.json["state"].as_str() == Some("BLOCKED");
             ProviderParking {
@@ -685,7 +717,10 @@ impl PaymentProvider for WechatProvider {
 
     async fn query(&self, req: &DebitRequest) -> Result<Option<ProviderOutcome>, ProviderError> {
         let url = self.url(
-            &format!("/v3/vehicle/transactions/out-trade-no/{}", req.idempotency_key),
+            &format!(
+                "/v3/vehicle/transactions/out-trade-no/{}",
+                req.idempotency_key
+            ),
             &[("appid", self.appid.as_str())],
         )?;
         let a = self.call(Method::GET, url, None).await?;
@@ -693,7 +728,10 @@ impl PaymentProvider for WechatProvider {
             return Ok(None);
         }
         if !a.status.is_success() {
-            return Err(ProviderError::Unavailable(format!("order query: {}", a.code())));
+            return Err(ProviderError::Unavailable(format!(
+                "order query: {}",
+                a.code()
+            )));
         }
         Ok(Self::trade_outcome(&a.json))
     }
@@ -711,9 +749,7 @@ impl PaymentProvider for WechatProvider {
         if a.status.is_success() {
             return Ok(Self::refund_outcome(&a.json));
         }
-        Ok(RefundOutcome::Refused {
-            reason: a.code(),
-        })
+        Ok(RefundOutcome::Refused { reason: a.code() })
     }
 
     async fn refund_status(&self, req: &RefundRequest) -> Result<RefundOutcome, ProviderError> {
@@ -727,7 +763,10 @@ impl PaymentProvider for WechatProvider {
             return self.refund(req).await;
         }
         if !a.status.is_success() {
-            return Err(ProviderError::Unavailable(format!("refund query: {}", a.code())));
+            return Err(ProviderError::Unavailable(format!(
+                "refund query: {}",
+                a.code()
+            )));
         }
         Ok(Self::refund_outcome(&a.json))
     }
@@ -746,7 +785,10 @@ impl PaymentProvider for WechatProvider {
             {
                 return Ok(Bill::NotReady);
             }
-            return Err(ProviderError::Unavailable(format!("trade bill: {}", a.code())));
+            return Err(ProviderError::Unavailable(format!(
+                "trade bill: {}",
+                a.code()
+            )));
         }
         let link = a.json["download_url"]
             .as_str()
@@ -755,7 +797,9 @@ impl PaymentProvider for WechatProvider {
             .map_err(|e| ProviderError::Unavailable(format!("download_url: {e}")))?;
         let base = reqwest::Url::parse(&self.base_url)
             .map_err(|e| ProviderError::Unavailable(format!("base_url: {e}")))?;
-        if link.host_str() != base.host_str() || link.port_or_known_default() != base.port_or_known_default() {
+        if link.host_str() != base.host_str()
+            || link.port_or_known_default() != base.port_or_known_default()
+        {
             return Err(ProviderError::Unavailable(format!(
                 "download_url {link} is not on the API host; not followed"
             )));
@@ -886,8 +930,16 @@ mod tests {
         assert_eq!(
             parse_trade_bill(bill).unwrap(),
             vec![
-                BillLine { entry: "trade", reference: "a1".into(), amount_minor: 1200 },
-                BillLine { entry: "refund", reference: "r1".into(), amount_minor: 250 },
+                BillLine {
+                    entry: "trade",
+                    reference: "a1".into(),
+                    amount_minor: 1200
+                },
+                BillLine {
+                    entry: "refund",
+                    reference: "r1".into(),
+                    amount_minor: 250
+                },
             ]
         );
         assert!(parse_trade_bill("").is_err());

@@ -76,7 +76,10 @@ async fn wx(tune: impl FnOnce(&mut SimOptions), opts: impl FnOnce(&mut WorldOpti
         apiv3_key_file: None,
         public_key_file: Some(write("pub_key.pem", &sim.public_key_pem())),
         public_key_id: Some(sim.public_key_id()),
-        platform_certificate_file: Some(write("platform_cert.pem", &sim.platform_certificate_pem())),
+        platform_certificate_file: Some(write(
+            "platform_cert.pem",
+            &sim.platform_certificate_pem(),
+        )),
         notify_url: "/api/providers/wechat/notify".into(),
         timeout_ms: 2000,
         service_cache_secs: 60,
@@ -129,13 +132,17 @@ impl Wx {
         let entry = self.w.pass("in-1", plate, WAIT).await;
         assert!(entry.opened, "{plate} enters");
         // The parking entry is registered with the provider off the barrier's time.
-        eventually("the stay to be registered with WeChat Pay", WAIT, || async {
-            self.sim
-                .parkings()
-                .iter()
-                .any(|p| p.plate == plate && p.state != "CHARGED")
-                .then_some(())
-        })
+        eventually(
+            "the stay to be registered with WeChat Pay",
+            WAIT,
+            || async {
+                self.sim
+                    .parkings()
+                    .iter()
+                    .any(|p| p.plate == plate && p.state != "CHARGED")
+                    .then_some(())
+            },
+        )
         .await;
         self.clock.advance(chrono::Duration::minutes(minutes));
         let exit = self.w.pass("out-1", plate, WAIT).await;
@@ -203,14 +210,21 @@ async fn a_mandated_exit_is_deducted_through_wechat_pay_once_and_settled_by_its_
     let order = x.order(key);
     assert_eq!((order.amount, order.debits), (fee, 1), "{order:?}");
     assert_eq!(order.trade_state, "SUCCESS");
-    assert_eq!(c["provider_txn"].as_str(), Some(order.transaction_id.as_str()));
+    assert_eq!(
+        c["provider_txn"].as_str(),
+        Some(order.transaction_id.as_str())
+    );
     assert_eq!(x.sim.balance("京A60001"), Some(50_000 - fee));
     // The parking entry carries our number for the stay and is now charged.
     let session_no = Uuid::parse_str(session["id"].as_str().unwrap())
         .unwrap()
         .simple()
         .to_string();
-    assert!(x.sim.parkings().iter().any(|p| p.out_parking_no == session_no));
+    assert!(x
+        .sim
+        .parkings()
+        .iter()
+        .any(|p| p.out_parking_no == session_no));
     // Every notification was delivered and believed (signed by either identity).
     eventually("the notifications to be delivered", WAIT, || async {
         x.sim
@@ -253,7 +267,11 @@ async fn insufficient_balance_is_arrears_without_an_advance_and_paid_back_later_
         )
         .await;
     assert_eq!(status, 200, "{paid}");
-    assert_eq!(open("charge_failed", debt_id).await, 0, "a paid debt closes its exception");
+    assert_eq!(
+        open("charge_failed", debt_id).await,
+        0,
+        "a paid debt closes its exception"
+    );
 
     // With an advance (垫资) the lot is paid at once; the driver owes WeChat Pay until paying
     // it back.
@@ -276,7 +294,11 @@ async fn insufficient_balance_is_arrears_without_an_advance_and_paid_back_later_
 }
 
 /// A notification as WeChat Pay sends it, encrypted with the APIv3 key but signed with `key`.
-fn forged_notification(key: &rsa::RsaPrivateKey, serial: &str, resource: &Value) -> (Vec<(String, String)>, String) {
+fn forged_notification(
+    key: &rsa::RsaPrivateKey,
+    serial: &str,
+    resource: &Value,
+) -> (Vec<(String, String)>, String) {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
     use rsa::pkcs1v15::SigningKey;
     use rsa::signature::{SignatureEncoding, Signer};
@@ -318,7 +340,10 @@ fn forged_notification(key: &rsa::RsaPrivateKey, serial: &str, resource: &Value)
             ("Wechatpay-Nonce".into(), sig_nonce.into()),
             ("Wechatpay-Signature".into(), signature),
             ("Wechatpay-Serial".into(), serial.into()),
-            ("Wechatpay-Signature-Type".into(), "WECHATPAY2-SHA256-RSA2048".into()),
+            (
+                "Wechatpay-Signature-Type".into(),
+                "WECHATPAY2-SHA256-RSA2048".into(),
+            ),
         ],
         body,
     )
@@ -326,11 +351,7 @@ fn forged_notification(key: &rsa::RsaPrivateKey, serial: &str, resource: &Value)
 
 #[tokio::test]
 async fn duplicate_notifications_change_nothing_and_forged_stale_or_probe_ones_are_refused() {
-    let x = wx(
-        |o| o.sign_with = SignWith::PublicKey,
-        |_| {},
-    )
-    .await;
+    let x = wx(|o| o.sign_with = SignWith::PublicKey, |_| {}).await;
     // The first delivery is badly signed (refused), the retry is believed, and then it comes
     // again (a duplicate: nothing changes).
     x.sim.inject(Fault::BadSignature(1));
@@ -346,8 +367,15 @@ async fn duplicate_notifications_change_nothing_and_forged_stale_or_probe_ones_a
             .then_some(m)
     })
     .await;
-    assert!(metrics.contains("parkpay_provider_notifications_total{status=\"refused\"}"), "{metrics}");
-    assert_eq!(x.sim.balance("京A60004"), Some(50_000 - fee), "one debit, whatever was resent");
+    assert!(
+        metrics.contains("parkpay_provider_notifications_total{status=\"refused\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        x.sim.balance("京A60004"),
+        Some(50_000 - fee),
+        "one debit, whatever was resent"
+    );
 
     // A notification signed ten minutes ago is refused however often it comes: the charge
     // learns its result by asking.
@@ -356,13 +384,17 @@ async fn duplicate_notifications_change_nothing_and_forged_stale_or_probe_ones_a
     let (stale, _, _) = x.stay("京A60014", 130).await;
     let accepted = x.charge_reaches(&stale, "accepted").await;
     let stale_key = accepted["idempotency_key"].as_str().unwrap().to_string();
-    eventually("the stale notification to be refused twice", WAIT, || async {
-        x.sim
-            .notifications()
-            .iter()
-            .any(|n| n.attempts >= 2 && !n.delivered && n.last_status == Some(401))
-            .then_some(())
-    })
+    eventually(
+        "the stale notification to be refused twice",
+        WAIT,
+        || async {
+            x.sim
+                .notifications()
+                .iter()
+                .any(|n| n.attempts >= 2 && !n.delivered && n.last_status == Some(401))
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(x.charge(&stale).await["status"], "accepted");
     x.clock.advance(chrono::Duration::seconds(61));
@@ -376,7 +408,10 @@ async fn duplicate_notifications_change_nothing_and_forged_stale_or_probe_ones_a
         &x.sim.public_key_id(),
         &json!({ "out_trade_no": key, "trade_state": "PAY_FAIL", "amount": { "total": fee } }),
     );
-    let mut rq = x.w.client.post(x.w.url("/api/providers/wechat/notify")).body(body);
+    let mut rq =
+        x.w.client
+            .post(x.w.url("/api/providers/wechat/notify"))
+            .body(body);
     for (k, v) in headers {
         rq = rq.header(k, v);
     }
@@ -389,7 +424,10 @@ async fn duplicate_notifications_change_nothing_and_forged_stale_or_probe_ones_a
         .sim
         .send_probe(x.w.url("/api/providers/wechat/notify").as_str())
         .await;
-    assert!(!(200..300).contains(&probe), "a probe must not be accepted: {probe}");
+    assert!(
+        !(200..300).contains(&probe),
+        "a probe must not be accepted: {probe}"
+    );
     let after = x.charge(&session).await;
     assert_eq!(after["status"], "succeeded");
     assert_eq!(fen(&after["refunded"]), 0);
@@ -430,7 +468,10 @@ async fn a_server_error_after_the_deduction_took_effect_is_retried_without_a_sec
     let (session, fee, opened) = x.stay("京A60006", 130).await;
     assert!(opened);
     let failed = x.charge_reaches(&session, "failed").await;
-    assert!(failed["last_error"].as_str().unwrap_or("").contains("500"), "{failed}");
+    assert!(
+        failed["last_error"].as_str().unwrap_or("").contains("500"),
+        "{failed}"
+    );
     x.clock.advance(chrono::Duration::seconds(11));
     let c = x.charge_reaches(&session, "succeeded").await;
     let key = c["idempotency_key"].as_str().unwrap().to_string();
@@ -450,23 +491,38 @@ async fn two_partial_refunds_go_back_and_a_third_beyond_the_charge_is_refused() 
     let path = format!("/api/charges/{id}/refunds");
     let money = |m: i64| json!({ "minor": m, "currency": "CNY" });
     let (s1, r1) = x
-        .post(&path, json!({ "amount": money(500), "reason": "barrier fault", "out_refund_no": "R1-test" }))
+        .post(
+            &path,
+            json!({ "amount": money(500), "reason": "barrier fault", "out_refund_no": "R1-test" }),
+        )
         .await;
     assert_eq!(s1, 201, "{r1}");
     // The same request again is the same refund: nothing more goes back.
     let (s1b, r1b) = x
-        .post(&path, json!({ "amount": money(500), "reason": "barrier fault", "out_refund_no": "R1-test" }))
+        .post(
+            &path,
+            json!({ "amount": money(500), "reason": "barrier fault", "out_refund_no": "R1-test" }),
+        )
         .await;
     assert_eq!((s1b, &r1b["id"]), (201, &r1["id"]), "{r1b}");
     let (s2, r2) = x
-        .post(&path, json!({ "amount": money(fee - 500), "reason": "goodwill" }))
+        .post(
+            &path,
+            json!({ "amount": money(fee - 500), "reason": "goodwill" }),
+        )
         .await;
     assert_eq!(s2, 201, "{r2}");
     let (s3, r3) = x
         .post(&path, json!({ "amount": money(1), "reason": "one more" }))
         .await;
     assert_eq!(s3, 409, "{r3}");
-    assert!(r3["message"].as_str().unwrap().contains("more than the charge took"), "{r3}");
+    assert!(
+        r3["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than the charge took"),
+        "{r3}"
+    );
     eventually("both refunds to succeed", WAIT, || async {
         let rs = x.w.get_json(&path).await;
         let rs = rs.as_array().unwrap();
@@ -476,7 +532,11 @@ async fn two_partial_refunds_go_back_and_a_third_beyond_the_charge_is_refused() 
     let theirs = x.sim.refunds();
     assert_eq!(theirs.len(), 2, "{theirs:?}");
     assert_eq!(theirs.iter().map(|r| r.amount).sum::<i64>(), fee);
-    assert_eq!(x.sim.balance("京A60007"), Some(50_000), "every fen went back, once");
+    assert_eq!(
+        x.sim.balance("京A60007"),
+        Some(50_000),
+        "every fen went back, once"
+    );
     assert_eq!(fen(&x.charge(&session).await["refunded"]), fee);
     x.stop().await;
 }
@@ -490,14 +550,26 @@ async fn a_stay_wechat_pay_will_not_deduct_is_held_at_the_exit_and_says_why() {
     assert!(!opened, "no deduction: the car is asked to pay");
     let c = x.charge(&session).await;
     assert_eq!(c["status"], "awaiting_payment");
-    let line2 = x.w.rig("out-1").display().watch().borrow().text.line2.clone();
+    let line2 =
+        x.w.rig("out-1")
+            .display()
+            .watch()
+            .borrow()
+            .text
+            .line2
+            .clone();
     assert_eq!(line2, "Deduction paused: scan to pay");
-    let detail = x
-        .w
-        .get_json(&format!("/api/sessions/{}", session["id"].as_str().unwrap()))
+    let detail =
+        x.w.get_json(&format!(
+            "/api/sessions/{}",
+            session["id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(detail["provider_parking"]["state"], "blocked", "{detail}");
-    assert_eq!(detail["provider_parking"]["block_reason"], "PAUSE", "{detail}");
+    assert_eq!(
+        detail["provider_parking"]["block_reason"], "PAUSE",
+        "{detail}"
+    );
     assert!(x.sim.orders().is_empty(), "nothing was sent to be deducted");
     x.stop().await;
 }
@@ -525,20 +597,31 @@ async fn reconciliation_finds_each_kind_of_difference_with_the_bill() {
     x.sim.bill_omit(&omitted.0);
     x.sim.bill_amount(&altered.0, 1);
     let day: DateTime<Utc> = x.clock.now();
-    x.sim.bill_add_foreign("FOREIGN0000000000000000000000001", 777, day);
+    x.sim
+        .bill_add_foreign("FOREIGN0000000000000000000000001", 777, day);
     let date = (day + chrono::Duration::hours(8)).date_naive().to_string();
 
     // Before 10:00 the next day, the bill is not out.
     x.sim.inject(Fault::LateBill);
-    let (s, early) = x.post("/api/reconciliations", json!({ "date": date })).await;
-    assert_eq!((s, early["status"].as_str()), (201, Some("not_ready")), "{early}");
+    let (s, early) = x
+        .post("/api/reconciliations", json!({ "date": date }))
+        .await;
+    assert_eq!(
+        (s, early["status"].as_str()),
+        (201, Some("not_ready")),
+        "{early}"
+    );
     x.sim.inject(Fault::BillReady);
     x.clock.advance(chrono::Duration::hours(26));
-    let (s, run) = x.post("/api/reconciliations", json!({ "date": date })).await;
+    let (s, run) = x
+        .post("/api/reconciliations", json!({ "date": date }))
+        .await;
     assert_eq!((s, run["status"].as_str()), (201, Some("done")), "{run}");
-    let report = x
-        .w
-        .get_json(&format!("/api/reconciliations/{}", run["id"].as_str().unwrap()))
+    let report =
+        x.w.get_json(&format!(
+            "/api/reconciliations/{}",
+            run["id"].as_str().unwrap()
+        ))
         .await;
     let kind_of = |reference: &str| {
         report["items"]
@@ -555,18 +638,26 @@ async fn reconciliation_finds_each_kind_of_difference_with_the_bill() {
     assert_eq!(kind_of(&altered.0), "amount_differs");
     assert_eq!(kind_of("FOREIGN0000000000000000000000001"), "missing_here");
     assert_eq!(report["differences"], 3, "{report}");
-    let csv = x
-        .w
-        .client
-        .get(x.w.url(&format!("/api/reconciliations/{}/csv", run["id"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv =
+        x.w.client
+            .get(x.w.url(&format!(
+                "/api/reconciliations/{}/csv",
+                run["id"].as_str().unwrap()
+            )))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
     assert!(csv.starts_with("bill_date,kind,"), "{csv}");
-    assert!(csv.contains(&format!("amount_differs,trade,{}", altered.0)), "{csv}");
-    assert!(csv.contains("missing_here,trade,FOREIGN0000000000000000000000001,,,7.77"), "{csv}");
+    assert!(
+        csv.contains(&format!("amount_differs,trade,{}", altered.0)),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("missing_here,trade,FOREIGN0000000000000000000000001,,,7.77"),
+        "{csv}"
+    );
     x.stop().await;
 }

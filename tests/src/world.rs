@@ -172,7 +172,12 @@ impl World {
                 // Tests run several servers on one database and kill some: take over quickly.
                 instance_dead_secs: 1.0,
                 sandbox_secret: Some(parkpay_server::config::Secret::new(sandbox_secret.clone())),
-                provider: if opts.wechat.is_some() { "wechat" } else { "sandbox" }.into(),
+                provider: if opts.wechat.is_some() {
+                    "wechat"
+                } else {
+                    "sandbox"
+                }
+                .into(),
                 wechat: opts.wechat.clone(),
                 accepted_poll_secs: opts.accepted_poll_secs,
                 nightly_reconciliation: false,

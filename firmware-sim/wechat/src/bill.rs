@@ -10,7 +10,8 @@ use sha1::{Digest, Sha1};
 use crate::{crypto, ApiError, Inner, State};
 
 const DETAIL_HEADER: &str = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注";
-const SUMMARY_HEADER: &str = "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额";
+const SUMMARY_HEADER: &str =
+    "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额";
 /// The simulator's fee rate: 0.60 %.
 const FEE_PER_MILLE: i64 = 6;
 
@@ -23,7 +24,9 @@ fn bill_day(t: DateTime<Utc>) -> NaiveDate {
 }
 
 fn bill_time(t: DateTime<Utc>) -> String {
-    t.with_timezone(&tz()).format("%Y-%m-%d %H:%M:%S").to_string()
+    t.with_timezone(&tz())
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
 }
 
 /// Fen as yuan with two decimals ("-0.01", "12.34").
@@ -38,12 +41,19 @@ fn fee(fen: i64) -> i64 {
 }
 
 /// GET /v3/bill/tradebill?bill_date=YYYY-MM-DD[&bill_type=ALL|SUCCESS|REFUND]
-pub(crate) fn trade_bill(inner: &Arc<Inner>, q: &HashMap<String, String>) -> Result<Value, ApiError> {
-    let date_s = q.get("bill_date").filter(|s| !s.is_empty()).ok_or_else(|| {
-        let mut e = ApiError::param("参数错误: bill_date 缺少必填参数");
-        e.detail = Some(json!({"field": "bill_date", "location": "query", "issue": "缺少必填参数"}));
-        e
-    })?;
+pub(crate) fn trade_bill(
+    inner: &Arc<Inner>,
+    q: &HashMap<String, String>,
+) -> Result<Value, ApiError> {
+    let date_s = q
+        .get("bill_date")
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            let mut e = ApiError::param("参数错误: bill_date 缺少必填参数");
+            e.detail =
+                Some(json!({"field": "bill_date", "location": "query", "issue": "缺少必填参数"}));
+            e
+        })?;
     let date = NaiveDate::parse_from_str(date_s, "%Y-%m-%d")
         .map_err(|_| ApiError::param("参数错误: bill_date 格式应为YYYY-MM-DD"))?;
     let bill_type = q.get("bill_type").cloned().unwrap_or_else(|| "ALL".into());
@@ -59,13 +69,25 @@ pub(crate) fn trade_bill(inner: &Arc<Inner>, q: &HashMap<String, String>) -> Res
     let now = inner.now();
     let today = bill_day(now);
     if date >= today {
-        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在"));
+        return Err(ApiError::new(
+            400,
+            "NO_STATEMENT_EXIST",
+            "请求的账单文件不存在",
+        ));
     }
     if date < today - ChronoDuration::days(90) {
-        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在"));
+        return Err(ApiError::new(
+            400,
+            "NO_STATEMENT_EXIST",
+            "请求的账单文件不存在",
+        ));
     }
     let ready_at = tz()
-        .from_local_datetime(&(date + ChronoDuration::days(1)).and_hms_opt(10, 0, 0).expect("10:00"))
+        .from_local_datetime(
+            &(date + ChronoDuration::days(1))
+                .and_hms_opt(10, 0, 0)
+                .expect("10:00"),
+        )
         .single()
         .expect("fixed offset")
         .with_timezone(&Utc);
@@ -74,7 +96,11 @@ pub(crate) fn trade_bill(inner: &Arc<Inner>, q: &HashMap<String, String>) -> Res
         return Err(ApiError::new(400, "STATEMENT_CREATING", "账单生成中"));
     }
     let Some(file) = build_csv(inner, &st, date, &bill_type) else {
-        return Err(ApiError::new(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在"));
+        return Err(ApiError::new(
+            400,
+            "NO_STATEMENT_EXIST",
+            "请求的账单文件不存在",
+        ));
     };
     let hash = hex::encode(Sha1::digest(&file));
     let token = crypto::random_string(40);
@@ -87,14 +113,19 @@ pub(crate) fn trade_bill(inner: &Arc<Inner>, q: &HashMap<String, String>) -> Res
 }
 
 fn line(fields: &[String]) -> String {
-    fields.iter().map(|f| format!("`{f}")).collect::<Vec<_>>().join(",")
+    fields
+        .iter()
+        .map(|f| format!("`{f}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The file, or None when the day has no row.
 fn build_csv(inner: &Inner, st: &State, date: NaiveDate, bill_type: &str) -> Option<Vec<u8>> {
     let m = &inner.merchant;
     let mut rows: Vec<(DateTime<Utc>, String)> = Vec::new();
-    let (mut settle_sum, mut refund_sum, mut fee_sum, mut order_sum, mut applied_sum) = (0i64, 0i64, 0i64, 0i64, 0i64);
+    let (mut settle_sum, mut refund_sum, mut fee_sum, mut order_sum, mut applied_sum) =
+        (0i64, 0i64, 0i64, 0i64, 0i64);
     let want_pay = bill_type != "REFUND";
     let want_refund = bill_type != "SUCCESS";
     if want_pay {
@@ -103,7 +134,11 @@ fn build_csv(inner: &Inner, st: &State, date: NaiveDate, bill_type: &str) -> Opt
             if bill_day(at) != date || st.bill_omit.contains(&o.out_trade_no) {
                 continue;
             }
-            let amount = st.bill_amount.get(&o.out_trade_no).copied().unwrap_or(o.total);
+            let amount = st
+                .bill_amount
+                .get(&o.out_trade_no)
+                .copied()
+                .unwrap_or(o.total);
             let f = fee(amount);
             settle_sum += amount;
             order_sum += amount;
@@ -157,7 +192,11 @@ fn build_csv(inner: &Inner, st: &State, date: NaiveDate, bill_type: &str) -> Opt
                     m.mchid.clone(),
                     "0".into(),
                     String::new(),
-                    format!("4200009999{}{:08}", at.with_timezone(&tz()).format("%Y%m%d"), fen.unsigned_abs() % 100_000_000),
+                    format!(
+                        "4200009999{}{:08}",
+                        at.with_timezone(&tz()).format("%Y%m%d"),
+                        fen.unsigned_abs() % 100_000_000
+                    ),
                     no.clone(),
                     "o-unknown-payer".into(),
                     "PAP".into(),
@@ -189,7 +228,10 @@ fn build_csv(inner: &Inner, st: &State, date: NaiveDate, bill_type: &str) -> Opt
             if bill_day(at) != date || st.bill_omit.contains(&r.out_trade_no) {
                 continue;
             }
-            let order = st.orders.iter().find(|o| o.out_trade_no == r.out_trade_no)?;
+            let order = st
+                .orders
+                .iter()
+                .find(|o| o.out_trade_no == r.out_trade_no)?;
             let f = -fee(r.amount);
             refund_sum += r.amount;
             applied_sum += r.amount;

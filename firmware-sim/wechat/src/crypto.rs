@@ -44,8 +44,13 @@ pub(crate) fn public_pem(key: &RsaPrivateKey) -> anyhow::Result<String> {
 /// The "WeChat Pay public key" identity: `PUB_KEY_ID_` followed by digits.
 pub(crate) fn public_key_identity(key: RsaPrivateKey) -> Identity {
     let mut rng = rand::thread_rng();
-    let digits: String = (0..26).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect();
-    Identity { key: SigningKey::<Sha256>::new(key), serial: format!("PUB_KEY_ID_0114{digits}") }
+    let digits: String = (0..26)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect();
+    Identity {
+        key: SigningKey::<Sha256>::new(key),
+        serial: format!("PUB_KEY_ID_0114{digits}"),
+    }
 }
 
 /// A self-signed platform certificate; returns the identity (serial in upper-case hex) and its PEM.
@@ -56,14 +61,21 @@ pub(crate) fn certificate_identity(key: RsaPrivateKey) -> anyhow::Result<(Identi
     // Positive and without a leading zero byte, so the DER form keeps all 20 bytes.
     serial_bytes[0] = 0x10 | (serial_bytes[0] & 0x7f);
     let serial = SerialNumber::new(&serial_bytes)?;
-    let subject = Name::from_str("CN=Tenpay.com Root CA,OU=Tenpay.com CA Center,O=Tenpay.com,C=CN")?;
+    let subject =
+        Name::from_str("CN=Tenpay.com Root CA,OU=Tenpay.com CA Center,O=Tenpay.com,C=CN")?;
     let spki = SubjectPublicKeyInfoOwned::from_key(RsaPublicKey::from(&key))?;
     let validity = Validity::from_now(Duration::from_secs(5 * 365 * 24 * 3600))?;
     let builder = CertificateBuilder::new(Profile::Root, serial, validity, subject, spki, &signer)?;
     let cert = builder.build::<Signature>()?;
     let pem = cert.to_pem(LineEnding::LF)?;
     let serial_hex = hex::encode_upper(cert.tbs_certificate.serial_number.as_bytes());
-    Ok((Identity { key: signer, serial: serial_hex }, pem))
+    Ok((
+        Identity {
+            key: signer,
+            serial: serial_hex,
+        },
+        pem,
+    ))
 }
 
 pub(crate) fn merchant_verifier(pem: &str) -> anyhow::Result<VerifyingKey<Sha256>> {
@@ -72,23 +84,40 @@ pub(crate) fn merchant_verifier(pem: &str) -> anyhow::Result<VerifyingKey<Sha256
 }
 
 pub(crate) fn verify(key: &VerifyingKey<Sha256>, message: &str, signature_b64: &str) -> bool {
-    let Ok(raw) = B64.decode(signature_b64) else { return false };
-    let Ok(sig) = Signature::try_from(raw.as_slice()) else { return false };
+    let Ok(raw) = B64.decode(signature_b64) else {
+        return false;
+    };
+    let Ok(sig) = Signature::try_from(raw.as_slice()) else {
+        return false;
+    };
     key.verify(message.as_bytes(), &sig).is_ok()
 }
 
 pub(crate) fn random_string(len: usize) -> String {
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..len).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 /// AEAD_AES_256_GCM as the notifications use it: base64(ciphertext || tag).
-pub(crate) fn encrypt_resource(apiv3_key: &str, nonce: &str, aad: &str, plaintext: &str) -> anyhow::Result<String> {
+pub(crate) fn encrypt_resource(
+    apiv3_key: &str,
+    nonce: &str,
+    aad: &str,
+    plaintext: &str,
+) -> anyhow::Result<String> {
     let cipher = Aes256Gcm::new_from_slice(apiv3_key.as_bytes())
         .map_err(|_| anyhow::anyhow!("the APIv3 key must be 32 bytes"))?;
     let out = cipher
-        .encrypt(Nonce::from_slice(nonce.as_bytes()), Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() })
+        .encrypt(
+            Nonce::from_slice(nonce.as_bytes()),
+            Payload {
+                msg: plaintext.as_bytes(),
+                aad: aad.as_bytes(),
+            },
+        )
         .map_err(|_| anyhow::anyhow!("encryption failed"))?;
     Ok(B64.encode(out))
 }

@@ -88,9 +88,16 @@ impl SimOptions {
 #[derive(Clone, Debug)]
 pub enum Fault {
     /// The next `n` calls whose path starts with `path` take effect, then answer 500 SYSTEM_ERROR.
-    ErrorAfterEffect { path: String, n: u32 },
+    ErrorAfterEffect {
+        path: String,
+        n: u32,
+    },
     /// The next `n` calls whose path starts with `path` take effect, then answer only after `delay`.
-    SlowAfterEffect { path: String, n: u32, delay: Duration },
+    SlowAfterEffect {
+        path: String,
+        n: u32,
+        delay: Duration,
+    },
     /// The next `n` notifications are delivered twice (same id).
     DuplicateNotifications(u32),
     /// The next `n` notifications are never delivered (the connector must poll).
@@ -326,7 +333,12 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), detail: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+        }
     }
     pub fn param(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "PARAM_ERROR", message)
@@ -337,7 +349,9 @@ impl ApiError {
             status: 400,
             code: "PARAM_ERROR",
             message: format!("参数错误: {field} {issue}"),
-            detail: Some(json!({"field": field, "location": "body", "value": null, "issue": issue})),
+            detail: Some(
+                json!({"field": field, "location": "body", "value": null, "issue": issue}),
+            ),
         }
     }
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -348,7 +362,9 @@ impl ApiError {
             status: 401,
             code: "SIGN_ERROR",
             message: "错误的签名，验签失败".into(),
-            detail: Some(json!({"detail": {"issue": issue.into()}, "field": "signature", "location": "authorization"})),
+            detail: Some(
+                json!({"detail": {"issue": issue.into()}, "field": "signature", "location": "authorization"}),
+            ),
         }
     }
     pub fn body(&self) -> Value {
@@ -375,15 +391,19 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path_q = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let path_q = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
     let path = uri.path().to_string();
     let answer = match service::verify_request(&inner, method.as_str(), &path_q, &headers, &body) {
         Err(e) => Answer::Json(e.status, e.body()),
         Ok(()) => {
-            let answer = match service::route(&inner, &method, &path, uri.query().unwrap_or(""), &body) {
-                Ok(a) => a,
-                Err(e) => Answer::Json(e.status, e.body()),
-            };
+            let answer =
+                match service::route(&inner, &method, &path, uri.query().unwrap_or(""), &body) {
+                    Ok(a) => a,
+                    Err(e) => Answer::Json(e.status, e.body()),
+                };
             match take_path_fault(&inner, &path) {
                 Some(PathFault::Error) => {
                     let e = ApiError::new(500, "SYSTEM_ERROR", "系统错误");
@@ -401,7 +421,10 @@ async fn handle(
         Answer::Json(status, value) => signed_json(&inner, status, &value),
         Answer::File(bytes) => {
             let mut resp = (StatusCode::OK, bytes).into_response();
-            resp.headers_mut().insert("Content-Type", HeaderValue::from_static("application/octet-stream"));
+            resp.headers_mut().insert(
+                "Content-Type",
+                HeaderValue::from_static("application/octet-stream"),
+            );
             resp
         }
     }
@@ -409,7 +432,10 @@ async fn handle(
 
 fn take_path_fault(inner: &Inner, path: &str) -> Option<PathFault> {
     let mut st = inner.lock();
-    let i = st.path_faults.iter().position(|(p, n, _)| *n > 0 && path.starts_with(p.as_str()))?;
+    let i = st
+        .path_faults
+        .iter()
+        .position(|(p, n, _)| *n > 0 && path.starts_with(p.as_str()))?;
     let entry = &mut st.path_faults[i];
     entry.1 -= 1;
     let fault = entry.2;
@@ -472,7 +498,10 @@ impl WechatSim {
         let certificate_not_after = certificate_not_before + chrono::Duration::days(5 * 365);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = State { advance: opts.advance, ..State::default() };
+        let state = State {
+            advance: opts.advance,
+            ..State::default()
+        };
         let inner = Arc::new(Inner {
             merchant: opts.merchant,
             sign_with: opts.sign_with,
@@ -489,7 +518,9 @@ impl WechatSim {
             sign_counter: AtomicU64::new(0),
             state: Mutex::new(state),
             tasks: Mutex::new(Vec::new()),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
             base_url: format!("http://{addr}"),
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
@@ -502,7 +533,12 @@ impl WechatSim {
                 tracing::warn!("wechat simulator server: {e}");
             }
         });
-        Ok(WechatSim { inner, addr, stop: Some(stop), server: Some(server) })
+        Ok(WechatSim {
+            inner,
+            addr,
+            stop: Some(stop),
+            server: Some(server),
+        })
     }
 
     /// "http://127.0.0.1:PORT"
@@ -580,7 +616,9 @@ impl WechatSim {
         let mut st = self.inner.lock();
         match fault {
             Fault::ErrorAfterEffect { path, n } => st.path_faults.push((path, n, PathFault::Error)),
-            Fault::SlowAfterEffect { path, n, delay } => st.path_faults.push((path, n, PathFault::Slow(delay))),
+            Fault::SlowAfterEffect { path, n, delay } => {
+                st.path_faults.push((path, n, PathFault::Slow(delay)))
+            }
             Fault::DuplicateNotifications(n) => st.duplicate_left += n,
             Fault::DropNotifications(n) => st.drop_left += n,
             Fault::BadSignature(n) => st.bad_signature_left += n,
@@ -677,12 +715,18 @@ impl WechatSim {
 
     /// Reconciliation hook: a trade we never made appears in the bill of `at`'s day.
     pub fn bill_add_foreign(&self, out_trade_no: &str, fen: i64, at: DateTime<Utc>) {
-        self.inner.lock().bill_foreign.push((out_trade_no.to_string(), fen, at));
+        self.inner
+            .lock()
+            .bill_foreign
+            .push((out_trade_no.to_string(), fen, at));
     }
 
     /// Reconciliation hook: the bill shows another amount for this trade.
     pub fn bill_amount(&self, out_trade_no: &str, fen: i64) {
-        self.inner.lock().bill_amount.insert(out_trade_no.to_string(), fen);
+        self.inner
+            .lock()
+            .bill_amount
+            .insert(out_trade_no.to_string(), fen);
     }
 
     pub async fn shutdown(mut self) {
@@ -690,7 +734,13 @@ impl WechatSim {
     }
 
     async fn stop_now(&mut self) {
-        for t in self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         if let Some(stop) = self.stop.take() {
@@ -698,7 +748,10 @@ impl WechatSim {
         }
         if let Some(server) = self.server.take() {
             let abort = server.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(1), server).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(1), server)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -707,7 +760,13 @@ impl WechatSim {
 
 impl Drop for WechatSim {
     fn drop(&mut self) {
-        for t in self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         if let Some(server) = self.server.take() {

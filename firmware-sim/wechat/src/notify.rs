@@ -10,12 +10,15 @@ use crate::{crypto, Inner, NotificationRecord};
 
 /// The documented retry intervals after a failed delivery, in seconds
 /// (15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h; then abandoned).
-pub(crate) const RETRY_SCHEDULE: [u64; 15] =
-    [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600];
+pub(crate) const RETRY_SCHEDULE: [u64; 15] = [
+    15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600,
+];
 
 pub(crate) fn beijing(t: chrono::DateTime<Utc>) -> String {
     let tz = chrono::FixedOffset::east_opt(8 * 3600).expect("+08:00");
-    t.with_timezone(&tz).format("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    t.with_timezone(&tz)
+        .format("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
 
 /// Builds, records and (unless held or dropped) starts delivering one notification.
@@ -30,14 +33,18 @@ pub(crate) fn send(
 ) {
     let id = uuid::Uuid::new_v4().to_string();
     let nonce = crypto::random_string(12);
-    let ciphertext =
-        match crypto::encrypt_resource(&inner.merchant.apiv3_key, &nonce, associated_data, &resource.to_string()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("notification not encrypted: {e}");
-                return;
-            }
-        };
+    let ciphertext = match crypto::encrypt_resource(
+        &inner.merchant.apiv3_key,
+        &nonce,
+        associated_data,
+        &resource.to_string(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("notification not encrypted: {e}");
+            return;
+        }
+    };
     let body = json!({
         "id": id,
         "create_time": beijing(inner.now()),
@@ -137,7 +144,11 @@ async fn post_once(inner: &Arc<Inner>, index: usize) -> bool {
     let timestamp = ts.to_string();
     let nonce = crypto::random_string(32);
     let id = inner.identity();
-    let signed = if bad { format!("{timestamp}\n{nonce}\n{body} \n") } else { format!("{timestamp}\n{nonce}\n{body}\n") };
+    let signed = if bad {
+        format!("{timestamp}\n{nonce}\n{body} \n")
+    } else {
+        format!("{timestamp}\n{nonce}\n{body}\n")
+    };
     let signature = id.sign(&signed);
     let result = inner
         .http

@@ -30,13 +30,23 @@ pub(crate) fn verify_request(
         .ok_or_else(|| ApiError::sign("no Authorization header"))?;
     let rest = auth
         .strip_prefix("WECHATPAY2-SHA256-RSA2048 ")
-        .ok_or_else(|| ApiError::sign("the authorization scheme must be WECHATPAY2-SHA256-RSA2048"))?;
+        .ok_or_else(|| {
+            ApiError::sign("the authorization scheme must be WECHATPAY2-SHA256-RSA2048")
+        })?;
     let mut fields = HashMap::new();
     for part in rest.split(',') {
-        let (k, v) = part.trim().split_once('=').ok_or_else(|| ApiError::sign("malformed Authorization"))?;
+        let (k, v) = part
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| ApiError::sign("malformed Authorization"))?;
         fields.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
     }
-    let get = |k: &str| fields.get(k).cloned().ok_or_else(|| ApiError::sign(format!("Authorization lacks {k}")));
+    let get = |k: &str| {
+        fields
+            .get(k)
+            .cloned()
+            .ok_or_else(|| ApiError::sign(format!("Authorization lacks {k}")))
+    };
     let mchid = get("mchid")?;
     let nonce = get("nonce_str")?;
     let signature = get("signature")?;
@@ -46,9 +56,13 @@ pub(crate) fn verify_request(
         return Err(ApiError::sign("mchid does not match"));
     }
     if !serial.eq_ignore_ascii_case(&inner.merchant.merchant_serial) {
-        return Err(ApiError::sign("serial_no is not the merchant's certificate serial"));
+        return Err(ApiError::sign(
+            "serial_no is not the merchant's certificate serial",
+        ));
     }
-    let ts: i64 = timestamp.parse().map_err(|_| ApiError::sign("timestamp is not a number"))?;
+    let ts: i64 = timestamp
+        .parse()
+        .map_err(|_| ApiError::sign("timestamp is not a number"))?;
     if (Utc::now().timestamp() - ts).abs() > 300 {
         return Err(ApiError::sign("timestamp expired"));
     }
@@ -62,10 +76,17 @@ pub(crate) fn verify_request(
 
 // ---------------------------------------------------------------- routing
 
-pub(crate) fn route(inner: &Arc<Inner>, method: &Method, path: &str, query: &str, body: &[u8]) -> Result<Answer, ApiError> {
+pub(crate) fn route(
+    inner: &Arc<Inner>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Result<Answer, ApiError> {
     let q = parse_query(query);
     let json_body = || -> Result<Value, ApiError> {
-        let v: Value = serde_json::from_slice(body).map_err(|_| ApiError::param("请求的JSON格式不正确"))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|_| ApiError::param("请求的JSON格式不正确"))?;
         if v.is_object() {
             Ok(v)
         } else {
@@ -76,7 +97,9 @@ pub(crate) fn route(inner: &Arc<Inner>, method: &Method, path: &str, query: &str
     match (method.as_str(), path) {
         ("GET", "/v3/vehicle/parking/services/find") => ok(find_service(inner, &q)?),
         ("POST", "/v3/vehicle/parking/parkings") => ok(create_parking(inner, &json_body()?)?),
-        ("POST", "/v3/vehicle/transactions/parking") => ok(create_transaction(inner, &json_body()?)?),
+        ("POST", "/v3/vehicle/transactions/parking") => {
+            ok(create_transaction(inner, &json_body()?)?)
+        }
         ("GET", p) if p.starts_with("/v3/vehicle/transactions/out-trade-no/") => {
             let no = percent_decode(&p["/v3/vehicle/transactions/out-trade-no/".len()..]);
             let st = inner.lock();
@@ -103,10 +126,9 @@ pub(crate) fn route(inner: &Arc<Inner>, method: &Method, path: &str, query: &str
         ("GET", "/v3/billdownload/file") => {
             let token = q.get("token").cloned().unwrap_or_default();
             let st = inner.lock();
-            let file = st
-                .bill_files
-                .get(&token)
-                .ok_or_else(|| ApiError::new(404, "RESOURCE_NOT_EXISTS", "账单文件不存在或下载链接已失效"))?;
+            let file = st.bill_files.get(&token).ok_or_else(|| {
+                ApiError::new(404, "RESOURCE_NOT_EXISTS", "账单文件不存在或下载链接已失效")
+            })?;
             Ok(Answer::File(file.clone()))
         }
         _ => Err(ApiError::new(404, "NOT_FOUND", "请求的资源不存在")),
@@ -131,7 +153,8 @@ pub(crate) fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
                     Ok(v) => {
                         out.push(v);
                         i += 3;
@@ -158,8 +181,13 @@ pub(crate) fn percent_decode(s: &str) -> String {
 /// `GET /v3/certificates`: the platform certificate, encrypted with the APIv3 key (aad "certificate").
 fn certificates(inner: &Inner) -> Result<Value, ApiError> {
     let nonce = crypto::random_string(12);
-    let ciphertext = crypto::encrypt_resource(&inner.merchant.apiv3_key, &nonce, "certificate", &inner.certificate_pem)
-        .map_err(|_| ApiError::new(500, "SYSTEM_ERROR", "系统错误"))?;
+    let ciphertext = crypto::encrypt_resource(
+        &inner.merchant.apiv3_key,
+        &nonce,
+        "certificate",
+        &inner.certificate_pem,
+    )
+    .map_err(|_| ApiError::new(500, "SYSTEM_ERROR", "系统错误"))?;
     Ok(json!({"data": [{
         "serial_no": inner.certificate.serial,
         "effective_time": beijing(inner.certificate_not_before),
@@ -194,7 +222,9 @@ fn opt_str(v: &Value, field: &str, max: usize) -> Result<Option<String>, ApiErro
 
 fn int_field(v: &Value, field: &str) -> Result<i64, ApiError> {
     match v.get(field) {
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| ApiError::param_field(field, "应为整数")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| ApiError::param_field(field, "应为整数")),
         Some(_) => Err(ApiError::param_field(field, "类型应为integer")),
         None => Err(ApiError::param_field(field, "缺少必填参数")),
     }
@@ -202,7 +232,8 @@ fn int_field(v: &Value, field: &str) -> Result<i64, ApiError> {
 
 fn time_field(v: &Value, field: &str) -> Result<DateTime<FixedOffset>, ApiError> {
     let s = str_field(v, field, 32)?;
-    DateTime::parse_from_rfc3339(&s).map_err(|_| ApiError::param_field(field, "时间格式应为rfc3339"))
+    DateTime::parse_from_rfc3339(&s)
+        .map_err(|_| ApiError::param_field(field, "时间格式应为rfc3339"))
 }
 
 fn colour_field(v: &Value, field: &str) -> Result<String, ApiError> {
@@ -232,7 +263,9 @@ fn next_seq(st: &mut State) -> u64 {
 
 fn digits(n: usize) -> String {
     let mut rng = rand::thread_rng();
-    (0..n).map(|_| char::from(b'0' + rng.gen_range(0..10u8))).collect()
+    (0..n)
+        .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+        .collect()
 }
 
 fn yyyymmdd(t: DateTime<Utc>) -> String {
@@ -333,20 +366,38 @@ fn create_parking(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiError> {
         return Err(ApiError::invalid("入场时间不能晚于当前时间"));
     }
     let mut st = inner.lock();
-    if let Some(p) = st.parkings.iter().find(|p| p.out_parking_no == out_parking_no) {
+    if let Some(p) = st
+        .parkings
+        .iter()
+        .find(|p| p.out_parking_no == out_parking_no)
+    {
         if p.request == *body {
             return Ok(parking_json(p));
         }
-        return Err(ApiError::invalid("商户入场ID已存在，且请求参数与原请求不一致"));
+        return Err(ApiError::invalid(
+            "商户入场ID已存在，且请求参数与原请求不一致",
+        ));
     }
-    let plate_state = st.plates.get(&plate).filter(|p| p.colour == colour).map(|p| p.state.clone());
+    let plate_state = st
+        .plates
+        .get(&plate)
+        .filter(|p| p.colour == colour)
+        .map(|p| p.state.clone());
     let (state, block_reason) = entry_state(plate_state.as_deref());
     // A plate holds one valid parking id at a time: the newer entry replaces an open one.
-    for p in st.parkings.iter_mut().filter(|p| p.plate == plate && p.valid && !p.charged) {
+    for p in st
+        .parkings
+        .iter_mut()
+        .filter(|p| p.plate == plate && p.valid && !p.charged)
+    {
         p.valid = false;
     }
     let seq = next_seq(&mut st);
-    let id = format!("5000{}{:017}", yyyymmdd(now), seq * 1000 + rand::thread_rng().gen_range(0..1000));
+    let id = format!(
+        "5000{}{:017}",
+        yyyymmdd(now),
+        seq * 1000 + rand::thread_rng().gen_range(0..1000)
+    );
     let parking = Parking {
         id,
         out_parking_no,
@@ -374,11 +425,16 @@ pub(crate) fn set_plate_state(inner: &Arc<Inner>, plate: &str, state: &str) {
     let mut to_send = Vec::new();
     {
         let mut st = inner.lock();
-        let Some(p) = st.plates.get_mut(plate) else { return };
+        let Some(p) = st.plates.get_mut(plate) else {
+            return;
+        };
         p.state = state.to_string();
         let colour = p.colour.clone();
         let (new_state, reason) = entry_state(Some(state));
-        for pk in st.parkings.iter_mut().filter(|pk| pk.plate == plate && pk.colour == colour && pk.valid && !pk.charged)
+        for pk in st
+            .parkings
+            .iter_mut()
+            .filter(|pk| pk.plate == plate && pk.colour == colour && pk.valid && !pk.charged)
         {
             if pk.state != new_state || pk.block_reason != reason {
                 pk.state = new_state.clone();
@@ -403,18 +459,34 @@ pub(crate) fn set_plate_state(inner: &Arc<Inner>, plate: &str, state: &str) {
         }
     }
     for (url, resource) in to_send {
-        notify::send(inner, &url, "VEHICLE.ENTRANCE_STATE_CHANGE", "停车入场状态变更", "", "", &resource);
+        notify::send(
+            inner,
+            &url,
+            "VEHICLE.ENTRANCE_STATE_CHANGE",
+            "停车入场状态变更",
+            "",
+            "",
+            &resource,
+        );
     }
 }
 
 // ---------------------------------------------------------------- deduction
 
 pub(crate) fn refunded(st: &State, out_trade_no: &str) -> i64 {
-    st.refunds.iter().filter(|r| r.out_trade_no == out_trade_no && r.status != "CLOSED").map(|r| r.amount).sum()
+    st.refunds
+        .iter()
+        .filter(|r| r.out_trade_no == out_trade_no && r.status != "CLOSED")
+        .map(|r| r.amount)
+        .sum()
 }
 
 pub(crate) fn visible_trade_state(st: &State, o: &Order) -> String {
-    if o.trade_state == "SUCCESS" && st.refunds.iter().any(|r| r.out_trade_no == o.out_trade_no && r.status != "CLOSED")
+    if o.trade_state == "SUCCESS"
+        && st
+            .refunds
+            .iter()
+            .any(|r| r.out_trade_no == o.out_trade_no && r.status != "CLOSED")
     {
         "REFUND".into()
     } else {
@@ -459,15 +531,24 @@ fn create_transaction(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiErro
     let description = str_field(body, "description", 128)?;
     let attach = opt_str(body, "attach", 128)?;
     let out_trade_no = str_field(body, "out_trade_no", 32)?;
-    if !out_trade_no.chars().all(|c| c.is_ascii_alphanumeric() || "_-*".contains(c)) {
-        return Err(ApiError::param_field("out_trade_no", "只能是数字、大小写字母_-*"));
+    if !out_trade_no
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-*".contains(c))
+    {
+        return Err(ApiError::param_field(
+            "out_trade_no",
+            "只能是数字、大小写字母_-*",
+        ));
     }
     let trade_scene = str_field(body, "trade_scene", 16)?;
     let notify_url = str_field(body, "notify_url", 256)?;
     check_notify_url(&notify_url)?;
     opt_str(body, "goods_tag", 32)?;
     opt_str(body, "sub_mchid", 32)?;
-    let amount = body.get("amount").filter(|a| a.is_object()).ok_or_else(|| ApiError::param_field("amount", "缺少必填参数"))?;
+    let amount = body
+        .get("amount")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| ApiError::param_field("amount", "缺少必填参数"))?;
     let total = int_field(amount, "total")?;
     let currency = opt_str(amount, "currency", 16)?.unwrap_or_else(|| "CNY".into());
     let info = body
@@ -492,7 +573,10 @@ fn create_transaction(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiErro
         return Err(ApiError::param_field("amount.currency", "仅支持CNY"));
     }
     if charging_duration < 0 {
-        return Err(ApiError::param_field("parking_info.charging_duration", "不能为负数"));
+        return Err(ApiError::param_field(
+            "parking_info.charging_duration",
+            "不能为负数",
+        ));
     }
     if appid != inner.merchant.appid {
         return Err(ApiError::invalid("appid和mchid不匹配"));
@@ -503,7 +587,9 @@ fn create_transaction(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiErro
         if o.request == *body {
             return Ok(order_json(inner, &st, o));
         }
-        return Err(ApiError::invalid("商户订单号重复，且请求参数与原订单不一致"));
+        return Err(ApiError::invalid(
+            "商户订单号重复，且请求参数与原订单不一致",
+        ));
     }
     if end_at == start_at {
         return Err(ApiError::invalid("出场时间不能等于入场时间"));
@@ -538,7 +624,11 @@ fn create_transaction(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiErro
             parking.block_reason.clone().unwrap_or_default()
         )));
     }
-    let openid = st.plates.get(&plate).map(|p| p.openid.clone()).unwrap_or_default();
+    let openid = st
+        .plates
+        .get(&plate)
+        .map(|p| p.openid.clone())
+        .unwrap_or_default();
     let tz = FixedOffset::east_opt(8 * 3600).expect("+08:00");
     let parking_info = json!({
         "parking_id": parking_id,
@@ -592,7 +682,10 @@ fn settle_order(inner: &Arc<Inner>, out_trade_no: &str) {
     let (url, event, summary, resource) = {
         let mut st = inner.lock();
         let advance = st.advance;
-        let Some(i) = st.orders.iter().position(|o| o.out_trade_no == out_trade_no && o.trade_state == "ACCEPTED")
+        let Some(i) = st
+            .orders
+            .iter()
+            .position(|o| o.out_trade_no == out_trade_no && o.trade_state == "ACCEPTED")
         else {
             return;
         };
@@ -625,28 +718,55 @@ fn settle_order(inner: &Arc<Inner>, out_trade_no: &str) {
             }
         };
         let o = &st.orders[i];
-        (o.notify_url.clone(), event, summary, order_json(inner, &st, o))
+        (
+            o.notify_url.clone(),
+            event,
+            summary,
+            order_json(inner, &st, o),
+        )
     };
-    notify::send(inner, &url, event, summary, "transaction", "transaction", &resource);
+    notify::send(
+        inner,
+        &url,
+        event,
+        summary,
+        "transaction",
+        "transaction",
+        &resource,
+    );
 }
 
 pub(crate) fn repay(inner: &Arc<Inner>, out_trade_no: &str) -> bool {
     let (url, resource) = {
         let mut st = inner.lock();
         let Some(o) = st.orders.iter_mut().find(|o| {
-            o.out_trade_no == out_trade_no && o.bank_type.as_deref() == Some("BPA") && o.user_repaid.as_deref() == Some("N")
+            o.out_trade_no == out_trade_no
+                && o.bank_type.as_deref() == Some("BPA")
+                && o.user_repaid.as_deref() == Some("N")
         }) else {
             return false;
         };
         o.user_repaid = Some("Y".into());
-        let o = st.orders.iter().find(|o| o.out_trade_no == out_trade_no).expect("just found");
+        let o = st
+            .orders
+            .iter()
+            .find(|o| o.out_trade_no == out_trade_no)
+            .expect("just found");
         let mut resource = order_json(inner, &st, o);
         // The repayment notification names its own state.
         resource["trade_state"] = json!("PAY_BACK");
         resource["trade_state_description"] = json!("用户还款");
         (o.notify_url.clone(), resource)
     };
-    notify::send(inner, &url, "TRANSACTION.PAY_BACK", "用户还款成功", "transaction", "transaction", &resource);
+    notify::send(
+        inner,
+        &url,
+        "TRANSACTION.PAY_BACK",
+        "用户还款成功",
+        "transaction",
+        "transaction",
+        &resource,
+    );
     true
 }
 
@@ -692,7 +812,10 @@ fn create_refund(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiError> {
     if let Some(u) = &notify_url {
         check_notify_url(u)?;
     }
-    let amount = body.get("amount").filter(|a| a.is_object()).ok_or_else(|| ApiError::param_field("amount", "缺少必填参数"))?;
+    let amount = body
+        .get("amount")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| ApiError::param_field("amount", "缺少必填参数"))?;
     let refund = int_field(amount, "refund")?;
     let total = int_field(amount, "total")?;
     let currency = str_field(amount, "currency", 16)?;
@@ -711,7 +834,9 @@ fn create_refund(inner: &Arc<Inner>, body: &Value) -> Result<Value, ApiError> {
         if r.request == *body {
             return Ok(refund_json(r));
         }
-        return Err(ApiError::invalid("订单金额或退款金额与之前请求不一致，请核实后再试"));
+        return Err(ApiError::invalid(
+            "订单金额或退款金额与之前请求不一致，请核实后再试",
+        ));
     }
     let order = st
         .orders
@@ -773,7 +898,10 @@ fn settle_refund(inner: &Arc<Inner>, out_refund_no: &str, outcome: &str) {
     let now = inner.now();
     let sent = {
         let mut st = inner.lock();
-        let Some(i) = st.refunds.iter().position(|r| r.out_refund_no == out_refund_no && r.status == "PROCESSING")
+        let Some(i) = st
+            .refunds
+            .iter()
+            .position(|r| r.out_refund_no == out_refund_no && r.status == "PROCESSING")
         else {
             return;
         };
@@ -835,8 +963,14 @@ mod tests {
     #[test]
     fn entry_states_follow_the_plate() {
         assert_eq!(entry_state(Some("NORMAL")), ("NORMAL".into(), None));
-        assert_eq!(entry_state(Some("OVERDUE")), ("BLOCKED".into(), Some("OVERDUE".into())));
-        assert_eq!(entry_state(None), ("BLOCKED".into(), Some("OUT_SERVICE".into())));
+        assert_eq!(
+            entry_state(Some("OVERDUE")),
+            ("BLOCKED".into(), Some("OVERDUE".into()))
+        );
+        assert_eq!(
+            entry_state(None),
+            ("BLOCKED".into(), Some("OUT_SERVICE".into()))
+        );
         assert_eq!(service_state("EVALUATION_FAILED"), "NORMAL");
         assert_eq!(service_state("PAUSE"), "PAUSE");
     }

@@ -78,7 +78,12 @@ async fn notify(
     }
 }
 
-async fn charge_for(ctx: &Ctx, me: &Identity, id_s: &str, action: Action) -> ApiResult<crate::domain::Charge> {
+async fn charge_for(
+    ctx: &Ctx,
+    me: &Identity,
+    id_s: &str,
+    action: Action,
+) -> ApiResult<crate::domain::Charge> {
     let cid = id(id_s, "charge")?;
     let c = ctx
         .app
@@ -238,7 +243,10 @@ async fn reconciliation_csv(
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"reconciliation-{}.csv\"", run.bill_date),
+                format!(
+                    "attachment; filename=\"reconciliation-{}.csv\"",
+                    run.bill_date
+                ),
             ),
         ],
         crate::money::recon_csv(&run, &items),

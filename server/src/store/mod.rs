@@ -297,7 +297,12 @@ pub trait MoneyStore: Send + Sync {
     /// The driver paid back what the provider advanced.
     async fn clear_advance(&self, charge: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
     /// An arrears charge goes back to the worker (attempts start again); audited.
-    async fn retry_charge(&self, charge: Uuid, at: DateTime<Utc>, audit: &AuditEntry) -> StoreResult<()>;
+    async fn retry_charge(
+        &self,
+        charge: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
     /// Inserts a refund and raises the charge's refunded amount in one transaction, only if
     /// the charge was collected and the total stays within it (`Conflict` otherwise). An
     /// `out_refund_no` seen before is `Duplicate`.
@@ -327,7 +332,11 @@ pub trait MoneyStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
     /// Charges collected by deduction that settled in `[from, to)`.
-    async fn deducted_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<Charge>>;
+    async fn deducted_between(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<Charge>>;
     /// Refunds that succeeded in `[from, to)`, with their charge's idempotency key.
     async fn refunds_settled_between(
         &self,
@@ -346,7 +355,11 @@ pub trait MoneyStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> StoreResult<SandboxRefund>;
     /// The sandbox provider's ledger in `[from, to)`: its bill.
-    async fn sandbox_ledger(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<LedgerRow>>;
+    async fn sandbox_ledger(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<LedgerRow>>;
 }
 
 #[async_trait]
