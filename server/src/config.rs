@@ -500,6 +500,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wechat_settings_are_checked_field_by_field_and_secrets_are_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            ServerConfig::load(Some(&f), None)
+        };
+        let e = load("[payments]\nprovider = \"wechat\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("payments.wechat:"), "{e}");
+        let base = "[payments]\nprovider = \"wechat\"\n[payments.wechat]\nmchid = \"1900000109\"\nappid = \"wx1\"\n\
+                    merchant_serial = \"ABC\"\nmerchant_private_key_file = \"/k.pem\"\nnotify_url = \"/api/providers/wechat/notify\"\n\
+                    public_key_file = \"/p.pem\"\npublic_key_id = \"PUB_KEY_ID_1\"\n";
+        let e = load(&format!("{base}apiv3_key = \"short\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("payments.wechat.apiv3_key"), "{e}");
+        let e = load(base).unwrap_err().to_string();
+        assert!(
+            e.contains("payments.wechat.apiv3_key"),
+            "neither key nor file: {e}"
+        );
+        let e = load(&format!(
+            "{base}apiv3_key = \"0123456789abcdef0123456789abcdef\"\nnotify_urll = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("notify_urll"), "{e}");
+        let e = load(
+            &base
+                .replace("public_key_id = \"PUB_KEY_ID_1\"\n", "")
+                .replace(
+                    "notify_url = \"/api",
+                    "apiv3_key = \"0123456789abcdef0123456789abcdef\"\nnotify_url = \"/api",
+                ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("payments.wechat.public_key_id"), "{e}");
+        let c = load(&format!(
+            "{base}apiv3_key = \"0123456789abcdef0123456789abcdef\"\n[http]\nsecure_cookies = true\n"
+        ))
+        .unwrap();
+        let shown = toml::to_string_pretty(&c).unwrap();
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("apiv3_key = \"<secret>\""), "{shown}");
+    }
+
+    #[test]
     fn a_bad_field_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");

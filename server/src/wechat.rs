@@ -132,7 +132,10 @@ impl Verifiers {
         let t: i64 = ts
             .parse()
             .map_err(|_| format!("Wechatpay-Timestamp {ts:?} is not a number"))?;
-        if (now - t).abs() > SIGNATURE_WINDOW_SECS {
+        if now
+            .checked_sub(t)
+            .is_none_or(|d| d.abs() > SIGNATURE_WINDOW_SECS)
+        {
             return Err(format!(
                 "Wechatpay-Timestamp {t} is more than {SIGNATURE_WINDOW_SECS} s from our clock ({now})"
             ));

@@ -661,3 +661,267 @@ async fn reconciliation_finds_each_kind_of_difference_with_the_bill() {
     );
     x.stop().await;
 }
+
+#[tokio::test]
+async fn notifications_out_of_order_leave_the_latest_truth() {
+    let x = wx(|o| o.sign_with = SignWith::Certificate, |_| {}).await;
+    x.sim.set_advance(true);
+    x.sim.inject(Fault::HoldNotifications);
+    x.driver("京A60021", 0).await;
+    let (session, _, opened) = x.stay("京A60021", 130).await;
+    assert!(opened);
+    let c = x.charge_reaches(&session, "accepted").await;
+    let key = c["idempotency_key"].as_str().unwrap().to_string();
+    eventually("WeChat Pay to advance the money", WAIT, || async {
+        (x.order(&key).trade_state == "SUCCESS").then_some(())
+    })
+    .await;
+    assert!(x.sim.repay(&key));
+    // The pay-back arrives before the success it follows.
+    x.sim.release_notifications().await;
+    let c = x.charge_reaches(&session, "succeeded").await;
+    eventually("both notifications to be delivered", WAIT, || async {
+        let n = x.sim.notifications();
+        (n.len() >= 2 && n.iter().all(|n| n.delivered)).then_some(())
+    })
+    .await;
+    let after = x.charge(&session).await;
+    assert_eq!(
+        after["advanced"], false,
+        "repaid stays repaid: {after} (was {c})"
+    );
+    assert_eq!(x.order(&key).debits, 1);
+    x.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_signed_by_a_key_we_do_not_trust_is_not_believed() {
+    // We trust only WeChat Pay's public key; the answers come signed by the certificate.
+    let x = wx(
+        |o| o.sign_with = SignWith::Certificate,
+        |w| {
+            if let Some(c) = w.wechat.as_mut() {
+                c.platform_certificate_file = None;
+            }
+        },
+    )
+    .await;
+    x.driver("京A60022", 50_000).await;
+    assert!(x.w.pass("in-1", "京A60022", WAIT).await.opened);
+    x.clock.advance(chrono::Duration::minutes(130));
+    let out = x.w.pass("out-1", "京A60022", WAIT).await;
+    assert!(out.opened, "the barrier does not wait for the provider");
+    let session = sessions(&x.w, "京A60022").await[0].clone();
+    let c = x.charge_reaches(&session, "failed").await;
+    assert!(
+        c["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not verified"),
+        "{c}"
+    );
+    assert!(
+        x.sim.orders().is_empty(),
+        "nothing was deducted on the word of an unverified answer"
+    );
+    x.stop().await;
+}
+
+/// The money desk as finance: a debt is retried (once more refused: still one exception),
+/// then waived with a reason, which resolves its exception; an operator may do neither; a fee
+/// held at the exit is waived and the barrier opens.
+#[tokio::test]
+async fn the_money_desk_retries_and_waives_debts_and_a_waived_held_fee_opens_the_barrier() {
+    let x = wx(|_| {}, |_| {}).await;
+    let finance = authorised(&x.w, "finance").await;
+    let operator = authorised(&x.w, "operator").await;
+    x.driver("京A60023", 0).await;
+    let (session, _, _) = x.stay("京A60023", 130).await;
+    let debt = x.charge_reaches(&session, "arrears").await;
+    let id = debt["id"].as_str().unwrap().to_string();
+    let post = |c: &reqwest::Client, path: String, body: Value| {
+        let rq = c.post(x.w.url(&path)).json(&body);
+        async move {
+            let r = rq.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, _) = post(
+        &operator,
+        format!("/api/charges/{id}/waive"),
+        json!({"reason": "x"}),
+    )
+    .await;
+    assert_eq!(s, 403, "an operator does not run the money desk");
+    let (s, r) = post(&finance, format!("/api/charges/{id}/retry"), json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    // WeChat Pay answers the same order again (PAY_FAIL): a debt once more, one exception.
+    eventually("the retry to end in arrears again", WAIT, || async {
+        let c = x.charge(&session).await;
+        (c["status"] == "arrears" && c["attempts"].as_i64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+    let open_for = |charge: String| {
+        let w = &x.w;
+        async move {
+            w.get_json(&format!("/api/exceptions?lot={}&open=true", w.lot))
+                .await
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["charge_id"].as_str() == Some(charge.as_str()))
+                .count()
+        }
+    };
+    assert_eq!(
+        open_for(id.clone()).await,
+        1,
+        "a debt has one open exception"
+    );
+    let (s, blank) = post(
+        &finance,
+        format!("/api/charges/{id}/waive"),
+        json!({"reason": "  "}),
+    )
+    .await;
+    assert_eq!(s, 422, "{blank}");
+    let (s, waived) = post(
+        &finance,
+        format!("/api/charges/{id}/waive"),
+        json!({"reason": "barrier fault"}),
+    )
+    .await;
+    assert_eq!(
+        (s, waived["status"].as_str()),
+        (200, Some("waived")),
+        "{waived}"
+    );
+    assert_eq!(
+        open_for(id.clone()).await,
+        0,
+        "a waived debt closes its exception"
+    );
+    let audit = x.w.get_json("/api/audit?limit=50").await.to_string();
+    assert!(
+        audit.contains("charge.waived") && audit.contains("barrier fault"),
+        "{audit}"
+    );
+
+    // A blocked stay is held at the exit; waiving its fee lets the car out.
+    x.driver("京A60024", 50_000).await;
+    x.sim.set_state("京A60024", "PAUSE");
+    x.w.pass("in-1", "京A60024", WAIT).await;
+    x.clock.advance(chrono::Duration::minutes(90));
+    let rig = x.w.rig("out-1");
+    let vehicle = parkpay_sim::rig::Vehicle {
+        plate: "京A60024".parse().unwrap(),
+        colour: PlateColour::Blue,
+    };
+    let mut p = rig.arrive(&vehicle).await.unwrap();
+    assert!(
+        matches!(
+            p.wait(WAIT).await,
+            parkpay_sim::rig::Waited::PayRequested { .. }
+        ),
+        "held for payment"
+    );
+    let held = sessions(&x.w, "京A60024").await[0].clone();
+    let cid = x.charge(&held).await["id"].as_str().unwrap().to_string();
+    let (s, w) = post(
+        &finance,
+        format!("/api/charges/{cid}/waive"),
+        json!({"reason": "deduction paused, driver is staff"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    assert!(
+        p.wait_open(WAIT).await,
+        "the barrier opens once the fee is waived"
+    );
+    p.drive_through().await.unwrap();
+    x.stop().await;
+}
+
+/// A client with a fresh token of `role` on every lot.
+async fn authorised(w: &World, role: &str) -> reqwest::Client {
+    let (_, token) = w
+        .app()
+        .create_token(
+            &format!("{role}-{}", Uuid::new_v4().simple()),
+            parkpay_server::domain::Grant {
+                role: parkpay_server::domain::Role::parse(role).expect("a role"),
+                lots: None,
+            },
+            "tests",
+        )
+        .await
+        .expect("a token");
+    parkpay_tests::world::authorised_client(&token)
+}
+
+/// Whatever is posted to the notification address, with or without WeChat Pay's headers, is
+/// answered 4xx with WeChat Pay's error shape, and nothing moves.
+#[tokio::test]
+async fn hostile_notifications_get_a_4xx_and_change_nothing() {
+    use rand::{Rng, SeedableRng};
+    let x = wx(|_| {}, |_| {}).await;
+    x.driver("京A60025", 50_000).await;
+    let (session, _, _) = x.stay("京A60025", 130).await;
+    let before = x.charge_reaches(&session, "succeeded").await;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let now = Utc::now().timestamp();
+    for case in 0..120 {
+        let body: Vec<u8> = match case % 4 {
+            0 => (0..rng.gen_range(0..400)).map(|_| rng.gen()).collect(),
+            1 => json!({ "id": "x", "event_type": "TRANSACTION.SUCCESS", "resource": { "algorithm": "AEAD_AES_256_GCM", "ciphertext": "AAAA", "nonce": "abcdefghijkl", "associated_data": "" } }).to_string().into_bytes(),
+            2 => b"{}".to_vec(),
+            _ => json!({ "id": rng.gen::<u64>().to_string(), "event_type": "REFUND.SUCCESS" }).to_string().into_bytes(),
+        };
+        let mut rq =
+            x.w.client
+                .post(x.w.url("/api/providers/wechat/notify"))
+                .body(body);
+        if case % 2 == 0 {
+            let ts = match case % 8 {
+                0 => now.to_string(),
+                2 => "not a number".into(),
+                4 => (now - 3600).to_string(),
+                6 => i64::MIN.to_string(),
+                _ => i64::MAX.to_string(),
+            };
+            rq = rq
+                .header("Wechatpay-Timestamp", ts)
+                .header("Wechatpay-Nonce", "n")
+                .header(
+                    "Wechatpay-Signature",
+                    if case % 6 == 0 {
+                        "WECHATPAY/SIGNTEST/abc"
+                    } else {
+                        "!!notbase64"
+                    },
+                )
+                .header(
+                    "Wechatpay-Serial",
+                    if case % 3 == 0 {
+                        x.sim.public_key_id()
+                    } else {
+                        "0".into()
+                    },
+                );
+        }
+        let r = rq.send().await.unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!((400..500).contains(&status), "case {case}: {status} {v}");
+        assert_eq!(v["code"], "FAIL", "case {case}: {v}");
+    }
+    let after = x.charge(&session).await;
+    assert_eq!(
+        (after["status"].clone(), after["refunded"].clone()),
+        (before["status"].clone(), before["refunded"].clone())
+    );
+    x.stop().await;
+}

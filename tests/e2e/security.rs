@@ -1024,6 +1024,18 @@ async fn hostile_http_bodies_get_a_clear_4xx_never_a_5xx() {
         (reqwest::Method::POST, "/api/tickets".into()),
         (reqwest::Method::POST, "/api/tickets/exit".into()),
         (reqwest::Method::POST, "/api/vehicles/%00/lock".into()),
+        (
+            reqwest::Method::POST,
+            format!("/api/charges/{some}/refunds"),
+        ),
+        (reqwest::Method::POST, format!("/api/charges/{some}/waive")),
+        (reqwest::Method::POST, format!("/api/charges/{some}/retry")),
+        (reqwest::Method::POST, "/api/reconciliations".into()),
+        (
+            reqwest::Method::POST,
+            "/api/providers/sandbox/notify".into(),
+        ),
+        (reqwest::Method::POST, "/api/providers/wechat/notify".into()),
     ];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     for (method, path) in &routes {
