@@ -478,6 +478,28 @@ async fn a_server_error_after_the_deduction_took_effect_is_retried_without_a_sec
     let order = x.order(&key);
     assert_eq!((order.debits, order.amount), (1, fee), "{order:?}");
     assert_eq!(x.sim.balance("京A60006"), Some(50_000 - fee));
+
+    // The same with an answer that comes after our timeout (2 s here).
+    x.sim.inject(Fault::DropNotifications(1));
+    x.sim.inject(Fault::SlowAfterEffect {
+        path: "/v3/vehicle/transactions/parking".into(),
+        n: 1,
+        delay: Duration::from_secs(4),
+    });
+    x.driver("京A60016", 50_000).await;
+    let (slow, fee, _) = x.stay("京A60016", 130).await;
+    let failed = x.charge_reaches(&slow, "failed").await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("transactions/parking"),
+        "{failed}"
+    );
+    x.clock.advance(chrono::Duration::seconds(11));
+    let c = x.charge_reaches(&slow, "succeeded").await;
+    let order = x.order(c["idempotency_key"].as_str().unwrap());
+    assert_eq!((order.debits, order.amount), (1, fee), "{order:?}");
     x.stop().await;
 }
 
@@ -571,6 +593,30 @@ async fn a_stay_wechat_pay_will_not_deduct_is_held_at_the_exit_and_says_why() {
         "{detail}"
     );
     assert!(x.sim.orders().is_empty(), "nothing was sent to be deducted");
+
+    // A car that entered while the service was on, whose driver paused it while parked:
+    // WeChat Pay says so (VEHICLE.ENTRANCE_STATE_CHANGE), and the exit is held too.
+    x.driver("京A60009", 50_000).await;
+    assert!(x.w.pass("in-1", "京A60009", WAIT).await.opened);
+    let inside = sessions(&x.w, "京A60009").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually("the stay to be registered as normal", WAIT, || async {
+        let s = x.w.get_json(&format!("/api/sessions/{inside}")).await;
+        (s["provider_parking"]["state"] == "normal").then_some(())
+    })
+    .await;
+    x.sim.set_state("京A60009", "PAUSE");
+    eventually("the state change to arrive", WAIT, || async {
+        let s = x.w.get_json(&format!("/api/sessions/{inside}")).await;
+        (s["provider_parking"]["state"] == "blocked").then_some(())
+    })
+    .await;
+    x.clock.advance(chrono::Duration::minutes(60));
+    let out = x.w.pass("out-1", "京A60009", WAIT).await;
+    assert!(!out.opened, "held: WeChat Pay will not deduct");
+    assert!(x.sim.orders().is_empty());
     x.stop().await;
 }
 

@@ -207,19 +207,24 @@ async fn reconciliations(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Json
     Ok(Json(json!(ctx.app.store.reconciliations(60).await?)))
 }
 
+type Report = (crate::domain::ReconRun, Vec<crate::domain::ReconItem>);
+
+async fn report(ctx: &Ctx, me: &Identity, id_s: &str) -> ApiResult<Report> {
+    require(me, Action::ManageMoney)?;
+    let rid = id(id_s, "reconciliation")?;
+    ctx.app
+        .store
+        .reconciliation(rid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("reconciliation {rid}")))
+}
+
 async fn reconciliation(
     State(ctx): State<Ctx>,
     me: Identity,
     Path(id_s): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require(&me, Action::ManageMoney)?;
-    let rid = id(&id_s, "reconciliation")?;
-    let (run, items) = ctx
-        .app
-        .store
-        .reconciliation(rid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("reconciliation {rid}")))?;
+    let (run, items) = report(&ctx, &me, &id_s).await?;
     let mut v = json!(run);
     v["items"] = json!(items);
     Ok(Json(v))
@@ -230,14 +235,7 @@ async fn reconciliation_csv(
     me: Identity,
     Path(id_s): Path<String>,
 ) -> ApiResult<Response> {
-    require(&me, Action::ManageMoney)?;
-    let rid = id(&id_s, "reconciliation")?;
-    let (run, items) = ctx
-        .app
-        .store
-        .reconciliation(rid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("reconciliation {rid}")))?;
+    let (run, items) = report(&ctx, &me, &id_s).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

@@ -415,57 +415,49 @@ macro_rules! backend {
                 })
             }
 
-
             /// A charge's exception, unless the same kind is already open for that charge (a
             /// retried debt that fails again keeps its one exception).
             async fn insert_charge_exception<'c, E>(e: E, x: &ExceptionRecord) -> StoreResult<()>
             where
                 E: sqlx::Executor<'c, Database = $db>,
             {
-                sqlx::query(
-                    "INSERT INTO exceptions (id, lot_id, lane_id, kind, plate, event_id, session_id, charge_id, detail, created_at, resolved_at, resolution) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
-                     WHERE NOT EXISTS (SELECT 1 FROM exceptions WHERE charge_id = $8 AND kind = $4 AND resolved_at IS NULL)",
-                )
-                .bind(x.id.to_string())
-                .bind(x.lot.as_str())
-                .bind(x.lane.as_ref().map(|l| l.to_string()))
-                .bind(x.kind.as_str())
-                .bind(x.plate.clone())
-                .bind(x.event_id.map(|u| u.to_string()))
-                .bind(x.session_id.map(|u| u.to_string()))
-                .bind(x.charge_id.map(|u| u.to_string()))
-                .bind(x.detail.clone())
-                .bind(ms(x.created_at))
-                .bind(x.resolved_at.map(ms))
-                .bind(x.resolution.clone())
-                .execute(e)
-                .await?;
-                Ok(())
+                write_exception(e, x, true).await
             }
 
             async fn insert_exception<'c, E>(e: E, x: &ExceptionRecord) -> StoreResult<()>
             where
                 E: sqlx::Executor<'c, Database = $db>,
             {
-                sqlx::query(
+                write_exception(e, x, false).await
+            }
+
+            async fn write_exception<'c, E>(e: E, x: &ExceptionRecord, unless_open: bool) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                let sql = if unless_open {
                     "INSERT INTO exceptions (id, lot_id, lane_id, kind, plate, event_id, session_id, charge_id, detail, created_at, resolved_at, resolution) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                )
-                .bind(x.id.to_string())
-                .bind(x.lot.as_str())
-                .bind(x.lane.as_ref().map(|l| l.to_string()))
-                .bind(x.kind.as_str())
-                .bind(x.plate.clone())
-                .bind(x.event_id.map(|u| u.to_string()))
-                .bind(x.session_id.map(|u| u.to_string()))
-                .bind(x.charge_id.map(|u| u.to_string()))
-                .bind(x.detail.clone())
-                .bind(ms(x.created_at))
-                .bind(x.resolved_at.map(ms))
-                .bind(x.resolution.clone())
-                .execute(e)
-                .await?;
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+                     WHERE NOT EXISTS (SELECT 1 FROM exceptions WHERE charge_id = $8 AND kind = $4 AND resolved_at IS NULL)"
+                } else {
+                    "INSERT INTO exceptions (id, lot_id, lane_id, kind, plate, event_id, session_id, charge_id, detail, created_at, resolved_at, resolution) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                };
+                sqlx::query(sql)
+                    .bind(x.id.to_string())
+                    .bind(x.lot.as_str())
+                    .bind(x.lane.as_ref().map(|l| l.to_string()))
+                    .bind(x.kind.as_str())
+                    .bind(x.plate.clone())
+                    .bind(x.event_id.map(|u| u.to_string()))
+                    .bind(x.session_id.map(|u| u.to_string()))
+                    .bind(x.charge_id.map(|u| u.to_string()))
+                    .bind(x.detail.clone())
+                    .bind(ms(x.created_at))
+                    .bind(x.resolved_at.map(ms))
+                    .bind(x.resolution.clone())
+                    .execute(e)
+                    .await?;
                 Ok(())
             }
 
