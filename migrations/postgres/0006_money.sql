@@ -35,6 +35,9 @@ CREATE TABLE refunds (
 CREATE INDEX refunds_charge ON refunds (charge_id);
 CREATE INDEX refunds_open ON refunds (status, updated_at);
 
+-- The dashboard lists charges by their last change.
+CREATE INDEX charges_updated ON charges (updated_at);
+
 ALTER TABLE charges ADD COLUMN refunded_minor BIGINT NOT NULL DEFAULT 0;
 -- WeChat Pay advanced the money (垫资, bank_type BPA) and the driver has not paid it back yet.
 ALTER TABLE charges ADD COLUMN advanced BIGINT NOT NULL DEFAULT 0;

@@ -956,9 +956,34 @@ impl App {
         reason: &str,
         operator: &str,
     ) -> AppResult<Uuid> {
+        self.command_lane(lot, lane, LaneAction::OpenBarrier, reason, operator)
+            .await
+    }
+
+    /// Lowers a lane's barrier by hand (after a lift for an empty lane, which stays up);
+    /// audited like a lift.
+    pub async fn close_lane(
+        &self,
+        lot: &LotId,
+        lane: &LaneId,
+        reason: &str,
+        operator: &str,
+    ) -> AppResult<Uuid> {
+        self.command_lane(lot, lane, LaneAction::CloseBarrier, reason, operator)
+            .await
+    }
+
+    async fn command_lane(
+        &self,
+        lot: &LotId,
+        lane: &LaneId,
+        action: LaneAction,
+        reason: &str,
+        operator: &str,
+    ) -> AppResult<Uuid> {
         if reason.trim().is_empty() {
             return Err(AppError::BadRequest(
-                "a reason is required for a manual lift".into(),
+                "a reason is required for a manual lift or close".into(),
             ));
         }
         if operator.trim().is_empty() {
@@ -972,7 +997,7 @@ impl App {
             command_id: new_id(),
             lot: lot.clone(),
             lane: lane.clone(),
-            action: LaneAction::OpenBarrier,
+            action,
             reason: reason.to_string(),
             operator: operator.to_string(),
             issued_at: now,
@@ -982,7 +1007,11 @@ impl App {
                 id: new_id(),
                 at: now,
                 actor: operator.to_string(),
-                action: "lane.manual_open".into(),
+                action: match action {
+                    LaneAction::OpenBarrier => "lane.manual_open",
+                    LaneAction::CloseBarrier => "lane.manual_close",
+                }
+                .into(),
                 subject: format!("{lot}/{lane}"),
                 detail: format!("command {}: {reason}", cmd.command_id),
             })

@@ -168,7 +168,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
             "/api/lots/{lot}/lanes/{lane}",
             axum::routing::delete(delete_lane),
         )
-        .route("/api/lots/{lot}/lanes/{lane}/open", post(open_lane))
+        .route("/api/lots/{lot}/lanes/{lane}/{action}", post(open_lane))
         .route("/api/gateways", get(gateways))
         .route("/api/drivers", post(create_driver))
         .route("/api/drivers/{id}", get(get_driver))
@@ -1163,16 +1163,17 @@ struct OpenLane {
 async fn open_lane(
     State(ctx): State<Ctx>,
     me: Identity,
-    Path((lot, lane)): Path<(String, String)>,
+    Path((lot, lane, action)): Path<(String, String, String)>,
     Body(b): Body<OpenLane>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let lot = lot_id(lot)?;
     require_on(&me, Action::OperateLanes, &lot)?;
     let lane = LaneId::parse(lane).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let command_id = ctx
-        .app
-        .open_lane(&lot, &lane, &b.reason.0, &me.name)
-        .await?;
+    let command_id = match action.as_str() {
+        "open" => ctx.app.open_lane(&lot, &lane, &b.reason.0, &me.name).await?,
+        "close" => ctx.app.close_lane(&lot, &lane, &b.reason.0, &me.name).await?,
+        _ => return Err(ApiError::NotFound("no such route".into())),
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "command_id": command_id })),

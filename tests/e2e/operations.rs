@@ -76,6 +76,37 @@ async fn a_manual_lift_opens_the_arm_and_is_audited() {
         .as_str()
         .unwrap()
         .contains("driver paid cash"));
+
+    // No car came: the arm stays up until the operator closes it.
+    assert_eq!(arm.borrow().position, ArmPosition::Open);
+    let r = w
+        .client
+        .post(w.url(&format!("/api/lots/{}/lanes/out-1/close", w.lot)))
+        .json(&json!({"reason": "nobody came"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    tokio::time::timeout(WAIT, arm.wait_for(|s| s.position == ArmPosition::Closed))
+        .await
+        .expect("the arm closes")
+        .unwrap();
+    eventually("the close to be audited", WAIT, || async {
+        let a = w.get_json("/api/audit").await;
+        a.as_array()?
+            .iter()
+            .any(|e| e["action"] == "lane.manual_close" && e["actor"] == "token:tests")
+            .then_some(())
+    })
+    .await;
+    let nowhere = w
+        .client
+        .post(w.url(&format!("/api/lots/{}/lanes/out-1/explode", w.lot)))
+        .json(&json!({"reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nowhere.status().as_u16(), 404);
     w.stop().await;
 }
 

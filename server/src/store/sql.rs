@@ -1446,7 +1446,7 @@ macro_rules! backend {
                 async fn charges(&self, f: &ChargeFilter) -> StoreResult<Vec<Charge>> {
                     sqlx::query(&format!(
                         "SELECT {CHARGE_COLS} FROM charges WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR driver_id = $2) \
-                         AND ($3 IS NULL OR session_id = $3) ORDER BY created_at DESC, id LIMIT $4"
+                         AND ($3 IS NULL OR session_id = $3) ORDER BY updated_at DESC, id LIMIT $4"
                     ))
                     .bind(f.status.map(|s| s.as_str()))
                     .bind(f.driver.map(|u| u.to_string()))
