@@ -907,7 +907,9 @@ impl App {
             session,
             ..Extra::default()
         };
-        self.passage(&ev, &corrected, Instant::now(), extra).await
+        let d = self.passage(&ev, &corrected, Instant::now(), extra).await?;
+        self.live.send(LiveEvent::superseded(original, &d));
+        Ok(d)
     }
 
     /// The passage event an exception was raised for, as it was received.
@@ -937,6 +939,7 @@ impl App {
         audit: AuditEntry,
     ) -> AppResult<Decision> {
         let mut ev = self.held_passage(x).await?;
+        let original = ev.event_id;
         ev.event_id = parkpay_protocol::EventId::new();
         let text = String::from_utf8_lossy(&encode(&ev, self.clock.now(), None)).into_owned();
         let extra = Extra {
@@ -945,7 +948,9 @@ impl App {
             time_checked: true,
             ..Extra::default()
         };
-        self.passage(&ev, &text, Instant::now(), extra).await
+        let d = self.passage(&ev, &text, Instant::now(), extra).await?;
+        self.live.send(LiveEvent::superseded(original, &d));
+        Ok(d)
     }
 
     /// An operator lifts a lane's barrier by hand. Always audited; a reason is required.

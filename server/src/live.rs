@@ -40,6 +40,15 @@ impl LiveEvent {
         LiveEvent::new("decision", d)
     }
 
+    /// A held passage was decided again under a new event id (a plate correction, an unlock):
+    /// whoever shows the original row shows it settled by `d`.
+    pub fn superseded(original: parkpay_protocol::EventId, d: &Decision) -> LiveEvent {
+        LiveEvent::new(
+            "superseded",
+            serde_json::json!({ "event_id": original, "decision": d }),
+        )
+    }
+
     pub fn charge(c: &Charge) -> LiveEvent {
         LiveEvent::new("charge", c)
     }

@@ -431,7 +431,8 @@ async fn an_exit_without_entry_is_an_exception_and_a_misread_exit_waits_for_the_
     );
 
     // The attendant compares the evidence and corrects the plate: the stay is charged to its
-    // driver, for the stay the car really made.
+    // driver, for the stay the car really made; dashboards hear that the held row is settled.
+    let mut stream = w.client.get(w.url("/api/stream")).send().await.unwrap();
     let r = w
         .client
         .post(w.url(&format!(
@@ -452,6 +453,20 @@ async fn an_exit_without_entry_is_an_exception_and_a_misread_exit_waits_for_the_
     assert_eq!(s["status"], "closed");
     assert_eq!(s["driver_id"].as_str(), Some(driver.to_string().as_str()));
     assert_charged_for_stay(&w, &s, &entry, &exit).await;
+    let held = x["event_id"].as_str().unwrap().to_string();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen
+        .split("\n\n")
+        .any(|e| e.contains("event: superseded") && e.contains(&held))
+    {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("the held row is reported settled in time")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
     w.stop().await;
 }
 
