@@ -1170,8 +1170,16 @@ async fn open_lane(
     require_on(&me, Action::OperateLanes, &lot)?;
     let lane = LaneId::parse(lane).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let command_id = match action.as_str() {
-        "open" => ctx.app.open_lane(&lot, &lane, &b.reason.0, &me.name).await?,
-        "close" => ctx.app.close_lane(&lot, &lane, &b.reason.0, &me.name).await?,
+        "open" => {
+            ctx.app
+                .open_lane(&lot, &lane, &b.reason.0, &me.name)
+                .await?
+        }
+        "close" => {
+            ctx.app
+                .close_lane(&lot, &lane, &b.reason.0, &me.name)
+                .await?
+        }
         _ => return Err(ApiError::NotFound("no such route".into())),
     };
     Ok((
