@@ -1189,3 +1189,45 @@ async fn a_revoked_token_and_a_disabled_account_are_refused_at_once() {
     }
     w.stop().await;
 }
+
+/// Every page's inline script is allowed by the Content-Security-Policy it is served with (by
+/// hash, as a browser checks it): a script that differs from what was hashed (an id written
+/// into it per request) would be blocked and the page would stay blank.
+#[tokio::test]
+async fn every_page_is_served_with_a_policy_that_allows_its_own_script() {
+    use base64::Engine;
+    use sha2::Digest;
+    let (w, _clock) = world().await;
+    let some = uuid::Uuid::now_v7();
+    for path in [
+        "/login".to_string(),
+        format!("/pay/{some}"),
+        format!("/receipt/{some}"),
+        format!("/ticket/{some}"),
+        "/v/abc123".to_string(),
+    ] {
+        let r = reqwest::get(w.url(&path)).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let html = r.text().await.unwrap();
+        let mut rest = html.as_str();
+        let mut scripts = 0;
+        while let Some(start) = rest.find("<script>") {
+            let after = &rest[start + "<script>".len()..];
+            let end = after.find("</script>").expect("a closed script");
+            let hash = base64::engine::general_purpose::STANDARD
+                .encode(sha2::Sha256::digest(&after.as_bytes()[..end]));
+            assert!(
+                csp.contains(&format!("'sha256-{hash}'")),
+                "{path}: its script (sha256-{hash}) is not allowed by {csp}"
+            );
+            scripts += 1;
+            rest = &after[end..];
+        }
+        assert!(scripts > 0, "{path} has a script");
+    }
+    w.stop().await;
+}
