@@ -2,6 +2,7 @@
 //! in-process broker by default, and against PostgreSQL and an external broker when
 //! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
+mod browser;
 mod chaos;
 mod fleet;
 mod frames;
