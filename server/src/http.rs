@@ -196,6 +196,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/charges/{id}/cash", post(cash_for_charge))
         .route("/api/exceptions", get(exceptions))
         .route("/api/exceptions/{id}/correct", post(correct_plate))
+        .route("/api/exceptions/{id}/dismiss", post(dismiss_exception))
         .route("/api/audit", get(audit))
         .route("/api/dead-letters", get(dead_letters))
         .route("/api/stats", get(stats))
@@ -1626,8 +1627,58 @@ async fn claim_validation(
 struct SessionQuery {
     lot: Option<String>,
     plate: Option<String>,
+    /// A plate as someone remembers or misreads it: stays whose plate folds alike.
+    search: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DismissBody {
+    reason: Text<500>,
+}
+
+/// An operator closes an exception that needs nothing more (a car that turned back, a test
+/// at the lane), with a reason; audited. Debts are not dismissed: they are paid, waived or
+/// retried at the money desk.
+async fn dismiss_exception(
+    State(ctx): State<Ctx>,
+    me: Identity,
+    Path(id_s): Path<String>,
+    Body(b): Body<DismissBody>,
+) -> ApiResult<Json<Value>> {
+    let xid = id(&id_s, "exception")?;
+    let x = ctx
+        .app
+        .store
+        .exception(xid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("exception {xid}")))?;
+    require_on(&me, Action::CorrectPlates, &x.lot)?;
+    if x.kind == ExceptionKind::ChargeFailed {
+        return Err(ApiError::Conflict(
+            "a debt is settled at the money desk (pay, waive or retry), not dismissed".into(),
+        ));
+    }
+    let now = ctx.app.clock.now();
+    ctx.app
+        .store
+        .resolve_exception(
+            xid,
+            &format!("dismissed by {}: {}", me.name, b.reason.0),
+            now,
+        )
+        .await?;
+    audit_write(
+        &ctx,
+        &me,
+        "exception.dismissed",
+        format!("exception {xid}: {}", b.reason.0),
+    )
+    .await?;
+    let x = ctx.app.store.exception(xid).await?;
+    Ok(Json(json!(x)))
 }
 
 async fn list_sessions(
@@ -1648,9 +1699,23 @@ async fn list_sessions(
     if let Some(lot) = &lot {
         require_on(&me, Action::View, lot)?;
     }
+    let key = match q.search {
+        Some(text) => {
+            param(&text, "search", 16)?;
+            let key = parkpay_protocol::plate::match_key(&text.to_uppercase());
+            if key.is_empty() {
+                return Err(ApiError::Unprocessable(
+                    "search: give some letters or digits of the plate".into(),
+                ));
+            }
+            Some(key)
+        }
+        None => None,
+    };
     let f = SessionFilter {
         lot,
         plate,
+        key,
         status,
         limit: q.limit.unwrap_or(100).clamp(1, 100_000),
     };

@@ -478,3 +478,79 @@ async fn a_broker_dropping_messages_shows_in_the_metrics() {
     let _ = stop.send(());
     let _ = running.await;
 }
+
+#[tokio::test]
+async fn a_plate_is_found_as_it_was_misremembered_and_an_exception_is_dismissed_with_a_reason() {
+    let w = world().await;
+    w.driver("京A12345", None).await;
+    assert!(w.pass("in-1", "京A12345", WAIT).await.opened);
+    let find = |q: &str| {
+        let url = w.url(&format!(
+            "/api/sessions?lot={}&search={}",
+            w.lot,
+            crate::scenarios::urlencode(q)
+        ));
+        let c = w.client.clone();
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    // S for 5, lower case, a separator: the same plate to the folding the matcher uses.
+    let (s, found) = find("京a·1234S").await;
+    assert_eq!(s, 200, "{found}");
+    let plates: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["plate"].as_str())
+        .collect();
+    assert_eq!(plates, vec!["京A12345"]);
+    let (_, none) = find("京A99999").await;
+    assert!(none.as_array().unwrap().is_empty(), "{none}");
+    let (s, bad) = find("··").await;
+    assert_eq!(s, 422, "{bad}");
+
+    // A car at the exit with no entry raises an exception; nothing more is needed (it turned
+    // back), so the operator dismisses it with a reason.
+    let exit = w.pass("out-1", "京B77777", Duration::from_secs(3)).await;
+    assert!(!exit.opened);
+    let x = eventually("the no-entry exception", WAIT, || async {
+        let xs = w
+            .get_json(&format!("/api/exceptions?lot={}&open=true", w.lot))
+            .await;
+        xs.as_array()?
+            .iter()
+            .find(|x| x["kind"] == "no_entry" && x["plate"] == "京B77777")
+            .cloned()
+    })
+    .await;
+    let path = format!("/api/exceptions/{}/dismiss", x["id"].as_str().unwrap());
+    let post = |body: Value| {
+        let rq = w.client.post(w.url(&path)).json(&body);
+        async move { rq.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(json!({"reason": " "})).await, 422);
+    assert_eq!(post(json!({"reason": "the car turned back"})).await, 200);
+    assert_eq!(
+        post(json!({"reason": "again"})).await,
+        409,
+        "once resolved, stays resolved"
+    );
+    let open = w
+        .get_json(&format!("/api/exceptions?lot={}&open=true", w.lot))
+        .await;
+    assert!(
+        !open.to_string().contains(x["id"].as_str().unwrap()),
+        "{open}"
+    );
+    let audit = w.get_json("/api/audit").await.to_string();
+    assert!(
+        audit.contains("exception.dismissed") && audit.contains("the car turned back"),
+        "{audit}"
+    );
+    w.stop().await;
+}

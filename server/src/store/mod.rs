@@ -169,6 +169,8 @@ pub struct OpenSession {
 pub struct SessionFilter {
     pub lot: Option<LotId>,
     pub plate: Option<String>,
+    /// Plates that fold to this match key (confusable characters alike: 0/O/D/Q, 8/B, ...).
+    pub key: Option<String>,
     pub status: Option<SessionStatus>,
     pub limit: i64,
 }

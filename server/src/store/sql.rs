@@ -1412,12 +1412,13 @@ macro_rules! backend {
                 async fn sessions(&self, f: &SessionFilter) -> StoreResult<Vec<Session>> {
                     sqlx::query(&format!(
                         "SELECT {SESSION_COLS} FROM sessions WHERE ($1 IS NULL OR lot_id = $1) AND ($2 IS NULL OR plate = $2) \
-                         AND ($3 IS NULL OR status = $3) ORDER BY entry_at DESC, id LIMIT $4"
+                         AND ($3 IS NULL OR status = $3) AND ($5 IS NULL OR plate_key = $5) ORDER BY entry_at DESC, id LIMIT $4"
                     ))
                     .bind(f.lot.as_ref().map(|l| l.to_string()))
                     .bind(f.plate.clone())
                     .bind(f.status.map(|s| s.as_str()))
                     .bind(if f.limit > 0 { f.limit } else { 100 })
+                    .bind(f.key.clone())
                     .fetch_all(&self.pool)
                     .await?
                     .iter()
