@@ -1633,6 +1633,19 @@ struct SessionQuery {
     limit: Option<i64>,
 }
 
+/// An exception an operator may handle: it exists and lies in a lot of theirs.
+async fn exception_to_handle(ctx: &Ctx, me: &Identity, id_s: &str) -> ApiResult<ExceptionRecord> {
+    let xid = id(id_s, "exception")?;
+    let x = ctx
+        .app
+        .store
+        .exception(xid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("exception {xid}")))?;
+    require_on(me, Action::CorrectPlates, &x.lot)?;
+    Ok(x)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DismissBody {
@@ -1648,14 +1661,8 @@ async fn dismiss_exception(
     Path(id_s): Path<String>,
     Body(b): Body<DismissBody>,
 ) -> ApiResult<Json<Value>> {
-    let xid = id(&id_s, "exception")?;
-    let x = ctx
-        .app
-        .store
-        .exception(xid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("exception {xid}")))?;
-    require_on(&me, Action::CorrectPlates, &x.lot)?;
+    let x = exception_to_handle(&ctx, &me, &id_s).await?;
+    let xid = x.id;
     if x.kind == ExceptionKind::ChargeFailed {
         return Err(ApiError::Conflict(
             "a debt is settled at the money desk (pay, waive or retry), not dismissed".into(),
@@ -1927,14 +1934,7 @@ async fn correct_plate(
     Body(c): Body<Correction>,
 ) -> ApiResult<Json<parkpay_protocol::Decision>> {
     require(&me, Action::CorrectPlates)?;
-    let xid = id(&id_s, "exception")?;
-    let x = ctx
-        .app
-        .store
-        .exception(xid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("exception {xid}")))?;
-    require_on(&me, Action::CorrectPlates, &x.lot)?;
+    let xid = exception_to_handle(&ctx, &me, &id_s).await?.id;
     Ok(Json(
         ctx.app
             .correct_plate(xid, &c.plate.0, c.session, &me.name)
