@@ -179,6 +179,18 @@ impl Wx {
             .unwrap_or_else(|| panic!("WeChat Pay has no order {key}"))
     }
 
+    /// How many open exceptions name this charge.
+    async fn open_exceptions_of(&self, charge: &str) -> usize {
+        self.w
+            .get_json(&format!("/api/exceptions?lot={}&open=true", self.w.lot))
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["charge_id"].as_str() == Some(charge))
+            .count()
+    }
+
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .w
@@ -246,20 +258,8 @@ async fn insufficient_balance_is_arrears_without_an_advance_and_paid_back_later_
     let (s1, fee1, _) = x.stay("京A60002", 130).await;
     let debt = x.charge_reaches(&s1, "arrears").await;
     assert_eq!(fen(&debt["amount"]), fee1);
-    let open = |kind: &'static str, charge: String| {
-        let w = &x.w;
-        async move {
-            w.get_json(&format!("/api/exceptions?lot={}&open=true", w.lot))
-                .await
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["kind"] == kind && e["charge_id"].as_str() == Some(charge.as_str()))
-                .count()
-        }
-    };
     let debt_id = debt["id"].as_str().unwrap().to_string();
-    assert_eq!(open("charge_failed", debt_id.clone()).await, 1);
+    assert_eq!(x.open_exceptions_of(&debt_id).await, 1);
     let (status, paid) = x
         .post(
             &format!("/api/charges/{debt_id}/cash"),
@@ -268,7 +268,7 @@ async fn insufficient_balance_is_arrears_without_an_advance_and_paid_back_later_
         .await;
     assert_eq!(status, 200, "{paid}");
     assert_eq!(
-        open("charge_failed", debt_id).await,
+        x.open_exceptions_of(&debt_id).await,
         0,
         "a paid debt closes its exception"
     );
@@ -810,20 +810,8 @@ async fn the_money_desk_retries_and_waives_debts_and_a_waived_held_fee_opens_the
         (c["status"] == "arrears" && c["attempts"].as_i64().unwrap_or(0) >= 1).then_some(())
     })
     .await;
-    let open_for = |charge: String| {
-        let w = &x.w;
-        async move {
-            w.get_json(&format!("/api/exceptions?lot={}&open=true", w.lot))
-                .await
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["charge_id"].as_str() == Some(charge.as_str()))
-                .count()
-        }
-    };
     assert_eq!(
-        open_for(id.clone()).await,
+        x.open_exceptions_of(&id).await,
         1,
         "a debt has one open exception"
     );
@@ -846,7 +834,7 @@ async fn the_money_desk_retries_and_waives_debts_and_a_waived_held_fee_opens_the
         "{waived}"
     );
     assert_eq!(
-        open_for(id.clone()).await,
+        x.open_exceptions_of(&id).await,
         0,
         "a waived debt closes its exception"
     );
