@@ -89,9 +89,9 @@ impl Page {
             rest = &after[end..];
         }
         let csp = format!(
-            "default-src 'none'; script-src {}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+            "default-src 'none'; script-src 'self' {}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
              connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-            if hashes.is_empty() { "'none'".to_string() } else { hashes.join(" ") }
+            hashes.join(" ")
         );
         Page {
             html: html.to_string(),
@@ -108,20 +108,44 @@ impl Page {
     }
 }
 
-type Pages = (Page, Page, Page, Page, Page, Page);
+/// Every page the server serves, by name (its file in `server/src/`).
+const PAGE_FILES: &[(&str, &str)] = &[
+    ("dashboard", include_str!("dashboard.html")),
+    ("pay", include_str!("pay.html")),
+    ("login", include_str!("login.html")),
+    ("ticket", include_str!("ticket.html")),
+    ("validation", include_str!("validation.html")),
+    ("receipt", include_str!("receipt.html")),
+];
 
-fn pages() -> &'static Pages {
-    static PAGES: std::sync::OnceLock<Pages> = std::sync::OnceLock::new();
-    PAGES.get_or_init(|| {
-        (
-            Page::new(include_str!("dashboard.html")),
-            Page::new(include_str!("pay.html")),
-            Page::new(include_str!("login.html")),
-            Page::new(include_str!("ticket.html")),
-            Page::new(include_str!("validation.html")),
-            Page::new(include_str!("receipt.html")),
-        )
-    })
+/// The page named `name` in [`PAGE_FILES`], with its policy computed once.
+fn page(name: &str) -> &'static Page {
+    static PAGES: std::sync::OnceLock<Vec<(&'static str, Page)>> = std::sync::OnceLock::new();
+    let pages = PAGES.get_or_init(|| {
+        PAGE_FILES
+            .iter()
+            .map(|(name, html)| (*name, Page::new(html)))
+            .collect()
+    });
+    pages
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| p)
+        .expect("every page named in the code is in PAGE_FILES")
+}
+
+/// The script every page shares: translations (zh-CN, English) and the language switch.
+const I18N_JS: &str = include_str!("static/i18n.js");
+
+async fn i18n_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        I18N_JS,
+    )
+        .into_response()
 }
 
 pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> Router {
@@ -148,6 +172,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/tickets", post(take_ticket))
         .route("/api/tickets/exit", post(leave_with_ticket))
         .route("/api/tickets/passage/{event}", get(ticket_passage))
+        .route("/static/i18n.js", get(i18n_js))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -576,12 +601,12 @@ async fn metrics(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Response> {
 }
 
 async fn dashboard() -> Response {
-    let p = &pages().0;
+    let p = page("dashboard");
     p.respond(p.html.clone())
 }
 
 async fn login_page() -> Response {
-    let p = &pages().2;
+    let p = page("login");
     p.respond(p.html.clone())
 }
 
@@ -590,7 +615,7 @@ async fn pay_page(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     Path(session): Path<String>,
 ) -> ApiResult<Response> {
-    public_page(&ctx, &ip, &pages().1, "{{SESSION}}", &session)
+    public_page(&ctx, &ip, page("pay"), "{{SESSION}}", &session)
 }
 
 /// A page for drivers (no sign-in, limited per client address) with the id from its path put in
@@ -606,7 +631,7 @@ async fn receipt_page(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     Path(session): Path<String>,
 ) -> ApiResult<Response> {
-    public_page(&ctx, &ip, &pages().5, "{{SESSION}}", &session)
+    public_page(&ctx, &ip, page("receipt"), "{{SESSION}}", &session)
 }
 
 /// The page a plateless car's driver opens from the code on a held lane's display.
@@ -615,7 +640,7 @@ async fn ticket_page(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     Path(event): Path<String>,
 ) -> ApiResult<Response> {
-    public_page(&ctx, &ip, &pages().3, "{{EVENT}}", &event)
+    public_page(&ctx, &ip, page("ticket"), "{{EVENT}}", &event)
 }
 
 /// The page a merchant's validation code (a QR code on a receipt) leads to.
@@ -624,7 +649,7 @@ async fn validation_page(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     Path(code): Path<String>,
 ) -> ApiResult<Response> {
-    public_page(&ctx, &ip, &pages().4, "{{CODE}}", &code)
+    public_page(&ctx, &ip, page("validation"), "{{CODE}}", &code)
 }
 
 async fn ticket_passage(
