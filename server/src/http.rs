@@ -45,6 +45,7 @@ use crate::merchants::NewMerchant;
 use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
 
+mod history;
 mod money;
 
 /// The longest stay a tariff preview prices.
@@ -116,6 +117,7 @@ const PAGE_FILES: &[(&str, &str)] = &[
     ("ticket", include_str!("ticket.html")),
     ("validation", include_str!("validation.html")),
     ("receipt", include_str!("receipt.html")),
+    ("history", include_str!("history.html")),
 ];
 
 /// The page named `name` in [`PAGE_FILES`], with its policy computed once.
@@ -166,6 +168,8 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
     Router::new()
         .route("/", get(dashboard))
         .route("/login", get(login_page))
+        .route("/history", get(history_page))
+        .route("/audit", get(history_page))
         .route("/pay/{session}", get(pay_page))
         .route("/ticket/{event}", get(ticket_page))
         .route("/v/{code}", get(validation_page))
@@ -231,6 +235,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/sandbox/wallets/{reference}", get(get_wallet))
         .route("/receipt/{session}", get(receipt_page))
         .merge(money::routes())
+        .merge(history::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))
@@ -602,6 +607,12 @@ async fn metrics(State(ctx): State<Ctx>, me: Identity) -> ApiResult<Response> {
 
 async fn dashboard() -> Response {
     let p = page("dashboard");
+    p.respond(p.html.clone())
+}
+
+/// Stays, passages and (for those who may read it) the audit log.
+async fn history_page() -> Response {
+    let p = page("history");
     p.respond(p.html.clone())
 }
 

@@ -18,8 +18,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::scenarios::{sessions, world, WAIT};
 
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _driver: tokio::process::Child,
 }
 
@@ -34,7 +34,7 @@ fn which(names: &[&str]) -> Option<PathBuf> {
 
 /// A headless Chromium, or `None` (with a note) when this machine has none and the run does
 /// not require one.
-async fn browser(width: u32, height: u32) -> Option<Browser> {
+pub(crate) async fn browser(width: u32, height: u32) -> Option<Browser> {
     let required = std::env::var_os("PARKPAY_REQUIRE_BROWSER").is_some();
     let (Some(driver), Some(chromium)) = (
         which(&["chromedriver"]),
@@ -77,7 +77,7 @@ async fn browser(width: u32, height: u32) -> Option<Browser> {
         json!({
             "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     format!("--window-size={width},{height}")],
+                     "--lang=en-US", format!("--window-size={width},{height}")],
         }),
     );
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -92,7 +92,7 @@ async fn browser(width: u32, height: u32) -> Option<Browser> {
 }
 
 /// Makes an account of `role` and signs it in on the dashboard.
-async fn sign_in(b: &Browser, w: &World, role: Role) {
+pub(crate) async fn sign_in(b: &Browser, w: &World, role: Role) {
     let name = format!("{}-{}", role, uuid::Uuid::new_v4().simple())[..20].to_string();
     let password = "correct horse battery staple";
     w.app()
@@ -124,14 +124,14 @@ async fn sign_in(b: &Browser, w: &World, role: Role) {
     b.client
         .wait()
         .at_most(WAIT)
-        .for_element(Locator::Css("#lanes [data-key]"))
+        .for_element(Locator::Css("#lanes .lane"))
         .await
         .expect("the dashboard shows the lanes");
 }
 
 /// The `aria-label` of the element `css` selects, clicking it too when `click`; `None` when
 /// there is no such element now.
-async fn label_of(c: &Client, css: &str, click: bool) -> Option<String> {
+pub(crate) async fn label_of(c: &Client, css: &str, click: bool) -> Option<String> {
     c.execute(
         "var e = document.querySelector(arguments[0]); if (!e) return null; \
          var l = e.getAttribute('aria-label'); if (arguments[1]) e.click(); return l;",
@@ -310,6 +310,295 @@ async fn the_pay_page_on_a_phone_follows_the_stay_and_asks_for_the_fee_without_a
         "no '1 ×' on discount lines: {text}"
     );
     p.back_out().await.unwrap();
+    b.client.close().await.unwrap();
+    w.stop().await;
+}
+
+/// Runs `script` (its last statement returns a value) in the page and gives the value.
+async fn js(c: &Client, script: &str) -> serde_json::Value {
+    c.execute(script, vec![]).await.expect("the script runs")
+}
+
+/// Elements wider than the window (the phone's screen), named by tag, id and class.
+async fn too_wide(c: &Client) -> Vec<String> {
+    let v = js(
+        c,
+        "var w = document.documentElement.clientWidth; \
+         return Array.from(document.querySelectorAll('body *')).filter(function (e) { \
+           var r = e.getBoundingClientRect(); return r.width > 0 && r.right > w + 1; \
+         }).map(function (e) { return e.tagName + '#' + e.id + '.' + e.className; });",
+    )
+    .await;
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_viewer_is_refused_the_audit_log_and_finance_reads_it_in_chinese() {
+    let (w, _clock) = world().await;
+    let Some(b) = browser(1280, 900).await else {
+        w.stop().await;
+        return;
+    };
+    let c = &b.client;
+    let lot = w.lot.to_string();
+    let r = w
+        .client
+        .post(w.url(&format!("/api/lots/{lot}/lanes/in-1/open")))
+        .json(&json!({ "reason": "delivery van" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    // A viewer: no Audit link, and the page says why instead of showing the log.
+    sign_in(&b, &w, Role::Viewer).await;
+    let audit_link_shown = js(
+        c,
+        "var a = document.querySelector('nav.pages a[href=\"/audit\"]'); return !!a && !a.hidden && a.offsetParent !== null;",
+    )
+    .await;
+    assert_eq!(
+        audit_link_shown,
+        json!(false),
+        "a viewer is not offered the audit log"
+    );
+    c.goto(w.url("/audit").as_str()).await.unwrap();
+    let refusal = eventually("the page to refuse the audit log", WAIT, || async {
+        let v = js(c, "var e = document.getElementById('err'); return e && e.classList.contains('show') ? e.textContent : null;").await;
+        v.as_str().map(str::to_string)
+    })
+    .await;
+    assert_eq!(refusal, "Your role may not read the audit log.");
+    let tab_hidden = js(c, "return document.getElementById('tab-audit').hidden;").await;
+    assert_eq!(tab_hidden, json!(true));
+    let (status, _) = {
+        let r = w
+            .client
+            .get(w.url("/api/history/audit"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(
+        status, 200,
+        "the admin token reads it (the refusal is the viewer's)"
+    );
+
+    // Finance, in Chinese: the log with the lift, under the signed-in names.
+    sign_in(&b, &w, Role::Finance).await;
+    js(
+        c,
+        "localStorage.setItem('parkpay.lang', 'zh-CN'); return true;",
+    )
+    .await;
+    c.goto(w.url("/audit").as_str()).await.unwrap();
+    let row = eventually("the audit log to list the lift", WAIT, || async {
+        let v = js(
+            c,
+            "var rows = Array.from(document.querySelectorAll('#rows tr')).map(function (r) { return r.textContent; }); \
+             return rows.filter(function (t) { return t.indexOf('lane.manual_open') >= 0; })[0] || null;",
+        )
+        .await;
+        v.as_str().map(str::to_string)
+    })
+    .await;
+    assert!(
+        row.contains("delivery van") && row.contains(&format!("{lot}/in-1")),
+        "{row}"
+    );
+    let (lang, h1, tab) = {
+        let v = js(
+            c,
+            "return [document.documentElement.lang, document.querySelector('h1').textContent, document.getElementById('tab-audit').textContent];",
+        )
+        .await;
+        (v[0].clone(), v[1].clone(), v[2].clone())
+    };
+    assert_eq!(lang, json!("zh-CN"));
+    assert_eq!(h1, json!("parkpay历史记录"));
+    assert_eq!(tab, json!("审计日志"));
+    // And back to English with the switch.
+    js(
+        c,
+        "document.querySelector('[data-i18n-toggle]').click(); return true;",
+    )
+    .await;
+    let tab = js(
+        c,
+        "return [document.documentElement.lang, document.getElementById('tab-audit').textContent];",
+    )
+    .await;
+    assert_eq!(tab, json!(["en", "Audit log"]));
+    b.client.close().await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn history_on_a_phone_finds_a_stay_and_exports_what_it_shows() {
+    let (w, clock) = world().await;
+    for plate in ["京A70021", "京A70022", "京A70023"] {
+        w.driver(plate, Some(100_000)).await;
+        assert!(w.pass("in-1", plate, WAIT).await.opened);
+        clock.advance(chrono::Duration::minutes(20));
+    }
+    assert!(w.pass("out-1", "京A70022", WAIT).await.opened);
+    let Some(b) = browser(375, 667).await else {
+        w.stop().await;
+        return;
+    };
+    let c = &b.client;
+    sign_in(&b, &w, Role::Operator).await;
+    assert_eq!(
+        too_wide(c).await,
+        Vec::<String>::new(),
+        "the dashboard fits the phone"
+    );
+
+    c.goto(w.url("/history").as_str()).await.unwrap();
+    let rows = || async {
+        let v = js(
+            c,
+            "return Array.from(document.querySelectorAll('#rows tr .plate')).map(function (p) { return p.textContent; });",
+        )
+        .await;
+        serde_json::from_value::<Vec<String>>(v).unwrap_or_default()
+    };
+    let all = eventually("every stay listed", WAIT, || async {
+        let r = rows().await;
+        (r.len() == 3).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        all,
+        ["京A70023", "京A70022", "京A70021"],
+        "newest entry first"
+    );
+    assert_eq!(
+        too_wide(c).await,
+        Vec::<String>::new(),
+        "history fits the phone"
+    );
+
+    // A misremembered plate (O for 0) finds the one stay.
+    js(
+        c,
+        "document.getElementById('f-plate').value = 'A7OO22'; \
+         document.querySelector('#filters button[type=submit]').click(); return true;",
+    )
+    .await;
+    eventually("the search to narrow the list", WAIT, || async {
+        (rows().await == ["京A70022"]).then_some(())
+    })
+    .await;
+    // The export link downloads exactly what is shown, with the page's own session.
+    let csv = c
+        .execute_async(
+            "var done = arguments[arguments.length - 1]; \
+             fetch(document.getElementById('csv').href, { credentials: 'same-origin' }) \
+               .then(function (r) { return r.text().then(function (t) { done([r.status, r.headers.get('content-type'), t]); }); }, \
+                     function (e) { done([0, '', String(e)]); });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(csv[0], json!(200), "{csv}");
+    assert!(csv[1].as_str().unwrap().starts_with("text/csv"), "{csv}");
+    let text = csv[2].as_str().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and the one stay: {text}");
+    assert!(lines[0].starts_with("stay,lot,plate,status"), "{text}");
+    assert!(
+        lines[1].contains("京A70022") && lines[1].contains(",closed,"),
+        "{text}"
+    );
+
+    // Passages of the stay, on the other tab.
+    js(
+        c,
+        "document.getElementById('tab-passages').click(); return true;",
+    )
+    .await;
+    eventually("the passages of that plate", WAIT, || async {
+        let v = js(
+            c,
+            "return document.querySelectorAll('#rows tr').length + ':' + document.getElementById('thead').textContent;",
+        )
+        .await;
+        (v.as_str()? == "2:CapturedLotLaneDirectionReadDecisionReasonFee").then_some(())
+    })
+    .await;
+    assert_eq!(
+        too_wide(c).await,
+        Vec::<String>::new(),
+        "passages fit the phone"
+    );
+    b.client.close().await.unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn finance_finds_a_plate_and_refunds_part_of_its_charge_from_the_dashboard() {
+    let (w, clock) = world().await;
+    w.driver("京A70031", Some(100_000)).await;
+    assert!(w.pass("in-1", "京A70031", WAIT).await.opened);
+    clock.advance(chrono::Duration::minutes(130));
+    assert!(w.pass("out-1", "京A70031", WAIT).await.opened);
+    let stay = sessions(&w, "京A70031").await[0].clone();
+    let charge = crate::scenarios::settled_charge(&w, stay["id"].as_str().unwrap()).await;
+    assert_eq!(charge["status"], "succeeded");
+    let Some(b) = browser(1400, 1000).await else {
+        w.stop().await;
+        return;
+    };
+    let c = &b.client;
+    sign_in(&b, &w, Role::Finance).await;
+
+    // Find a plate, typed as remembered.
+    js(
+        c,
+        "document.getElementById('find-plate').value = 'a7OO31'; document.getElementById('find-go').click(); return true;",
+    )
+    .await;
+    let found = eventually("the stay to be found", WAIT, || async {
+        let v = js(c, "return document.getElementById('found').textContent;").await;
+        v.as_str()
+            .filter(|t| t.contains("70031"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(found.contains("京A·70031"), "{found}");
+
+    // Refund ¥1.50 of it through the money desk's dialog.
+    let label = eventually("a Refund button for the charge", WAIT, || {
+        label_of(c, "button[aria-label='Refund 京A70031']", true)
+    })
+    .await;
+    assert_eq!(label, "Refund 京A70031");
+    js(
+        c,
+        "document.getElementById('money-amount').value = '1.50'; \
+         document.getElementById('money-reason').value = 'barrier fault'; \
+         document.getElementById('money-submit').click(); return true;",
+    )
+    .await;
+    let id = charge["id"].as_str().unwrap();
+    let refunds = eventually("the refund to be recorded", WAIT, || async {
+        let v = w.get_json(&format!("/api/charges/{id}/refunds")).await;
+        let list = v.as_array()?.clone();
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0]["amount"]["minor"], 150);
+    assert_eq!(refunds[0]["reason"], "barrier fault");
+    assert!(
+        refunds[0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("finance-"),
+        "{refunds:?}"
+    );
     b.client.close().await.unwrap();
     w.stop().await;
 }

@@ -6,6 +6,7 @@ mod browser;
 mod chaos;
 mod fleet;
 mod frames;
+mod history;
 mod journal;
 mod operations;
 mod payments;

@@ -509,6 +509,10 @@ async fn a_plate_is_found_as_it_was_misremembered_and_an_exception_is_dismissed_
         .filter_map(|x| x["plate"].as_str())
         .collect();
     assert_eq!(plates, vec!["京A12345"]);
+    // The part remembered, without the province, finds it too.
+    let (_, part) = find("a1234s").await;
+    assert_eq!(part.as_array().unwrap().len(), 1, "{part}");
+    assert_eq!(part[0]["plate"], "京A12345");
     let (_, none) = find("京A99999").await;
     assert!(none.as_array().unwrap().is_empty(), "{none}");
     let (s, bad) = find("··").await;

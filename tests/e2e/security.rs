@@ -1200,6 +1200,9 @@ async fn every_page_is_served_with_a_policy_that_allows_its_own_script() {
     let (w, _clock) = world().await;
     let some = uuid::Uuid::now_v7();
     for path in [
+        "/".to_string(),
+        "/history".to_string(),
+        "/audit".to_string(),
         "/login".to_string(),
         format!("/pay/{some}"),
         format!("/receipt/{some}"),
@@ -1228,6 +1231,18 @@ async fn every_page_is_served_with_a_policy_that_allows_its_own_script() {
             rest = &after[end..];
         }
         assert!(scripts > 0, "{path} has a script");
+        // Scripts from files come from this site only, and are there.
+        for src in html.split("<script src=\"").skip(1) {
+            let src = &src[..src.find('"').expect("a closed src")];
+            assert!(src.starts_with("/static/"), "{path}: script from {src}");
+            assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+            let r = reqwest::get(w.url(src)).await.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{src}");
+            assert!(r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript"));
+        }
     }
     w.stop().await;
 }

@@ -5,6 +5,7 @@
 //! races are settled by constraints (event id, one open session per plate and lot, one charge per
 //! session, idempotency keys) and by conditional updates, never by message order.
 
+mod history;
 mod sql;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use crate::domain::*;
 
+pub use history::*;
 pub use sql::{PgStore, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +171,8 @@ pub struct OpenSession {
 pub struct SessionFilter {
     pub lot: Option<LotId>,
     pub plate: Option<String>,
-    /// Plates that fold to this match key (confusable characters alike: 0/O/D/Q, 8/B, ...).
+    /// Plates whose match key holds this one (confusable characters alike: 0/O/D/Q, 8/B, ...):
+    /// the whole plate, or the part someone remembers.
     pub key: Option<String>,
     pub status: Option<SessionStatus>,
     pub limit: i64,
@@ -365,7 +368,7 @@ pub trait MoneyStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: MoneyStore + Send + Sync + 'static {
+pub trait Store: MoneyStore + HistoryStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 

@@ -1412,7 +1412,7 @@ macro_rules! backend {
                 async fn sessions(&self, f: &SessionFilter) -> StoreResult<Vec<Session>> {
                     sqlx::query(&format!(
                         "SELECT {SESSION_COLS} FROM sessions WHERE ($1 IS NULL OR lot_id = $1) AND ($2 IS NULL OR plate = $2) \
-                         AND ($3 IS NULL OR status = $3) AND ($5 IS NULL OR plate_key = $5) ORDER BY entry_at DESC, id LIMIT $4"
+                         AND ($3 IS NULL OR status = $3) AND ($5 IS NULL OR plate_key LIKE '%' || $5 || '%') ORDER BY entry_at DESC, id LIMIT $4"
                     ))
                     .bind(f.lot.as_ref().map(|l| l.to_string()))
                     .bind(f.plate.clone())
@@ -2052,6 +2052,196 @@ macro_rules! backend {
                         .iter()
                         .map(|r| Ok((r.try_get("gateway_id")?, r.try_get("key_hex")?)))
                         .collect()
+                }
+            }
+
+            #[async_trait]
+            impl HistoryStore for $store {
+                async fn stay_history(&self, q: &StayQuery) -> StoreResult<Page<Session>> {
+                    let limit = page_size(q.limit);
+                    let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {SESSION_COLS} FROM sessions WHERE 1 = 1"));
+                    if let Some(lots) = &q.lots {
+                        if lots.is_empty() {
+                            return Ok(Page { items: Vec::new(), next: None });
+                        }
+                        b.push(" AND lot_id IN (");
+                        let mut sep = b.separated(", ");
+                        for l in lots {
+                            sep.push_bind(l.to_string());
+                        }
+                        b.push(")");
+                    }
+                    if let Some(lane) = &q.lane {
+                        b.push(" AND (entry_lane = ").push_bind(lane.clone());
+                        b.push(" OR exit_lane = ").push_bind(lane.clone()).push(")");
+                    }
+                    if let Some(from) = q.from {
+                        b.push(" AND (exit_at IS NULL OR exit_at >= ").push_bind(ms(from)).push(")");
+                    }
+                    if let Some(to) = q.to {
+                        b.push(" AND entry_at < ").push_bind(ms(to));
+                    }
+                    if let Some(status) = q.status {
+                        b.push(" AND status = ").push_bind(status.as_str());
+                    }
+                    if let Some(plate) = &q.plate {
+                        b.push(" AND plate = ").push_bind(plate.clone());
+                    }
+                    if let Some(key) = &q.key {
+                        // Keys hold only letters and digits (folded), never a LIKE wildcard.
+                        b.push(" AND plate_key LIKE ").push_bind(format!("%{key}%"));
+                    }
+                    if let Some(c) = &q.after {
+                        b.push(" AND (entry_at < ").push_bind(c.at_ms);
+                        b.push(" OR (entry_at = ").push_bind(c.at_ms);
+                        b.push(" AND id > ").push_bind(c.id.clone()).push("))");
+                    }
+                    b.push(" ORDER BY entry_at DESC, id LIMIT ").push_bind(limit + 1);
+                    let rows = b.build().fetch_all(&self.pool).await?;
+                    let mut items = rows.iter().map(session_from).collect::<StoreResult<Vec<_>>>()?;
+                    let next = if items.len() as i64 > limit {
+                        items.truncate(limit as usize);
+                        items.last().map(|s| Cursor { at_ms: ms(s.entry_at), id: s.id.to_string() }.encode())
+                    } else {
+                        None
+                    };
+                    Ok(Page { items, next })
+                }
+
+                async fn passage_history(&self, q: &PassageQuery) -> StoreResult<Page<PassageRecord>> {
+                    let limit = page_size(q.limit);
+                    let mut b = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT event_id, lot_id, lane_id, gateway_id, direction, captured_at, received_at, plate, quality, resent, session_id, decision FROM events WHERE 1 = 1",
+                    );
+                    if let Some(lots) = &q.lots {
+                        if lots.is_empty() {
+                            return Ok(Page { items: Vec::new(), next: None });
+                        }
+                        b.push(" AND lot_id IN (");
+                        let mut sep = b.separated(", ");
+                        for l in lots {
+                            sep.push_bind(l.to_string());
+                        }
+                        b.push(")");
+                    }
+                    if let Some(lane) = &q.lane {
+                        b.push(" AND lane_id = ").push_bind(lane.clone());
+                    }
+                    if let Some(from) = q.from {
+                        b.push(" AND captured_at >= ").push_bind(ms(from));
+                    }
+                    if let Some(to) = q.to {
+                        b.push(" AND captured_at < ").push_bind(ms(to));
+                    }
+                    if let Some(d) = &q.direction {
+                        b.push(" AND direction = ").push_bind(d.clone());
+                    }
+                    if let Some(a) = &q.action {
+                        // The decision is kept as sent (JSON); each database reads a field its own way.
+                        let field = if std::any::type_name::<$db>().contains("Postgres") {
+                            "(decision::jsonb ->> 'action')"
+                        } else {
+                            "json_extract(decision, '$.action')"
+                        };
+                        b.push(format!(" AND {field} = ")).push_bind(a.clone());
+                    }
+                    if let Some(plates) = &q.plates {
+                        if plates.is_empty() {
+                            return Ok(Page { items: Vec::new(), next: None });
+                        }
+                        b.push(" AND plate IN (");
+                        let mut sep = b.separated(", ");
+                        for p in plates {
+                            sep.push_bind(p.clone());
+                        }
+                        b.push(")");
+                    }
+                    if let Some(c) = &q.after {
+                        b.push(" AND (captured_at < ").push_bind(c.at_ms);
+                        b.push(" OR (captured_at = ").push_bind(c.at_ms);
+                        b.push(" AND event_id > ").push_bind(c.id.clone()).push("))");
+                    }
+                    b.push(" ORDER BY captured_at DESC, event_id LIMIT ").push_bind(limit + 1);
+                    let rows = b.build().fetch_all(&self.pool).await?;
+                    let mut items = rows
+                        .iter()
+                        .map(|r| -> StoreResult<PassageRecord> {
+                            let decision: String = r.try_get("decision")?;
+                            Ok(PassageRecord {
+                                event_id: uuid(&r.try_get::<String, _>("event_id")?)?,
+                                lot: LotId::parse(r.try_get::<String, _>("lot_id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                                lane: r.try_get("lane_id")?,
+                                gateway: r.try_get("gateway_id")?,
+                                direction: r.try_get("direction")?,
+                                captured_at: at(r.try_get("captured_at")?)?,
+                                received_at: at(r.try_get("received_at")?)?,
+                                plate: r.try_get("plate")?,
+                                quality: r.try_get("quality")?,
+                                resent: r.try_get::<i64, _>("resent")? != 0,
+                                session_id: r.try_get::<Option<String>, _>("session_id")?.as_deref().map(uuid).transpose()?,
+                                decision: serde_json::from_str(&decision)
+                                    .map_err(|e| StoreError::Corrupt(format!("decision: {e}")))?,
+                            })
+                        })
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    let next = if items.len() as i64 > limit {
+                        items.truncate(limit as usize);
+                        items.last().map(|p| Cursor { at_ms: ms(p.captured_at), id: p.event_id.to_string() }.encode())
+                    } else {
+                        None
+                    };
+                    Ok(Page { items, next })
+                }
+
+                async fn audit_history(&self, q: &AuditQuery) -> StoreResult<Page<AuditEntry>> {
+                    let limit = page_size(q.limit);
+                    let mut b = sqlx::QueryBuilder::<$db>::new("SELECT id, at, actor, action, subject, detail FROM audit WHERE 1 = 1");
+                    if let Some(actor) = &q.actor {
+                        b.push(" AND actor = ").push_bind(actor.clone());
+                    }
+                    if let Some(action) = &q.action {
+                        let prefix = contains_pattern(action);
+                        // Anchored at the start: drop the leading wildcard.
+                        b.push(" AND action LIKE ").push_bind(prefix[1..].to_string()).push(" ESCAPE '\\'");
+                    }
+                    if let Some(text) = &q.text {
+                        let p = contains_pattern(&text.to_lowercase());
+                        b.push(" AND (LOWER(subject) LIKE ").push_bind(p.clone()).push(" ESCAPE '\\'");
+                        b.push(" OR LOWER(detail) LIKE ").push_bind(p).push(" ESCAPE '\\')");
+                    }
+                    if let Some(from) = q.from {
+                        b.push(" AND at >= ").push_bind(ms(from));
+                    }
+                    if let Some(to) = q.to {
+                        b.push(" AND at < ").push_bind(ms(to));
+                    }
+                    if let Some(c) = &q.after {
+                        b.push(" AND (at < ").push_bind(c.at_ms);
+                        b.push(" OR (at = ").push_bind(c.at_ms);
+                        b.push(" AND id > ").push_bind(c.id.clone()).push("))");
+                    }
+                    b.push(" ORDER BY at DESC, id LIMIT ").push_bind(limit + 1);
+                    let rows = b.build().fetch_all(&self.pool).await?;
+                    let mut items = rows
+                        .iter()
+                        .map(|r| -> StoreResult<AuditEntry> {
+                            Ok(AuditEntry {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                at: at(r.try_get("at")?)?,
+                                actor: r.try_get("actor")?,
+                                action: r.try_get("action")?,
+                                subject: r.try_get("subject")?,
+                                detail: r.try_get("detail")?,
+                            })
+                        })
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    let next = if items.len() as i64 > limit {
+                        items.truncate(limit as usize);
+                        items.last().map(|e| Cursor { at_ms: ms(e.at), id: e.id.to_string() }.encode())
+                    } else {
+                        None
+                    };
+                    Ok(Page { items, next })
                 }
             }
 
