@@ -602,3 +602,113 @@ async fn finance_finds_a_plate_and_refunds_part_of_its_charge_from_the_dashboard
     b.client.close().await.unwrap();
     w.stop().await;
 }
+
+/// Text whose contrast with what is behind it is below WCAG 2.2 AA (4.5:1, or 3:1 for large
+/// text: 24 px, or 18.66 px bold), as "ratio text (colour on background)". Backgrounds are
+/// found by walking up to the first opaque one; text over images is not judged.
+async fn low_contrast(c: &Client) -> Vec<String> {
+    let v = js(
+        c,
+        r#"
+        function rgb(s) { var m = s.match(/rgba?\(([^)]+)\)/); if (!m) return null;
+          var p = m[1].split(',').map(function (x) { return parseFloat(x); });
+          return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 }; }
+        function lum(c) { return [c.r, c.g, c.b].map(function (v) { v /= 255;
+          return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); })
+          .reduce(function (s, v, i) { return s + v * [0.2126, 0.7152, 0.0722][i]; }, 0); }
+        function over(top, under) { var a = top.a; return { r: top.r * a + under.r * (1 - a),
+          g: top.g * a + under.g * (1 - a), b: top.b * a + under.b * (1 - a), a: 1 }; }
+        function background(e) { var layers = [];
+          for (var n = e; n && n.nodeType === 1; n = n.parentElement) {
+            var cs = getComputedStyle(n); if (cs.backgroundImage && cs.backgroundImage !== 'none') return null;
+            var b = rgb(cs.backgroundColor); if (b && b.a > 0) { layers.push(b); if (b.a >= 1) break; } }
+          var base = { r: 255, g: 255, b: 255, a: 1 };
+          for (var i = layers.length - 1; i >= 0; i--) base = over(layers[i], base);
+          return base; }
+        var bad = [], seen = {};
+        var walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+        while (walker.nextNode()) {
+          var t = walker.currentNode; if (!t.textContent.trim()) continue;
+          var e = t.parentElement; if (!e || seen[e]) continue;
+          var r = e.getBoundingClientRect(); if (r.width === 0 || r.height === 0) continue;
+          var cs = getComputedStyle(e);
+          if (cs.visibility === 'hidden' || parseFloat(cs.opacity) === 0) continue;
+          var bg = background(e); if (!bg) continue;
+          var fg = rgb(cs.color); if (!fg) continue;
+          var op = 1; for (var n = e; n && n.nodeType === 1; n = n.parentElement) op *= parseFloat(getComputedStyle(n).opacity);
+          fg.a *= op; fg = over(fg, bg);
+          var l1 = lum(fg), l2 = lum(bg), ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+          var size = parseFloat(cs.fontSize), bold = parseInt(cs.fontWeight, 10) >= 700;
+          var need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+          // A disabled control is exempt (WCAG 1.4.3).
+          if (e.closest('button:disabled, input:disabled, select:disabled')) continue;
+          if (ratio + 0.005 < need) bad.push(ratio.toFixed(2) + ' "' + t.textContent.trim().slice(0, 40) + '" (' + cs.color + ' on rgb(' + [bg.r, bg.g, bg.b].map(Math.round).join(',') + '))');
+        }
+        return bad;
+        "#,
+    )
+    .await;
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn every_page_has_one_h1_labelled_controls_and_text_that_meets_aa_contrast() {
+    let (w, clock) = world().await;
+    // Something on every panel: a stay, a charge, a held car (an exception), a list entry.
+    w.driver("京A70041", Some(100_000)).await;
+    assert!(w.pass("in-1", "京A70041", WAIT).await.opened);
+    assert!(w.pass("in-2", "京A70042", WAIT).await.opened);
+    clock.advance(chrono::Duration::minutes(70));
+    assert!(w.pass("out-1", "京A70041", WAIT).await.opened);
+    let held = w.pass("out-2", "京B70043", Duration::from_secs(3)).await;
+    assert!(!held.opened, "a car with no entry is held");
+    let stay = sessions(&w, "京A70041").await[0].clone();
+    let sid = stay["id"].as_str().unwrap().to_string();
+    crate::scenarios::settled_charge(&w, &sid).await;
+    let open_stay = sessions(&w, "京A70042").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let Some(b) = browser(1400, 1000).await else {
+        w.stop().await;
+        return;
+    };
+    let c = &b.client;
+    sign_in(&b, &w, Role::Admin).await;
+    for (path, ready) in [
+        ("/".to_string(), "#exc tr"),
+        ("/history".to_string(), "#rows tr"),
+        ("/audit".to_string(), "#rows tr"),
+        (format!("/pay/{open_stay}"), ".status"),
+        (format!("/receipt/{sid}"), "dl"),
+        ("/login".to_string(), "#submit"),
+    ] {
+        for lang in ["en", "zh-CN"] {
+            c.goto(w.url(&path).as_str()).await.unwrap();
+            js(c, &format!("localStorage.setItem('parkpay.lang', '{lang}'); return true;")).await;
+            c.refresh().await.unwrap();
+            c.wait()
+                .at_most(WAIT)
+                .for_element(Locator::Css(ready))
+                .await
+                .unwrap_or_else(|_| panic!("{path} shows {ready}"));
+            let h1 = js(c, "return document.querySelectorAll('h1').length;").await;
+            assert_eq!(h1, json!(1), "{path} ({lang}): one h1");
+            let unlabelled = js(
+                c,
+                "return Array.from(document.querySelectorAll('input, select, textarea, button')).filter(function (e) { \
+                   if (e.type === 'hidden' || e.offsetParent === null) return false; \
+                   var name = (e.getAttribute('aria-label') || '') + (e.labels && e.labels.length ? e.labels[0].textContent : '') + \
+                     (e.tagName === 'BUTTON' ? e.textContent : '') + (e.getAttribute('title') || ''); \
+                   return !name.trim(); }).map(function (e) { return e.tagName + '#' + e.id; });",
+            )
+            .await;
+            assert_eq!(unlabelled, json!([]), "{path} ({lang}): every control has a name");
+            let lang_attr = js(c, "return document.documentElement.lang;").await;
+            assert_eq!(lang_attr, json!(lang), "{path}: the page says its language");
+            assert_eq!(low_contrast(c).await, Vec::<String>::new(), "{path} ({lang}): contrast");
+        }
+    }
+    b.client.close().await.unwrap();
+    w.stop().await;
+}
