@@ -46,6 +46,7 @@ use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
 
 mod money;
+mod portal;
 
 /// The longest stay a tariff preview prices.
 pub const MAX_PREVIEW_DAYS: i64 = 400;
@@ -116,6 +117,8 @@ const PAGE_FILES: &[(&str, &str)] = &[
     ("ticket", include_str!("ticket.html")),
     ("validation", include_str!("validation.html")),
     ("receipt", include_str!("receipt.html")),
+    ("portal", include_str!("portal.html")),
+    ("find", include_str!("find.html")),
 ];
 
 /// The page named `name` in [`PAGE_FILES`], with its policy computed once.
@@ -231,6 +234,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/sandbox/wallets/{reference}", get(get_wallet))
         .route("/receipt/{session}", get(receipt_page))
         .merge(money::routes())
+        .merge(portal::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))
