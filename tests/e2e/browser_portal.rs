@@ -88,6 +88,8 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
         return;
     };
     let c = &b.client;
+    // The window as a phone's screen (a headless window may start wider than asked).
+    c.set_window_size(375, 667).await.unwrap();
     // A mandate over an empty wallet: the stay ends in arrears. A second car is inside now.
     let driver = registered(&w, "139 0000 0031", "京A63001", Some(0)).await;
     w.api
@@ -143,6 +145,8 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
         assert!(body.contains(want), "{want} in {body}");
     }
     assert_eq!(too_wide(c).await, Vec::<String>::new(), "nothing wider than the phone (English)");
+    let width = c.execute("return window.innerWidth;", vec![]).await.unwrap();
+    assert!(width.as_f64().is_some_and(|w| w <= 375.0), "a phone-wide window: {width}");
 
     // The same in Chinese.
     click(c, "[data-i18n-toggle]").await;
@@ -174,6 +178,7 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
     click(c, "[data-i18n-toggle]").await;
     reads(c, "#debt-total", "Nothing owed").await;
     reads(c, "#debts", "You owe nothing. Thank you.").await;
+    reads(c, "#portal-msg", "Paid — the debt is settled.").await;
     let receipt = c
         .execute(
             "var a = document.querySelector('#past a[href^=\"/receipt/\"]'); return a ? a.getAttribute('href') : null;",
