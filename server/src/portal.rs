@@ -60,9 +60,11 @@ impl Phone {
             return if mainland(national) {
                 Ok(Phone(format!("+86{national}")))
             } else {
-                Err("phone: a mainland mobile number has 11 digits starting with 1; \
+                Err(
+                    "phone: a mainland mobile number has 11 digits starting with 1; \
                      write others with + and the country code"
-                    .into())
+                        .into(),
+                )
             };
         }
         if let Some(national) = digits.strip_prefix("86") {
@@ -246,7 +248,9 @@ fn new_code() -> String {
 pub struct TooSoon(pub Duration);
 
 fn wait(d: chrono::Duration) -> Duration {
-    d.to_std().unwrap_or(Duration::from_secs(1)).max(Duration::from_secs(1))
+    d.to_std()
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_secs(1))
 }
 
 /// A stay as its driver (or the finder of its plate) sees it, with the fee so far.
@@ -298,7 +302,11 @@ impl App {
                 used_at: None,
             })
             .await?;
-        let known = !self.store.drivers_with_phone(phone.as_str()).await?.is_empty();
+        let known = !self
+            .store
+            .drivers_with_phone(phone.as_str())
+            .await?
+            .is_empty();
         if known {
             let sender = p.sender.clone();
             let phone = phone.clone();
@@ -385,8 +393,7 @@ impl App {
                     &s.plate,
                     vehicle.map(|v| v.colour),
                 );
-                let terms =
-                    crate::decide::terms_for(&lists, &validations, class, s.entry_at, now);
+                let terms = crate::decide::terms_for(&lists, &validations, class, s.entry_at, now);
                 crate::tariff::quote_with(&lot.tariff, s.entry_at, now, &terms)
                     .ok()
                     .map(|q| q.total)
@@ -461,7 +468,11 @@ mod tests {
             "(+86) 138.0013.8000",
             "86 13800138000",
         ] {
-            assert_eq!(Phone::parse(raw).map(|p| p.0), Ok("+8613800138000".to_string()), "{raw}");
+            assert_eq!(
+                Phone::parse(raw).map(|p| p.0),
+                Ok("+8613800138000".to_string()),
+                "{raw}"
+            );
         }
         assert_eq!(
             Phone::parse("+44 7700 900123").map(|p| p.0),

@@ -77,7 +77,11 @@ async fn settle(w: &World, charge: &Value) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "the provider confirms the payment");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "the provider confirms the payment"
+    );
 }
 
 #[tokio::test]
@@ -102,7 +106,11 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
     let stay = sessions(&w, "京A63001").await[0].clone();
     let debt = settled_charge(&w, stay["id"].as_str().unwrap()).await;
     assert_eq!(debt["status"], "arrears");
-    let owed = format!("¥{}.{:02}", fen(&debt["amount"]) / 100, fen(&debt["amount"]) % 100);
+    let owed = format!(
+        "¥{}.{:02}",
+        fen(&debt["amount"]) / 100,
+        fen(&debt["amount"]) % 100
+    );
     assert!(w.pass("in-2", "京A63002", WAIT).await.opened);
     clock.advance(chrono::Duration::minutes(45));
 
@@ -141,12 +149,28 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
         "one h1"
     );
     let body = text_of(c, "#portal").await.unwrap();
-    for want in ["京A·63001", "京A·63002", "Parked now", "Unpaid parking", "Active"] {
+    for want in [
+        "京A·63001",
+        "京A·63002",
+        "Parked now",
+        "Unpaid parking",
+        "Active",
+    ] {
         assert!(body.contains(want), "{want} in {body}");
     }
-    assert_eq!(too_wide(c).await, Vec::<String>::new(), "nothing wider than the phone (English)");
-    let width = c.execute("return window.innerWidth;", vec![]).await.unwrap();
-    assert!(width.as_f64().is_some_and(|w| w <= 375.0), "a phone-wide window: {width}");
+    assert_eq!(
+        too_wide(c).await,
+        Vec::<String>::new(),
+        "nothing wider than the phone (English)"
+    );
+    let width = c
+        .execute("return window.innerWidth;", vec![])
+        .await
+        .unwrap();
+    assert!(
+        width.as_f64().is_some_and(|w| w <= 375.0),
+        "a phone-wide window: {width}"
+    );
 
     // The same in Chinese.
     click(c, "[data-i18n-toggle]").await;
@@ -154,7 +178,11 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
     reads(c, "#owed-h", "待缴停车费").await;
     let pay = format!("[data-pay-charge='{}']", debt["id"].as_str().unwrap());
     reads(c, &pay, &format!("支付 {owed}")).await;
-    assert_eq!(too_wide(c).await, Vec::<String>::new(), "nothing wider than the phone (中文)");
+    assert_eq!(
+        too_wide(c).await,
+        Vec::<String>::new(),
+        "nothing wider than the phone (中文)"
+    );
     screenshot(c, "portal-phone.png").await;
 
     // Paying: the page asks to pay in the payment app and follows the stay; the provider
@@ -170,7 +198,10 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
     settle(&w, &debt).await;
     reads(c, "#debt-total", "无欠费").await;
     reads(c, "#portal-msg", "已支付，欠费已结清。").await;
-    assert_eq!(text_of(c, "#debts").await.as_deref(), Some("您没有欠费，谢谢。"));
+    assert_eq!(
+        text_of(c, "#debts").await.as_deref(),
+        Some("您没有欠费，谢谢。")
+    );
     let d = w.get_json(&format!("/api/drivers/{driver}")).await;
     assert_eq!(fen(&d["arrears"]), 0, "the server agrees: nothing owed");
 
@@ -186,7 +217,10 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
         )
         .await
         .unwrap();
-    assert_eq!(receipt, json!(format!("/receipt/{}", stay["id"].as_str().unwrap())));
+    assert_eq!(
+        receipt,
+        json!(format!("/receipt/{}", stay["id"].as_str().unwrap()))
+    );
     let past = text_of(c, "#past").await.unwrap();
     assert!(past.contains("Paid"), "{past}");
     assert_eq!(too_wide(c).await, Vec::<String>::new());
@@ -232,12 +266,19 @@ async fn a_driver_signs_in_on_a_phone_pays_a_debt_and_sees_it_settled_in_both_la
     })
     .await;
     assert_eq!(link, format!("/pay/{inside}"));
-    assert_eq!(too_wide(c).await, Vec::<String>::new(), "the find page fits the phone");
+    assert_eq!(
+        too_wide(c).await,
+        Vec::<String>::new(),
+        "the find page fits the phone"
+    );
     screenshot(c, "find-phone.png").await;
     // A plate with nothing inside says so.
-    c.execute("document.getElementById('plate').value = '京A63001';", vec![])
-        .await
-        .unwrap();
+    c.execute(
+        "document.getElementById('plate').value = '京A63001';",
+        vec![],
+    )
+    .await
+    .unwrap();
     click(c, "#find").await;
     eventually("the not-found message", WAIT, || async {
         text_of(c, "#msg")

@@ -55,7 +55,12 @@ pub(crate) async fn ask_code(w: &World, phone: &str) -> (StatusCode, Value) {
 
 /// The newest code texted to `e164`, once it has arrived.
 pub(crate) async fn texted_code(w: &World, e164: &str, after: usize) -> String {
-    let sms = w.app().portal.memory.clone().expect("tests use the memory sender");
+    let sms = w
+        .app()
+        .portal
+        .memory
+        .clone()
+        .expect("tests use the memory sender");
     eventually("the code's text message", WAIT, || {
         let sms = sms.clone();
         async move {
@@ -81,7 +86,11 @@ pub(crate) fn texts_to(w: &World, e164: &str) -> usize {
 
 /// Signs in: the status, the `parkpay_driver=...` cookie pair (when set), the whole
 /// Set-Cookie header and the body.
-async fn sign_in(w: &World, phone: &str, code: &str) -> (StatusCode, Option<String>, String, Value) {
+async fn sign_in(
+    w: &World,
+    phone: &str,
+    code: &str,
+) -> (StatusCode, Option<String>, String, Value) {
     let r = reqwest::Client::new()
         .post(w.url("/api/portal/login"))
         .json(&json!({ "phone": phone, "code": code }))
@@ -114,7 +123,13 @@ async fn get_with(w: &World, cookie: &str, path: &str) -> (StatusCode, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn post_with(w: &World, cookie: &str, csrf: Option<&str>, path: &str, body: Value) -> StatusCode {
+async fn post_with(
+    w: &World,
+    cookie: &str,
+    csrf: Option<&str>,
+    path: &str,
+    body: Value,
+) -> StatusCode {
     let mut r = reqwest::Client::new()
         .post(w.url(path))
         .header("cookie", cookie)
@@ -150,7 +165,10 @@ async fn a_driver_signs_in_with_a_texted_code_and_sees_only_their_own_stays() {
     let past = sessions(&w, "京A61001").await[0].clone();
     let paid = settled_charge(&w, past["id"].as_str().unwrap()).await;
     assert_eq!(paid["status"], "succeeded");
-    let theirs_past = sessions(&w, "京A61002").await[0]["id"].as_str().unwrap().to_string();
+    let theirs_past = sessions(&w, "京A61002").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     clock.advance(chrono::Duration::minutes(10));
     for plate in ["京A61001", "京A61002"] {
         assert!(w.pass("in-2", plate, WAIT).await.opened);
@@ -171,7 +189,13 @@ async fn a_driver_signs_in_with_a_texted_code_and_sees_only_their_own_stays() {
     let code = texted_code(&w, "+8613900000001", 0).await;
     let (status, cookie, set, body) = sign_in(&w, "13900000001", &code).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/", "Max-Age="] {
+    for flag in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Secure",
+        "Path=/",
+        "Max-Age=",
+    ] {
         assert!(set.contains(flag), "{set}");
     }
     let cookie = cookie.expect("a driver cookie");
@@ -185,7 +209,10 @@ async fn a_driver_signs_in_with_a_texted_code_and_sees_only_their_own_stays() {
     assert_eq!(plates_of(&me, "plates"), vec!["京A61001"]);
     assert_eq!(plates_of(&me, "current"), vec!["京A61001"]);
     assert_eq!(plates_of(&me, "past"), vec!["京A61001"]);
-    assert_eq!(me["past"][0]["receipt_url"], format!("/receipt/{}", past["id"].as_str().unwrap()));
+    assert_eq!(
+        me["past"][0]["receipt_url"],
+        format!("/receipt/{}", past["id"].as_str().unwrap())
+    );
     assert!(fen(&me["current"][0]["fee_due"]) >= 0);
     assert_eq!(me["debts"].as_array().unwrap().len(), 0);
     assert_eq!(fen(&me["debt_total"]), 0);
@@ -196,20 +223,35 @@ async fn a_driver_signs_in_with_a_texted_code_and_sees_only_their_own_stays() {
     assert_eq!(fen(&m["spent_this_month"]), fen(&paid["amount"]));
     assert!(fen(&paid["amount"]) > 0);
     let text = me.to_string();
-    assert!(!text.contains("京A61002"), "nothing of the other driver: {text}");
+    assert!(
+        !text.contains("京A61002"),
+        "nothing of the other driver: {text}"
+    );
     assert!(!text.contains("wallet-"), "no provider reference: {text}");
 
     // Their own stays by id; another driver's are not found, current or past.
     let own = me["current"][0]["id"].as_str().unwrap().to_string();
-    assert_eq!(get_with(&w, &cookie, &format!("/api/portal/stays/{own}")).await.0, StatusCode::OK);
+    assert_eq!(
+        get_with(&w, &cookie, &format!("/api/portal/stays/{own}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
     let own_past = past["id"].as_str().unwrap();
-    assert_eq!(get_with(&w, &cookie, &format!("/api/portal/stays/{own_past}")).await.0, StatusCode::OK);
+    assert_eq!(
+        get_with(&w, &cookie, &format!("/api/portal/stays/{own_past}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
     for other in [&theirs_now, &theirs_past] {
         let (s, _) = get_with(&w, &cookie, &format!("/api/portal/stays/{other}")).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "another driver's stay {other}");
     }
     assert_eq!(
-        get_with(&w, &cookie, "/api/portal/stays/not-a-uuid").await.0,
+        get_with(&w, &cookie, "/api/portal/stays/not-a-uuid")
+            .await
+            .0,
         StatusCode::BAD_REQUEST
     );
 
@@ -223,11 +265,22 @@ async fn a_driver_signs_in_with_a_texted_code_and_sees_only_their_own_stays() {
         "/metrics".to_string(),
     ] {
         let (s, _) = get_with(&w, &cookie, &path).await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED, "GET {path} with a driver's session");
+        assert_eq!(
+            s,
+            StatusCode::UNAUTHORIZED,
+            "GET {path} with a driver's session"
+        );
     }
     let lift = format!("/api/lots/{}/lanes/out-1/open", w.lot);
     assert_eq!(
-        post_with(&w, &cookie, Some(&csrf), &lift, json!({"reason": "let me out"})).await,
+        post_with(
+            &w,
+            &cookie,
+            Some(&csrf),
+            &lift,
+            json!({"reason": "let me out"})
+        )
+        .await,
         StatusCode::UNAUTHORIZED
     );
     // And an operator's credentials open no portal route.
@@ -243,13 +296,19 @@ async fn a_driver_signs_in_with_a_texted_code_and_sees_only_their_own_stays() {
         post_with(&w, &cookie, Some(&csrf), "/api/portal/logout", json!({})).await,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(get_with(&w, &cookie, "/api/portal/me").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get_with(&w, &cookie, "/api/portal/me").await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // Both are in the audit log under the driver.
     let audit = w.get_json("/api/audit?limit=1000").await;
     for action in ["driver.signed_in", "driver.signed_out"] {
         assert!(
-            audit.as_array().unwrap().iter().any(|a| a["action"] == action
-                && a["actor"] == format!("driver:{mine}")),
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == action && a["actor"] == format!("driver:{mine}")),
             "{action} audited"
         );
     }
@@ -273,7 +332,11 @@ async fn wrong_expired_and_unknown_codes_never_sign_in() {
         assert!(cookie.is_none());
     }
     let (s, cookie, _, _) = sign_in(&w, "13900000011", &code).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the sixth try, right code and all");
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the sixth try, right code and all"
+    );
     assert!(cookie.is_none());
     // Not a code at all: refused as such, without a try.
     let (s, ..) = sign_in(&w, "13900000011", "12a456").await;
@@ -305,13 +368,25 @@ async fn wrong_expired_and_unknown_codes_never_sign_in() {
         v["phone"] = Value::Null;
         v
     };
-    assert_eq!(shape(&unknown), shape(&known), "the same answer for an unknown number");
-    assert_eq!(ask_code(&w, "13900000099").await.0, StatusCode::TOO_MANY_REQUESTS, "limited alike");
+    assert_eq!(
+        shape(&unknown),
+        shape(&known),
+        "the same answer for an unknown number"
+    );
+    assert_eq!(
+        ask_code(&w, "13900000099").await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "limited alike"
+    );
     // A known number asked after it gets its text; the unknown one never does.
     clock.advance(chrono::Duration::seconds(61));
     assert_eq!(ask_code(&w, "13900000012").await.0, StatusCode::ACCEPTED);
     texted_code(&w, "+8613900000012", 1).await;
-    assert_eq!(texts_to(&w, "+8613900000099"), 0, "nothing is sent to an unknown number");
+    assert_eq!(
+        texts_to(&w, "+8613900000099"),
+        0,
+        "nothing is sent to an unknown number"
+    );
     let (s, cookie, _, body) = sign_in(&w, "13900000099", "123456").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(cookie.is_none());
@@ -358,7 +433,10 @@ async fn finding_a_plate_shows_only_the_open_stays_of_exactly_that_plate() {
     assert_eq!(stay["lot"], w.lot.to_string());
     assert_eq!(stay["lot_name"], "Test lot");
     assert_eq!(stay["entry_at"], open["entry_at"]);
-    assert_eq!(stay["pay_url"], format!("/pay/{}", open["id"].as_str().unwrap()));
+    assert_eq!(
+        stay["pay_url"],
+        format!("/pay/{}", open["id"].as_str().unwrap())
+    );
     // The fee due is what the tariff gives for the stay so far.
     let preview = w
         .get_json(&format!(
@@ -390,7 +468,11 @@ async fn finding_a_plate_shows_only_the_open_stays_of_exactly_that_plate() {
     }
     assert_eq!(find("京A62002").await.1["stays"], json!([]));
     assert_eq!(find("").await.0, StatusCode::UNPROCESSABLE_ENTITY);
-    let r = reqwest::Client::new().get(w.url("/api/find")).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(w.url("/api/find"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     w.stop().await;
 }

@@ -325,8 +325,7 @@ async fn overview(State(ctx): State<Ctx>, me: DriverSession) -> ApiResult<Json<V
             }));
         }
     }
-    let newest_first =
-        |a: &Value, b: &Value| b["entry_at"].as_str().cmp(&a["entry_at"].as_str());
+    let newest_first = |a: &Value, b: &Value| b["entry_at"].as_str().cmp(&a["entry_at"].as_str());
     current.sort_by(newest_first);
     past.sort_by(newest_first);
     past.truncate(PAST_PER_PLATE as usize);
@@ -355,7 +354,12 @@ async fn stay(
     let s = ctx.app.store.session(sid).await?.ok_or_else(not_found)?;
     // Charged to them, or a current stay of one of their plates (as the overview lists it).
     let mut mine = me.owns(s.driver_id);
-    if !mine && matches!(s.status, SessionStatus::Open | SessionStatus::AwaitingPayment) {
+    if !mine
+        && matches!(
+            s.status,
+            SessionStatus::Open | SessionStatus::AwaitingPayment
+        )
+    {
         for d in &me.drivers {
             let plates = ctx.app.store.vehicles_of(d.id).await?;
             mine |= plates.iter().any(|v| v.plate == s.plate);
@@ -384,8 +388,7 @@ async fn find(
         .plate
         .ok_or_else(|| ApiError::BadRequest("give the plate: /api/find?plate=...".into()))?;
     param(&raw, "plate", 16)?;
-    let plate = Plate::parse(&raw)
-        .map_err(|e| ApiError::Unprocessable(format!("plate: {e}")))?;
+    let plate = Plate::parse(&raw).map_err(|e| ApiError::Unprocessable(format!("plate: {e}")))?;
     let stays = ctx.app.current_stays_of_plate(plate.as_str()).await?;
     Ok(Json(json!({
         "plate": plate.as_str(),

@@ -377,8 +377,10 @@ pub trait PortalStore: Send + Sync {
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<DateTime<Utc>>>;
     /// The newest code for `phone` (only the newest can sign in).
-    async fn latest_portal_code(&self, phone: &str)
-        -> StoreResult<Option<crate::portal::PortalCode>>;
+    async fn latest_portal_code(
+        &self,
+        phone: &str,
+    ) -> StoreResult<Option<crate::portal::PortalCode>>;
     /// Counts one try, if the code has tries left and is unused: `false` when it has not.
     async fn spend_portal_try(&self, id: Uuid, max_tries: i64) -> StoreResult<bool>;
     /// Marks a code used, once: `false` when it already was.
