@@ -348,9 +348,36 @@ async fn wrong_expired_and_unknown_codes_never_sign_in() {
     clock.advance(chrono::Duration::seconds(61));
     assert_eq!(ask_code(&w, "13900000011").await.0, StatusCode::ACCEPTED);
     let fresh = texted_code(&w, "+8613900000011", 1).await;
-    let (s, cookie, ..) = sign_in(&w, "13900000011", &fresh).await;
-    assert_eq!(s, StatusCode::OK, "a new code works");
-    assert!(cookie.is_some());
+    // A new code works, once: sent four times at once, it signs in once.
+    let (a, b, c, d) = tokio::join!(
+        sign_in(&w, "13900000011", &fresh),
+        sign_in(&w, "+86 139 0000 0011", &fresh),
+        sign_in(&w, "13900000011", &fresh),
+        sign_in(&w, "0086 13900000011", &fresh),
+    );
+    let all = [a, b, c, d];
+    let statuses: Vec<StatusCode> = all.iter().map(|r| r.0).collect();
+    let ok: Vec<_> = all.iter().filter(|r| r.0 == StatusCode::OK).collect();
+    assert_eq!(ok.len(), 1, "{statuses:?}");
+    assert!(
+        all.iter()
+            .filter(|r| r.0 != StatusCode::OK)
+            .all(|r| r.0 == StatusCode::UNAUTHORIZED && r.1.is_none()),
+        "{statuses:?}"
+    );
+    let cookie = ok[0].1.clone().expect("a driver cookie");
+    // A sign-in lasts `sms.session_hours` (72 h), then the cookie is refused.
+    clock.advance(chrono::Duration::hours(71));
+    assert_eq!(
+        get_with(&w, &cookie, "/api/portal/me").await.0,
+        StatusCode::OK
+    );
+    clock.advance(chrono::Duration::hours(1));
+    assert_eq!(
+        get_with(&w, &cookie, "/api/portal/me").await.0,
+        StatusCode::UNAUTHORIZED,
+        "an expired sign-in"
+    );
 
     // A code five minutes old is dead.
     assert_eq!(ask_code(&w, "13900000012").await.0, StatusCode::ACCEPTED);
