@@ -219,6 +219,9 @@ impl App {
                 secure_cookies: true,
                 sandbox_secret: None,
             }),
+            portal: Arc::new(crate::portal::PortalSettings::from_config(
+                &Default::default(),
+            )),
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct App {
     /// The payment provider, for what is paid at once (a pass): stays are charged by the worker.
     pub provider: Arc<dyn crate::payments::PaymentProvider>,
     pub settings: Arc<AppSettings>,
+    /// The driver portal's SMS sender and limits.
+    pub portal: Arc<crate::portal::PortalSettings>,
 }
 
 /// Outbox rows the broker has taken. They are marked published in batches, off the barrier's

@@ -47,11 +47,84 @@ pub struct ServerConfig {
     pub mqtt: MqttConfig,
     pub payments: PaymentsConfig,
     pub ingest: IngestConfig,
+    /// `[sms]`: sign-in codes for the driver portal (see `docs/operations.md`).
+    pub sms: SmsConfig,
     /// This instance's name, used for its MQTT client id (and so its persistent session at the
     /// broker) and for charge leases. Unset, it is derived from the host name and the database
     /// URL, so a restart is the same instance and gets what was queued while it was down.
     /// Several instances sharing one database must each be given their own.
     pub instance: Option<String>,
+}
+
+/// `[sms]`: how the driver portal sends sign-in codes, and its limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// `log` (development: the message, code included, is written to the log at info) or
+    /// `memory` (tests: kept in memory where the test reads it).
+    pub sender: String,
+    /// How long a code is valid, in seconds.
+    pub code_ttl_secs: u32,
+    /// Tries (right or wrong) one code allows; then it is dead.
+    pub max_tries: u32,
+    /// The shortest time between two codes for one number, in seconds.
+    pub resend_after_secs: u32,
+    /// Codes one number may be sent per hour.
+    pub codes_per_hour: u32,
+    /// Code requests one client address may make per hour.
+    pub codes_per_address_per_hour: u32,
+    /// Code tries one client address may make per hour.
+    pub tries_per_address_per_hour: u32,
+    /// How long a driver's sign-in lasts, in hours.
+    pub session_hours: u32,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            sender: "log".into(),
+            code_ttl_secs: 300,
+            max_tries: 5,
+            resend_after_secs: 60,
+            codes_per_hour: 5,
+            codes_per_address_per_hour: 20,
+            tries_per_address_per_hour: 60,
+            session_hours: 72,
+        }
+    }
+}
+
+impl SmsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: &str| Err(ConfigError(format!("sms.{field}: {why}")));
+        if !matches!(self.sender.as_str(), "log" | "memory") {
+            return bad("sender", "must be \"log\" or \"memory\"");
+        }
+        for (field, v, lo, hi) in [
+            ("code_ttl_secs", self.code_ttl_secs, 60, 3600),
+            ("max_tries", self.max_tries, 1, 10),
+            ("resend_after_secs", self.resend_after_secs, 1, 3600),
+            ("codes_per_hour", self.codes_per_hour, 1, 60),
+            (
+                "codes_per_address_per_hour",
+                self.codes_per_address_per_hour,
+                1,
+                100_000,
+            ),
+            (
+                "tries_per_address_per_hour",
+                self.tries_per_address_per_hour,
+                1,
+                100_000,
+            ),
+            ("session_hours", self.session_hours, 1, 24 * 90),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return bad(field, &format!("must be {lo} to {hi}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How far a capture instant may lie from the server's clock (see `docs/mqtt.md`).
@@ -216,6 +289,7 @@ impl Default for ServerConfig {
             mqtt: MqttConfig::default(),
             payments: PaymentsConfig::default(),
             ingest: IngestConfig::default(),
+            sms: SmsConfig::default(),
             instance: None,
         }
     }
@@ -307,6 +381,7 @@ impl ServerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, why: &str| Err(ConfigError(format!("{field}: {why}")));
+        self.sms.validate()?;
         match (self.payments.provider.as_str(), &self.payments.wechat) {
             ("sandbox", _) => {}
             ("wechat", Some(w)) => {
@@ -547,6 +622,31 @@ mod tests {
         let shown = toml::to_string_pretty(&c).unwrap();
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
         assert!(shown.contains("apiv3_key = \"<secret>\""), "{shown}");
+    }
+
+    #[test]
+    fn sms_settings_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&f, text).unwrap();
+            ServerConfig::load(Some(&f), None)
+        };
+        let c = load("[sms]\nsender = \"memory\"\ncode_ttl_secs = 120\n").unwrap();
+        assert_eq!(c.sms.sender, "memory");
+        assert_eq!(c.sms.code_ttl_secs, 120);
+        assert_eq!(c.sms.max_tries, 5, "unset fields keep their defaults");
+        for (text, field) in [
+            ("sender = \"carrier-pigeon\"", "sms.sender"),
+            ("code_ttl_secs = 10", "sms.code_ttl_secs"),
+            ("max_tries = 0", "sms.max_tries"),
+            ("codes_per_hour = 0", "sms.codes_per_hour"),
+            ("session_hours = 0", "sms.session_hours"),
+            ("sendr = \"log\"", "sendr"),
+        ] {
+            let e = load(&format!("[sms]\n{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

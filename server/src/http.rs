@@ -47,6 +47,7 @@ use crate::tariff::{self, Tariff};
 
 mod history;
 mod money;
+mod portal;
 
 /// The longest stay a tariff preview prices.
 pub const MAX_PREVIEW_DAYS: i64 = 400;
@@ -118,6 +119,8 @@ const PAGE_FILES: &[(&str, &str)] = &[
     ("validation", include_str!("validation.html")),
     ("receipt", include_str!("receipt.html")),
     ("history", include_str!("history.html")),
+    ("portal", include_str!("portal.html")),
+    ("find", include_str!("find.html")),
 ];
 
 /// The page named `name` in [`PAGE_FILES`], with its policy computed once.
@@ -236,6 +239,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/receipt/{session}", get(receipt_page))
         .merge(money::routes())
         .merge(history::routes())
+        .merge(portal::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))

@@ -7,7 +7,8 @@
 //! one transaction through the [`store::Store`] seam -> the decision is published back to the
 //! lane through the [`app::Outbound`] port -> the gateway opens the barrier. Charges are then
 //! collected by the [`payments`] worker, never on the barrier's time. [`http`] serves the API,
-//! the operator dashboard and the metrics; [`server::Server`] wires it all together.
+//! the operator dashboard and the metrics, and the drivers' pages ([`portal`]: sign-in by SMS
+//! code, their stays and debts); [`server::Server`] wires it all together.
 //!
 //! Start reading at `decide.rs` (the rules and their table of tests), then `app.rs` (one
 //! function per use case).
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod money;
 pub mod mqtt;
 pub mod payments;
+pub mod portal;
 pub mod server;
 pub mod store;
 pub mod tariff;

@@ -161,6 +161,7 @@ impl Server {
                     .flatten()
                     .map(|s| s.expose().to_string()),
             }),
+            portal: Arc::new(crate::portal::PortalSettings::from_config(&config.sms)),
         };
 
         let cancel = CancellationToken::new();

@@ -3,6 +3,7 @@
 //! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
 mod browser;
+mod browser_portal;
 mod chaos;
 mod fleet;
 mod frames;
@@ -10,6 +11,7 @@ mod history;
 mod journal;
 mod operations;
 mod payments;
+mod portal;
 mod rules;
 mod scenarios;
 mod security;

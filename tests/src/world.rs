@@ -183,6 +183,11 @@ impl World {
                 nightly_reconciliation: false,
                 ..PaymentsConfig::default()
             },
+            // Sign-in codes for the driver portal stay in memory, where tests read them.
+            sms: parkpay_server::config::SmsConfig {
+                sender: "memory".into(),
+                ..Default::default()
+            },
             // The default instance name, as an operator would run it: derived from the host and
             // the database, so a restarted server resumes its broker session.
             ..ServerConfig::default()

@@ -368,7 +368,40 @@ pub trait MoneyStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: MoneyStore + HistoryStore + Send + Sync + 'static {
+/// The driver portal: one-time codes, drivers' sign-ins, drivers by phone number. Every
+/// backend implements it beside [`Store`].
+#[async_trait]
+pub trait PortalStore: Send + Sync {
+    async fn insert_portal_code(&self, c: &crate::portal::PortalCode) -> StoreResult<()>;
+    /// When each code for `phone` made since `since` was made.
+    async fn portal_code_times(
+        &self,
+        phone: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<DateTime<Utc>>>;
+    /// The newest code for `phone` (only the newest can sign in).
+    async fn latest_portal_code(
+        &self,
+        phone: &str,
+    ) -> StoreResult<Option<crate::portal::PortalCode>>;
+    /// Counts one try, if the code has tries left and is unused: `false` when it has not.
+    async fn spend_portal_try(&self, id: Uuid, max_tries: i64) -> StoreResult<bool>;
+    /// Marks a code used, once: `false` when it already was.
+    async fn use_portal_code(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
+    /// The drivers registered with this phone (E.164), oldest first.
+    async fn drivers_with_phone(&self, phone: &str) -> StoreResult<Vec<Driver>>;
+    async fn insert_driver_login(&self, l: &crate::portal::DriverLogin) -> StoreResult<()>;
+    /// A driver's sign-in by its cookie's hash, unless it has expired.
+    async fn driver_login(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<crate::portal::DriverLogin>>;
+    async fn delete_driver_login(&self, token_hash: &str) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait Store: MoneyStore + HistoryStore + PortalStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 

@@ -655,11 +655,12 @@ macro_rules! backend {
                 }
 
                 async fn insert_driver(&self, d: &Driver) -> StoreResult<()> {
-                    sqlx::query("INSERT INTO drivers (id, name, phone, created_at) VALUES ($1, $2, $3, $4)")
+                    sqlx::query("INSERT INTO drivers (id, name, phone, created_at, phone_key) VALUES ($1, $2, $3, $4, $5)")
                         .bind(d.id.to_string())
                         .bind(d.name.clone())
                         .bind(d.phone.clone())
                         .bind(ms(d.created_at))
+                        .bind(crate::portal::phone_key(d.phone.as_deref()))
                         .execute(&self.pool)
                         .await?;
                     Ok(())
@@ -2242,6 +2243,126 @@ macro_rules! backend {
                         None
                     };
                     Ok(Page { items, next })
+                }
+            }
+
+            #[async_trait]
+            impl PortalStore for $store {
+                async fn insert_portal_code(&self, c: &crate::portal::PortalCode) -> StoreResult<()> {
+                    sqlx::query("INSERT INTO portal_codes (id, phone, code_hash, created_at, expires_at, tries, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                        .bind(c.id.to_string())
+                        .bind(c.phone.clone())
+                        .bind(c.code_hash.clone())
+                        .bind(ms(c.created_at))
+                        .bind(ms(c.expires_at))
+                        .bind(c.tries)
+                        .bind(c.used_at.map(ms))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn portal_code_times(&self, phone: &str, since: DateTime<Utc>) -> StoreResult<Vec<DateTime<Utc>>> {
+                    sqlx::query("SELECT created_at FROM portal_codes WHERE phone = $1 AND created_at > $2")
+                        .bind(phone)
+                        .bind(ms(since))
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| at(r.try_get("created_at")?))
+                        .collect()
+                }
+
+                async fn latest_portal_code(&self, phone: &str) -> StoreResult<Option<crate::portal::PortalCode>> {
+                    sqlx::query("SELECT id, phone, code_hash, created_at, expires_at, tries, used_at FROM portal_codes WHERE phone = $1 ORDER BY created_at DESC, id DESC LIMIT 1")
+                        .bind(phone)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<crate::portal::PortalCode> {
+                            Ok(crate::portal::PortalCode {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                phone: r.try_get("phone")?,
+                                code_hash: r.try_get("code_hash")?,
+                                created_at: at(r.try_get("created_at")?)?,
+                                expires_at: at(r.try_get("expires_at")?)?,
+                                tries: r.try_get("tries")?,
+                                used_at: opt_at(r.try_get("used_at")?)?,
+                            })
+                        })
+                        .transpose()
+                }
+
+                async fn spend_portal_try(&self, id: Uuid, max_tries: i64) -> StoreResult<bool> {
+                    let r = sqlx::query("UPDATE portal_codes SET tries = tries + 1 WHERE id = $1 AND tries < $2 AND used_at IS NULL")
+                        .bind(id.to_string())
+                        .bind(max_tries)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(r.rows_affected() == 1)
+                }
+
+                async fn use_portal_code(&self, id: Uuid, at_: DateTime<Utc>) -> StoreResult<bool> {
+                    let r = sqlx::query("UPDATE portal_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
+                        .bind(id.to_string())
+                        .bind(ms(at_))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(r.rows_affected() == 1)
+                }
+
+                async fn drivers_with_phone(&self, phone: &str) -> StoreResult<Vec<Driver>> {
+                    sqlx::query("SELECT id, name, phone, created_at FROM drivers WHERE phone_key = $1 ORDER BY created_at, id LIMIT 50")
+                        .bind(phone)
+                        .fetch_all(&self.pool)
+                        .await?
+                        .iter()
+                        .map(|r| -> StoreResult<Driver> {
+                            Ok(Driver {
+                                id: uuid(&r.try_get::<String, _>("id")?)?,
+                                name: r.try_get("name")?,
+                                phone: r.try_get("phone")?,
+                                created_at: at(r.try_get("created_at")?)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn insert_driver_login(&self, l: &crate::portal::DriverLogin) -> StoreResult<()> {
+                    sqlx::query("INSERT INTO driver_logins (token_hash, phone, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(l.token_hash.clone())
+                        .bind(l.phone.clone())
+                        .bind(l.csrf.clone())
+                        .bind(ms(l.created_at))
+                        .bind(ms(l.expires_at))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn driver_login(&self, token_hash: &str, now: DateTime<Utc>) -> StoreResult<Option<crate::portal::DriverLogin>> {
+                    sqlx::query("SELECT token_hash, phone, csrf, created_at, expires_at FROM driver_logins WHERE token_hash = $1 AND expires_at > $2")
+                        .bind(token_hash)
+                        .bind(ms(now))
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<crate::portal::DriverLogin> {
+                            Ok(crate::portal::DriverLogin {
+                                token_hash: r.try_get("token_hash")?,
+                                phone: r.try_get("phone")?,
+                                csrf: r.try_get("csrf")?,
+                                created_at: at(r.try_get("created_at")?)?,
+                                expires_at: at(r.try_get("expires_at")?)?,
+                            })
+                        })
+                        .transpose()
+                }
+
+                async fn delete_driver_login(&self, token_hash: &str) -> StoreResult<()> {
+                    sqlx::query("DELETE FROM driver_logins WHERE token_hash = $1")
+                        .bind(token_hash)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
                 }
             }
 
