@@ -46,6 +46,7 @@ use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
 
 mod money;
+mod reports;
 
 /// The longest stay a tariff preview prices.
 pub const MAX_PREVIEW_DAYS: i64 = 400;
@@ -116,6 +117,8 @@ const PAGE_FILES: &[(&str, &str)] = &[
     ("ticket", include_str!("ticket.html")),
     ("validation", include_str!("validation.html")),
     ("receipt", include_str!("receipt.html")),
+    ("reports", include_str!("reports.html")),
+    ("tariffs", include_str!("tariffs.html")),
 ];
 
 /// The page named `name` in [`PAGE_FILES`], with its policy computed once.
@@ -187,7 +190,10 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/lots", post(create_lot).get(list_lots))
         .route("/api/lots/{lot}", get(get_lot))
         .route("/api/lots/{lot}/tariff", put(put_tariff))
-        .route("/api/lots/{lot}/tariff/preview", get(preview))
+        .route(
+            "/api/lots/{lot}/tariff/preview",
+            get(preview).post(reports::preview_draft),
+        )
         .route("/api/lots/{lot}/lanes", get(lanes).post(put_lane))
         .route(
             "/api/lots/{lot}/lanes/{lane}",
@@ -231,6 +237,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/sandbox/wallets/{reference}", get(get_wallet))
         .route("/receipt/{session}", get(receipt_page))
         .merge(money::routes())
+        .merge(reports::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))

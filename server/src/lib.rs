@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod money;
 pub mod mqtt;
 pub mod payments;
+pub mod reports;
 pub mod server;
 pub mod store;
 pub mod tariff;

@@ -3,12 +3,14 @@
 //! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
 mod browser;
+mod browser_reports;
 mod chaos;
 mod fleet;
 mod frames;
 mod journal;
 mod operations;
 mod payments;
+mod reports;
 mod rules;
 mod scenarios;
 mod security;
