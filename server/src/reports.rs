@@ -512,7 +512,7 @@ pub fn takings_csv(r: &Takings) -> String {
             d.date
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "total".into()),
-            r.currency.code(),
+            r.currency.as_str(),
             d.deduction.minor,
             d.cash.minor,
             d.pay_page.minor,

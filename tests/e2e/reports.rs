@@ -274,8 +274,9 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
             .fold(0.0, f64::max);
         assert!((row["busiest"].as_f64().unwrap() - busiest).abs() < 0.006, "hour {h}: {row}");
     }
-    // 10:00-10:20 two cars were inside (A and B), A alone for the rest of the hour.
-    assert_eq!(car_s[10], 3600 + 20 * 60);
+    // On the 25th, 10:00-10:20 two cars were inside (A and B), A alone for the rest of the
+    // hour; on the 26th E all hour.
+    assert_eq!(car_s[10], 3600 + 20 * 60 + 3600);
     // C spans midnight: an hour on the 25th (23:00) and on the 26th (00:00).
     assert_eq!(car_s[23], 3600 + 3600, "C on the 25th and F on the 26th");
     assert_eq!(car_s[0], 3600, "C after midnight");
