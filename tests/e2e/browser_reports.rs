@@ -11,7 +11,7 @@ use parkpay_tests::eventually;
 use parkpay_tests::world::World;
 use serde_json::{json, Value};
 
-use crate::browser::{browser, sign_in, Browser};
+use crate::browser::{browser, phone_browser, sign_in, Browser};
 use crate::reports::{clock_to, enter, leave, local};
 use crate::scenarios::{fen, world, WAIT};
 
@@ -256,7 +256,7 @@ async fn the_tariff_editor_previews_a_new_price_before_saving_and_then_saves_it(
 #[tokio::test]
 async fn on_a_phone_the_reports_and_the_tariff_editor_fit_the_screen() {
     let (w, clock) = world().await;
-    let Some(b) = browser(375, 667).await else {
+    let Some(b) = phone_browser(375, 667).await else {
         w.stop().await;
         return;
     };
@@ -265,6 +265,7 @@ async fn on_a_phone_the_reports_and_the_tariff_editor_fit_the_screen() {
     sign_in(&b, &w, Role::Viewer).await;
     let lot = w.lot.to_string();
     open_reports(&b, &w, &format!("lot={lot}&from=2026-11-19&to=2026-11-25")).await;
+    assert_eq!(js(c, "return window.innerWidth;", vec![]).await, 375);
     // Every table open: on a phone its rows are cards.
     js(c, "document.querySelectorAll('details').forEach(function (d) { d.open = true; }); return true;", vec![]).await;
     let wide = too_wide(c).await;
