@@ -299,11 +299,7 @@ pub struct Takings {
 
 /// Money per day of the range: collected by method, refunded, net, and waived apart. A charge
 /// counts on the day it settled, a refund on the day it succeeded.
-pub async fn takings(
-    store: &dyn ReportStore,
-    lot: &Lot,
-    range: DayRange,
-) -> StoreResult<Takings> {
+pub async fn takings(store: &dyn ReportStore, lot: &Lot, range: DayRange) -> StoreResult<Takings> {
     let c = lot.tariff.currency;
     let days = day_spans(lot.tariff.time_zone, range);
     let spans: Vec<Span> = days.iter().map(|(_, s)| *s).collect();

@@ -23,7 +23,8 @@ async fn js(c: &Client, script: &str, args: Vec<Value>) -> Value {
 async fn screenshot(c: &Client, name: &str) {
     if let Some(dir) = std::env::var_os("PARKPAY_SCREENSHOT_DIR") {
         let png = c.screenshot().await.expect("a screenshot");
-        std::fs::write(std::path::Path::new(&dir).join(name), png).expect("the screenshot is saved");
+        std::fs::write(std::path::Path::new(&dir).join(name), png)
+            .expect("the screenshot is saved");
     }
 }
 
@@ -45,8 +46,15 @@ async fn open_reports(b: &Browser, w: &World, query: &str) {
         .await
         .unwrap();
     eventually("the reports to load", WAIT, || async {
-        let v = js(c, "return document.body.getAttribute('data-loaded');", vec![]).await;
-        v.as_str().is_some_and(|q| q.contains("from=")).then_some(())
+        let v = js(
+            c,
+            "return document.body.getAttribute('data-loaded');",
+            vec![],
+        )
+        .await;
+        v.as_str()
+            .is_some_and(|q| q.contains("from="))
+            .then_some(())
     })
     .await;
 }
@@ -126,16 +134,30 @@ async fn the_reports_page_draws_its_charts_from_the_stays_and_its_csv_link_downl
     );
     let body = text[2].as_str().unwrap();
     assert!(
-        body.starts_with("lot,lot_name,hour,average_cars,busiest_cars,busiest_date,car_seconds,span_seconds\r\n"),
+        body.starts_with(
+            "lot,lot_name,hour,average_cars,busiest_cars,busiest_date,car_seconds,span_seconds\r\n"
+        ),
         "{body}"
     );
     assert!(
-        body.contains(&format!("{lot},Test lot,10:00,1.33,1.33,2026-11-25,4800,3600\r\n")),
+        body.contains(&format!(
+            "{lot},Test lot,10:00,1.33,1.33,2026-11-25,4800,3600\r\n"
+        )),
         "{body}"
     );
     // And in Chinese, the same charts with translated labels.
-    js(c, "document.querySelector('[data-i18n-toggle]').click(); return true;", vec![]).await;
-    let h2 = js(c, "return document.getElementById('occ-h').textContent;", vec![]).await;
+    js(
+        c,
+        "document.querySelector('[data-i18n-toggle]').click(); return true;",
+        vec![],
+    )
+    .await;
+    let h2 = js(
+        c,
+        "return document.getElementById('occ-h').textContent;",
+        vec![],
+    )
+    .await;
     assert_eq!(h2, "全天占用");
     b.client.close().await.unwrap();
     w.stop().await;
@@ -178,7 +200,12 @@ async fn the_tariff_editor_previews_a_new_price_before_saving_and_then_saves_it(
         .await
         .unwrap();
     eventually("the form to show the lot's tariff", WAIT, || async {
-        let v = js(c, "var r = document.querySelector('#band-rows .band-price'); return r ? r.value : null;", vec![]).await;
+        let v = js(
+            c,
+            "var r = document.querySelector('#band-rows .band-price'); return r ? r.value : null;",
+            vec![],
+        )
+        .await;
         (v == "3.00").then_some(())
     })
     .await;
@@ -203,28 +230,59 @@ async fn the_tariff_editor_previews_a_new_price_before_saving_and_then_saves_it(
         (quote_total(c).await == Some(after)).then_some(())
     })
     .await;
-    let lines = js(c, "return document.getElementById('quote-lines').textContent;", vec![]).await;
+    let lines = js(
+        c,
+        "return document.getElementById('quote-lines').textContent;",
+        vec![],
+    )
+    .await;
     assert!(lines.as_str().unwrap().contains("¥4.50"), "{lines}");
     let stored = w.get_json(&format!("/api/lots/{lot}")).await;
-    assert_eq!(fen(&stored["tariff"]["bands"][0]["unit_price"]), 300, "not saved yet");
+    assert_eq!(
+        fen(&stored["tariff"]["bands"][0]["unit_price"]),
+        300,
+        "not saved yet"
+    );
 
     // A bad unit length is refused with the field's name, and nothing is saved.
     type_into(c, "#unit_minutes", "0").await;
-    js(c, "document.getElementById('save').click(); return true;", vec![]).await;
+    js(
+        c,
+        "document.getElementById('save').click(); return true;",
+        vec![],
+    )
+    .await;
     let errors = eventually("the field's error", WAIT, || async {
-        let v = js(c, "return document.getElementById('errors').textContent;", vec![]).await;
+        let v = js(
+            c,
+            "return document.getElementById('errors').textContent;",
+            vec![],
+        )
+        .await;
         v.as_str().filter(|t| !t.is_empty()).map(str::to_string)
     })
     .await;
     assert!(errors.contains("Unit length (minutes)"), "{errors}");
-    let invalid = js(c, "return document.getElementById('unit_minutes').getAttribute('aria-invalid');", vec![]).await;
+    let invalid = js(
+        c,
+        "return document.getElementById('unit_minutes').getAttribute('aria-invalid');",
+        vec![],
+    )
+    .await;
     assert_eq!(invalid, "true");
     // Overlapping bands pass the form but not the server: its message names the bands.
     type_into(c, "#unit_minutes", "30").await;
     type_into(c, "#band-rows tr.band:nth-child(1) .band-end", "21:00").await;
     let errors = eventually("the server's error", WAIT, || async {
-        let v = js(c, "return document.getElementById('errors').textContent;", vec![]).await;
-        v.as_str().filter(|t| t.contains("overlap")).map(str::to_string)
+        let v = js(
+            c,
+            "return document.getElementById('errors').textContent;",
+            vec![],
+        )
+        .await;
+        v.as_str()
+            .filter(|t| t.contains("overlap"))
+            .map(str::to_string)
     })
     .await;
     assert!(errors.starts_with("Bands:"), "{errors}");
@@ -235,18 +293,39 @@ async fn the_tariff_editor_previews_a_new_price_before_saving_and_then_saves_it(
     .await;
     screenshot(c, "tariffs-desktop.png").await;
 
-    js(c, "document.getElementById('save').click(); return true;", vec![]).await;
+    js(
+        c,
+        "document.getElementById('save').click(); return true;",
+        vec![],
+    )
+    .await;
     eventually("the tariff to be saved", WAIT, || async {
-        let v = js(c, "return document.getElementById('save-status').textContent;", vec![]).await;
-        v.as_str().is_some_and(|t| t.contains("Saved")).then_some(())
+        let v = js(
+            c,
+            "return document.getElementById('save-status').textContent;",
+            vec![],
+        )
+        .await;
+        v.as_str()
+            .is_some_and(|t| t.contains("Saved"))
+            .then_some(())
     })
     .await;
     let stored = w.get_json(&format!("/api/lots/{lot}")).await;
-    assert_eq!(fen(&stored["tariff"]["bands"][0]["unit_price"]), 450, "{stored}");
+    assert_eq!(
+        fen(&stored["tariff"]["bands"][0]["unit_price"]),
+        450,
+        "{stored}"
+    );
     assert_eq!(stored["tariff_version"], 2);
     let audit = w.get_json("/api/audit").await;
     assert!(
-        audit.as_array().unwrap().iter().any(|a| a["action"] == "lot.tariff_changed" && a["actor"].as_str().is_some_and(|n| n.starts_with("admin-"))),
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "lot.tariff_changed"
+                && a["actor"].as_str().is_some_and(|n| n.starts_with("admin-"))),
         "saved under the signed-in name: {audit}"
     );
     b.client.close().await.unwrap();
@@ -270,10 +349,20 @@ async fn on_a_phone_the_reports_and_the_tariff_editor_fit_the_screen() {
     js(c, "document.querySelectorAll('details').forEach(function (d) { d.open = true; }); return true;", vec![]).await;
     let wide = too_wide(c).await;
     assert_eq!(wide, json!([]), "nothing is wider than the phone");
-    let display = js(c, "return getComputedStyle(document.querySelector('#tak-rows tr')).display;", vec![]).await;
+    let display = js(
+        c,
+        "return getComputedStyle(document.querySelector('#tak-rows tr')).display;",
+        vec![],
+    )
+    .await;
     assert_eq!(display, "block", "a row is a card");
     // A viewer sees no audit link.
-    let audit = js(c, "return document.querySelector('nav.pages a[href=\"/audit\"]').hidden;", vec![]).await;
+    let audit = js(
+        c,
+        "return document.querySelector('nav.pages a[href=\"/audit\"]').hidden;",
+        vec![],
+    )
+    .await;
     assert_eq!(audit, true);
     screenshot(c, "reports-phone.png").await;
 

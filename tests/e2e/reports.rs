@@ -2,7 +2,6 @@
 //! passages at chosen times, money moved by the money desk, and each report checked against a
 //! naive computation in the test over what the test itself made.
 
-use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use parkpay_protocol::{Direction, ManualClock};
 use parkpay_server::domain::{Grant, Role};
@@ -11,6 +10,7 @@ use parkpay_sim::reference_tariff;
 use parkpay_tests::eventually;
 use parkpay_tests::world::{authorised_client, World};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 use crate::scenarios::{
     charges_of, fen, publish, raw_event, sessions, settled_charge, tariff, world, WAIT,
@@ -168,7 +168,11 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
     // waived, A's charge is partly refunded, and F is still inside.
     let a_in = local(25, 9, 0);
     let a = enter(&w, &clock, "京A81001", a_in).await;
-    assert_eq!(instant(&a["entry_at"]), a_in, "the stay begins at the capture");
+    assert_eq!(
+        instant(&a["entry_at"]),
+        a_in,
+        "the stay begins at the capture"
+    );
     let b = enter(&w, &clock, "京A81002", local(25, 10, 0)).await;
     leave(&w, &clock, "京A81002", local(25, 10, 20)).await;
     let b_fee = fee(local(25, 10, 0), local(25, 10, 20));
@@ -186,8 +190,14 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
         (a_charge["status"].as_str(), fen(&a_charge["amount"])),
         (Some("succeeded"), a_fee)
     );
-    plan.push(Stay { entry: a_in, exit: Some(local(25, 11, 10)) });
-    plan.push(Stay { entry: local(25, 10, 0), exit: Some(local(25, 10, 20)) });
+    plan.push(Stay {
+        entry: a_in,
+        exit: Some(local(25, 11, 10)),
+    });
+    plan.push(Stay {
+        entry: local(25, 10, 0),
+        exit: Some(local(25, 10, 20)),
+    });
 
     let c = enter(&w, &clock, "京A81003", local(25, 22, 0)).await;
     leave(&w, &clock, "京A81003", local(26, 1, 30)).await;
@@ -198,12 +208,18 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
         .await
         .unwrap();
     assert_eq!(paid.amount.minor, c_fee);
-    plan.push(Stay { entry: local(25, 22, 0), exit: Some(local(26, 1, 30)) });
+    plan.push(Stay {
+        entry: local(25, 22, 0),
+        exit: Some(local(26, 1, 30)),
+    });
 
     enter(&w, &clock, "京A81004", local(26, 8, 0)).await;
     let d = leave(&w, &clock, "京A81004", local(26, 8, 10)).await;
     assert_eq!(d["status"], "closed", "ten minutes are free: {d}");
-    plan.push(Stay { entry: local(26, 8, 0), exit: Some(local(26, 8, 10)) });
+    plan.push(Stay {
+        entry: local(26, 8, 0),
+        exit: Some(local(26, 8, 10)),
+    });
 
     let e = enter(&w, &clock, "京A81005", local(26, 9, 0)).await;
     leave(&w, &clock, "京A81005", local(26, 14, 0)).await;
@@ -215,8 +231,15 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
         json!({ "reason": "barrier fault" }),
     )
     .await;
-    assert_eq!((s, waived["status"].as_str()), (200, Some("waived")), "{waived}");
-    plan.push(Stay { entry: local(26, 9, 0), exit: Some(local(26, 14, 0)) });
+    assert_eq!(
+        (s, waived["status"].as_str()),
+        (200, Some("waived")),
+        "{waived}"
+    );
+    plan.push(Stay {
+        entry: local(26, 9, 0),
+        exit: Some(local(26, 14, 0)),
+    });
 
     clock_to(&clock, &w, local(26, 15, 0));
     let refund_path = format!("/api/charges/{}/refunds", a_charge["id"].as_str().unwrap());
@@ -234,7 +257,10 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
     .await;
 
     enter(&w, &clock, "京A81006", local(26, 16, 0)).await;
-    plan.push(Stay { entry: local(26, 16, 0), exit: None });
+    plan.push(Stay {
+        entry: local(26, 16, 0),
+        exit: None,
+    });
     // Report on two whole days that have passed.
     clock_to(&clock, &w, local(27, 9, 0));
     let q = format!("lot={lot}&from=2026-11-25&to=2026-11-26");
@@ -267,12 +293,18 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
         assert_eq!(row["car_seconds"], car_s[h], "hour {h}: {row}");
         assert_eq!(row["span_seconds"], 2 * 3600, "hour {h}: {row}");
         let avg = car_s[h] as f64 / (2.0 * 3600.0);
-        assert!((row["average"].as_f64().unwrap() - avg).abs() < 0.006, "hour {h}: {row} vs {avg}");
+        assert!(
+            (row["average"].as_f64().unwrap() - avg).abs() < 0.006,
+            "hour {h}: {row} vs {avg}"
+        );
         let busiest = [25u32, 26]
             .iter()
             .map(|d| per_day[&(*d, h as i64)] as f64 / 3600.0)
             .fold(0.0, f64::max);
-        assert!((row["busiest"].as_f64().unwrap() - busiest).abs() < 0.006, "hour {h}: {row}");
+        assert!(
+            (row["busiest"].as_f64().unwrap() - busiest).abs() < 0.006,
+            "hour {h}: {row}"
+        );
     }
     // On the 25th, 10:00-10:20 two cars were inside (A and B), A alone for the rest of the
     // hour; on the 26th E all hour.
@@ -288,7 +320,11 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
     let row = |d: &Value, k: &str| fen(&d[k]);
     assert_eq!(days[0]["date"], "2026-11-25");
     assert_eq!(
-        (row(&days[0], "deduction"), row(&days[0], "cash"), row(&days[0], "pay_page")),
+        (
+            row(&days[0], "deduction"),
+            row(&days[0], "cash"),
+            row(&days[0], "pay_page")
+        ),
         (a_fee, b_fee, 0),
         "{}",
         days[0]
@@ -297,13 +333,21 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
     assert_eq!(row(&days[0], "net"), a_fee + b_fee);
     assert_eq!(days[1]["date"], "2026-11-26");
     assert_eq!(
-        (row(&days[1], "deduction"), row(&days[1], "cash"), row(&days[1], "pay_page")),
+        (
+            row(&days[1], "deduction"),
+            row(&days[1], "cash"),
+            row(&days[1], "pay_page")
+        ),
         (0, 0, c_fee),
         "{}",
         days[1]
     );
     assert_eq!(
-        (row(&days[1], "refunds"), row(&days[1], "waived"), row(&days[1], "net")),
+        (
+            row(&days[1], "refunds"),
+            row(&days[1], "waived"),
+            row(&days[1], "net")
+        ),
         (300, e_fee, c_fee - 300),
         "{}",
         days[1]
@@ -332,12 +376,19 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
 
     // ---- turnover: stays begun per day per space ----
     let tur = report(&w, "turnover", &q).await;
-    let begun = |d: u32| plan.iter().filter(|s| s.entry >= day_start(d) && s.entry < day_start(d + 1)).count() as i64;
+    let begun = |d: u32| {
+        plan.iter()
+            .filter(|s| s.entry >= day_start(d) && s.entry < day_start(d + 1))
+            .count() as i64
+    };
     assert_eq!(tur["spaces"], 4);
     for (i, d) in [25u32, 26].iter().enumerate() {
         let row = &tur["days"][i];
         assert_eq!(row["stays"], begun(*d), "{row}");
-        assert!((row["turnover"].as_f64().unwrap() - begun(*d) as f64 / 4.0).abs() < 0.006, "{row}");
+        assert!(
+            (row["turnover"].as_f64().unwrap() - begun(*d) as f64 / 4.0).abs() < 0.006,
+            "{row}"
+        );
     }
 
     // ---- CSV: the same numbers, a file name, and quoting ----
@@ -353,15 +404,30 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
     );
     assert_eq!(
         lines[2],
-        format!("{lot},Test lot,2026-11-26,CNY,0,0,{c_fee},300,{},{e_fee},1,1,1", c_fee - 300)
+        format!(
+            "{lot},Test lot,2026-11-26,CNY,0,0,{c_fee},300,{},{e_fee},1,1,1",
+            c_fee - 300
+        )
     );
     assert_eq!(lines.len(), 4, "two days and the total: {text}");
     let (_, occ_csv) = csv(&w, "occupancy", &q).await;
-    assert!(occ_csv.contains(&format!("{lot},Test lot,10:00,")), "{occ_csv}");
+    assert!(
+        occ_csv.contains(&format!("{lot},Test lot,10:00,")),
+        "{occ_csv}"
+    );
     let (_, len_csv) = csv(&w, "stay-lengths", &q).await;
-    assert!(len_csv.contains(&format!("{lot},Test lot,2026-11-25,2026-11-26,2-4 h,120,240,{}", lengths[4])), "{len_csv}");
+    assert!(
+        len_csv.contains(&format!(
+            "{lot},Test lot,2026-11-25,2026-11-26,2-4 h,120,240,{}",
+            lengths[4]
+        )),
+        "{len_csv}"
+    );
     let (_, tur_csv) = csv(&w, "turnover", &q).await;
-    assert!(tur_csv.contains(&format!("{lot},Test lot,2026-11-25,{},4,", begun(25))), "{tur_csv}");
+    assert!(
+        tur_csv.contains(&format!("{lot},Test lot,2026-11-25,{},4,", begun(25))),
+        "{tur_csv}"
+    );
 
     // A lot whose name needs quoting in CSV (and would be a formula in a spreadsheet).
     let other = parkpay_tests::unique_lot();
@@ -372,7 +438,12 @@ async fn reports_agree_with_a_naive_count_of_the_stays_and_money_the_test_made()
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    let (_, text) = csv(&w, "turnover", &format!("lot={other}&from=2026-11-25&to=2026-11-25")).await;
+    let (_, text) = csv(
+        &w,
+        "turnover",
+        &format!("lot={other}&from=2026-11-25&to=2026-11-25"),
+    )
+    .await;
     assert_eq!(
         text.lines().nth(1).unwrap(),
         format!("{other},\"'=Mall \"\"North\"\", P1\",2026-11-25,0,10,0.00")
@@ -393,7 +464,11 @@ async fn reports_check_roles_lots_and_ranges() {
                     &format!("t-{}", uuid::Uuid::new_v4().simple()),
                     Grant {
                         role,
-                        lots: lots.map(|l| l.into_iter().map(|x| parkpay_protocol::LotId::parse(x).unwrap()).collect()),
+                        lots: lots.map(|l| {
+                            l.into_iter()
+                                .map(|x| parkpay_protocol::LotId::parse(x).unwrap())
+                                .collect()
+                        }),
                     },
                     "tests",
                 )
@@ -426,17 +501,45 @@ async fn reports_check_roles_lots_and_ranges() {
     let (s, _) = get(reqwest::Client::new(), format!("/api/reports/turnover?{q}")).await;
     assert_eq!(s, 401);
     // Unknown lot: 404.
-    let (s, v) = get(w.client.clone(), "/api/reports/turnover?lot=no-such-lot&from=2026-11-25&to=2026-11-25".into()).await;
+    let (s, v) = get(
+        w.client.clone(),
+        "/api/reports/turnover?lot=no-such-lot&from=2026-11-25&to=2026-11-25".into(),
+    )
+    .await;
     assert_eq!(s, 404, "{v}");
     // Bad ranges and formats: 4xx naming what is wrong.
     for (query, status, needle) in [
-        (format!("lot={lot}&from=2026-11-26&to=2026-11-25"), 422, "to:"),
-        (format!("lot={lot}&from=26.11.2026&to=2026-11-25"), 422, "from:"),
-        (format!("lot={lot}&from=2026-11-25&to=2026-13-01"), 422, "to:"),
-        (format!("lot={lot}&from=2026-01-01&to=2026-12-31"), 422, "at most 62 days"),
-        (format!("lot={lot}&from=2026-11-25&to=2026-11-25&format=xml"), 400, "format"),
+        (
+            format!("lot={lot}&from=2026-11-26&to=2026-11-25"),
+            422,
+            "to:",
+        ),
+        (
+            format!("lot={lot}&from=26.11.2026&to=2026-11-25"),
+            422,
+            "from:",
+        ),
+        (
+            format!("lot={lot}&from=2026-11-25&to=2026-13-01"),
+            422,
+            "to:",
+        ),
+        (
+            format!("lot={lot}&from=2026-01-01&to=2026-12-31"),
+            422,
+            "at most 62 days",
+        ),
+        (
+            format!("lot={lot}&from=2026-11-25&to=2026-11-25&format=xml"),
+            400,
+            "format",
+        ),
         (format!("lot={lot}&from=2026-11-25"), 400, "to"),
-        ("lot=a%2Fb&from=2026-11-25&to=2026-11-25".to_string(), 400, "lot"),
+        (
+            "lot=a%2Fb&from=2026-11-25&to=2026-11-25".to_string(),
+            400,
+            "lot",
+        ),
     ] {
         for kind in ["occupancy", "takings"] {
             let (s, v) = get(w.client.clone(), format!("/api/reports/{kind}?{query}")).await;
@@ -470,7 +573,11 @@ async fn a_draft_tariffs_preview_is_what_the_saved_tariff_then_charges() {
     let expected = reference_tariff::fee(&draft_t, entry, exit);
     assert_eq!(fen(&quote["total"]), expected, "{quote}");
     assert!(
-        quote["lines"].as_array().unwrap().iter().any(|l| fen(&l["unit_price"]) == 450),
+        quote["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| fen(&l["unit_price"]) == 450),
         "the draft's price is used: {quote}"
     );
     // The saved tariff is not changed by a preview.
@@ -478,52 +585,126 @@ async fn a_draft_tariffs_preview_is_what_the_saved_tariff_then_charges() {
         &w.client,
         &w,
         reqwest::Method::GET,
-        &format!("{preview_path}?entry={}&exit={}", entry.to_rfc3339().replace('+', "%2B"), exit.to_rfc3339().replace('+', "%2B")),
+        &format!(
+            "{preview_path}?entry={}&exit={}",
+            entry.to_rfc3339().replace('+', "%2B"),
+            exit.to_rfc3339().replace('+', "%2B")
+        ),
         None,
     )
     .await;
     assert_eq!(s, 200, "{saved_quote}");
-    assert_eq!(fen(&saved_quote["total"]), reference_tariff::fee(&tariff(), entry, exit));
+    assert_eq!(
+        fen(&saved_quote["total"]),
+        reference_tariff::fee(&tariff(), entry, exit)
+    );
     assert_ne!(fen(&saved_quote["total"]), expected);
 
     // Invalid drafts are 422 naming the field; a viewer may preview but not save.
     let mut bad = draft.clone();
     bad["unit_minutes"] = json!(0);
-    let (s, v) = post(&w, &preview_path, json!({ "tariff": bad, "entry": entry, "exit": exit })).await;
+    let (s, v) = post(
+        &w,
+        &preview_path,
+        json!({ "tariff": bad, "entry": entry, "exit": exit }),
+    )
+    .await;
     assert_eq!(s, 422, "{v}");
-    assert!(v["message"].as_str().unwrap().starts_with("tariff.unit_minutes:"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tariff.unit_minutes:"),
+        "{v}"
+    );
     let mut overlap = draft.clone();
     overlap["bands"][0]["end"] = json!("21:00");
-    let (s, v) = send(&w.client, &w, reqwest::Method::PUT, &format!("/api/lots/{lot}/tariff"), Some(overlap)).await;
+    let (s, v) = send(
+        &w.client,
+        &w,
+        reqwest::Method::PUT,
+        &format!("/api/lots/{lot}/tariff"),
+        Some(overlap),
+    )
+    .await;
     assert_eq!(s, 422, "{v}");
-    assert!(v["message"].as_str().unwrap().starts_with("tariff.bands:"), "{v}");
-    let (s, v) = post(&w, &preview_path, json!({ "tariff": draft, "entry": exit, "exit": entry })).await;
+    assert!(
+        v["message"].as_str().unwrap().starts_with("tariff.bands:"),
+        "{v}"
+    );
+    let (s, v) = post(
+        &w,
+        &preview_path,
+        json!({ "tariff": draft, "entry": exit, "exit": entry }),
+    )
+    .await;
     assert_eq!(s, 422, "{v}");
-    let (s, v) = post(&w, &preview_path, json!({ "tariff": draft, "entry": entry, "exit": exit, "class": "bus" })).await;
+    let (s, v) = post(
+        &w,
+        &preview_path,
+        json!({ "tariff": draft, "entry": entry, "exit": exit, "class": "bus" }),
+    )
+    .await;
     assert_eq!(s, 422, "{v}");
     let (_, t) = w
         .app()
-        .create_token("viewer", Grant { role: Role::Viewer, lots: None }, "tests")
+        .create_token(
+            "viewer",
+            Grant {
+                role: Role::Viewer,
+                lots: None,
+            },
+            "tests",
+        )
         .await
         .unwrap();
     let viewer = authorised_client(&t);
-    let (s, v) = send(&viewer, &w, reqwest::Method::POST, &preview_path, Some(json!({ "tariff": draft, "entry": entry, "exit": exit }))).await;
+    let (s, v) = send(
+        &viewer,
+        &w,
+        reqwest::Method::POST,
+        &preview_path,
+        Some(json!({ "tariff": draft, "entry": entry, "exit": exit })),
+    )
+    .await;
     assert_eq!((s, fen(&v["total"])), (200, expected), "{v}");
-    let (s, _) = send(&viewer, &w, reqwest::Method::PUT, &format!("/api/lots/{lot}/tariff"), Some(draft.clone())).await;
+    let (s, _) = send(
+        &viewer,
+        &w,
+        reqwest::Method::PUT,
+        &format!("/api/lots/{lot}/tariff"),
+        Some(draft.clone()),
+    )
+    .await;
     assert_eq!(s, 403);
 
     // Saved (and audited), the same tariff charges a real stay what the preview said.
-    let (s, v) = send(&w.client, &w, reqwest::Method::PUT, &format!("/api/lots/{lot}/tariff"), Some(draft.clone())).await;
+    let (s, v) = send(
+        &w.client,
+        &w,
+        reqwest::Method::PUT,
+        &format!("/api/lots/{lot}/tariff"),
+        Some(draft.clone()),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let audit = w.get_json("/api/audit").await;
     assert!(
-        audit.as_array().unwrap().iter().any(|a| a["action"] == "lot.tariff_changed" && a["actor"] == "token:tests"),
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "lot.tariff_changed" && a["actor"] == "token:tests"),
         "{audit}"
     );
     w.driver("京A82001", Some(100_000)).await;
     let stay = enter(&w, &clock, "京A82001", entry).await;
     leave(&w, &clock, "京A82001", exit).await;
     let c = settled_charge(&w, stay["id"].as_str().unwrap()).await;
-    assert_eq!((c["status"].as_str(), fen(&c["amount"])), (Some("succeeded"), fen(&quote["total"])), "{c}");
+    assert_eq!(
+        (c["status"].as_str(), fen(&c["amount"])),
+        (Some("succeeded"), fen(&quote["total"])),
+        "{c}"
+    );
     w.stop().await;
 }

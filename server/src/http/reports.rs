@@ -2,12 +2,12 @@
 //! (`/tariffs`, with `POST /api/lots/{lot}/tariff/preview`: a quote under a draft tariff that
 //! is not saved).
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use axum::extract::Path;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -108,7 +108,13 @@ async fn occupancy(
 ) -> ApiResult<Response> {
     let (lot, range, format) = report_args(&ctx, &me, &q).await?;
     let r = reports::occupancy(&*ctx.app.store, &lot, range, ctx.app.clock.now()).await?;
-    Ok(answer(format, "occupancy", &r.head, &r, reports::occupancy_csv))
+    Ok(answer(
+        format,
+        "occupancy",
+        &r.head,
+        &r,
+        reports::occupancy_csv,
+    ))
 }
 
 async fn takings(
@@ -144,7 +150,13 @@ async fn turnover(
 ) -> ApiResult<Response> {
     let (lot, range, format) = report_args(&ctx, &me, &q).await?;
     let r = reports::turnover(&*ctx.app.store, &lot, range).await?;
-    Ok(answer(format, "turnover", &r.head, &r, reports::turnover_csv))
+    Ok(answer(
+        format,
+        "turnover",
+        &r.head,
+        &r,
+        reports::turnover_csv,
+    ))
 }
 
 /// A stay priced under a draft tariff, which is checked like a saved one but not saved.

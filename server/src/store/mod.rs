@@ -409,8 +409,12 @@ pub trait ReportStore: Send + Sync {
     /// Stays that left during `span`, counted by length: bucket `i` holds the stays shorter
     /// than `edges_ms[i]` and not shorter than `edges_ms[i - 1]`; the last, those at least
     /// `edges_ms[last]` long. Returns `edges_ms.len() + 1` counts.
-    async fn stay_lengths(&self, lot: &LotId, span: Span, edges_ms: &[i64])
-        -> StoreResult<Vec<i64>>;
+    async fn stay_lengths(
+        &self,
+        lot: &LotId,
+        span: Span,
+        edges_ms: &[i64],
+    ) -> StoreResult<Vec<i64>>;
     /// Per span, in the order given: the stays that began in it.
     async fn entries(&self, lot: &LotId, spans: &[Span]) -> StoreResult<Vec<i64>>;
 }

@@ -100,7 +100,11 @@ fn spans_table(first: usize, n: usize) -> String {
 
 /// The index of each span by its start, to put grouped rows back in the caller's order.
 fn span_index(spans: &[super::Span]) -> std::collections::HashMap<i64, usize> {
-    spans.iter().enumerate().map(|(i, s)| (ms(s.lo), i)).collect()
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (ms(s.lo), i))
+        .collect()
 }
 
 macro_rules! backend {
