@@ -48,6 +48,7 @@ use crate::tariff::{self, Tariff};
 mod history;
 mod money;
 mod portal;
+mod reports;
 
 /// The longest stay a tariff preview prices.
 pub const MAX_PREVIEW_DAYS: i64 = 400;
@@ -121,6 +122,8 @@ const PAGE_FILES: &[(&str, &str)] = &[
     ("history", include_str!("history.html")),
     ("portal", include_str!("portal.html")),
     ("find", include_str!("find.html")),
+    ("reports", include_str!("reports.html")),
+    ("tariffs", include_str!("tariffs.html")),
 ];
 
 /// The page named `name` in [`PAGE_FILES`], with its policy computed once.
@@ -194,7 +197,10 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .route("/api/lots", post(create_lot).get(list_lots))
         .route("/api/lots/{lot}", get(get_lot))
         .route("/api/lots/{lot}/tariff", put(put_tariff))
-        .route("/api/lots/{lot}/tariff/preview", get(preview))
+        .route(
+            "/api/lots/{lot}/tariff/preview",
+            get(preview).post(reports::preview_draft),
+        )
         .route("/api/lots/{lot}/lanes", get(lanes).post(put_lane))
         .route(
             "/api/lots/{lot}/lanes/{lane}",
@@ -240,6 +246,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .merge(money::routes())
         .merge(history::routes())
         .merge(portal::routes())
+        .merge(reports::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))

@@ -32,6 +32,7 @@ pub mod money;
 pub mod mqtt;
 pub mod payments;
 pub mod portal;
+pub mod reports;
 pub mod server;
 pub mod store;
 pub mod tariff;

@@ -35,6 +35,16 @@ fn which(names: &[&str]) -> Option<PathBuf> {
 /// A headless Chromium, or `None` (with a note) when this machine has none and the run does
 /// not require one.
 pub(crate) async fn browser(width: u32, height: u32) -> Option<Browser> {
+    browser_with(width, height, false).await
+}
+
+/// A headless Chromium whose page is `width` x `height` CSS pixels even below the smallest
+/// window Chromium draws (about 500 px wide): a phone's viewport, by device emulation.
+pub(crate) async fn phone_browser(width: u32, height: u32) -> Option<Browser> {
+    browser_with(width, height, true).await
+}
+
+async fn browser_with(width: u32, height: u32, phone: bool) -> Option<Browser> {
     let required = std::env::var_os("PARKPAY_REQUIRE_BROWSER").is_some();
     let (Some(driver), Some(chromium)) = (
         which(&["chromedriver"]),
@@ -80,6 +90,11 @@ pub(crate) async fn browser(width: u32, height: u32) -> Option<Browser> {
                      "--lang=en-US", format!("--window-size={width},{height}")],
         }),
     );
+    if phone {
+        caps["goog:chromeOptions"]["mobileEmulation"] = json!({
+            "deviceMetrics": { "width": width, "height": height, "pixelRatio": 1.0 },
+        });
+    }
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{port}"))

@@ -4,6 +4,7 @@
 
 mod browser;
 mod browser_portal;
+mod browser_reports;
 mod chaos;
 mod fleet;
 mod frames;
@@ -12,6 +13,7 @@ mod journal;
 mod operations;
 mod payments;
 mod portal;
+mod reports;
 mod rules;
 mod scenarios;
 mod security;

@@ -1210,6 +1210,8 @@ async fn every_page_is_served_with_a_policy_that_allows_its_own_script() {
         "/v/abc123".to_string(),
         "/me".to_string(),
         "/find".to_string(),
+        "/reports".to_string(),
+        "/tariffs".to_string(),
     ] {
         let r = reqwest::get(w.url(&path)).await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{path}");

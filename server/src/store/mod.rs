@@ -367,7 +367,62 @@ pub trait MoneyStore: Send + Sync {
     ) -> StoreResult<Vec<LedgerRow>>;
 }
 
+/// A half-open stretch of time `[lo, hi)`: a report's hour or day on the lot's wall clock,
+/// computed by the caller (time zones are not the database's business).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub lo: DateTime<Utc>,
+    pub hi: DateTime<Utc>,
+}
+
+/// What a report's money cell holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoneyKind {
+    /// Charges that succeeded (were collected) by this method.
+    Settled(ChargeMethod),
+    /// Charges let go by the money desk.
+    Waived,
+    /// Refunds that succeeded, by the method of the charge they give back.
+    Refunded(ChargeMethod),
+}
+
+/// The sum of one kind of money in one span (by index into the spans asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoneyCell {
+    pub span: usize,
+    pub kind: MoneyKind,
+    pub count: i64,
+    pub minor: i64,
+}
+
+/// Aggregates for reports: the database sums, the caller only shapes the answer. Every backend
+/// implements it beside [`Store`].
 #[async_trait]
+pub trait ReportStore: Send + Sync {
+    /// Per span, in the order given: the milliseconds cars spent inside the lot during it
+    /// (each stay's overlap with the span, summed; a car still inside counts until `now`).
+    async fn presence(
+        &self,
+        lot: &LotId,
+        spans: &[Span],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<i64>>;
+    /// Per span: what settled (by method), what was waived, and what was refunded.
+    async fn money_by_span(&self, lot: &LotId, spans: &[Span]) -> StoreResult<Vec<MoneyCell>>;
+    /// Stays that left during `span`, counted by length: bucket `i` holds the stays shorter
+    /// than `edges_ms[i]` and not shorter than `edges_ms[i - 1]`; the last, those at least
+    /// `edges_ms[last]` long. Returns `edges_ms.len() + 1` counts.
+    async fn stay_lengths(
+        &self,
+        lot: &LotId,
+        span: Span,
+        edges_ms: &[i64],
+    ) -> StoreResult<Vec<i64>>;
+    /// Per span, in the order given: the stays that began in it.
+    async fn entries(&self, lot: &LotId, spans: &[Span]) -> StoreResult<Vec<i64>>;
+}
+
+
 /// The driver portal: one-time codes, drivers' sign-ins, drivers by phone number. Every
 /// backend implements it beside [`Store`].
 #[async_trait]
@@ -401,7 +456,7 @@ pub trait PortalStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: MoneyStore + HistoryStore + PortalStore + Send + Sync + 'static {
+pub trait Store: MoneyStore + HistoryStore + PortalStore + ReportStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 

@@ -89,6 +89,24 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("domain values serialise to JSON")
 }
 
+/// `WITH b (lo, hi) AS (VALUES ($k, $k+1), ...)`: the spans of a report as a table, their
+/// placeholders numbered from `first`. Bind each span's `lo` and `hi` (milliseconds) in order.
+fn spans_table(first: usize, n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1))
+        .collect();
+    format!("WITH b (lo, hi) AS (VALUES {})", rows.join(", "))
+}
+
+/// The index of each span by its start, to put grouped rows back in the caller's order.
+fn span_index(spans: &[super::Span]) -> std::collections::HashMap<i64, usize> {
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (ms(s.lo), i))
+        .collect()
+}
+
 macro_rules! backend {
     ($store:ident, $db:ty, $row:ty) => {
         const _: () = {
@@ -2809,6 +2827,144 @@ macro_rules! backend {
                         });
                     }
                     Ok(rows)
+                }
+            }
+            #[async_trait]
+            impl ReportStore for $store {
+                async fn presence(&self, lot: &LotId, spans: &[Span], now: DateTime<Utc>) -> StoreResult<Vec<i64>> {
+                    let mut out = vec![0; spans.len()];
+                    if spans.is_empty() {
+                        return Ok(out);
+                    }
+                    // Overlap of [entry, exit or now) with [lo, hi): CASE instead of LEAST and
+                    // GREATEST, which SQLite does not have.
+                    let sql = format!(
+                        "{} SELECT b.lo AS lo, CAST(SUM( \
+                           (CASE WHEN COALESCE(s.exit_at, $2) < b.hi THEN COALESCE(s.exit_at, $2) ELSE b.hi END) \
+                         - (CASE WHEN s.entry_at > b.lo THEN s.entry_at ELSE b.lo END)) AS BIGINT) AS inside \
+                         FROM b JOIN sessions s ON s.entry_at < b.hi AND COALESCE(s.exit_at, $2) > b.lo \
+                         WHERE s.lot_id = $1 GROUP BY b.lo",
+                        spans_table(3, spans.len())
+                    );
+                    let mut q = sqlx::query(&sql).bind(lot.as_str()).bind(ms(now));
+                    for sp in spans {
+                        q = q.bind(ms(sp.lo)).bind(ms(sp.hi));
+                    }
+                    let index = span_index(spans);
+                    for r in q.fetch_all(&self.pool).await? {
+                        let lo: i64 = r.try_get("lo")?;
+                        if let Some(&i) = index.get(&lo) {
+                            out[i] = r.try_get("inside")?;
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn money_by_span(&self, lot: &LotId, spans: &[Span]) -> StoreResult<Vec<MoneyCell>> {
+                    let mut out = Vec::new();
+                    if spans.is_empty() {
+                        return Ok(out);
+                    }
+                    let index = span_index(spans);
+                    let method = |m: &str| ChargeMethod::parse(m).ok_or_else(|| StoreError::Corrupt(format!("charge method {m:?}")));
+                    let sql = format!(
+                        "{} SELECT b.lo AS lo, c.status AS status, c.method AS method, COUNT(*) AS n, \
+                         CAST(SUM(c.amount_minor) AS BIGINT) AS minor \
+                         FROM b JOIN charges c ON c.settled_at >= b.lo AND c.settled_at < b.hi \
+                         WHERE c.lot_id = $1 AND c.status IN ('succeeded', 'waived') \
+                         GROUP BY b.lo, c.status, c.method",
+                        spans_table(2, spans.len())
+                    );
+                    let mut q = sqlx::query(&sql).bind(lot.as_str());
+                    for sp in spans {
+                        q = q.bind(ms(sp.lo)).bind(ms(sp.hi));
+                    }
+                    for r in q.fetch_all(&self.pool).await? {
+                        let Some(&span) = index.get(&r.try_get::<i64, _>("lo")?) else { continue };
+                        let status: String = r.try_get("status")?;
+                        let parsed = ChargeStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("charge status {status:?}")))?;
+                        let kind = match parsed {
+                            ChargeStatus::Succeeded => MoneyKind::Settled(method(&r.try_get::<String, _>("method")?)?),
+                            ChargeStatus::Waived => MoneyKind::Waived,
+                            ChargeStatus::Pending
+                            | ChargeStatus::Submitted
+                            | ChargeStatus::Accepted
+                            | ChargeStatus::Failed
+                            | ChargeStatus::Arrears
+                            | ChargeStatus::AwaitingPayment => {
+                                return Err(StoreError::Corrupt(format!("charge status {status:?} among settled charges")))
+                            }
+                        };
+                        out.push(MoneyCell { span, kind, count: r.try_get("n")?, minor: r.try_get("minor")? });
+                    }
+                    let sql = format!(
+                        "{} SELECT b.lo AS lo, c.method AS method, COUNT(*) AS n, CAST(SUM(r.amount_minor) AS BIGINT) AS minor \
+                         FROM b JOIN refunds r ON r.settled_at >= b.lo AND r.settled_at < b.hi \
+                         JOIN charges c ON c.id = r.charge_id \
+                         WHERE c.lot_id = $1 AND r.status = 'succeeded' GROUP BY b.lo, c.method",
+                        spans_table(2, spans.len())
+                    );
+                    let mut q = sqlx::query(&sql).bind(lot.as_str());
+                    for sp in spans {
+                        q = q.bind(ms(sp.lo)).bind(ms(sp.hi));
+                    }
+                    for r in q.fetch_all(&self.pool).await? {
+                        let Some(&span) = index.get(&r.try_get::<i64, _>("lo")?) else { continue };
+                        out.push(MoneyCell {
+                            span,
+                            kind: MoneyKind::Refunded(method(&r.try_get::<String, _>("method")?)?),
+                            count: r.try_get("n")?,
+                            minor: r.try_get("minor")?,
+                        });
+                    }
+                    Ok(out)
+                }
+
+                async fn stay_lengths(&self, lot: &LotId, span: Span, edges_ms: &[i64]) -> StoreResult<Vec<i64>> {
+                    let mut out = vec![0; edges_ms.len() + 1];
+                    let cases: String = (0..edges_ms.len())
+                        .map(|i| format!("WHEN exit_at - entry_at < ${} THEN {i} ", i + 4))
+                        .collect();
+                    let sql = format!(
+                        "SELECT k, COUNT(*) AS n FROM (SELECT CASE {cases}ELSE {} END AS k FROM sessions \
+                         WHERE lot_id = $1 AND exit_at IS NOT NULL AND exit_at >= $2 AND exit_at < $3) t GROUP BY k",
+                        edges_ms.len()
+                    );
+                    let mut q = sqlx::query(&sql).bind(lot.as_str()).bind(ms(span.lo)).bind(ms(span.hi));
+                    for e in edges_ms {
+                        q = q.bind(*e);
+                    }
+                    for r in q.fetch_all(&self.pool).await? {
+                        // The bucket number is a literal of the CASE: INTEGER on both backends.
+                        let k: i32 = r.try_get("k")?;
+                        if let Some(slot) = usize::try_from(k).ok().and_then(|k| out.get_mut(k)) {
+                            *slot = r.try_get("n")?;
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn entries(&self, lot: &LotId, spans: &[Span]) -> StoreResult<Vec<i64>> {
+                    let mut out = vec![0; spans.len()];
+                    if spans.is_empty() {
+                        return Ok(out);
+                    }
+                    let sql = format!(
+                        "{} SELECT b.lo AS lo, COUNT(*) AS n FROM b JOIN sessions s ON s.entry_at >= b.lo AND s.entry_at < b.hi \
+                         WHERE s.lot_id = $1 GROUP BY b.lo",
+                        spans_table(2, spans.len())
+                    );
+                    let mut q = sqlx::query(&sql).bind(lot.as_str());
+                    for sp in spans {
+                        q = q.bind(ms(sp.lo)).bind(ms(sp.hi));
+                    }
+                    let index = span_index(spans);
+                    for r in q.fetch_all(&self.pool).await? {
+                        if let Some(&i) = index.get(&r.try_get::<i64, _>("lo")?) {
+                            out[i] = r.try_get("n")?;
+                        }
+                    }
+                    Ok(out)
                 }
             }
         };
