@@ -458,12 +458,13 @@ async fn history_on_a_phone_finds_a_stay_and_exports_what_it_shows() {
         clock.advance(chrono::Duration::minutes(20));
     }
     assert!(w.pass("out-1", "京A70022", WAIT).await.opened);
-    let Some(b) = browser(375, 667).await else {
+    let Some(b) = phone_browser(375, 667).await else {
         w.stop().await;
         return;
     };
     let c = &b.client;
     sign_in(&b, &w, Role::Operator).await;
+    assert_eq!(js(c, "return window.innerWidth;").await, json!(375), "a phone's width");
     assert_eq!(
         too_wide(c).await,
         Vec::<String>::new(),
@@ -696,6 +697,10 @@ async fn every_page_has_one_h1_labelled_controls_and_text_that_meets_aa_contrast
         ("/audit".to_string(), "#rows tr"),
         (format!("/pay/{open_stay}"), ".status"),
         (format!("/receipt/{sid}"), "dl"),
+        ("/reports".to_string(), "svg"),
+        ("/tariffs".to_string(), "form"),
+        ("/find".to_string(), "input"),
+        ("/me".to_string(), "input"),
         ("/login".to_string(), "#submit"),
     ] {
         for lang in ["en", "zh-CN"] {
