@@ -18,8 +18,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::scenarios::{sessions, world, WAIT};
 
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _driver: tokio::process::Child,
 }
 
@@ -34,7 +34,7 @@ fn which(names: &[&str]) -> Option<PathBuf> {
 
 /// A headless Chromium, or `None` (with a note) when this machine has none and the run does
 /// not require one.
-async fn browser(width: u32, height: u32) -> Option<Browser> {
+pub(crate) async fn browser(width: u32, height: u32) -> Option<Browser> {
     let required = std::env::var_os("PARKPAY_REQUIRE_BROWSER").is_some();
     let (Some(driver), Some(chromium)) = (
         which(&["chromedriver"]),
@@ -92,7 +92,7 @@ async fn browser(width: u32, height: u32) -> Option<Browser> {
 }
 
 /// Makes an account of `role` and signs it in on the dashboard.
-async fn sign_in(b: &Browser, w: &World, role: Role) {
+pub(crate) async fn sign_in(b: &Browser, w: &World, role: Role) {
     let name = format!("{}-{}", role, uuid::Uuid::new_v4().simple())[..20].to_string();
     let password = "correct horse battery staple";
     w.app()
