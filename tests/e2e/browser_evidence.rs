@@ -55,6 +55,24 @@ async fn an_operator_checks_a_correction_against_the_picture_and_the_exception_l
         (loaded == true).then_some(())
     })
     .await;
+    // On a phone the queue, thumbnail and all, is no wider than the screen.
+    c.set_window_size(375, 812).await.unwrap();
+    let overflow = run(
+        c,
+        "document.getElementById('exc').scrollIntoView(); \
+         var w = 0, who = ''; document.querySelectorAll('#exc, #exc *').forEach(function (e) { \
+           var r = e.getBoundingClientRect().right; if (r > w) { w = r; who = e.tagName + '.' + e.className; } }); \
+         return [w - document.documentElement.clientWidth, who];",
+        vec![],
+    )
+    .await;
+    let queue = c.screenshot().await.unwrap();
+    std::fs::write(std::env::temp_dir().join("exceptions-queue-phone.png"), queue).unwrap();
+    assert!(
+        overflow[0].as_f64().unwrap_or(f64::MAX) <= 0.0,
+        "the queue fits a phone's width: {overflow}"
+    );
+    c.set_window_size(1440, 900).await.unwrap();
     // Open the correction dialog of that row (read and click in one script).
     let opened = run(
         c,

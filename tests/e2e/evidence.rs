@@ -181,7 +181,7 @@ async fn hostile_uploads_are_dead_letters_and_nothing_is_kept() {
     publish_raw(&w, &topic, b"\x00\x01 not an envelope".to_vec()).await;
     // A picture for a passage that names another picture.
     let mut other = good.clone();
-    let other_image = [&image[..], b"trailing bytes"].concat();
+    let other_image = [&image[..], &b"trailing bytes"[..]].concat();
     other.digest = digest(&other_image);
     other.image = base64::engine::general_purpose::STANDARD.encode(&other_image);
     let _ = exception_of(&w, &ev).await; // the passage is stored first
@@ -492,6 +492,17 @@ async fn an_exception_is_assigned_to_someone_who_may_correct_plates_there() {
     // Others' queues are not hers: the admin's own filter is empty.
     let admins = w.get_json("/api/exceptions?open=true&mine=true").await;
     assert_eq!(admins.as_array().unwrap().len(), 0, "{admins}");
+    // Resolved, it is nobody's to take any more.
+    let r = w
+        .client
+        .post(w.url(&format!("/api/exceptions/{}/dismiss", x["id"].as_str().unwrap())))
+        .json(&json!({"reason": "the car turned back"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = w.client.post(assign).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 409);
     let audit = w.get_json("/api/audit?limit=1000").await;
     assert!(audit.as_array().unwrap().iter().any(|a| a["action"]
         == "exception.assigned"
