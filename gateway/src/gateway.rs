@@ -1005,7 +1005,11 @@ impl Shell {
             return;
         }
         let Some(format) = image_format(image) else {
-            return self.reject("evidence_format", &event.lane.to_string(), "neither JPEG nor PNG");
+            return self.reject(
+                "evidence_format",
+                &event.lane.to_string(),
+                "neither JPEG nor PNG",
+            );
         };
         if image.len() > MAX_EVIDENCE_IMAGE {
             return self.reject(

@@ -44,9 +44,10 @@ impl App {
             .await?
             .ok_or_else(|| AppError::NotFound(format!("exception {exception_id}")))?;
         if to != actor {
-            let (account, _) = self.store.account_by_name(to).await?.ok_or_else(|| {
-                AppError::Unprocessable(format!("there is no account {to:?}"))
-            })?;
+            let (account, _) =
+                self.store.account_by_name(to).await?.ok_or_else(|| {
+                    AppError::Unprocessable(format!("there is no account {to:?}"))
+                })?;
             let allowed = account.disabled_at.is_none()
                 && crate::auth::allows(account.grant.role, crate::auth::Action::CorrectPlates)
                 && account.grant.covers(&x.lot);

@@ -1929,7 +1929,10 @@ async fn exceptions(
     if let Some(lot) = &lot {
         require_on(&me, Action::View, lot)?;
     }
-    let (open, limit) = (q.open.unwrap_or(false), q.limit.unwrap_or(100).clamp(1, 100_000));
+    let (open, limit) = (
+        q.open.unwrap_or(false),
+        q.limit.unwrap_or(100).clamp(1, 100_000),
+    );
     let list = if q.mine {
         ctx.app
             .store

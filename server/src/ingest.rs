@@ -288,7 +288,12 @@ async fn evidence(app: &App, p: &Publish, lot: &LotId, lane: &LaneId) -> Result<
             ),
         ));
     }
-    let bad = |why: String| ("invalid_image", format!("evidence of event {}: {why}", ev.event_id));
+    let bad = |why: String| {
+        (
+            "invalid_image",
+            format!("evidence of event {}: {why}", ev.event_id),
+        )
+    };
     let image = base64::engine::general_purpose::STANDARD
         .decode(ev.image.as_bytes())
         .map_err(|e| bad(format!("image is not base64: {e}")))?;
@@ -322,10 +327,7 @@ async fn evidence(app: &App, p: &Publish, lot: &LotId, lane: &LaneId) -> Result<
         if named.is_some_and(|n| !n.eq_ignore_ascii_case(&digest)) {
             return Err((
                 "evidence_mismatch",
-                format!(
-                    "event {} names another picture than this one",
-                    ev.event_id
-                ),
+                format!("event {} names another picture than this one", ev.event_id),
             ));
         }
     }

@@ -67,7 +67,11 @@ async fn an_operator_checks_a_correction_against_the_picture_and_the_exception_l
     )
     .await;
     let queue = c.screenshot().await.unwrap();
-    std::fs::write(std::env::temp_dir().join("exceptions-queue-phone.png"), queue).unwrap();
+    std::fs::write(
+        std::env::temp_dir().join("exceptions-queue-phone.png"),
+        queue,
+    )
+    .unwrap();
     assert!(
         overflow[0].as_f64().unwrap_or(f64::MAX) <= 0.0,
         "the queue fits a phone's width: {overflow}"
@@ -115,10 +119,21 @@ async fn an_operator_checks_a_correction_against_the_picture_and_the_exception_l
     .await;
     let stay = sessions(&w, plate).await[0].clone();
     assert_eq!(stay["status"], "open", "checking changed nothing");
-    assert!(preview.contains("in ") && preview.contains("entered"), "{preview}");
+    assert!(
+        preview.contains("in ") && preview.contains("entered"),
+        "{preview}"
+    );
     assert!(preview.contains("deduction mandate"), "{preview}");
-    assert!(preview.contains("Mandate") || preview.contains("mandate"), "{preview}");
-    let button = run(c, "return document.getElementById('fix-submit').textContent;", vec![]).await;
+    assert!(
+        preview.contains("Mandate") || preview.contains("mandate"),
+        "{preview}"
+    );
+    let button = run(
+        c,
+        "return document.getElementById('fix-submit').textContent;",
+        vec![],
+    )
+    .await;
     assert_eq!(button, "Confirm correction");
 
     // Desktop screenshot for the docs, then a phone-sized look at the same dialog.

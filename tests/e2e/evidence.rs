@@ -50,7 +50,13 @@ pub(crate) async fn upload(w: &World, e: &Evidence) {
 
 /// An exit the gateway read poorly (or not at all), with the digest of its picture; published.
 pub(crate) async fn held_exit(w: &World, plate: Option<&str>, image: &[u8]) -> PassageEvent {
-    let mut ev = raw_event(w, "out-1", Direction::Exit, plate.unwrap_or("京A00000"), w.now());
+    let mut ev = raw_event(
+        w,
+        "out-1",
+        Direction::Exit,
+        plate.unwrap_or("京A00000"),
+        w.now(),
+    );
     match plate {
         Some(_) => {
             ev.quality = ReadQuality::LowConfidence;
@@ -131,8 +137,17 @@ async fn a_picture_is_kept_with_its_passage_and_shown_only_in_its_lot() {
     })
     .await;
     assert_eq!(
-        got.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap(),
+        got.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap(),
         "image/jpeg"
+    );
+    assert_eq!(
+        got.headers()[reqwest::header::CACHE_CONTROL]
+            .to_str()
+            .unwrap(),
+        "private, max-age=300",
+        "personal data stays out of shared caches"
     );
     assert_eq!(got.bytes().await.unwrap().to_vec(), image, "the same file");
     let x = exception_of(&w, &ev).await;
@@ -141,17 +156,34 @@ async fn a_picture_is_kept_with_its_passage_and_shown_only_in_its_lot() {
     let url = picture_url(&w, &ev);
     assert_eq!(status_of(&reqwest::Client::new(), url.clone()).await, 401);
     let viewer = client_as(&w, Role::Viewer, Some(vec![w.lot.to_string()])).await;
-    assert_eq!(status_of(&viewer, url.clone()).await, 200, "a viewer of the lot");
+    assert_eq!(
+        status_of(&viewer, url.clone()).await,
+        200,
+        "a viewer of the lot"
+    );
     let stranger = client_as(&w, Role::Operator, Some(vec!["another-lot".into()])).await;
     assert_eq!(
         status_of(&stranger, url.clone()).await,
         404,
         "another lot's operator learns nothing"
     );
-    // A redelivery changes nothing; a passage without a picture has none.
-    upload(&w, &evidence_of(&ev, &image)).await;
+    // A passage without a picture has none. A picture may come before its passage; a second
+    // one for the same passage changes nothing.
     let other = raw_event(&w, "out-2", Direction::Exit, "京A12399", w.now());
     assert_eq!(status_of(&w.client, picture_url(&w, &other)).await, 404);
+    upload(&w, &evidence_of(&other, &image)).await;
+    let second = [&image[..], &b"another"[..]].concat();
+    upload(&w, &evidence_of(&other, &second)).await;
+    eventually("the early picture", WAIT, || async {
+        (status_of(&w.client, picture_url(&w, &other)).await == 200).then_some(())
+    })
+    .await;
+    let kept = w.client.get(picture_url(&w, &other)).send().await.unwrap();
+    assert_eq!(
+        kept.bytes().await.unwrap().to_vec(),
+        image,
+        "the first one stays"
+    );
     w.stop().await;
 }
 
@@ -170,10 +202,20 @@ async fn hostile_uploads_are_dead_letters_and_nothing_is_kept() {
     let mut garbage = good.clone();
     garbage.image = base64::engine::general_purpose::STANDARD.encode(b"<html>not a picture</html>");
     garbage.digest = digest(b"<html>not a picture</html>");
-    publish_raw(&w, &topic, encode(&garbage, w.now(), w.gateway_key.as_deref())).await;
+    publish_raw(
+        &w,
+        &topic,
+        encode(&garbage, w.now(), w.gateway_key.as_deref()),
+    )
+    .await;
     let mut swapped = good.clone();
     swapped.digest = digest(b"another picture");
-    publish_raw(&w, &topic, encode(&swapped, w.now(), w.gateway_key.as_deref())).await;
+    publish_raw(
+        &w,
+        &topic,
+        encode(&swapped, w.now(), w.gateway_key.as_deref()),
+    )
+    .await;
     // Too large, and not even JSON.
     let mut huge = good.clone();
     huge.image = "A".repeat(600 * 1024);
@@ -185,7 +227,12 @@ async fn hostile_uploads_are_dead_letters_and_nothing_is_kept() {
     other.digest = digest(&other_image);
     other.image = base64::engine::general_purpose::STANDARD.encode(&other_image);
     let _ = exception_of(&w, &ev).await; // the passage is stored first
-    publish_raw(&w, &topic, encode(&other, w.now(), w.gateway_key.as_deref())).await;
+    publish_raw(
+        &w,
+        &topic,
+        encode(&other, w.now(), w.gateway_key.as_deref()),
+    )
+    .await;
 
     for (reason, n) in [
         ("bad_signature", 1),
@@ -250,7 +297,11 @@ async fn pictures_past_their_retention_are_purged() {
     .await;
     clock.advance(chrono::Duration::days(11));
     let retention = parkpay_server::ServerConfig::default().evidence.retention();
-    assert_eq!(retention, chrono::Duration::days(30), "the documented default");
+    assert_eq!(
+        retention,
+        chrono::Duration::days(30),
+        "the documented default"
+    );
     let gone = w.app().purge_evidence(retention).await.unwrap();
     assert_eq!(gone, 1, "only the picture older than 30 days");
     assert_eq!(status_of(&w.client, picture_url(&w, &old)).await, 404);
@@ -297,7 +348,11 @@ async fn a_correction_that_matches_no_stay_is_refused_until_confirmed_against_th
     }
     assert_eq!(no_entry_for("XYZ").await, 0, "no exception was invented");
     let still = exception_of(&w, &ev).await;
-    assert_eq!(still["resolved_at"], Value::Null, "the exception stays open");
+    assert_eq!(
+        still["resolved_at"],
+        Value::Null,
+        "the exception stays open"
+    );
     // A plate must still be a plate, confirmed or not.
     let r = w
         .client
@@ -320,7 +375,10 @@ async fn a_correction_that_matches_no_stay_is_refused_until_confirmed_against_th
         .await
         .unwrap();
     assert_eq!(p["needs_confirmation"], true, "{p}");
-    assert_eq!((p["action"].as_str(), p["reason"].as_str()), (Some("hold"), Some("no_entry")));
+    assert_eq!(
+        (p["action"].as_str(), p["reason"].as_str()),
+        (Some("hold"), Some("no_entry"))
+    );
     assert_eq!(p["stay"], Value::Null);
     assert_eq!(p["has_evidence"], false, "no picture was uploaded here");
 
@@ -334,15 +392,21 @@ async fn a_correction_that_matches_no_stay_is_refused_until_confirmed_against_th
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let d: Value = r.json().await.unwrap();
-    assert_eq!((d["action"].as_str(), d["reason"].as_str()), (Some("hold"), Some("no_entry")));
+    assert_eq!(
+        (d["action"].as_str(), d["reason"].as_str()),
+        (Some("hold"), Some("no_entry"))
+    );
     let audit = w.get_json("/api/audit?limit=1000").await;
     assert!(
-        audit.as_array().unwrap().iter().any(|a| a["action"]
-            == "exception.plate_corrected"
-            && a["detail"]
-                .as_str()
-                .unwrap()
-                .contains("confirmed against the picture")),
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "exception.plate_corrected"
+                && a["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("confirmed against the picture")),
         "{audit}"
     );
     w.stop().await;
@@ -399,7 +463,11 @@ async fn the_preview_tells_what_the_correction_then_does() {
     assert_eq!(d["action"], p["action"]);
     assert_eq!(d["reason"], p["reason"]);
     assert_eq!(d["session_id"], p["stay"]["id"]);
-    assert_eq!(d["fee"]["minor"].as_i64(), Some(fee), "charged what was shown");
+    assert_eq!(
+        d["fee"]["minor"].as_i64(),
+        Some(fee),
+        "charged what was shown"
+    );
     let closed = sessions(&w, "苏AB1234").await[0].clone();
     assert_eq!(closed["status"], "closed");
     assert_eq!(closed["fee"]["minor"].as_i64(), Some(fee));
@@ -412,7 +480,10 @@ async fn an_exception_is_assigned_to_someone_who_may_correct_plates_there() {
     let image = blank_jpeg();
     let ev = held_exit(&w, None, &image).await;
     let x = exception_of(&w, &ev).await;
-    let assign = w.url(&format!("/api/exceptions/{}/assign", x["id"].as_str().unwrap()));
+    let assign = w.url(&format!(
+        "/api/exceptions/{}/assign",
+        x["id"].as_str().unwrap()
+    ));
     let lot = w.lot.to_string();
     for (name, role, lots) in [
         ("olga", "operator", json!([lot])),
@@ -436,7 +507,11 @@ async fn an_exception_is_assigned_to_someone_who_may_correct_plates_there() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status().as_u16(), 422, "{nobody} may not correct plates here");
+        assert_eq!(
+            r.status().as_u16(),
+            422,
+            "{nobody} may not correct plates here"
+        );
     }
     let viewer = client_as(&w, Role::Viewer, None).await;
     let r = viewer
@@ -495,7 +570,10 @@ async fn an_exception_is_assigned_to_someone_who_may_correct_plates_there() {
     // Resolved, it is nobody's to take any more.
     let r = w
         .client
-        .post(w.url(&format!("/api/exceptions/{}/dismiss", x["id"].as_str().unwrap())))
+        .post(w.url(&format!(
+            "/api/exceptions/{}/dismiss",
+            x["id"].as_str().unwrap()
+        )))
         .json(&json!({"reason": "the car turned back"}))
         .send()
         .await
@@ -504,10 +582,13 @@ async fn an_exception_is_assigned_to_someone_who_may_correct_plates_there() {
     let r = w.client.post(assign).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 409);
     let audit = w.get_json("/api/audit?limit=1000").await;
-    assert!(audit.as_array().unwrap().iter().any(|a| a["action"]
-        == "exception.assigned"
-        && a["actor"] == "token:tests"
-        && a["detail"] == "assigned to olga"));
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["action"] == "exception.assigned"
+            && a["actor"] == "token:tests"
+            && a["detail"] == "assigned to olga"));
     w.stop().await;
 }
 
