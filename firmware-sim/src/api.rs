@@ -262,15 +262,17 @@ impl Api {
         self.call(Method::GET, "/api/exceptions", &q, None).await
     }
 
-    /// An attendant reads the plate off the evidence and corrects the passage; with `session`,
-    /// also says which open stay (whose entry was misread) this car is.
+    /// An attendant reads the plate off the car itself and corrects the passage; with `session`,
+    /// also says which open stay (whose entry was misread) this car is. Having looked at the car,
+    /// the attendant confirms the correction even when it settles nothing (an exit whose entry
+    /// was never recorded).
     pub async fn correct_plate(
         &self,
         exception: Uuid,
         plate: &str,
         session: Option<Uuid>,
     ) -> Result<(), SimError> {
-        let body = serde_json::json!({ "plate": plate, "session": session });
+        let body = serde_json::json!({ "plate": plate, "session": session, "confirmed": true });
         let path = format!("/api/exceptions/{exception}/correct");
         self.call::<serde_json::Value>(Method::POST, &path, &[], Some(body))
             .await

@@ -6,6 +6,7 @@
 //! been read.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -21,6 +22,8 @@ pub enum FrameRead {
         candidates: Vec<PlateCandidate>,
         /// SHA-256 (hex) of the frame's encoded image.
         digest: String,
+        /// The encoded image itself, kept for the best frame as the passage's evidence.
+        image: Arc<Vec<u8>>,
     },
     /// The frame could not be decoded: it votes for nothing, rather than for "no plate".
     Unreadable,
@@ -33,6 +36,8 @@ pub struct CompletedBurst {
     pub frames: Vec<Vec<PlateCandidate>>,
     /// The digest of the frame with the most confident read, as the passage's evidence.
     pub evidence_digest: Option<String>,
+    /// That frame's encoded image.
+    pub evidence_image: Option<Arc<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -43,7 +48,7 @@ struct Burst {
     last_arrival: Instant,
     captured_at: DateTime<Utc>,
     frames: Vec<Vec<PlateCandidate>>,
-    best: Option<(f32, String)>,
+    best: Option<(f32, String, Arc<Vec<u8>>)>,
 }
 
 /// Completed keys remembered so a straggler frame does not start a second passage.
@@ -109,10 +114,15 @@ impl BurstCollector {
     pub fn read(&mut self, key: &BurstKey, result: FrameRead) -> Option<CompletedBurst> {
         let b = self.open.get_mut(key)?;
         b.done += 1;
-        if let FrameRead::Read { candidates, digest } = result {
+        if let FrameRead::Read {
+            candidates,
+            digest,
+            image,
+        } = result
+        {
             let top = candidates.first().map_or(0.0, |c| c.confidence);
-            if b.best.as_ref().is_none_or(|(conf, _)| top > *conf) {
-                b.best = Some((top, digest));
+            if b.best.as_ref().is_none_or(|(conf, _, _)| top > *conf) {
+                b.best = Some((top, digest, image));
             }
             b.frames.push(candidates);
         }
@@ -147,7 +157,8 @@ impl BurstCollector {
             key: key.clone(),
             captured_at: b.captured_at,
             frames: b.frames,
-            evidence_digest: b.best.map(|(_, d)| d),
+            evidence_digest: b.best.as_ref().map(|(_, d, _)| d.clone()),
+            evidence_image: b.best.map(|(_, _, i)| i),
         })
     }
 }
@@ -169,6 +180,7 @@ mod tests {
                 colour: PlateColour::Blue,
             }],
             digest: digest.into(),
+            image: Arc::new(digest.as_bytes().to_vec()),
         }
     }
 
@@ -192,6 +204,11 @@ mod tests {
         assert_eq!(done.frames.len(), 2);
         assert_eq!(done.captured_at, t(0));
         assert_eq!(done.evidence_digest.as_deref(), Some("d0"));
+        assert_eq!(
+            done.evidence_image.as_deref().map(Vec::as_slice),
+            Some(&b"d0"[..]),
+            "the best frame's image goes with its digest"
+        );
         assert_eq!(
             c.arrive(key(1), 2, 2, t(0), m),
             Arrival::Ignore,

@@ -16,8 +16,9 @@ use image::DynamicImage;
 use parkpay_protocol::envelope::Message;
 use parkpay_protocol::topics::filters;
 use parkpay_protocol::{
-    decode, encode, Allowlist, BarrierStateReport, Clock, Decision, DeviceId, Frame, GatewayStatus,
-    LaneId, LoopEvent, Opened, OperatorCommand, PassageEvent, PlateCandidate, PlateRead, Topic,
+    decode, encode, image_format, Allowlist, BarrierStateReport, Clock, Decision, DeviceId,
+    Evidence, Frame, GatewayStatus, LaneId, LoopEvent, Opened, OperatorCommand, PassageEvent,
+    PlateCandidate, PlateRead, ReadQuality, Topic, MAX_EVIDENCE_IMAGE,
 };
 use rand::Rng;
 use rumqttc::{AsyncClient, LastWill, Publish, QoS, SubscribeFilter};
@@ -89,6 +90,8 @@ pub struct Counters {
     pub connects: u64,
     /// Plates in the allowlist the offline policy currently uses.
     pub allowlist_plates: u64,
+    /// Pictures of passages the gateway would not vouch for, sent to the server.
+    pub evidence_published: u64,
     /// Rejected incoming messages by reason (`malformed`, `bad_image`, `unknown_device`, ...).
     pub rejected: BTreeMap<String, u64>,
 }
@@ -107,6 +110,7 @@ struct Stats {
     journal_corrupt: AtomicU64,
     connects: AtomicU64,
     allowlist_plates: AtomicU64,
+    evidence_published: AtomicU64,
     rejected: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -136,6 +140,7 @@ impl Stats {
             journal_corrupt: get(&self.journal_corrupt),
             connects: get(&self.connects),
             allowlist_plates: get(&self.allowlist_plates),
+            evidence_published: get(&self.evidence_published),
             rejected: self
                 .rejected
                 .lock()
@@ -416,6 +421,9 @@ struct Shell {
     commands_seen: HashMap<uuid::Uuid, chrono::DateTime<chrono::Utc>>,
     /// The version of the allowlist in force: an older one (a replay) is refused.
     allowlist_version: i64,
+    /// The best frame of the burst being turned into a passage (its digest and image), for
+    /// [`Shell::emit`] to send as evidence when the passage is not confident.
+    evidence: Option<(String, Arc<Vec<u8>>)>,
 }
 
 impl Shell {
@@ -441,6 +449,7 @@ impl Shell {
             by_lane: HashMap::new(),
             commands_seen: HashMap::new(),
             allowlist_version: i64::MIN,
+            evidence: None,
             config,
             clock,
             reader,
@@ -772,6 +781,7 @@ impl Shell {
             | Topic::BarrierCommand(_)
             | Topic::DeviceStatus(_)
             | Topic::Events(..)
+            | Topic::Evidence(..)
             | Topic::Acks(..)
             | Topic::LaneState(..)
             | Topic::GatewayStatus(..) => self.reject(
@@ -880,12 +890,15 @@ impl Shell {
     }
 
     async fn on_burst(&mut self, lane: usize, burst: CompletedBurst) {
+        self.evidence = burst.evidence_digest.clone().zip(burst.evidence_image);
         let input = Input::Reads {
             captured_at: burst.captured_at,
             frames: burst.frames.into_iter().map(sanitise).collect(),
             evidence_digest: burst.evidence_digest,
         };
         self.feed(lane, input).await;
+        // A suppressed duplicate emitted nothing: its picture goes nowhere.
+        self.evidence = None;
     }
 
     async fn on_tick(&mut self) {
@@ -977,6 +990,48 @@ impl Shell {
         }
         // Until its decision arrives; also when queueing failed, which the resend then repairs.
         self.resends.sent(event.event_id, Instant::now(), unit());
+        if let Some((digest, image)) = self.evidence.take() {
+            self.send_evidence(&event, digest, &image).await;
+        }
+    }
+
+    /// Sends the picture of a passage this gateway would not vouch for (no read, a low
+    /// confidence or a contested vote), after the passage itself, so an attendant can check the
+    /// plate against the car. A confident passage sends none: nobody needs to look at it.
+    async fn send_evidence(&self, event: &PassageEvent, digest: String, image: &[u8]) {
+        if event.quality == ReadQuality::Confident
+            || event.evidence_digest.as_deref() != Some(digest.as_str())
+        {
+            return;
+        }
+        let Some(format) = image_format(image) else {
+            return self.reject(
+                "evidence_format",
+                &event.lane.to_string(),
+                "neither JPEG nor PNG",
+            );
+        };
+        if image.len() > MAX_EVIDENCE_IMAGE {
+            return self.reject(
+                "evidence_too_large",
+                &event.lane.to_string(),
+                "the frame is larger than an evidence picture may be",
+            );
+        }
+        let evidence = Evidence {
+            event_id: event.event_id,
+            lot: event.lot.clone(),
+            lane: event.lane.clone(),
+            gateway: event.gateway.clone(),
+            captured_at: event.captured_at,
+            format: format.to_string(),
+            digest,
+            image: base64::engine::general_purpose::STANDARD.encode(image),
+        };
+        let topic = Topic::Evidence(event.lot.clone(), event.lane.clone());
+        if self.publish(topic, &evidence, false).await {
+            bump(&self.stats.evidence_published);
+        }
     }
 }
 
@@ -1004,6 +1059,7 @@ fn read_frame(
             FrameRead::Read {
                 candidates: reader.read(&img, roi),
                 digest: hex::encode(Sha256::digest(bytes)),
+                image: Arc::new(bytes.to_vec()),
             },
             None,
         ),

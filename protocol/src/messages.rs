@@ -81,6 +81,47 @@ impl Message for PassageEvent {
     const KIND: &'static str = "passage";
 }
 
+/// The picture of a passage the gateway would not vouch for (no read, a low-confidence read, or
+/// frames that disagree), so an attendant can check the plate against the car. Gateway ->
+/// server, QoS 1, signed like the passage it belongs to; see `docs/mqtt.md`, `evidence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The passage event this picture is the evidence of.
+    pub event_id: EventId,
+    pub lot: LotId,
+    pub lane: LaneId,
+    pub gateway: GatewayId,
+    pub captured_at: DateTime<Utc>,
+    /// `jpeg` or `png`.
+    pub format: String,
+    /// SHA-256 (hex) of the image bytes: the passage's `evidence_digest`.
+    pub digest: String,
+    /// The image file, base64 (standard alphabet, padded).
+    pub image: String,
+}
+
+impl Message for Evidence {
+    const KIND: &'static str = "evidence";
+}
+
+/// The largest `evidence` payload (the whole envelope) a server takes.
+pub const MAX_EVIDENCE_PAYLOAD: usize = 512 * 1024;
+
+/// The largest evidence image (the file, before base64) a gateway sends: its base64 text and
+/// the envelope stay within [`MAX_EVIDENCE_PAYLOAD`].
+pub const MAX_EVIDENCE_IMAGE: usize = 368 * 1024;
+
+/// The image format of a picture by its first bytes: `jpeg`, `png`, or `None`.
+pub fn image_format(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("jpeg")
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("png")
+    } else {
+        None
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BarrierAction {

@@ -5,6 +5,7 @@
 //! parkpay/v1/hw/{device}/barrier/cmd | display         gateway  -> hardware
 //! parkpay/v1/hw/{device}/barrier/state | status        hardware -> gateway
 //! parkpay/v1/lots/{lot}/lanes/{lane}/events            gateway  -> server
+//! parkpay/v1/lots/{lot}/lanes/{lane}/evidence          gateway  -> server
 //! parkpay/v1/lots/{lot}/lanes/{lane}/decisions         server   -> gateway
 //! parkpay/v1/lots/{lot}/lanes/{lane}/commands          server   -> gateway
 //! parkpay/v1/lots/{lot}/lanes/{lane}/acks              gateway  -> server
@@ -31,6 +32,8 @@ pub enum Topic {
     BarrierState(DeviceId),
     DeviceStatus(DeviceId),
     Events(LotId, LaneId),
+    /// The picture of a passage the gateway would not vouch for.
+    Evidence(LotId, LaneId),
     Decisions(LotId, LaneId),
     Commands(LotId, LaneId),
     Acks(LotId, LaneId),
@@ -69,6 +72,7 @@ impl Topic {
                 let (lot, lane) = (LotId::parse(*lot)?, LaneId::parse(*lane)?);
                 match *leaf {
                     "events" => Topic::Events(lot, lane),
+                    "evidence" => Topic::Evidence(lot, lane),
                     "decisions" => Topic::Decisions(lot, lane),
                     "commands" => Topic::Commands(lot, lane),
                     "acks" => Topic::Acks(lot, lane),
@@ -100,6 +104,7 @@ impl fmt::Display for Topic {
             Topic::Display(d) => write!(f, "{ROOT}/hw/{d}/display"),
             Topic::DeviceStatus(d) => write!(f, "{ROOT}/hw/{d}/status"),
             Topic::Events(l, n) => write!(f, "{ROOT}/lots/{l}/lanes/{n}/events"),
+            Topic::Evidence(l, n) => write!(f, "{ROOT}/lots/{l}/lanes/{n}/evidence"),
             Topic::Decisions(l, n) => write!(f, "{ROOT}/lots/{l}/lanes/{n}/decisions"),
             Topic::Commands(l, n) => write!(f, "{ROOT}/lots/{l}/lanes/{n}/commands"),
             Topic::Acks(l, n) => write!(f, "{ROOT}/lots/{l}/lanes/{n}/acks"),
@@ -117,6 +122,16 @@ pub mod filters {
     /// Passage events of one lot (`Some`) or of every lot (`None`).
     pub fn events(lot: Option<&str>, shared: bool) -> String {
         let f = format!("{ROOT}/lots/{}/lanes/+/events", lot.unwrap_or("+"));
+        if shared {
+            format!("$share/{SHARE_GROUP}/{f}")
+        } else {
+            f
+        }
+    }
+
+    /// Evidence pictures of one lot (`Some`) or of every lot (`None`); shared like events.
+    pub fn evidence(lot: Option<&str>, shared: bool) -> String {
+        let f = format!("{ROOT}/lots/{}/lanes/+/evidence", lot.unwrap_or("+"));
         if shared {
             format!("$share/{SHARE_GROUP}/{f}")
         } else {
@@ -176,7 +191,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_topic_round_trips(a in "[a-z0-9_-]{1,12}", b in "[A-Z0-9-]{1,12}", k in 0usize..14) {
+        fn every_topic_round_trips(a in "[a-z0-9_-]{1,12}", b in "[A-Z0-9-]{1,12}", k in 0usize..15) {
             let d = DeviceId::parse(a.clone()).unwrap();
             let (lot, lane, gw) = (LotId::parse(a.clone()).unwrap(), LaneId::parse(b.clone()).unwrap(), GatewayId::parse(b).unwrap());
             let t = [
@@ -185,7 +200,8 @@ mod tests {
                 Topic::DeviceStatus(d), Topic::Events(lot.clone(), lane.clone()),
                 Topic::Decisions(lot.clone(), lane.clone()), Topic::Commands(lot.clone(), lane.clone()),
                 Topic::Acks(lot.clone(), lane.clone()), Topic::LaneState(lot.clone(), lane),
-                Topic::GatewayStatus(lot.clone(), gw.clone()), Topic::Allowlist(lot, gw),
+                Topic::GatewayStatus(lot.clone(), gw.clone()), Topic::Allowlist(lot.clone(), gw),
+                Topic::Evidence(lot, LaneId::parse("x").unwrap()),
             ][k].clone();
             prop_assert_eq!(Topic::parse(&t.to_string()).unwrap(), t);
         }

@@ -157,6 +157,44 @@ impl Published {
     }
 }
 
+/// A plate correction as it would be decided now, before anything is written.
+#[derive(Debug, Clone)]
+pub struct PlannedCorrection {
+    pub exception: ExceptionRecord,
+    pub plate: Plate,
+    /// The passage as corrected, under the new event id it would be decided as.
+    pub event: PassageEvent,
+    /// The held passage's own event id.
+    pub original: parkpay_protocol::EventId,
+    pub plan: Plan,
+}
+
+impl PlannedCorrection {
+    /// Why this correction must first be confirmed against the picture, if it must: its plate
+    /// fits no national layout, or it is an exit that would close no open stay (so it would
+    /// settle nothing and only hold the car again).
+    pub fn needs_confirmation(&self) -> Option<String> {
+        let plate = self.plate.as_str();
+        if self.plate.region() == parkpay_protocol::Region::Generic {
+            return Some(format!(
+                "{plate} fits no national plate layout; check it against the picture and \
+                 confirm the correction (\"confirmed\": true)"
+            ));
+        }
+        let closes = matches!(self.plan.effect, Effect::Close { .. });
+        if self.event.direction == Direction::Exit && !closes {
+            return Some(format!(
+                "no open stay in lot {} matches {plate}: the car would be held again ({}); \
+                 check the plate against the picture and confirm the correction \
+                 (\"confirmed\": true)",
+                self.event.lot,
+                reason_label(self.plan.reason)
+            ));
+        }
+        None
+    }
+}
+
 /// Writes that ride along with a passage in its transaction.
 #[derive(Default)]
 pub(crate) struct Extra {
@@ -815,16 +853,80 @@ impl App {
     /// whose entry was misread. Only a look-alike of the corrected plate may be named (the
     /// exception lists them); the stay is then recorded under the corrected plate and charged to
     /// that plate's owner, never to whoever owned the misread one.
+    ///
+    /// A correction that would settle nothing (an exit that matches no open stay, which would
+    /// only be held again as `no_entry`) or whose plate fits no national layout is refused
+    /// (`Conflict`) unless the operator `confirmed` it against the picture: see
+    /// [`PlannedCorrection::needs_confirmation`].
     pub async fn correct_plate(
         &self,
         exception_id: Uuid,
         plate: &str,
         session: Option<Uuid>,
+        confirmed: bool,
         operator: &str,
     ) -> AppResult<Decision> {
         if operator.trim().is_empty() {
             return Err(AppError::BadRequest("operator is required".into()));
         }
+        let planned = self.plan_correction(exception_id, plate, session).await?;
+        if !confirmed {
+            if let Some(why) = planned.needs_confirmation() {
+                return Err(AppError::Conflict(why));
+            }
+        }
+        let PlannedCorrection {
+            plate,
+            event: ev,
+            original,
+            ..
+        } = planned;
+        let corrected = String::from_utf8_lossy(&encode(&ev, self.clock.now(), None)).into_owned();
+        let checked = if confirmed {
+            ", confirmed against the picture"
+        } else {
+            ""
+        };
+        let extra = Extra {
+            resolves: Some((
+                exception_id,
+                format!("plate corrected to {} by {operator}", plate.as_str()),
+            )),
+            audit: vec![self.audit(
+                operator,
+                "exception.plate_corrected",
+                format!("exception {exception_id}"),
+                match session {
+                    Some(sid) => format!(
+                        "event {original} read as {}, matched to session {sid}{checked}; decided again as event {}",
+                        plate.as_str(),
+                        ev.event_id
+                    ),
+                    None => format!(
+                        "event {original} read as {}{checked}; decided again as event {}",
+                        plate.as_str(),
+                        ev.event_id
+                    ),
+                },
+            )],
+            time_checked: true,
+            session,
+            ..Extra::default()
+        };
+        let d = self.passage(&ev, &corrected, Instant::now(), extra).await?;
+        self.live.send(LiveEvent::superseded(original, &d));
+        Ok(d)
+    }
+
+    /// What correcting the plate of an exception's passage would do, decided exactly as the
+    /// correction itself decides it, without writing anything: the preview an operator checks
+    /// against the picture before confirming.
+    pub async fn plan_correction(
+        &self,
+        exception_id: Uuid,
+        plate: &str,
+        session: Option<Uuid>,
+    ) -> AppResult<PlannedCorrection> {
         let plate = Plate::parse(plate).map_err(|e| AppError::Unprocessable(e.to_string()))?;
         let x = self
             .store
@@ -882,36 +984,20 @@ impl App {
             colour: ev.candidates.first().map(|c| c.colour).unwrap_or_default(),
         }];
         ev.quality = ReadQuality::Confident;
-        let corrected = String::from_utf8_lossy(&encode(&ev, self.clock.now(), None)).into_owned();
-        let extra = Extra {
-            resolves: Some((
-                exception_id,
-                format!("plate corrected to {} by {operator}", plate.as_str()),
-            )),
-            audit: vec![self.audit(
-                operator,
-                "exception.plate_corrected",
-                format!("exception {exception_id}"),
-                match session {
-                    Some(sid) => format!(
-                        "event {original} read as {}, matched to session {sid}; decided again as event {}",
-                        plate.as_str(),
-                        ev.event_id
-                    ),
-                    None => format!(
-                        "event {original} read as {}; decided again as event {}",
-                        plate.as_str(),
-                        ev.event_id
-                    ),
-                },
-            )],
-            time_checked: true,
-            session,
-            ..Extra::default()
+        // As `passage` decides a correction: the capture instant was checked on arrival.
+        let limits = TimeLimits::unbounded();
+        let reads = decide::reads(&ev);
+        let plan = match ev.direction {
+            Direction::Entry => self.plan_entry(&ev, limits, reads).await?,
+            Direction::Exit => self.plan_exit(&ev, limits, reads, session).await?,
         };
-        let d = self.passage(&ev, &corrected, Instant::now(), extra).await?;
-        self.live.send(LiveEvent::superseded(original, &d));
-        Ok(d)
+        Ok(PlannedCorrection {
+            exception: x,
+            plate,
+            event: ev,
+            original,
+            plan,
+        })
     }
 
     /// The passage event an exception was raised for, as it was received.

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub ingest: IngestConfig,
     /// `[sms]`: sign-in codes for the driver portal (see `docs/operations.md`).
     pub sms: SmsConfig,
+    /// Pictures of passages the gateways would not vouch for (personal data: kept a while).
+    pub evidence: EvidenceConfig,
     /// This instance's name, used for its MQTT client id (and so its persistent session at the
     /// broker) and for charge leases. Unset, it is derived from the host name and the database
     /// URL, so a restart is the same instance and gets what was queued while it was down.
@@ -146,6 +148,31 @@ impl Default for IngestConfig {
             max_event_age_secs: 24 * 3600,
             max_resent_age_secs: 7 * 24 * 3600,
         }
+    }
+}
+
+/// How long evidence pictures are kept (see `docs/operations.md`, "Evidence pictures").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvidenceConfig {
+    /// A picture received more than this many days ago is deleted by the purge job.
+    pub retention_days: u32,
+    /// How often the purge job runs, in seconds.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        EvidenceConfig {
+            retention_days: 30,
+            purge_interval_secs: 3600,
+        }
+    }
+}
+
+impl EvidenceConfig {
+    pub fn retention(&self) -> chrono::TimeDelta {
+        chrono::TimeDelta::days(i64::from(self.retention_days))
     }
 }
 
@@ -290,6 +317,7 @@ impl Default for ServerConfig {
             payments: PaymentsConfig::default(),
             ingest: IngestConfig::default(),
             sms: SmsConfig::default(),
+            evidence: EvidenceConfig::default(),
             instance: None,
         }
     }
@@ -382,6 +410,12 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, why: &str| Err(ConfigError(format!("{field}: {why}")));
         self.sms.validate()?;
+        if self.evidence.retention_days == 0 {
+            return bad("evidence.retention_days", "must be at least 1");
+        }
+        if self.evidence.purge_interval_secs == 0 {
+            return bad("evidence.purge_interval_secs", "must be at least 1");
+        }
         match (self.payments.provider.as_str(), &self.payments.wechat) {
             ("sandbox", _) => {}
             ("wechat", Some(w)) => {

@@ -571,3 +571,28 @@ pub struct ReconItem {
     pub theirs_minor: Option<i64>,
     pub detail: String,
 }
+
+/// The picture of a passage a gateway would not vouch for, kept by its event id. Personal data:
+/// purged after `evidence.retention_days`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidencePicture {
+    pub event_id: Uuid,
+    pub lot: LotId,
+    pub lane: LaneId,
+    /// `jpeg` or `png`.
+    pub format: String,
+    /// SHA-256 (hex) of `image`.
+    pub digest: String,
+    pub image: Vec<u8>,
+    pub captured_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Who handles an open exception, and who said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assignment {
+    pub exception_id: Uuid,
+    pub assigned_to: String,
+    pub assigned_by: String,
+    pub assigned_at: DateTime<Utc>,
+}

@@ -46,6 +46,7 @@ use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
 
 mod history;
+mod evidence;
 mod money;
 mod portal;
 mod reports;
@@ -247,6 +248,7 @@ pub fn router(app: App, mqtt_connected: Arc<AtomicBool>, http: &HttpConfig) -> R
         .merge(history::routes())
         .merge(portal::routes())
         .merge(reports::routes())
+        .merge(evidence::routes())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(format!("{method} is not allowed on this route"))
@@ -1934,6 +1936,9 @@ struct ListQuery {
     lot: Option<String>,
     open: Option<bool>,
     limit: Option<i64>,
+    /// Exceptions: only those assigned to the caller.
+    #[serde(default)]
+    mine: bool,
 }
 
 async fn exceptions(
@@ -1946,20 +1951,24 @@ async fn exceptions(
     if let Some(lot) = &lot {
         require_on(&me, Action::View, lot)?;
     }
-    Ok(Json(
+    let (open, limit) = (
+        q.open.unwrap_or(false),
+        q.limit.unwrap_or(100).clamp(1, 100_000),
+    );
+    let list = if q.mine {
         ctx.app
             .store
-            .exceptions(
-                lot.as_ref(),
-                q.open.unwrap_or(false),
-                q.limit.unwrap_or(100).clamp(1, 100_000),
-            )
+            .exceptions_assigned_to(&me.name, lot.as_ref(), open, limit)
             .await?
-            .into_iter()
-            .map(|x| without_driver(json!(x), &me))
-            .filter(|v| in_scope(&me, v))
-            .collect(),
-    ))
+    } else {
+        ctx.app.store.exceptions(lot.as_ref(), open, limit).await?
+    };
+    let list = list
+        .into_iter()
+        .map(|x| without_driver(json!(x), &me))
+        .filter(|v| in_scope(&me, v))
+        .collect();
+    Ok(Json(evidence::annotate(&ctx, list).await?))
 }
 
 #[derive(Deserialize)]
@@ -1970,6 +1979,13 @@ struct Correction {
     /// names) that this car, whose entry was misread, really belongs to.
     #[serde(default)]
     session: Option<Uuid>,
+    /// Only say what the correction would do; change nothing.
+    #[serde(default)]
+    preview: bool,
+    /// The operator checked the plate against the picture: a correction that settles nothing
+    /// (or whose plate fits no national layout) goes ahead anyway.
+    #[serde(default)]
+    confirmed: bool,
 }
 
 /// An attendant reads the plate off the evidence of a held passage. The corrected passage may
@@ -1979,14 +1995,21 @@ async fn correct_plate(
     me: Identity,
     Path(id_s): Path<String>,
     Body(c): Body<Correction>,
-) -> ApiResult<Json<parkpay_protocol::Decision>> {
+) -> ApiResult<Json<Value>> {
     require(&me, Action::CorrectPlates)?;
     let xid = exception_to_handle(&ctx, &me, &id_s).await?.id;
-    Ok(Json(
+    if c.preview {
+        let v = ctx
+            .app
+            .preview_correction(xid, &c.plate.0, c.session)
+            .await?;
+        return Ok(Json(without_driver(v, &me)));
+    }
+    Ok(Json(json!(
         ctx.app
-            .correct_plate(xid, &c.plate.0, c.session, &me.name)
-            .await?,
-    ))
+            .correct_plate(xid, &c.plate.0, c.session, c.confirmed, &me.name)
+            .await?
+    )))
 }
 
 async fn audit(

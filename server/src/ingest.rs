@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parkpay_protocol::{
-    CommandAck, DecodeError, GatewayStatus, LaneId, LaneState, LotId, Opened, PassageEvent, Topic,
+    CommandAck, DecodeError, Evidence, GatewayStatus, LaneId, LaneState, LotId, Opened,
+    PassageEvent, Topic, MAX_EVIDENCE_IMAGE, MAX_EVIDENCE_PAYLOAD,
 };
 use rumqttc::{AsyncClient, Publish};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -77,9 +78,10 @@ pub async fn process(
             },
         };
         let received = Instant::now();
-        if p.payload.len() > MAX_MESSAGE_BYTES {
+        let most = max_bytes(&p.topic);
+        if p.payload.len() > most {
             let detail = format!(
-                "{} bytes, more than the {MAX_MESSAGE_BYTES} a message may have",
+                "{} bytes, more than the {most} a message on this topic may have",
                 p.payload.len()
             );
             dead_letter(&app, &p, "oversized", detail).await;
@@ -131,6 +133,12 @@ pub async fn process(
                 match from_lane::<LaneState>(&app, &p, &lot, &lane).await {
                     Ok(s) => app.live.lane_state(s),
                     Err((reason, detail)) => dead_letter(&app, &p, reason, detail).await,
+                }
+                let _ = ack_tx.send(done(&p));
+            }
+            Ok(Topic::Evidence(lot, lane)) => {
+                if let Err((reason, detail)) = evidence(&app, &p, &lot, &lane).await {
+                    dead_letter(&app, &p, reason, detail).await;
                 }
                 let _ = ack_tx.send(done(&p));
             }
@@ -248,6 +256,96 @@ async fn from_lane<M: parkpay_protocol::Message>(
         })?;
     signed_by(app, &env, config.gateway.as_str()).await?;
     Ok(body)
+}
+
+/// How large a message on `topic` may be: an evidence picture more than anything else.
+fn max_bytes(topic: &str) -> usize {
+    if is_evidence(topic) {
+        MAX_EVIDENCE_PAYLOAD
+    } else {
+        MAX_MESSAGE_BYTES
+    }
+}
+
+fn is_evidence(topic: &str) -> bool {
+    matches!(Topic::parse(topic), Ok(Topic::Evidence(..)))
+}
+
+/// Keeps the picture of a passage, once its lane's gateway is shown to have sent it and the
+/// picture is what it says it is (a JPEG or PNG file with the digest it names, within
+/// [`MAX_EVIDENCE_IMAGE`]). The passage itself may arrive after it. When the passage is known and
+/// names another picture (`evidence_digest`), this one is refused (`evidence_mismatch`).
+async fn evidence(app: &App, p: &Publish, lot: &LotId, lane: &LaneId) -> Result<(), Refusal> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let ev: Evidence = from_lane(app, p, lot, lane).await?;
+    if ev.lot != *lot || ev.lane != *lane {
+        return Err((
+            "topic_mismatch",
+            format!(
+                "evidence for {}/{} published on the topic of {lot}/{lane}",
+                ev.lot, ev.lane
+            ),
+        ));
+    }
+    let bad = |why: String| {
+        (
+            "invalid_image",
+            format!("evidence of event {}: {why}", ev.event_id),
+        )
+    };
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(ev.image.as_bytes())
+        .map_err(|e| bad(format!("image is not base64: {e}")))?;
+    if image.len() > MAX_EVIDENCE_IMAGE {
+        return Err((
+            "oversized",
+            format!(
+                "evidence image of {} bytes, more than the {MAX_EVIDENCE_IMAGE} it may have",
+                image.len()
+            ),
+        ));
+    }
+    match parkpay_protocol::image_format(&image) {
+        Some(f) if f == ev.format => {}
+        Some(f) => return Err(bad(format!("format says {:?}, the file is {f}", ev.format))),
+        None => return Err(bad("neither a JPEG nor a PNG file".into())),
+    }
+    let digest = hex::encode(sha2::Sha256::digest(&image));
+    if !digest.eq_ignore_ascii_case(&ev.digest) {
+        return Err(bad("digest does not match the image".into()));
+    }
+    let stored = app
+        .store
+        .event_payload(ev.event_id.0)
+        .await
+        .map_err(|e| ("processing_failed", e.to_string()))?;
+    if let Some(payload) = stored {
+        let named = parkpay_protocol::decode::<PassageEvent>(payload.as_bytes(), None)
+            .ok()
+            .and_then(|d| d.body.evidence_digest);
+        if named.is_some_and(|n| !n.eq_ignore_ascii_case(&digest)) {
+            return Err((
+                "evidence_mismatch",
+                format!("event {} names another picture than this one", ev.event_id),
+            ));
+        }
+    }
+    let picture = crate::domain::EvidencePicture {
+        event_id: ev.event_id.0,
+        lot: ev.lot,
+        lane: ev.lane,
+        format: ev.format,
+        digest,
+        image,
+        captured_at: ev.captured_at,
+        received_at: app.clock.now(),
+    };
+    app.store
+        .insert_evidence(&picture)
+        .await
+        .map_err(|e| ("processing_failed", e.to_string()))?;
+    Ok(())
 }
 
 /// Handles one passage event; returns whether to acknowledge it.
@@ -403,8 +501,9 @@ pub async fn dead_letter(app: &App, p: &Publish, reason: &str, detail: String) {
         detail,
         payload: String::new(),
     };
-    let kept = if p.payload.len() > MAX_MESSAGE_BYTES {
-        &p.payload[..KEPT_BYTES]
+    // A picture is personal data and large: a refused one keeps only its first bytes too.
+    let kept = if p.payload.len() > MAX_MESSAGE_BYTES || is_evidence(&p.topic) {
+        &p.payload[..KEPT_BYTES.min(p.payload.len())]
     } else {
         &p.payload[..]
     };

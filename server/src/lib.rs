@@ -21,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod decide;
 pub mod domain;
+pub mod evidence;
 pub mod http;
 pub mod ingest;
 pub mod keys;

@@ -26,7 +26,7 @@ pub struct Reason {
 }
 
 /// Why a message may be dead-lettered (`docs/mqtt.md` explains each).
-pub const DEAD_LETTER_REASONS: [&str; 13] = [
+pub const DEAD_LETTER_REASONS: [&str; 15] = [
     "malformed",
     "version",
     "wrong_type",
@@ -40,6 +40,8 @@ pub const DEAD_LETTER_REASONS: [&str; 13] = [
     "wrong_gateway",
     "wrong_direction",
     "processing_failed",
+    "invalid_image",
+    "evidence_mismatch",
 ];
 
 pub struct Metrics {

@@ -167,6 +167,7 @@ pub fn server_subscriptions(shared: bool, lots: Option<&[String]>) -> Vec<String
     let per_lot = |lot: Option<&str>| {
         [
             filters::events(lot, shared),
+            filters::evidence(lot, shared),
             filters::acks(lot),
             filters::lane_state(lot),
             filters::gateway_status(lot),

@@ -183,6 +183,11 @@ impl Server {
             tokio::spawn(resend_outbox(app.clone(), cancel.clone())),
             tokio::spawn(publish_allowlists(app.clone(), cancel.clone())),
         ];
+        tasks.push(tokio::spawn(crate::evidence::run_purge(
+            app.clone(),
+            config.evidence.clone(),
+            cancel.clone(),
+        )));
         tasks.push(tokio::spawn(crate::app::Published::run(
             marks,
             app.store.clone(),

@@ -5,7 +5,9 @@
 mod browser;
 mod browser_portal;
 mod browser_reports;
+mod browser_evidence;
 mod chaos;
+mod evidence;
 mod fleet;
 mod frames;
 mod history;

@@ -501,7 +501,9 @@ async fn a_plate_correction_needs_an_operator_of_that_lot() {
         "/api/exceptions/{}/correct",
         x["id"].as_str().unwrap()
     ));
-    let body = json!({"plate": "京A73001"});
+    // No stay has this plate (its entry was never read): the operator confirms it against the
+    // picture, as a correction that settles nothing must be.
+    let body = json!({"plate": "京A73001", "confirmed": true});
     let r = reqwest::Client::new()
         .post(url.clone())
         .json(&body)

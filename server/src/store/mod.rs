@@ -455,8 +455,34 @@ pub trait PortalStore: Send + Sync {
     async fn delete_driver_login(&self, token_hash: &str) -> StoreResult<()>;
 }
 
+/// Evidence pictures and who handles which exception. Every backend implements it beside
+/// [`Store`].
 #[async_trait]
-pub trait Store: MoneyStore + HistoryStore + PortalStore + ReportStore + Send + Sync + 'static {
+pub trait EvidenceStore: Send + Sync {
+    /// Keeps a picture once per event; false when the event already has one (a redelivery).
+    async fn insert_evidence(&self, p: &EvidencePicture) -> StoreResult<bool>;
+    async fn evidence(&self, event_id: Uuid) -> StoreResult<Option<EvidencePicture>>;
+    /// Which of these events have a picture.
+    async fn events_with_evidence(&self, event_ids: &[Uuid]) -> StoreResult<Vec<Uuid>>;
+    /// Deletes the pictures received before `before`; returns how many.
+    async fn purge_evidence(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// Gives an open exception to someone (replacing whoever had it), with its audit row, in
+    /// one transaction: `NotFound` without such an exception, `Conflict` once it is resolved.
+    async fn assign_exception(&self, a: &Assignment, audit: &AuditEntry) -> StoreResult<()>;
+    /// The assignments of these exceptions (those that have one).
+    async fn assignments(&self, exception_ids: &[Uuid]) -> StoreResult<Vec<Assignment>>;
+    /// Exceptions given to `user`, newest first, like [`Store::exceptions`].
+    async fn exceptions_assigned_to(
+        &self,
+        user: &str,
+        lot: Option<&LotId>,
+        open_only: bool,
+        limit: i64,
+    ) -> StoreResult<Vec<ExceptionRecord>>;
+}
+
+#[async_trait]
+pub trait Store: MoneyStore + HistoryStore + PortalStore + ReportStore + EvidenceStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 

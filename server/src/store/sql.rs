@@ -2385,6 +2385,142 @@ macro_rules! backend {
             }
 
             #[async_trait]
+            impl EvidenceStore for $store {
+                async fn insert_evidence(&self, p: &EvidencePicture) -> StoreResult<bool> {
+                    let r = sqlx::query(
+                        "INSERT INTO evidence (event_id, lot_id, lane_id, format, digest, image, captured_at, received_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(p.event_id.to_string())
+                    .bind(p.lot.to_string())
+                    .bind(p.lane.to_string())
+                    .bind(p.format.clone())
+                    .bind(p.digest.clone())
+                    .bind(p.image.clone())
+                    .bind(ms(p.captured_at))
+                    .bind(ms(p.received_at))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(r.rows_affected() > 0)
+                }
+
+                async fn evidence(&self, event_id: Uuid) -> StoreResult<Option<EvidencePicture>> {
+                    sqlx::query("SELECT event_id, lot_id, lane_id, format, digest, image, captured_at, received_at FROM evidence WHERE event_id = $1")
+                        .bind(event_id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .map(|r| -> StoreResult<EvidencePicture> {
+                            let lot: String = r.try_get("lot_id")?;
+                            let lane: String = r.try_get("lane_id")?;
+                            Ok(EvidencePicture {
+                                event_id: uuid(&r.try_get::<String, _>("event_id")?)?,
+                                lot: LotId::parse(lot.clone()).map_err(|_| StoreError::Corrupt(format!("lot {lot:?}")))?,
+                                lane: LaneId::parse(lane.clone()).map_err(|_| StoreError::Corrupt(format!("lane {lane:?}")))?,
+                                format: r.try_get("format")?,
+                                digest: r.try_get("digest")?,
+                                image: r.try_get("image")?,
+                                captured_at: at(r.try_get("captured_at")?)?,
+                                received_at: at(r.try_get("received_at")?)?,
+                            })
+                        })
+                        .transpose()
+                }
+
+                async fn events_with_evidence(&self, event_ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+                    let mut out = Vec::new();
+                    for chunk in event_ids.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("SELECT event_id FROM evidence WHERE event_id IN (");
+                        let mut list = q.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id.to_string());
+                        }
+                        q.push(")");
+                        for r in q.build().fetch_all(&self.pool).await? {
+                            out.push(uuid(&r.try_get::<String, _>("event_id")?)?);
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn purge_evidence(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+                    let r = sqlx::query("DELETE FROM evidence WHERE received_at < $1")
+                        .bind(ms(before))
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(r.rows_affected())
+                }
+
+                async fn assign_exception(&self, a: &Assignment, audit: &AuditEntry) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let open: Option<Option<i64>> = sqlx::query("SELECT resolved_at FROM exceptions WHERE id = $1")
+                        .bind(a.exception_id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get("resolved_at"))
+                        .transpose()?;
+                    match open {
+                        None => return Err(StoreError::NotFound(format!("exception {}", a.exception_id))),
+                        Some(Some(_)) => return Err(StoreError::Conflict(format!("exception {} is already resolved", a.exception_id))),
+                        Some(None) => {}
+                    }
+                    sqlx::query(
+                        "INSERT INTO exception_assignments (exception_id, assigned_to, assigned_by, assigned_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (exception_id) DO UPDATE SET assigned_to = excluded.assigned_to, assigned_by = excluded.assigned_by, assigned_at = excluded.assigned_at",
+                    )
+                    .bind(a.exception_id.to_string())
+                    .bind(a.assigned_to.clone())
+                    .bind(a.assigned_by.clone())
+                    .bind(ms(a.assigned_at))
+                    .execute(&mut *tx)
+                    .await?;
+                    insert_audit_row(&mut *tx, audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn assignments(&self, exception_ids: &[Uuid]) -> StoreResult<Vec<Assignment>> {
+                    let mut out = Vec::new();
+                    for chunk in exception_ids.chunks(500) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "SELECT exception_id, assigned_to, assigned_by, assigned_at FROM exception_assignments WHERE exception_id IN (",
+                        );
+                        let mut list = q.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id.to_string());
+                        }
+                        q.push(")");
+                        for r in q.build().fetch_all(&self.pool).await? {
+                            out.push(Assignment {
+                                exception_id: uuid(&r.try_get::<String, _>("exception_id")?)?,
+                                assigned_to: r.try_get("assigned_to")?,
+                                assigned_by: r.try_get("assigned_by")?,
+                                assigned_at: at(r.try_get("assigned_at")?)?,
+                            });
+                        }
+                    }
+                    Ok(out)
+                }
+
+                async fn exceptions_assigned_to(&self, user: &str, lot: Option<&LotId>, open_only: bool, limit: i64) -> StoreResult<Vec<ExceptionRecord>> {
+                    sqlx::query(
+                        "SELECT e.id, e.lot_id, e.lane_id, e.kind, e.plate, e.event_id, e.session_id, e.charge_id, e.detail, e.created_at, e.resolved_at, e.resolution \
+                         FROM exceptions e JOIN exception_assignments a ON a.exception_id = e.id \
+                         WHERE a.assigned_to = $1 AND ($2 IS NULL OR e.lot_id = $2) AND ($3 = 0 OR e.resolved_at IS NULL) \
+                         ORDER BY e.created_at DESC, e.id LIMIT $4",
+                    )
+                    .bind(user.to_string())
+                    .bind(lot.map(|l| l.to_string()))
+                    .bind(i64::from(open_only))
+                    .bind(if limit > 0 { limit } else { 100 })
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(exception_from)
+                    .collect()
+                }
+            }
+
+            #[async_trait]
             impl MoneyStore for $store {
                 async fn provider_parking(&self, session: Uuid) -> StoreResult<Option<ProviderParking>> {
                     sqlx::query("SELECT session_id, provider, out_parking_no, parking_id, state, block_reason, updated_at FROM provider_parkings WHERE session_id = $1")
