@@ -45,8 +45,8 @@ use crate::merchants::NewMerchant;
 use crate::store::{ChargeFilter, ListFilter, SessionFilter, StoreError};
 use crate::tariff::{self, Tariff};
 
-mod history;
 mod evidence;
+mod history;
 mod money;
 mod portal;
 mod reports;

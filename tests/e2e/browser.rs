@@ -464,7 +464,11 @@ async fn history_on_a_phone_finds_a_stay_and_exports_what_it_shows() {
     };
     let c = &b.client;
     sign_in(&b, &w, Role::Operator).await;
-    assert_eq!(js(c, "return window.innerWidth;").await, json!(375), "a phone's width");
+    assert_eq!(
+        js(c, "return window.innerWidth;").await,
+        json!(375),
+        "a phone's width"
+    );
     assert_eq!(
         too_wide(c).await,
         Vec::<String>::new(),
@@ -705,7 +709,11 @@ async fn every_page_has_one_h1_labelled_controls_and_text_that_meets_aa_contrast
     ] {
         for lang in ["en", "zh-CN"] {
             c.goto(w.url(&path).as_str()).await.unwrap();
-            js(c, &format!("localStorage.setItem('parkpay.lang', '{lang}'); return true;")).await;
+            js(
+                c,
+                &format!("localStorage.setItem('parkpay.lang', '{lang}'); return true;"),
+            )
+            .await;
             c.refresh().await.unwrap();
             c.wait()
                 .at_most(WAIT)
@@ -723,10 +731,18 @@ async fn every_page_has_one_h1_labelled_controls_and_text_that_meets_aa_contrast
                    return !name.trim(); }).map(function (e) { return e.tagName + '#' + e.id; });",
             )
             .await;
-            assert_eq!(unlabelled, json!([]), "{path} ({lang}): every control has a name");
+            assert_eq!(
+                unlabelled,
+                json!([]),
+                "{path} ({lang}): every control has a name"
+            );
             let lang_attr = js(c, "return document.documentElement.lang;").await;
             assert_eq!(lang_attr, json!(lang), "{path}: the page says its language");
-            assert_eq!(low_contrast(c).await, Vec::<String>::new(), "{path} ({lang}): contrast");
+            assert_eq!(
+                low_contrast(c).await,
+                Vec::<String>::new(),
+                "{path} ({lang}): contrast"
+            );
         }
     }
     b.client.close().await.unwrap();

@@ -120,7 +120,7 @@ async fn stays_and_passages_are_filtered_paged_and_exported_as_driven() {
     assert_eq!(pages, 3);
     let mut expected: Vec<(&str, DateTime<Utc>)> =
         truth.iter().map(|(p, d)| (*p, d.entered)).collect();
-    expected.sort_by(|a, b| b.1.cmp(&a.1));
+    expected.sort_by_key(|e| std::cmp::Reverse(e.1));
     assert_eq!(
         plates(&rows),
         expected.iter().map(|e| e.0.to_string()).collect::<Vec<_>>()

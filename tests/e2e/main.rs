@@ -3,9 +3,9 @@
 //! `PARKPAY_TEST_DATABASE_URL` and `PARKPAY_TEST_MQTT_URL` are set.
 
 mod browser;
+mod browser_evidence;
 mod browser_portal;
 mod browser_reports;
-mod browser_evidence;
 mod chaos;
 mod evidence;
 mod fleet;

@@ -145,11 +145,11 @@ async fn scope(
     }
 }
 
+/// A range `[from, to)`; either end may be open.
+type Range = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// The range `[from, to)`, checked.
-fn range(
-    q: &HistoryQuery,
-    zone: Option<Tz>,
-) -> ApiResult<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+fn range(q: &HistoryQuery, zone: Option<Tz>) -> ApiResult<Range> {
     let from = q
         .from
         .as_deref()

@@ -422,7 +422,6 @@ pub trait ReportStore: Send + Sync {
     async fn entries(&self, lot: &LotId, spans: &[Span]) -> StoreResult<Vec<i64>>;
 }
 
-
 /// The driver portal: one-time codes, drivers' sign-ins, drivers by phone number. Every
 /// backend implements it beside [`Store`].
 #[async_trait]
@@ -482,7 +481,9 @@ pub trait EvidenceStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: MoneyStore + HistoryStore + PortalStore + ReportStore + EvidenceStore + Send + Sync + 'static {
+pub trait Store:
+    MoneyStore + HistoryStore + PortalStore + ReportStore + EvidenceStore + Send + Sync + 'static
+{
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> StoreResult<()>;
 
