@@ -748,3 +748,78 @@ async fn every_page_has_one_h1_labelled_controls_and_text_that_meets_aa_contrast
     b.client.close().await.unwrap();
     w.stop().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_follows_lanes_from_the_stream_shows_one_lot_card_and_drops_a_fixed_error() {
+    let (w, _clock) = world().await;
+    let Some(b) = browser(1400, 1000).await else {
+        w.stop().await;
+        return;
+    };
+    let c = &b.client;
+    sign_in(&b, &w, Role::Operator).await;
+    // Requests for the lanes list, as the browser itself counts them.
+    let lane_fetches = || async {
+        js(
+            c,
+            "return performance.getEntriesByType('resource').filter(function (e) { return /\\/lanes(\\?|$)/.test(e.name); }).length;",
+        )
+        .await
+        .as_u64()
+        .unwrap_or(0)
+    };
+    let before = lane_fetches().await;
+    for plate in ["京A70051", "京A70052", "京A70053"] {
+        assert!(w.pass("in-1", plate, WAIT).await.opened);
+    }
+    eventually("the three passages on the live feed", WAIT, || async {
+        let n = js(c, "return document.querySelectorAll('#feed tr').length;").await;
+        (n.as_u64()? >= 3).then_some(())
+    })
+    .await;
+    // Every car moved the lane (loop, arm up, arm down): the lanes panel followed the stream.
+    // The list is fetched at start and then once a minute, never after each lane event.
+    let after = lane_fetches().await;
+    assert!(
+        after <= before + 1,
+        "lanes list fetched {} times while three cars passed",
+        after - before
+    );
+    // With one lot there is one lot card, not an "All lots" card beside it.
+    let cards = js(
+        c,
+        "return document.querySelectorAll('#lots > .lot').length;",
+    )
+    .await;
+    assert_eq!(cards, json!(1));
+    // A validation error goes as soon as the field it is about is edited.
+    js(
+        c,
+        "document.getElementById('lists-add').click(); return true;",
+    )
+    .await;
+    let refusal = eventually("the server's refusal of an empty plate", WAIT, || async {
+        let v = js(
+            c,
+            "var e = document.getElementById('lists-err'); return e.classList.contains('show') ? e.textContent : null;",
+        )
+        .await;
+        v.as_str().map(str::to_string)
+    })
+    .await;
+    assert!(refusal.contains("plate"), "{refusal}");
+    let still = js(
+        c,
+        "var p = document.getElementById('lists-plate'); p.value = '京A7'; \
+         p.dispatchEvent(new Event('input', { bubbles: true })); \
+         return document.getElementById('lists-err').classList.contains('show');",
+    )
+    .await;
+    assert_eq!(
+        still,
+        json!(false),
+        "the error is gone once the plate is edited"
+    );
+    b.client.close().await.unwrap();
+    w.stop().await;
+}

@@ -432,3 +432,58 @@ async fn the_audit_log_is_searched_by_who_what_and_text() {
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn recent_charges_put_a_payment_on_an_old_hold_first() {
+    let (w, clock) = world().await;
+    // A car without a mandate is held at the exit: its fee waits.
+    assert!(w.pass("in-1", "京A70061", WAIT).await.opened);
+    clock.advance(chrono::Duration::minutes(40));
+    let held = w
+        .pass("out-1", "京A70061", std::time::Duration::from_secs(3))
+        .await;
+    assert!(!held.opened, "held until paid");
+    let old = crate::scenarios::sessions(&w, "京A70061").await[0].clone();
+    // Later, a mandated car leaves and is charged.
+    clock.advance(chrono::Duration::minutes(10));
+    w.driver("京A70062", Some(100_000)).await;
+    assert!(w.pass("in-2", "京A70062", WAIT).await.opened);
+    clock.advance(chrono::Duration::minutes(30));
+    assert!(w.pass("out-2", "京A70062", WAIT).await.opened);
+    let newer = crate::scenarios::sessions(&w, "京A70062").await[0].clone();
+    crate::scenarios::settled_charge(&w, newer["id"].as_str().unwrap()).await;
+    // Then the held fee is paid at the booth: that charge changed last, so it comes first.
+    clock.advance(chrono::Duration::minutes(5));
+    let due = w
+        .get_json(&format!(
+            "/api/charges?session={}",
+            old["id"].as_str().unwrap()
+        ))
+        .await[0]["amount"]
+        .clone();
+    let r = w
+        .client
+        .post(w.url(&format!(
+            "/api/sessions/{}/cash",
+            old["id"].as_str().unwrap()
+        )))
+        .json(&json!({ "amount": due }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "cash: {}", r.status());
+    let recent = w.get_json("/api/charges?limit=2").await;
+    let sessions: Vec<&str> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sessions,
+        [old["id"].as_str().unwrap(), newer["id"].as_str().unwrap()],
+        "{recent}"
+    );
+    assert_eq!(recent[0]["method"], "cash");
+    w.stop().await;
+}
