@@ -125,6 +125,22 @@ pub(crate) fn page_size(limit: i64) -> i64 {
     }
 }
 
+/// One page of `rows` (fetched with one row more than `limit`, to know whether more follow), and
+/// the cursor after its last row, made by `key`.
+pub(crate) fn page_of<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> Cursor) -> Page<T> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(|r| key(r).encode());
+        Page { items: rows, next }
+    } else {
+        Page {
+            items: rows,
+            next: None,
+        }
+    }
+}
+
 /// `LIKE` text matching `text` anywhere, with the pattern characters escaped (by `\`).
 pub(crate) fn contains_pattern(text: &str) -> String {
     let mut p = String::with_capacity(text.len() + 2);
@@ -153,6 +169,19 @@ mod tests {
         for bad in ["", ".", "12", "x.y", "12.not-a-uuid", "1.2.3"] {
             assert_eq!(Cursor::decode(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_page_says_where_the_next_begins_only_when_more_rows_follow() {
+        let key = |n: &i64| Cursor {
+            at_ms: *n,
+            id: Uuid::nil().to_string(),
+        };
+        let full = page_of(vec![5, 4, 3], 2, key);
+        assert_eq!(full.items, vec![5, 4]);
+        assert_eq!(full.next, Some(key(&4).encode()));
+        let last = page_of(vec![5, 4], 2, key);
+        assert_eq!((last.items, last.next), (vec![5, 4], None));
     }
 
     #[test]

@@ -2074,21 +2074,31 @@ macro_rules! backend {
                 }
             }
 
+            /// Adds `AND col IN (values...)` to a query; `false` when there are no values (nothing
+            /// can match, and `IN ()` is not SQL).
+            fn push_in<'a>(b: &mut sqlx::QueryBuilder<'a, $db>, col: &str, values: impl Iterator<Item = String>) -> bool {
+                let values: Vec<String> = values.collect();
+                if values.is_empty() {
+                    return false;
+                }
+                b.push(format!(" AND {col} IN ("));
+                let mut sep = b.separated(", ");
+                for v in values {
+                    sep.push_bind(v);
+                }
+                b.push(")");
+                true
+            }
+
             #[async_trait]
             impl HistoryStore for $store {
                 async fn stay_history(&self, q: &StayQuery) -> StoreResult<Page<Session>> {
                     let limit = page_size(q.limit);
                     let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {SESSION_COLS} FROM sessions WHERE 1 = 1"));
                     if let Some(lots) = &q.lots {
-                        if lots.is_empty() {
+                        if !push_in(&mut b, "lot_id", lots.iter().map(|l| l.to_string())) {
                             return Ok(Page { items: Vec::new(), next: None });
                         }
-                        b.push(" AND lot_id IN (");
-                        let mut sep = b.separated(", ");
-                        for l in lots {
-                            sep.push_bind(l.to_string());
-                        }
-                        b.push(")");
                     }
                     if let Some(lane) = &q.lane {
                         b.push(" AND (entry_lane = ").push_bind(lane.clone());
@@ -2117,14 +2127,8 @@ macro_rules! backend {
                     }
                     b.push(" ORDER BY entry_at DESC, id LIMIT ").push_bind(limit + 1);
                     let rows = b.build().fetch_all(&self.pool).await?;
-                    let mut items = rows.iter().map(session_from).collect::<StoreResult<Vec<_>>>()?;
-                    let next = if items.len() as i64 > limit {
-                        items.truncate(limit as usize);
-                        items.last().map(|s| Cursor { at_ms: ms(s.entry_at), id: s.id.to_string() }.encode())
-                    } else {
-                        None
-                    };
-                    Ok(Page { items, next })
+                    let items = rows.iter().map(session_from).collect::<StoreResult<Vec<_>>>()?;
+                    Ok(page_of(items, limit, |s| Cursor { at_ms: ms(s.entry_at), id: s.id.to_string() }))
                 }
 
                 async fn passage_history(&self, q: &PassageQuery) -> StoreResult<Page<PassageRecord>> {
@@ -2133,15 +2137,9 @@ macro_rules! backend {
                         "SELECT event_id, lot_id, lane_id, gateway_id, direction, captured_at, received_at, plate, quality, resent, session_id, decision FROM events WHERE 1 = 1",
                     );
                     if let Some(lots) = &q.lots {
-                        if lots.is_empty() {
+                        if !push_in(&mut b, "lot_id", lots.iter().map(|l| l.to_string())) {
                             return Ok(Page { items: Vec::new(), next: None });
                         }
-                        b.push(" AND lot_id IN (");
-                        let mut sep = b.separated(", ");
-                        for l in lots {
-                            sep.push_bind(l.to_string());
-                        }
-                        b.push(")");
                     }
                     if let Some(lane) = &q.lane {
                         b.push(" AND lane_id = ").push_bind(lane.clone());
@@ -2165,15 +2163,9 @@ macro_rules! backend {
                         b.push(format!(" AND {field} = ")).push_bind(a.clone());
                     }
                     if let Some(plates) = &q.plates {
-                        if plates.is_empty() {
+                        if !push_in(&mut b, "plate", plates.iter().cloned()) {
                             return Ok(Page { items: Vec::new(), next: None });
                         }
-                        b.push(" AND plate IN (");
-                        let mut sep = b.separated(", ");
-                        for p in plates {
-                            sep.push_bind(p.clone());
-                        }
-                        b.push(")");
                     }
                     if let Some(c) = &q.after {
                         b.push(" AND (captured_at < ").push_bind(c.at_ms);
@@ -2182,7 +2174,7 @@ macro_rules! backend {
                     }
                     b.push(" ORDER BY captured_at DESC, event_id LIMIT ").push_bind(limit + 1);
                     let rows = b.build().fetch_all(&self.pool).await?;
-                    let mut items = rows
+                    let items = rows
                         .iter()
                         .map(|r| -> StoreResult<PassageRecord> {
                             let decision: String = r.try_get("decision")?;
@@ -2203,13 +2195,7 @@ macro_rules! backend {
                             })
                         })
                         .collect::<StoreResult<Vec<_>>>()?;
-                    let next = if items.len() as i64 > limit {
-                        items.truncate(limit as usize);
-                        items.last().map(|p| Cursor { at_ms: ms(p.captured_at), id: p.event_id.to_string() }.encode())
-                    } else {
-                        None
-                    };
-                    Ok(Page { items, next })
+                    Ok(page_of(items, limit, |p| Cursor { at_ms: ms(p.captured_at), id: p.event_id.to_string() }))
                 }
 
                 async fn audit_history(&self, q: &AuditQuery) -> StoreResult<Page<AuditEntry>> {
@@ -2241,7 +2227,7 @@ macro_rules! backend {
                     }
                     b.push(" ORDER BY at DESC, id LIMIT ").push_bind(limit + 1);
                     let rows = b.build().fetch_all(&self.pool).await?;
-                    let mut items = rows
+                    let items = rows
                         .iter()
                         .map(|r| -> StoreResult<AuditEntry> {
                             Ok(AuditEntry {
@@ -2254,13 +2240,7 @@ macro_rules! backend {
                             })
                         })
                         .collect::<StoreResult<Vec<_>>>()?;
-                    let next = if items.len() as i64 > limit {
-                        items.truncate(limit as usize);
-                        items.last().map(|e| Cursor { at_ms: ms(e.at), id: e.id.to_string() }.encode())
-                    } else {
-                        None
-                    };
-                    Ok(Page { items, next })
+                    Ok(page_of(items, limit, |e| Cursor { at_ms: ms(e.at), id: e.id.to_string() }))
                 }
             }
 
