@@ -3,13 +3,14 @@
 
 use base64::Engine as _;
 use parkpay_protocol::{encode, Direction, Evidence, PassageEvent, ReadQuality, Topic};
-use parkpay_server::domain::{Grant, Role};
+use parkpay_server::domain::Role;
 use parkpay_tests::eventually;
-use parkpay_tests::world::{authorised_client, World};
+use parkpay_tests::world::World;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
 use crate::scenarios::{publish, publish_raw, raw_event, sessions, world, WAIT};
+use crate::security::client_as;
 
 /// A small real JPEG: a grey frame with no plate in it.
 pub(crate) fn blank_jpeg() -> Vec<u8> {
@@ -84,20 +85,6 @@ pub(crate) async fn exception_of(w: &World, ev: &PassageEvent) -> Value {
             .cloned()
     })
     .await
-}
-
-async fn client_as(w: &World, role: Role, lots: Option<Vec<String>>) -> reqwest::Client {
-    let lots = lots.map(|l| {
-        l.into_iter()
-            .map(|s| parkpay_protocol::LotId::parse(s).unwrap())
-            .collect()
-    });
-    let (_, token) = w
-        .app()
-        .create_token(&format!("t-{role}"), Grant { role, lots }, "tests")
-        .await
-        .unwrap();
-    authorised_client(&token)
 }
 
 fn picture_url(w: &World, ev: &PassageEvent) -> reqwest::Url {

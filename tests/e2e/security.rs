@@ -29,7 +29,7 @@ async fn world() -> (World, Arc<ManualClock>) {
 }
 
 /// A client holding a fresh API token of this role (on these lots, or all).
-async fn client_as(w: &World, role: Role, lots: Option<Vec<String>>) -> reqwest::Client {
+pub(crate) async fn client_as(w: &World, role: Role, lots: Option<Vec<String>>) -> reqwest::Client {
     let lots = lots.map(|l| {
         l.into_iter()
             .map(|s| parkpay_protocol::LotId::parse(s).unwrap())

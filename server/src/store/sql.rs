@@ -2074,6 +2074,17 @@ macro_rules! backend {
                 }
             }
 
+            /// Ends a history query: rows after `after` in the order newest `at_col` first, then
+            /// `id_col`, one more than `limit` (to know whether another page follows).
+            fn push_page(b: &mut sqlx::QueryBuilder<'_, $db>, at_col: &str, id_col: &str, after: Option<&Cursor>, limit: i64) {
+                if let Some(c) = after {
+                    b.push(format!(" AND ({at_col} < ")).push_bind(c.at_ms);
+                    b.push(format!(" OR ({at_col} = ")).push_bind(c.at_ms);
+                    b.push(format!(" AND {id_col} > ")).push_bind(c.id.clone()).push("))");
+                }
+                b.push(format!(" ORDER BY {at_col} DESC, {id_col} LIMIT ")).push_bind(limit + 1);
+            }
+
             /// Adds `AND col IN (values...)` to a query; `false` when there are no values (nothing
             /// can match, and `IN ()` is not SQL).
             fn push_in<'a>(b: &mut sqlx::QueryBuilder<'a, $db>, col: &str, values: impl Iterator<Item = String>) -> bool {
@@ -2120,12 +2131,7 @@ macro_rules! backend {
                         // Keys hold only letters and digits (folded), never a LIKE wildcard.
                         b.push(" AND plate_key LIKE ").push_bind(format!("%{key}%"));
                     }
-                    if let Some(c) = &q.after {
-                        b.push(" AND (entry_at < ").push_bind(c.at_ms);
-                        b.push(" OR (entry_at = ").push_bind(c.at_ms);
-                        b.push(" AND id > ").push_bind(c.id.clone()).push("))");
-                    }
-                    b.push(" ORDER BY entry_at DESC, id LIMIT ").push_bind(limit + 1);
+                    push_page(&mut b, "entry_at", "id", q.after.as_ref(), limit);
                     let rows = b.build().fetch_all(&self.pool).await?;
                     let items = rows.iter().map(session_from).collect::<StoreResult<Vec<_>>>()?;
                     Ok(page_of(items, limit, |s| Cursor { at_ms: ms(s.entry_at), id: s.id.to_string() }))
@@ -2167,12 +2173,7 @@ macro_rules! backend {
                             return Ok(Page { items: Vec::new(), next: None });
                         }
                     }
-                    if let Some(c) = &q.after {
-                        b.push(" AND (captured_at < ").push_bind(c.at_ms);
-                        b.push(" OR (captured_at = ").push_bind(c.at_ms);
-                        b.push(" AND event_id > ").push_bind(c.id.clone()).push("))");
-                    }
-                    b.push(" ORDER BY captured_at DESC, event_id LIMIT ").push_bind(limit + 1);
+                    push_page(&mut b, "captured_at", "event_id", q.after.as_ref(), limit);
                     let rows = b.build().fetch_all(&self.pool).await?;
                     let items = rows
                         .iter()
@@ -2220,12 +2221,7 @@ macro_rules! backend {
                     if let Some(to) = q.to {
                         b.push(" AND at < ").push_bind(ms(to));
                     }
-                    if let Some(c) = &q.after {
-                        b.push(" AND (at < ").push_bind(c.at_ms);
-                        b.push(" OR (at = ").push_bind(c.at_ms);
-                        b.push(" AND id > ").push_bind(c.id.clone()).push("))");
-                    }
-                    b.push(" ORDER BY at DESC, id LIMIT ").push_bind(limit + 1);
+                    push_page(&mut b, "at", "id", q.after.as_ref(), limit);
                     let rows = b.build().fetch_all(&self.pool).await?;
                     let items = rows
                         .iter()
