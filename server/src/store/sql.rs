@@ -271,6 +271,17 @@ macro_rules! backend {
                 })
             }
 
+            fn audit_from(r: &$row) -> StoreResult<AuditEntry> {
+                Ok(AuditEntry {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    at: at(r.try_get("at")?)?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    subject: r.try_get("subject")?,
+                    detail: r.try_get("detail")?,
+                })
+            }
+
             fn session_from(r: &$row) -> StoreResult<Session> {
                 let status: String = r.try_get("status")?;
                 let currency: Option<String> = r.try_get("currency")?;
@@ -1733,16 +1744,7 @@ macro_rules! backend {
                         .fetch_all(&self.pool)
                         .await?
                         .iter()
-                        .map(|r| -> StoreResult<AuditEntry> {
-                            Ok(AuditEntry {
-                                id: uuid(&r.try_get::<String, _>("id")?)?,
-                                at: at(r.try_get("at")?)?,
-                                actor: r.try_get("actor")?,
-                                action: r.try_get("action")?,
-                                subject: r.try_get("subject")?,
-                                detail: r.try_get("detail")?,
-                            })
-                        })
+                        .map(audit_from)
                         .collect()
                 }
 
@@ -2225,16 +2227,7 @@ macro_rules! backend {
                     let rows = b.build().fetch_all(&self.pool).await?;
                     let items = rows
                         .iter()
-                        .map(|r| -> StoreResult<AuditEntry> {
-                            Ok(AuditEntry {
-                                id: uuid(&r.try_get::<String, _>("id")?)?,
-                                at: at(r.try_get("at")?)?,
-                                actor: r.try_get("actor")?,
-                                action: r.try_get("action")?,
-                                subject: r.try_get("subject")?,
-                                detail: r.try_get("detail")?,
-                            })
-                        })
+                        .map(audit_from)
                         .collect::<StoreResult<Vec<_>>>()?;
                     Ok(page_of(items, limit, |e| Cursor { at_ms: ms(e.at), id: e.id.to_string() }))
                 }
