@@ -262,6 +262,65 @@ async fn concurrent_duplicates_commit_once() {
     b.cleanup().await;
 }
 
+/// Passages arriving together are committed in one transaction, each in its own savepoint: a
+/// passage that conflicts is undone alone (its event not stored) and every other one is kept.
+#[tokio::test]
+async fn passages_committed_together_fail_alone() {
+    let (s, b, lot) = store().await;
+    let plates: Vec<String> = (0..40).map(|i| format!("京B{:05}", 10_000 + i)).collect();
+    let mut writes: Vec<PassageWrite> = plates.iter().map(|p| entry(&lot, p, t0()).0).collect();
+    // Four entries of one plate (one may open a stay) and a resent copy of one write.
+    let same: Vec<PassageWrite> = (0..4).map(|_| entry(&lot, "京C00001", t0()).0).collect();
+    writes.extend(same.iter().cloned());
+    writes.push(writes[7].clone());
+    let tasks: Vec<_> = writes
+        .iter()
+        .cloned()
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move { s.commit_passage(&w).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    for (i, o) in outcomes[..40].iter().enumerate() {
+        if i == 7 {
+            // Either copy of the resent write may have gone first.
+            continue;
+        }
+        assert!(matches!(o, Ok(PassageOutcome::Committed)), "{i}: {o:?}");
+    }
+    let copies = [&outcomes[7], &outcomes[44]];
+    let committed = copies
+        .iter()
+        .filter(|o| matches!(o, Ok(PassageOutcome::Committed)))
+        .count();
+    let replayed = copies
+        .iter()
+        .filter(|o| matches!(o, Ok(PassageOutcome::Duplicate(d)) if d.event_id == writes[7].decision.event_id))
+        .count();
+    assert_eq!((committed, replayed), (1, 1), "{copies:?}");
+    let mut opened = 0;
+    for (w, o) in same.iter().zip(&outcomes[40..44]) {
+        let stored = s.event_decision(w.event.event_id).await.unwrap();
+        match o {
+            Ok(PassageOutcome::Committed) => {
+                opened += 1;
+                assert!(stored.is_some());
+            }
+            Err(StoreError::Conflict(_)) => {
+                assert!(stored.is_none(), "a conflicting passage left its event")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(opened, 1);
+    assert_eq!(s.open_sessions(&lot).await.unwrap().len(), 41);
+    b.cleanup().await;
+}
+
 #[tokio::test]
 async fn one_open_session_per_plate_and_one_charge_per_session() {
     let (s, b, lot) = store().await;
@@ -320,10 +379,23 @@ async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
         s.lease_due_charges("c", now, now + Duration::minutes(1), 4)
     );
     let (a, c) = (a.unwrap(), c.unwrap());
-    assert_eq!(a.len() + c.len(), 6, "every due charge leased once");
     assert!(
         a.iter().all(|x| c.iter().all(|y| x.id != y.id)),
         "no charge leased twice"
+    );
+    // Under PostgreSQL a lease that lost the race for a row skips it (it sees the row leased
+    // once the winner commits): the next round leases what it missed.
+    let rest = s
+        .lease_due_charges("d", now, now + Duration::minutes(1), 10)
+        .await
+        .unwrap();
+    let mut ids: Vec<Uuid> = a.iter().chain(&c).chain(&rest).map(|x| x.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (ids.len(), a.len() + c.len() + rest.len()),
+        (6, 6),
+        "every due charge leased once"
     );
     // Nothing more is due while the leases hold.
     assert!(s
@@ -332,7 +404,10 @@ async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
         .unwrap()
         .is_empty());
 
-    let mine = &a[0];
+    let (owner, other, mine) = match a.first() {
+        Some(x) => ("a", "c", x),
+        None => ("c", "a", &c[0]),
+    };
     let upd = |owner: &str| ChargeUpdate {
         id: mine.id,
         lease_owner: owner.into(),
@@ -352,10 +427,10 @@ async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
         exception: None,
     };
     assert!(matches!(
-        s.update_charge(&upd("c")).await,
+        s.update_charge(&upd(other)).await,
         Err(StoreError::Conflict(_))
     ));
-    s.update_charge(&upd("a")).await.unwrap();
+    s.update_charge(&upd(owner)).await.unwrap();
     let done = s.charge(mine.id).await.unwrap().unwrap();
     assert_eq!(
         (done.status, done.provider_txn.as_deref()),

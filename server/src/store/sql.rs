@@ -14,14 +14,56 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{StoreError, StoreResult};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{PassageOutcome, PassageWrite, StoreError, StoreResult};
+
+/// Read-only connections of a SQLite store, beside its one writer.
+const SQLITE_READERS: u32 = 2;
+
+/// Group committers of a PostgreSQL store (each holds a connection while it commits).
+const PG_COMMITTERS: usize = 4;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Connections for the reads of the hot path, beside the one that writes: WAL lets them
+    /// read the last committed state while the writer works.
+    reader: SqlitePool,
+    passages: mpsc::Sender<Pending>,
 }
 
 pub struct PgStore {
     pool: PgPool,
+    /// The same pool: PostgreSQL's connections all read and write.
+    reader: PgPool,
+    passages: mpsc::Sender<Pending>,
+}
+
+/// A passage waiting for its group commit, and where its outcome goes.
+type Pending = (PassageWrite, oneshot::Sender<StoreResult<PassageOutcome>>);
+
+/// The most passages one transaction commits.
+const MAX_GROUP: usize = 64;
+
+/// The passages waiting to be committed, shared by a backend's committers.
+type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>;
+
+/// Waits for a passage, then takes whatever else is already waiting (up to [`MAX_GROUP`]):
+/// under load, the passages that queued while the last group committed go in together; alone,
+/// a passage waits for nobody.
+async fn next_group(queue: &Queue) -> Option<Vec<Pending>> {
+    let mut rx = queue.lock().await;
+    let first = rx.recv().await?;
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(p) => group.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(group)
 }
 
 impl SqliteStore {
@@ -35,12 +77,23 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         // One connection: SQLite has a single writer, and deferred transactions that read and
         // then write would otherwise deadlock each other with SQLITE_BUSY.
+        let read_opts = opts.clone().read_only(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        // One committer: there is one connection, and one writer.
+        let passages = SqliteStore::committers(pool.clone(), 1);
+        let reader = SqlitePoolOptions::new()
+            .max_connections(SQLITE_READERS)
+            .connect_with(read_opts)
+            .await?;
+        Ok(SqliteStore {
+            pool,
+            reader,
+            passages,
+        })
     }
 }
 
@@ -52,7 +105,13 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        // A few committers, so that one group's round trips overlap another's commit.
+        let passages = PgStore::committers(pool.clone(), PG_COMMITTERS);
+        Ok(PgStore {
+            reader: pool.clone(),
+            pool,
+            passages,
+        })
     }
 }
 
@@ -546,6 +605,235 @@ macro_rules! backend {
                 Ok(())
             }
 
+            /// Writes one passage on `tx` (a transaction or a savepoint): the caller commits it
+            /// when the outcome is `Committed`, and rolls it back otherwise.
+            async fn write_passage(tx: &mut <$db as sqlx::Database>::Connection, w: &PassageWrite) -> StoreResult<PassageOutcome> {
+                let ev = &w.event;
+                let inserted = sqlx::query(
+                    "INSERT INTO events (event_id, lot_id, lane_id, gateway_id, direction, captured_at, received_at, plate, quality, resent, payload, session_id, decision) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(ev.event_id.to_string())
+                .bind(ev.lot.as_str())
+                .bind(ev.lane.clone())
+                .bind(ev.gateway.clone())
+                .bind(ev.direction.clone())
+                .bind(ms(ev.captured_at))
+                .bind(ms(ev.received_at))
+                .bind(ev.plate.clone())
+                .bind(ev.quality.clone())
+                .bind(i64::from(ev.resent))
+                .bind(ev.payload.clone())
+                .bind(w.session_id.map(|u| u.to_string()))
+                .bind(to_json(&w.decision))
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    let stored: Decision = sqlx::query("SELECT decision FROM events WHERE event_id = $1")
+                        .bind(ev.event_id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| json(&r.try_get::<String, _>("decision")?, "decision"))
+                        .transpose()?
+                        .ok_or_else(|| StoreError::Corrupt(format!("event {} has no decision", ev.event_id)))?;
+                    return Ok(PassageOutcome::Duplicate(Box::new(stored)));
+                }
+                let now = ev.received_at;
+                for change in &w.sessions {
+                    let r = match change {
+                        SessionChange::Open(s, key) => {
+                            sqlx::query(
+                                "INSERT INTO sessions (id, lot_id, plate, plate_key, status, driver_id, entry_event_id, entry_lane, entry_at, updated_at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                            )
+                            .bind(s.id.to_string())
+                            .bind(s.lot.as_str())
+                            .bind(s.plate.clone())
+                            .bind(key.clone())
+                            .bind(s.status.as_str())
+                            .bind(s.driver_id.map(|u| u.to_string()))
+                            .bind(s.entry_event_id.map(|u| u.to_string()))
+                            .bind(s.entry_lane.as_ref().map(|l| l.to_string()))
+                            .bind(ms(s.entry_at))
+                            .bind(ms(now))
+                            .execute(&mut *tx)
+                            .await
+                        }
+                        SessionChange::Close { id, status, exit_event_id, exit_lane, exit_at, fee, quote_json, driver_id, plate } => {
+                            sqlx::query(
+                                "UPDATE sessions SET status = $1, exit_event_id = $2, exit_lane = $3, exit_at = $4, fee_minor = $5, currency = $6, \
+                                 quote = $7, driver_id = COALESCE($8, driver_id), updated_at = $9, plate = COALESCE($11, plate), \
+                                 plate_key = COALESCE($12, plate_key) WHERE id = $10 AND status = 'open'",
+                            )
+                            .bind(status.as_str())
+                            .bind(exit_event_id.to_string())
+                            .bind(exit_lane.clone())
+                            .bind(ms(*exit_at))
+                            .bind(fee.minor)
+                            .bind(fee.currency.as_str())
+                            .bind(quote_json.clone())
+                            .bind(driver_id.map(|u| u.to_string()))
+                            .bind(ms(now))
+                            .bind(id.to_string())
+                            .bind(plate.as_ref().map(|p| p.0.clone()))
+                            .bind(plate.as_ref().map(|p| p.1.clone()))
+                            .execute(&mut *tx)
+                            .await
+                        }
+                        SessionChange::MarkStale { id } => {
+                            sqlx::query("UPDATE sessions SET status = 'exception', updated_at = $1 WHERE id = $2 AND status = 'open'")
+                                .bind(ms(now))
+                                .bind(id.to_string())
+                                .execute(&mut *tx)
+                                .await
+                        }
+                    };
+                    match r {
+                        Ok(done) if done.rows_affected() == 1 => {}
+                        Ok(_) => return Err(StoreError::Conflict("session is no longer open".into())),
+                        Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("plate already has an open session".into())),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if let Some(t) = &w.ticket {
+                    let r = sqlx::query("INSERT INTO tickets (secret_hash, session_id, lot_id, entry_event_id, created_at) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(t.secret_hash.clone())
+                        .bind(t.session_id.to_string())
+                        .bind(w.event.lot.as_str())
+                        .bind(t.entry_event_id.to_string())
+                        .bind(ms(now))
+                        .execute(&mut *tx)
+                        .await;
+                    match r {
+                        Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("a ticket was issued for this passage already".into())),
+                        other => { other?; }
+                    }
+                }
+                for v in &w.redeem {
+                    let done = sqlx::query("UPDATE validations SET redeemed_at = $2 WHERE id = $1 AND redeemed_at IS NULL")
+                        .bind(v.to_string())
+                        .bind(ms(now))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if done != 1 {
+                        return Err(StoreError::Conflict(format!("validation {v} was redeemed meanwhile")));
+                    }
+                }
+                if let Some(c) = &w.charge {
+                    let r = sqlx::query(
+                        "INSERT INTO charges (id, session_id, lot_id, driver_id, mandate_id, amount_minor, currency, status, method, idempotency_key, attempts, \
+                         next_attempt_at, provider_txn, last_error, created_at, updated_at, settled_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                    )
+                    .bind(c.id.to_string())
+                    .bind(c.session_id.to_string())
+                    .bind(c.lot.as_str())
+                    .bind(c.driver_id.map(|u| u.to_string()))
+                    .bind(c.mandate_id.map(|u| u.to_string()))
+                    .bind(c.amount.minor)
+                    .bind(c.amount.currency.as_str())
+                    .bind(c.status.as_str())
+                    .bind(c.method.as_str())
+                    .bind(c.idempotency_key.clone())
+                    .bind(c.attempts)
+                    .bind(c.next_attempt_at.map(ms))
+                    .bind(c.provider_txn.clone())
+                    .bind(c.last_error.clone())
+                    .bind(ms(c.created_at))
+                    .bind(ms(c.updated_at))
+                    .bind(c.settled_at.map(ms))
+                    .execute(&mut *tx)
+                    .await;
+                    match r {
+                        Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("session already has a charge".into())),
+                        other => {
+                            other?;
+                        }
+                    }
+                }
+                for x in &w.exceptions {
+                    insert_exception(&mut *tx, x).await?;
+                }
+                if let Some((id, resolution)) = &w.resolves {
+                    let r = sqlx::query("UPDATE exceptions SET resolved_at = $1, resolution = $2 WHERE id = $3 AND resolved_at IS NULL")
+                        .bind(ms(now))
+                        .bind(resolution.clone())
+                        .bind(id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    if r.rows_affected() == 0 {
+                        return Err(StoreError::Conflict(format!("exception {id} is already resolved")));
+                    }
+                }
+                for a in &w.audit {
+                    insert_audit_row(&mut *tx, a).await?;
+                }
+                insert_outbox(&mut *tx, &w.outbox, now).await?;
+                Ok(PassageOutcome::Committed)
+            }
+
+
+            /// One passage in its own transaction.
+            async fn commit_alone(pool: &sqlx::Pool<$db>, w: &PassageWrite) -> StoreResult<PassageOutcome> {
+                let mut tx = pool.begin().await?;
+                let outcome = write_passage(&mut tx, w).await?;
+                match outcome {
+                    PassageOutcome::Committed => tx.commit().await?,
+                    PassageOutcome::Duplicate(_) => tx.rollback().await?,
+                }
+                Ok(outcome)
+            }
+
+            /// Commits a group of passages: in one transaction (one flush to disk for all of
+            /// them) when all of it succeeds, each alone otherwise, so that one passage's
+            /// conflict is its own. A passage's outcome is sent only after its commit: no lane
+            /// hears of a decision that could still be lost. (A group whose COMMIT failed may
+            /// have been written after all; written again alone, each passage then finds its
+            /// event stored and answers with the stored decision.)
+            async fn commit_group(pool: &sqlx::Pool<$db>, group: Vec<Pending>) {
+                if group.len() > 1 {
+                    if let Some(outcomes) = try_group(pool, &group).await {
+                        for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                        return;
+                    }
+                }
+                for (w, reply) in group {
+                    let _ = reply.send(commit_alone(pool, &w).await);
+                }
+            }
+
+            /// A group in one transaction, or `None` if any of it failed (and was rolled back).
+            async fn try_group(pool: &sqlx::Pool<$db>, group: &[Pending]) -> Option<Vec<PassageOutcome>> {
+                let mut tx = pool.begin().await.ok()?;
+                let mut outcomes = Vec::with_capacity(group.len());
+                for (w, _) in group {
+                    outcomes.push(write_passage(&mut tx, w).await.ok()?);
+                }
+                tx.commit().await.ok()?;
+                Some(outcomes)
+            }
+
+            impl $store {
+                /// Starts `n` tasks that commit the passages sent on the returned channel, in
+                /// groups; they end when the store (the sender) is dropped.
+                fn committers(pool: sqlx::Pool<$db>, n: usize) -> mpsc::Sender<Pending> {
+                    let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
+                    let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
+                    for _ in 0..n {
+                        let (pool, queue) = (pool.clone(), queue.clone());
+                        tokio::spawn(async move {
+                            while let Some(group) = next_group(&queue).await {
+                                commit_group(&pool, group).await;
+                            }
+                        });
+                    }
+                    tx
+                }
+            }
+
             #[async_trait]
             impl Store for $store {
                 fn backend(&self) -> &'static str {
@@ -626,7 +914,7 @@ macro_rules! backend {
                     sqlx::query("SELECT * FROM lanes WHERE lot_id = $1 AND lane_id = $2")
                         .bind(lot.as_str())
                         .bind(lane.as_str())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| lane_from(&r))
                         .transpose()
@@ -645,7 +933,7 @@ macro_rules! backend {
                 async fn lot(&self, id: &LotId) -> StoreResult<Option<Lot>> {
                     sqlx::query("SELECT * FROM lots WHERE id = $1")
                         .bind(id.as_str())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| lot_from(&r))
                         .transpose()
@@ -731,7 +1019,7 @@ macro_rules! backend {
                 async fn vehicle(&self, plate: &str) -> StoreResult<Option<Vehicle>> {
                     sqlx::query("SELECT * FROM vehicles WHERE plate = $1")
                         .bind(plate)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| vehicle_from(&r))
                         .transpose()
@@ -833,7 +1121,7 @@ macro_rules! backend {
                     sqlx::query("SELECT * FROM plate_lists WHERE plate = $1 AND (lot_id = $2 OR lot_id IS NULL) AND revoked_at IS NULL ORDER BY created_at, id")
                         .bind(plate)
                         .bind(lot.as_str())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.reader)
                         .await?
                         .iter()
                         .map(list_entry_from)
@@ -904,7 +1192,7 @@ macro_rules! backend {
                 async fn occupancy(&self, lot: &LotId) -> StoreResult<i64> {
                     Ok(sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE lot_id = $1 AND status = 'open'")
                         .bind(lot.as_str())
-                        .fetch_one(&self.pool)
+                        .fetch_one(&self.reader)
                         .await?
                         .try_get("n")?)
                 }
@@ -1066,7 +1354,7 @@ macro_rules! backend {
                 async fn validations_of_session(&self, session: Uuid) -> StoreResult<Vec<Validation>> {
                     sqlx::query(&format!("{VALIDATION_SELECT} WHERE v.session_id = $1 AND v.redeemed_at IS NULL ORDER BY v.issued_at, v.id"))
                         .bind(session.to_string())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.reader)
                         .await?
                         .iter()
                         .map(validation_from)
@@ -1136,7 +1424,7 @@ macro_rules! backend {
                 async fn mandate(&self, id: Uuid) -> StoreResult<Option<Mandate>> {
                     sqlx::query("SELECT * FROM mandates WHERE id = $1")
                         .bind(id.to_string())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| mandate_from(&r))
                         .transpose()
@@ -1145,7 +1433,7 @@ macro_rules! backend {
                 async fn mandates_of(&self, driver: Uuid) -> StoreResult<Vec<Mandate>> {
                     sqlx::query("SELECT * FROM mandates WHERE driver_id = $1 ORDER BY signed_at")
                         .bind(driver.to_string())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.reader)
                         .await?
                         .iter()
                         .map(mandate_from)
@@ -1209,7 +1497,7 @@ macro_rules! backend {
                     )
                     .bind(driver.to_string())
                     .bind(ms(month_start))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.reader)
                     .await?;
                     let Some(first) = rows.first() else {
                         // No mandate: the arrears still count (they are shown, and block opening).
@@ -1226,7 +1514,7 @@ macro_rules! backend {
                 async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>> {
                     sqlx::query("SELECT decision FROM events WHERE event_id = $1")
                         .bind(event_id.to_string())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| json(&r.try_get::<String, _>("decision")?, "decision"))
                         .transpose()
@@ -1236,7 +1524,7 @@ macro_rules! backend {
                     sqlx::query(&format!("SELECT {SESSION_COLS} FROM sessions WHERE lot_id = $1 AND plate = $2 AND status = 'open'"))
                         .bind(lot.as_str())
                         .bind(plate)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| session_from(&r))
                         .transpose()
@@ -1256,7 +1544,7 @@ macro_rules! backend {
                 async fn open_sessions(&self, lot: &LotId) -> StoreResult<Vec<OpenSession>> {
                     sqlx::query("SELECT id, plate, plate_key FROM sessions WHERE lot_id = $1 AND status = 'open'")
                         .bind(lot.as_str())
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.reader)
                         .await?
                         .iter()
                         .map(open_from)
@@ -1264,176 +1552,17 @@ macro_rules! backend {
                 }
 
                 async fn commit_passage(&self, w: &PassageWrite) -> StoreResult<PassageOutcome> {
-                    let mut tx = self.pool.begin().await?;
-                    let ev = &w.event;
-                    let inserted = sqlx::query(
-                        "INSERT INTO events (event_id, lot_id, lane_id, gateway_id, direction, captured_at, received_at, plate, quality, resent, payload, session_id, decision) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING",
-                    )
-                    .bind(ev.event_id.to_string())
-                    .bind(ev.lot.as_str())
-                    .bind(ev.lane.clone())
-                    .bind(ev.gateway.clone())
-                    .bind(ev.direction.clone())
-                    .bind(ms(ev.captured_at))
-                    .bind(ms(ev.received_at))
-                    .bind(ev.plate.clone())
-                    .bind(ev.quality.clone())
-                    .bind(i64::from(ev.resent))
-                    .bind(ev.payload.clone())
-                    .bind(w.session_id.map(|u| u.to_string()))
-                    .bind(to_json(&w.decision))
-                    .execute(&mut *tx)
-                    .await?;
-                    if inserted.rows_affected() == 0 {
-                        tx.rollback().await?;
-                        let stored = self
-                            .event_decision(ev.event_id)
-                            .await?
-                            .ok_or_else(|| StoreError::Corrupt(format!("event {} has no decision", ev.event_id)))?;
-                        return Ok(PassageOutcome::Duplicate(Box::new(stored)));
-                    }
-                    let now = ev.received_at;
-                    for change in &w.sessions {
-                        let r = match change {
-                            SessionChange::Open(s, key) => {
-                                sqlx::query(
-                                    "INSERT INTO sessions (id, lot_id, plate, plate_key, status, driver_id, entry_event_id, entry_lane, entry_at, updated_at) \
-                                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                                )
-                                .bind(s.id.to_string())
-                                .bind(s.lot.as_str())
-                                .bind(s.plate.clone())
-                                .bind(key.clone())
-                                .bind(s.status.as_str())
-                                .bind(s.driver_id.map(|u| u.to_string()))
-                                .bind(s.entry_event_id.map(|u| u.to_string()))
-                                .bind(s.entry_lane.as_ref().map(|l| l.to_string()))
-                                .bind(ms(s.entry_at))
-                                .bind(ms(now))
-                                .execute(&mut *tx)
-                                .await
-                            }
-                            SessionChange::Close { id, status, exit_event_id, exit_lane, exit_at, fee, quote_json, driver_id, plate } => {
-                                sqlx::query(
-                                    "UPDATE sessions SET status = $1, exit_event_id = $2, exit_lane = $3, exit_at = $4, fee_minor = $5, currency = $6, \
-                                     quote = $7, driver_id = COALESCE($8, driver_id), updated_at = $9, plate = COALESCE($11, plate), \
-                                     plate_key = COALESCE($12, plate_key) WHERE id = $10 AND status = 'open'",
-                                )
-                                .bind(status.as_str())
-                                .bind(exit_event_id.to_string())
-                                .bind(exit_lane.clone())
-                                .bind(ms(*exit_at))
-                                .bind(fee.minor)
-                                .bind(fee.currency.as_str())
-                                .bind(quote_json.clone())
-                                .bind(driver_id.map(|u| u.to_string()))
-                                .bind(ms(now))
-                                .bind(id.to_string())
-                                .bind(plate.as_ref().map(|p| p.0.clone()))
-                                .bind(plate.as_ref().map(|p| p.1.clone()))
-                                .execute(&mut *tx)
-                                .await
-                            }
-                            SessionChange::MarkStale { id } => {
-                                sqlx::query("UPDATE sessions SET status = 'exception', updated_at = $1 WHERE id = $2 AND status = 'open'")
-                                    .bind(ms(now))
-                                    .bind(id.to_string())
-                                    .execute(&mut *tx)
-                                    .await
-                            }
-                        };
-                        match r {
-                            Ok(done) if done.rows_affected() == 1 => {}
-                            Ok(_) => return Err(StoreError::Conflict("session is no longer open".into())),
-                            Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("plate already has an open session".into())),
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    if let Some(t) = &w.ticket {
-                        let r = sqlx::query("INSERT INTO tickets (secret_hash, session_id, lot_id, entry_event_id, created_at) VALUES ($1, $2, $3, $4, $5)")
-                            .bind(t.secret_hash.clone())
-                            .bind(t.session_id.to_string())
-                            .bind(w.event.lot.as_str())
-                            .bind(t.entry_event_id.to_string())
-                            .bind(ms(now))
-                            .execute(&mut *tx)
-                            .await;
-                        match r {
-                            Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("a ticket was issued for this passage already".into())),
-                            other => { other?; }
-                        }
-                    }
-                    for v in &w.redeem {
-                        let done = sqlx::query("UPDATE validations SET redeemed_at = $2 WHERE id = $1 AND redeemed_at IS NULL")
-                            .bind(v.to_string())
-                            .bind(ms(now))
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                        if done != 1 {
-                            return Err(StoreError::Conflict(format!("validation {v} was redeemed meanwhile")));
-                        }
-                    }
-                    if let Some(c) = &w.charge {
-                        let r = sqlx::query(
-                            "INSERT INTO charges (id, session_id, lot_id, driver_id, mandate_id, amount_minor, currency, status, method, idempotency_key, attempts, \
-                             next_attempt_at, provider_txn, last_error, created_at, updated_at, settled_at) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-                        )
-                        .bind(c.id.to_string())
-                        .bind(c.session_id.to_string())
-                        .bind(c.lot.as_str())
-                        .bind(c.driver_id.map(|u| u.to_string()))
-                        .bind(c.mandate_id.map(|u| u.to_string()))
-                        .bind(c.amount.minor)
-                        .bind(c.amount.currency.as_str())
-                        .bind(c.status.as_str())
-                        .bind(c.method.as_str())
-                        .bind(c.idempotency_key.clone())
-                        .bind(c.attempts)
-                        .bind(c.next_attempt_at.map(ms))
-                        .bind(c.provider_txn.clone())
-                        .bind(c.last_error.clone())
-                        .bind(ms(c.created_at))
-                        .bind(ms(c.updated_at))
-                        .bind(c.settled_at.map(ms))
-                        .execute(&mut *tx)
-                        .await;
-                        match r {
-                            Err(e) if unique_violation(&e) => return Err(StoreError::Conflict("session already has a charge".into())),
-                            other => {
-                                other?;
-                            }
-                        }
-                    }
-                    for x in &w.exceptions {
-                        insert_exception(&mut *tx, x).await?;
-                    }
-                    if let Some((id, resolution)) = &w.resolves {
-                        let r = sqlx::query("UPDATE exceptions SET resolved_at = $1, resolution = $2 WHERE id = $3 AND resolved_at IS NULL")
-                            .bind(ms(now))
-                            .bind(resolution.clone())
-                            .bind(id.to_string())
-                            .execute(&mut *tx)
-                            .await?;
-                        if r.rows_affected() == 0 {
-                            return Err(StoreError::Conflict(format!("exception {id} is already resolved")));
-                        }
-                    }
-                    for a in &w.audit {
-                        insert_audit_row(&mut *tx, a).await?;
-                    }
-                    insert_outbox(&mut *tx, &w.outbox, now).await?;
-
-                    tx.commit().await?;
-                    Ok(PassageOutcome::Committed)
+                    // The committers stop only with the store.
+                    let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
+                    let (reply, outcome) = oneshot::channel();
+                    self.passages.send((w.clone(), reply)).await.map_err(|_| stopped())?;
+                    outcome.await.map_err(|_| stopped())?
                 }
 
                 async fn session(&self, id: Uuid) -> StoreResult<Option<Session>> {
                     sqlx::query(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1"))
                         .bind(id.to_string())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| session_from(&r))
                         .transpose()
@@ -1459,7 +1588,7 @@ macro_rules! backend {
                 async fn charge(&self, id: Uuid) -> StoreResult<Option<Charge>> {
                     sqlx::query(&format!("SELECT {CHARGE_COLS} FROM charges WHERE id = $1"))
                         .bind(id.to_string())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| charge_from(&r))
                         .transpose()
@@ -2494,7 +2623,7 @@ macro_rules! backend {
                 async fn provider_parking(&self, session: Uuid) -> StoreResult<Option<ProviderParking>> {
                     sqlx::query("SELECT session_id, provider, out_parking_no, parking_id, state, block_reason, updated_at FROM provider_parkings WHERE session_id = $1")
                         .bind(session.to_string())
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.reader)
                         .await?
                         .map(|r| -> StoreResult<ProviderParking> {
                             let state: String = r.try_get("state")?;
