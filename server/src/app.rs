@@ -5,7 +5,7 @@
 //! once, and publishes through the [`Outbound`] port (MQTT in production, anything in tests).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
@@ -133,6 +133,7 @@ impl Published {
         stop: tokio_util::sync::CancellationToken,
     ) {
         const BATCH: usize = 500;
+        const GATHER: Duration = Duration::from_millis(50);
         let mut ids = Vec::with_capacity(BATCH);
         loop {
             let open = tokio::select! {
@@ -144,6 +145,20 @@ impl Published {
                     false
                 }
             };
+            if open && ids.len() < BATCH {
+                // Let the marks of a busy moment gather: one commit for many rows. (The
+                // resender leaves a row alone until it has been unmarked for 2 s.)
+                tokio::select! {
+                    _ = tokio::time::sleep(GATHER) => {}
+                    _ = stop.cancelled() => {}
+                }
+                while ids.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+            }
             if !ids.is_empty() {
                 if let Err(e) = store.mark_published(&ids, clock.now()).await {
                     tracing::warn!(error = %e, rows = ids.len(), "could not mark decisions published; the outbox will resend them");

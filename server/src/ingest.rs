@@ -49,7 +49,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const KEPT_BYTES: usize = 4 * 1024;
 
 /// Passage events handled at once.
-const CONCURRENCY: u32 = 16;
+const CONCURRENCY: u32 = 64;
 
 /// Handles incoming messages until `stop` is cancelled or the channel closes, then drains: the
 /// events in hand are finished (within a bound) and acknowledged; what was not taken is left to

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{PassageOutcome, PassageWrite, StoreError, StoreResult};
+use super::{ChargeUpdate, PassageOutcome, PassageWrite, StoreError, StoreResult};
 
 /// Read-only connections of a SQLite store, beside its one writer.
 const SQLITE_READERS: u32 = 2;
@@ -31,28 +31,57 @@ pub struct SqliteStore {
     /// Connections for the reads of the hot path, beside the one that writes: WAL lets them
     /// read the last committed state while the writer works.
     reader: SqlitePool,
-    passages: mpsc::Sender<Pending>,
+    writes: mpsc::Sender<Pending>,
 }
 
 pub struct PgStore {
     pool: PgPool,
     /// The same pool: PostgreSQL's connections all read and write.
     reader: PgPool,
-    passages: mpsc::Sender<Pending>,
+    writes: mpsc::Sender<Pending>,
 }
 
-/// A passage waiting for its group commit, and where its outcome goes.
-type Pending = (PassageWrite, oneshot::Sender<StoreResult<PassageOutcome>>);
+/// A write waiting for its group commit, and where its outcome goes: a passage, or a charge's
+/// outcome from the payment worker (the two writes of the hot path).
+enum Pending {
+    Passage(PassageWrite, oneshot::Sender<StoreResult<PassageOutcome>>),
+    Charge(ChargeUpdate, oneshot::Sender<StoreResult<()>>),
+}
 
-/// The most passages one transaction commits.
+/// What a write of a group came to, kept until the group commits.
+enum Done {
+    Passage(PassageOutcome),
+    Charge,
+}
+
+impl Pending {
+    /// Hands the write's outcome to whoever waits for it.
+    fn answer(self, outcome: StoreResult<Done>) {
+        match self {
+            Pending::Passage(_, reply) => {
+                let _ = reply.send(outcome.and_then(|d| match d {
+                    Done::Passage(o) => Ok(o),
+                    Done::Charge => {
+                        Err(StoreError::Corrupt("a passage answered as a charge".into()))
+                    }
+                }));
+            }
+            Pending::Charge(_, reply) => {
+                let _ = reply.send(outcome.map(|_| ()));
+            }
+        }
+    }
+}
+
+/// The most writes one transaction commits.
 const MAX_GROUP: usize = 64;
 
-/// The passages waiting to be committed, shared by a backend's committers.
+/// The writes waiting to be committed, shared by a backend's committers.
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>;
 
-/// Waits for a passage, then takes whatever else is already waiting (up to [`MAX_GROUP`]):
-/// under load, the passages that queued while the last group committed go in together; alone,
-/// a passage waits for nobody.
+/// Waits for a write, then takes whatever else is already waiting (up to [`MAX_GROUP`]): under
+/// load, the writes that queued while the last group committed go in together; alone, a write
+/// waits for nobody.
 async fn next_group(queue: &Queue) -> Option<Vec<Pending>> {
     let mut rx = queue.lock().await;
     let first = rx.recv().await?;
@@ -84,7 +113,7 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         // One committer: there is one connection, and one writer.
-        let passages = SqliteStore::committers(pool.clone(), 1);
+        let writes = SqliteStore::committers(pool.clone(), 1);
         let reader = SqlitePoolOptions::new()
             .max_connections(SQLITE_READERS)
             .connect_with(read_opts)
@@ -92,7 +121,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             reader,
-            passages,
+            writes,
         })
     }
 }
@@ -106,11 +135,11 @@ impl PgStore {
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         // A few committers, so that one group's round trips overlap another's commit.
-        let passages = PgStore::committers(pool.clone(), PG_COMMITTERS);
+        let writes = PgStore::committers(pool.clone(), PG_COMMITTERS);
         Ok(PgStore {
             reader: pool.clone(),
             pool,
-            passages,
+            writes,
         })
     }
 }
@@ -774,43 +803,93 @@ macro_rules! backend {
             }
 
 
-            /// One passage in its own transaction.
-            async fn commit_alone(pool: &sqlx::Pool<$db>, w: &PassageWrite) -> StoreResult<PassageOutcome> {
-                let mut tx = pool.begin().await?;
-                let outcome = write_passage(&mut tx, w).await?;
-                match outcome {
-                    PassageOutcome::Committed => tx.commit().await?,
-                    PassageOutcome::Duplicate(_) => tx.rollback().await?,
+            /// Writes a charge's outcome and releases its lease, on `tx`; `Conflict` if the
+            /// lease was lost meanwhile.
+            async fn write_charge_update(tx: &mut <$db as sqlx::Database>::Connection, u: &ChargeUpdate) -> StoreResult<()> {
+                let r = sqlx::query(
+                    "UPDATE charges SET status = $1, attempts = $2, next_attempt_at = $3, provider_txn = COALESCE($4, provider_txn), last_error = $5, \
+                     settled_at = $6, updated_at = $7, lease_owner = NULL, lease_until = NULL, advanced = $10 WHERE id = $8 AND lease_owner = $9",
+                )
+                .bind(u.status.as_str())
+                .bind(u.attempts)
+                .bind(u.next_attempt_at.map(ms))
+                .bind(u.provider_txn.clone())
+                .bind(u.last_error.clone())
+                .bind(u.settled_at.map(ms))
+                .bind(ms(u.attempt.at))
+                .bind(u.id.to_string())
+                .bind(u.lease_owner.clone())
+                .bind(i64::from(u.advanced))
+                .execute(&mut *tx)
+                .await?;
+                if r.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(format!("lease on charge {} was lost", u.id)));
                 }
-                Ok(outcome)
+                if u.status == ChargeStatus::Succeeded {
+                    resolve_charge_exceptions(&mut *tx, u.id, "collected by the provider", u.attempt.at).await?;
+                }
+                sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(Uuid::now_v7().to_string())
+                    .bind(u.id.to_string())
+                    .bind(u.attempt.attempt)
+                    .bind(ms(u.attempt.at))
+                    .bind(u.attempt.outcome.clone())
+                    .bind(u.attempt.detail.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(x) = &u.exception {
+                    insert_charge_exception(&mut *tx, x).await?;
+                }
+                Ok(())
             }
 
-            /// Commits a group of passages: in one transaction (one flush to disk for all of
-            /// them) when all of it succeeds, each alone otherwise, so that one passage's
-            /// conflict is its own. A passage's outcome is sent only after its commit: no lane
+            /// One write of a group, on the group's transaction.
+            async fn write_one(tx: &mut <$db as sqlx::Database>::Connection, job: &Pending) -> StoreResult<Done> {
+                match job {
+                    Pending::Passage(w, _) => write_passage(tx, w).await.map(Done::Passage),
+                    Pending::Charge(u, _) => write_charge_update(tx, u).await.map(|()| Done::Charge),
+                }
+            }
+
+            /// One write in its own transaction (a duplicate passage writes nothing).
+            async fn commit_alone(pool: &sqlx::Pool<$db>, job: &Pending) -> StoreResult<Done> {
+                let mut tx = pool.begin().await?;
+                let done = write_one(&mut tx, job).await?;
+                match done {
+                    Done::Passage(PassageOutcome::Duplicate(_)) => tx.rollback().await?,
+                    _ => tx.commit().await?,
+                }
+                Ok(done)
+            }
+
+            /// Commits a group of writes: in one transaction (one flush to disk for all of
+            /// them) when all of it succeeds, each alone otherwise, so that one write's
+            /// conflict is its own. A write's outcome is sent only after its commit: no lane
             /// hears of a decision that could still be lost. (A group whose COMMIT failed may
-            /// have been written after all; written again alone, each passage then finds its
-            /// event stored and answers with the stored decision.)
+            /// have been written after all; written again alone, a passage then finds its
+            /// event stored and answers with the stored decision, and a charge's update finds
+            /// its lease gone and conflicts, as when another instance took it.)
             async fn commit_group(pool: &sqlx::Pool<$db>, group: Vec<Pending>) {
                 if group.len() > 1 {
                     if let Some(outcomes) = try_group(pool, &group).await {
-                        for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(outcome));
+                        for (job, done) in group.into_iter().zip(outcomes) {
+                            job.answer(Ok(done));
                         }
                         return;
                     }
                 }
-                for (w, reply) in group {
-                    let _ = reply.send(commit_alone(pool, &w).await);
+                for job in group {
+                    let done = commit_alone(pool, &job).await;
+                    job.answer(done);
                 }
             }
 
             /// A group in one transaction, or `None` if any of it failed (and was rolled back).
-            async fn try_group(pool: &sqlx::Pool<$db>, group: &[Pending]) -> Option<Vec<PassageOutcome>> {
+            async fn try_group(pool: &sqlx::Pool<$db>, group: &[Pending]) -> Option<Vec<Done>> {
                 let mut tx = pool.begin().await.ok()?;
                 let mut outcomes = Vec::with_capacity(group.len());
-                for (w, _) in group {
-                    outcomes.push(write_passage(&mut tx, w).await.ok()?);
+                for job in group {
+                    outcomes.push(write_one(&mut tx, job).await.ok()?);
                 }
                 tx.commit().await.ok()?;
                 Some(outcomes)
@@ -1555,7 +1634,7 @@ macro_rules! backend {
                     // The committers stop only with the store.
                     let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
                     let (reply, outcome) = oneshot::channel();
-                    self.passages.send((w.clone(), reply)).await.map_err(|_| stopped())?;
+                    self.writes.send(Pending::Passage(w.clone(), reply)).await.map_err(|_| stopped())?;
                     outcome.await.map_err(|_| stopped())?
                 }
 
@@ -1699,43 +1778,11 @@ macro_rules! backend {
                 }
 
                 async fn update_charge(&self, u: &ChargeUpdate) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
-                    let r = sqlx::query(
-                        "UPDATE charges SET status = $1, attempts = $2, next_attempt_at = $3, provider_txn = COALESCE($4, provider_txn), last_error = $5, \
-                         settled_at = $6, updated_at = $7, lease_owner = NULL, lease_until = NULL, advanced = $10 WHERE id = $8 AND lease_owner = $9",
-                    )
-                    .bind(u.status.as_str())
-                    .bind(u.attempts)
-                    .bind(u.next_attempt_at.map(ms))
-                    .bind(u.provider_txn.clone())
-                    .bind(u.last_error.clone())
-                    .bind(u.settled_at.map(ms))
-                    .bind(ms(u.attempt.at))
-                    .bind(u.id.to_string())
-                    .bind(u.lease_owner.clone())
-                    .bind(i64::from(u.advanced))
-                    .execute(&mut *tx)
-                    .await?;
-                    if r.rows_affected() == 0 {
-                        return Err(StoreError::Conflict(format!("lease on charge {} was lost", u.id)));
-                    }
-                    if u.status == ChargeStatus::Succeeded {
-                        resolve_charge_exceptions(&mut *tx, u.id, "collected by the provider", u.attempt.at).await?;
-                    }
-                    sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-                        .bind(Uuid::now_v7().to_string())
-                        .bind(u.id.to_string())
-                        .bind(u.attempt.attempt)
-                        .bind(ms(u.attempt.at))
-                        .bind(u.attempt.outcome.clone())
-                        .bind(u.attempt.detail.clone())
-                        .execute(&mut *tx)
-                        .await?;
-                    if let Some(x) = &u.exception {
-                        insert_charge_exception(&mut *tx, x).await?;
-                    }
-                    tx.commit().await?;
-                    Ok(())
+                    // The committers stop only with the store.
+                    let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
+                    let (reply, outcome) = oneshot::channel();
+                    self.writes.send(Pending::Charge(u.clone(), reply)).await.map_err(|_| stopped())?;
+                    outcome.await.map_err(|_| stopped())?
                 }
 
                 async fn pay_directly(&self, p: &DirectPayment) -> StoreResult<()> {
