@@ -116,7 +116,10 @@ async fn subscriber(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.payload),
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                 Ok(_) => {}
+                // Every handle of the client is gone: so is the connection.
+                Err(rumqttc::ConnectionError::RequestsDone) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "bench connection lost; retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -204,18 +207,18 @@ async fn drivers(app: &App, n: usize, seed: u64) -> anyhow::Result<Vec<String>> 
 async fn floor(
     app: &App,
     url: &str,
+    topic: &str,
     rate: u32,
     secs: u32,
     size: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let topic = format!("parkpay-bench/{}/echo", Uuid::new_v4().simple());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     // One connection publishes and receives, as a gateway does: the broker's PUBACK and the
     // echo then travel on the same socket, where Nagle's algorithm would delay the second.
     let publisher = subscriber(
         url,
         &format!("bench-echo-{}", Uuid::new_v4().simple()),
-        &topic,
+        topic,
         move |_| {
             let _ = tx.send(());
         },
@@ -231,7 +234,7 @@ async fn floor(
         next += every;
         let t = Instant::now();
         publisher
-            .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+            .publish(topic, QoS::AtLeastOnce, false, payload.clone())
             .await?;
         tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -248,6 +251,8 @@ async fn floor(
             .await?;
         out.push(t.elapsed());
     }
+    // A long run measures the floor many times: each echo connection ends with its floor.
+    publisher.disconnect().await?;
     Ok(out)
 }
 
@@ -435,10 +440,12 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
     )
     .context("the gateway key")?;
 
+    // Each repetition's cars enter, then leave; the next repetition brings the same cars back
+    // (new stays), so a long run registers one repetition's drivers, not all of them.
     let per_rep = (args.rate * args.secs / 2) as usize;
     let cars = per_rep * args.reps as usize;
-    eprintln!("registering {cars} mandated drivers");
-    let plates = drivers(&app, cars, args.seed.unwrap_or_else(rand::random)).await?;
+    eprintln!("registering {per_rep} mandated drivers");
+    let plates = drivers(&app, per_rep, args.seed.unwrap_or_else(rand::random)).await?;
 
     let samples = Arc::new(Mutex::new(Samples::default()));
     let seen = samples.clone();
@@ -477,8 +484,11 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rep_summaries = Vec::new();
+    // One echo topic for the whole run: a broker keeps a log per subscription filter (the
+    // embedded one in memory), so a new topic per repetition would grow it in a long run.
+    let echo = format!("parkpay-bench/{}/echo", Uuid::new_v4().simple());
     for rep in 0..args.reps as usize {
-        let cars = &plates[rep * per_rep..(rep + 1) * per_rep];
+        let cars = &plates[..];
         let rep_first = samples
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -557,7 +567,7 @@ pub async fn run(args: &BenchLoadArgs) -> anyhow::Result<BenchOutcome> {
             ));
         }
         bar.set_message(format!("floor {}", rep + 1));
-        floors.extend(floor(&app, &url, args.rate, args.secs, payload_size).await?);
+        floors.extend(floor(&app, &url, &echo, args.rate, args.secs, payload_size).await?);
     }
     bar.finish_and_clear();
 

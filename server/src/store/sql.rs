@@ -44,8 +44,8 @@ pub struct PgStore {
 /// A write waiting for its group commit, and where its outcome goes: a passage, or a charge's
 /// outcome from the payment worker (the two writes of the hot path).
 enum Pending {
-    Passage(PassageWrite, oneshot::Sender<StoreResult<PassageOutcome>>),
-    Charge(ChargeUpdate, oneshot::Sender<StoreResult<()>>),
+    Passage(Box<PassageWrite>, oneshot::Sender<StoreResult<PassageOutcome>>),
+    Charge(Box<ChargeUpdate>, oneshot::Sender<StoreResult<()>>),
 }
 
 /// What a write of a group came to, kept until the group commits.
@@ -534,6 +534,22 @@ macro_rules! backend {
 
             /// A charge's exception, unless the same kind is already open for that charge (a
             /// retried debt that fails again keeps its one exception).
+            async fn insert_attempt<'c, E>(e: E, charge: Uuid, a: &ChargeAttempt) -> StoreResult<()>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(Uuid::now_v7().to_string())
+                    .bind(charge.to_string())
+                    .bind(a.attempt)
+                    .bind(ms(a.at))
+                    .bind(a.outcome.clone())
+                    .bind(a.detail.clone())
+                    .execute(e)
+                    .await?;
+                Ok(())
+            }
+
             async fn insert_charge_exception<'c, E>(e: E, x: &ExceptionRecord) -> StoreResult<()>
             where
                 E: sqlx::Executor<'c, Database = $db>,
@@ -828,15 +844,7 @@ macro_rules! backend {
                 if u.status == ChargeStatus::Succeeded {
                     resolve_charge_exceptions(&mut *tx, u.id, "collected by the provider", u.attempt.at).await?;
                 }
-                sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(Uuid::now_v7().to_string())
-                    .bind(u.id.to_string())
-                    .bind(u.attempt.attempt)
-                    .bind(ms(u.attempt.at))
-                    .bind(u.attempt.outcome.clone())
-                    .bind(u.attempt.detail.clone())
-                    .execute(&mut *tx)
-                    .await?;
+                insert_attempt(&mut *tx, u.id, &u.attempt).await?;
                 if let Some(x) = &u.exception {
                     insert_charge_exception(&mut *tx, x).await?;
                 }
@@ -1634,7 +1642,7 @@ macro_rules! backend {
                     // The committers stop only with the store.
                     let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
                     let (reply, outcome) = oneshot::channel();
-                    self.writes.send(Pending::Passage(w.clone(), reply)).await.map_err(|_| stopped())?;
+                    self.writes.send(Pending::Passage(Box::new(w.clone()), reply)).await.map_err(|_| stopped())?;
                     outcome.await.map_err(|_| stopped())?
                 }
 
@@ -1781,7 +1789,7 @@ macro_rules! backend {
                     // The committers stop only with the store.
                     let stopped = || StoreError::Database(sqlx::Error::PoolClosed);
                     let (reply, outcome) = oneshot::channel();
-                    self.writes.send(Pending::Charge(u.clone(), reply)).await.map_err(|_| stopped())?;
+                    self.writes.send(Pending::Charge(Box::new(u.clone()), reply)).await.map_err(|_| stopped())?;
                     outcome.await.map_err(|_| stopped())?
                 }
 
@@ -2743,15 +2751,7 @@ macro_rules! backend {
                     if r.rows_affected() == 0 {
                         return Ok(false);
                     }
-                    sqlx::query("INSERT INTO charge_attempts (id, charge_id, attempt, at, outcome, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-                        .bind(Uuid::now_v7().to_string())
-                        .bind(u.charge_id.to_string())
-                        .bind(u.attempt.attempt)
-                        .bind(ms(u.attempt.at))
-                        .bind(u.attempt.outcome.clone())
-                        .bind(u.attempt.detail.clone())
-                        .execute(&mut *tx)
-                        .await?;
+                    insert_attempt(&mut *tx, u.charge_id, &u.attempt).await?;
                     if u.status == ChargeStatus::Succeeded {
                         resolve_charge_exceptions(&mut *tx, u.charge_id, "collected by the provider", u.attempt.at).await?;
                     }
