@@ -44,7 +44,10 @@ pub struct PgStore {
 /// A write waiting for its group commit, and where its outcome goes: a passage, or a charge's
 /// outcome from the payment worker (the two writes of the hot path).
 enum Pending {
-    Passage(Box<PassageWrite>, oneshot::Sender<StoreResult<PassageOutcome>>),
+    Passage(
+        Box<PassageWrite>,
+        oneshot::Sender<StoreResult<PassageOutcome>>,
+    ),
     Charge(Box<ChargeUpdate>, oneshot::Sender<StoreResult<()>>),
 }
 
