@@ -537,6 +537,19 @@ macro_rules! backend {
 
             /// A charge's exception, unless the same kind is already open for that charge (a
             /// retried debt that fails again keeps its one exception).
+            /// The decision stored with an event, if the event is stored.
+            async fn stored_decision<'c, E>(e: E, event_id: Uuid) -> StoreResult<Option<Decision>>
+            where
+                E: sqlx::Executor<'c, Database = $db>,
+            {
+                sqlx::query("SELECT decision FROM events WHERE event_id = $1")
+                    .bind(event_id.to_string())
+                    .fetch_optional(e)
+                    .await?
+                    .map(|r| json(&r.try_get::<String, _>("decision")?, "decision"))
+                    .transpose()
+            }
+
             async fn insert_attempt<'c, E>(e: E, charge: Uuid, a: &ChargeAttempt) -> StoreResult<()>
             where
                 E: sqlx::Executor<'c, Database = $db>,
@@ -653,8 +666,8 @@ macro_rules! backend {
                 Ok(())
             }
 
-            /// Writes one passage on `tx` (a transaction or a savepoint): the caller commits it
-            /// when the outcome is `Committed`, and rolls it back otherwise.
+            /// Writes one passage on `tx`, alone or with a group: the caller commits it when the
+            /// outcome is `Committed`, and rolls it back otherwise.
             async fn write_passage(tx: &mut <$db as sqlx::Database>::Connection, w: &PassageWrite) -> StoreResult<PassageOutcome> {
                 let ev = &w.event;
                 let inserted = sqlx::query(
@@ -677,12 +690,8 @@ macro_rules! backend {
                 .execute(&mut *tx)
                 .await?;
                 if inserted.rows_affected() == 0 {
-                    let stored: Decision = sqlx::query("SELECT decision FROM events WHERE event_id = $1")
-                        .bind(ev.event_id.to_string())
-                        .fetch_optional(&mut *tx)
+                    let stored = stored_decision(&mut *tx, ev.event_id)
                         .await?
-                        .map(|r| json(&r.try_get::<String, _>("decision")?, "decision"))
-                        .transpose()?
                         .ok_or_else(|| StoreError::Corrupt(format!("event {} has no decision", ev.event_id)))?;
                     return Ok(PassageOutcome::Duplicate(Box::new(stored)));
                 }
@@ -1602,12 +1611,7 @@ macro_rules! backend {
                 }
 
                 async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>> {
-                    sqlx::query("SELECT decision FROM events WHERE event_id = $1")
-                        .bind(event_id.to_string())
-                        .fetch_optional(&self.reader)
-                        .await?
-                        .map(|r| json(&r.try_get::<String, _>("decision")?, "decision"))
-                        .transpose()
+                    stored_decision(&self.reader, event_id).await
                 }
 
                 async fn open_session_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>> {
