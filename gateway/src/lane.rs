@@ -274,9 +274,10 @@ impl Lane {
         if self.is_stale(d.event_id) {
             // Moving the arm or changing the display now would act on whoever stands at the
             // barrier next; the journal entry still goes.
+            // Counted before the entry goes, so an empty journal means every decision is counted.
             return vec![
-                Output::Forget(d.event_id),
                 Output::Count(Count::LateDecision),
+                Output::Forget(d.event_id),
             ];
         }
         let mut out = Vec::with_capacity(4);
@@ -300,9 +301,10 @@ impl Lane {
                 at: now.at,
             })),
         }
-        // The arm first: the journal is bookkeeping, the driver is waiting.
-        out.push(Output::Forget(d.event_id));
+        // The arm first: the journal is bookkeeping, the driver is waiting. Counted before the
+        // entry goes, so an empty journal means every decision is counted.
         out.push(Output::Count(Count::DecisionApplied));
+        out.push(Output::Forget(d.event_id));
         out
     }
 
@@ -662,14 +664,14 @@ mod tests {
         let out = t.send(0, Input::Decision(t.decision(old, BarrierAction::Open)));
         assert_eq!(
             out,
-            vec![Output::Forget(old), Output::Count(Count::LateDecision)]
+            vec![Output::Count(Count::LateDecision), Output::Forget(old)]
         );
         // Also while this lane waits for a vehicle of its own.
         let e = event(&t.read(1, "京A12345", 0.95));
         let out = t.send(2, Input::Decision(t.decision(old, BarrierAction::Open)));
         assert_eq!(
             out,
-            vec![Output::Forget(old), Output::Count(Count::LateDecision)]
+            vec![Output::Count(Count::LateDecision), Output::Forget(old)]
         );
         let out = t.send(
             2,
@@ -711,8 +713,8 @@ mod tests {
                 assert_eq!(
                     out,
                     vec![
-                        Output::Forget(gone.event_id),
-                        Output::Count(Count::LateDecision)
+                        Output::Count(Count::LateDecision),
+                        Output::Forget(gone.event_id)
                     ],
                     "{direction:?} {action:?}"
                 );
@@ -816,7 +818,7 @@ mod tests {
             let out = t.send(9, Input::Decision(t.decision(id, action)));
             assert_eq!(
                 out,
-                vec![Output::Forget(id), Output::Count(Count::LateDecision)]
+                vec![Output::Count(Count::LateDecision), Output::Forget(id)]
             );
         }
         let out = t.send(
@@ -848,8 +850,8 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Output::Forget(e.event_id),
-                Output::Count(Count::LateDecision)
+                Output::Count(Count::LateDecision),
+                Output::Forget(e.event_id)
             ]
         );
     }
