@@ -23,17 +23,9 @@ fn binaries() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build
-        // With this test package selected too, the build's features are this test binary's,
-        // so what `cargo test -p parkpay-tests` just built is reused.
-        .args([
-            "build",
-            "-p",
-            "parkpay-tests",
-            "-p",
-            "parkpay-server",
-            "-p",
-            "parkpay-gateway",
-        ])
+        // The workspace's test build, as `cargo test --workspace` makes it: the binaries are
+        // then the ones that build already made, with the same features, not a second build.
+        .args(["test", "--workspace", "--no-run"])
         .env("CARGO_TARGET_DIR", target);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
@@ -51,13 +43,16 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
 }
 
+/// A thousand cars: about 25 faults, a few minutes of traffic.
+const CARS: u32 = 1000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chaos_run_loses_doubles_and_misprices_nothing() {
     if !on_path("mosquitto") {
         eprintln!("skipped: the chaos run starts its own Mosquitto, and mosquitto is not on PATH");
         return;
     }
-    let mut args = ChaosArgs::new(80, 11);
+    let mut args = ChaosArgs::new(CARS, 11);
     args.bin_dir = Some(binaries());
     // Two days a minute: stays of up to two days pass in about a minute.
     args.speed = 2880.0;
@@ -85,10 +80,10 @@ async fn a_chaos_run_loses_doubles_and_misprices_nothing() {
         "{:#?}",
         o.mismatches
     );
-    assert_eq!(o.report.cars, 80);
+    assert_eq!(o.report.cars, u64::from(CARS));
     assert_eq!(
         (o.report.entries, o.report.exits),
-        (80, 80),
+        (u64::from(CARS), u64::from(CARS)),
         "{:?}",
         o.report
     );
