@@ -1,6 +1,6 @@
-//! The chaos run, small: real processes (Mosquitto, the servers, the gateway) killed, frozen and
-//! restarted while cars pass, the database's connections cut and the provider failing after the
-//! fact, and still no stay lost, charged twice or charged wrongly.
+//! The chaos run, a thousand cars: real processes (Mosquitto, the servers, the gateway) killed,
+//! frozen and restarted while cars pass, the database's connections cut and the provider failing
+//! after the fact, and still no stay lost, charged twice or charged wrongly.
 //!
 //! With `PARKPAY_TEST_DATABASE_URL` set it runs two server instances on a fresh PostgreSQL
 //! database (and terminates that database's connections); without, one instance on SQLite. It

@@ -891,11 +891,18 @@ macro_rules! backend {
             /// its lease gone and conflicts, as when another instance took it.)
             async fn commit_group(pool: &sqlx::Pool<$db>, group: Vec<Pending>) {
                 if group.len() > 1 {
-                    if let Some(outcomes) = try_group(pool, &group).await {
-                        for (job, done) in group.into_iter().zip(outcomes) {
-                            job.answer(Ok(done));
+                    match try_group(pool, &group).await {
+                        Ok(outcomes) => {
+                            for (job, done) in group.into_iter().zip(outcomes) {
+                                job.answer(Ok(done));
+                            }
+                            return;
                         }
-                        return;
+                        Err(e) => tracing::info!(
+                            writes = group.len(),
+                            error = %e,
+                            "a group commit failed; each of its writes commits alone"
+                        ),
                     }
                 }
                 for job in group {
@@ -904,20 +911,22 @@ macro_rules! backend {
                 }
             }
 
-            /// A group in one transaction, or `None` if any of it failed (and was rolled back).
-            async fn try_group(pool: &sqlx::Pool<$db>, group: &[Pending]) -> Option<Vec<Done>> {
-                let mut tx = pool.begin().await.ok()?;
+            /// A group in one transaction, or the first error if any of it failed (and was
+            /// rolled back).
+            async fn try_group(pool: &sqlx::Pool<$db>, group: &[Pending]) -> StoreResult<Vec<Done>> {
+                let mut tx = pool.begin().await?;
                 let mut outcomes = Vec::with_capacity(group.len());
                 for job in group {
-                    outcomes.push(write_one(&mut tx, job).await.ok()?);
+                    outcomes.push(write_one(&mut tx, job).await?);
                 }
-                tx.commit().await.ok()?;
-                Some(outcomes)
+                tx.commit().await?;
+                Ok(outcomes)
             }
 
             impl $store {
-                /// Starts `n` tasks that commit the passages sent on the returned channel, in
-                /// groups; they end when the store (the sender) is dropped.
+                /// Starts `n` tasks that commit the writes (passages, charge outcomes) sent on
+                /// the returned channel, in groups; they end when the store (the sender) is
+                /// dropped.
                 fn committers(pool: sqlx::Pool<$db>, n: usize) -> mpsc::Sender<Pending> {
                     let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
                     let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
