@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use parkpay_sim::chaos::{run, ChaosArgs};
 
-/// The directory of `parkpay-server` and `parkpay-gateway`, built for this profile if needed:
-/// the test binary lives in `target/<profile>/deps`.
+/// The directory of `parkpay-server` and `parkpay-gateway`, as `cargo test --workspace` builds
+/// them for this profile: the test binary lives in `target/<profile>/deps`.
 fn binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile_dir = exe
@@ -30,7 +30,7 @@ fn binaries() -> PathBuf {
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
-    let status = build.status().expect("running cargo build");
+    let status = build.status().expect("running cargo test --no-run");
     assert!(
         status.success(),
         "building parkpay-server and parkpay-gateway"

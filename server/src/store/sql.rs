@@ -535,8 +535,6 @@ macro_rules! backend {
                 })
             }
 
-            /// A charge's exception, unless the same kind is already open for that charge (a
-            /// retried debt that fails again keeps its one exception).
             /// The decision stored with an event, if the event is stored.
             async fn stored_decision<'c, E>(e: E, event_id: Uuid) -> StoreResult<Option<Decision>>
             where
@@ -550,6 +548,7 @@ macro_rules! backend {
                     .transpose()
             }
 
+            /// One attempt of a charge, for its history.
             async fn insert_attempt<'c, E>(e: E, charge: Uuid, a: &ChargeAttempt) -> StoreResult<()>
             where
                 E: sqlx::Executor<'c, Database = $db>,
@@ -566,6 +565,8 @@ macro_rules! backend {
                 Ok(())
             }
 
+            /// A charge's exception, unless the same kind is already open for that charge (a
+            /// retried debt that fails again keeps its one exception).
             async fn insert_charge_exception<'c, E>(e: E, x: &ExceptionRecord) -> StoreResult<()>
             where
                 E: sqlx::Executor<'c, Database = $db>,
