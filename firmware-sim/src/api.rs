@@ -7,9 +7,13 @@ use parkpay_server::tariff::Tariff;
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use uuid::Uuid;
 
 use crate::error::SimError;
+
+/// How many times a request answered 503 is sent in all.
+const UNAVAILABLE_TRIES: u32 = 10;
 
 /// The server's own status types: the simulator speaks the API it is built against.
 pub use parkpay_server::domain::{ChargeStatus, SessionStatus};
@@ -119,19 +123,44 @@ impl Api {
             url.query_pairs_mut()
                 .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
-        let mut req = self.http.request(method, url);
         let bearer = if path.starts_with("/api/sandbox/") {
             self.sandbox.as_deref()
         } else {
             self.token.as_deref()
         };
-        if let Some(b) = bearer {
-            req = req.bearer_auth(b);
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.map_err(wrap)?;
+        // A 503 is the server saying the database failed for a moment: the request is sent
+        // again after its Retry-After, as a driver's app would, a few times.
+        let mut tries = 0;
+        let resp = loop {
+            let mut req = self.http.request(method.clone(), url.clone());
+            if let Some(b) = bearer {
+                req = req.bearer_auth(b);
+            }
+            if let Some(body) = &body {
+                req = req.json(body);
+            }
+            let resp = req.send().await.map_err(wrap)?;
+            tries += 1;
+            if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
+                || tries >= UNAVAILABLE_TRIES
+            {
+                break resp;
+            }
+            let wait = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1)
+                .min(5);
+            tracing::info!(
+                path,
+                tries,
+                wait,
+                "the server is unavailable for a moment; trying again"
+            );
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        };
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -373,4 +402,92 @@ pub struct OpenException {
 pub fn example_tariff() -> serde_json::Value {
     // A plain struct of numbers and strings: serialising it cannot fail.
     serde_json::to_value(Tariff::example_cn()).expect("a tariff serialises to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers each connection with the next of `answers` (status line, extra
+    /// headers, body) and counts the requests it read.
+    async fn serve(
+        answers: Vec<(&'static str, &'static str, String)>,
+    ) -> (Url, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let task = tokio::spawn(async move {
+            let mut served = 0;
+            for (status, headers, body) in answers {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                // Headers, then the body its Content-Length names.
+                loop {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                served += 1;
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\n{headers}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(reply.as_bytes()).await.unwrap();
+            }
+            served
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_503_is_sent_again_after_its_retry_after() {
+        let id = Uuid::from_u128(42);
+        let unavailable = r#"{"error":"unavailable","message":"try again"}"#.to_string();
+        let (url, served) = serve(vec![
+            (
+                "503 Service Unavailable",
+                "retry-after: 0\r\n",
+                unavailable.clone(),
+            ),
+            ("503 Service Unavailable", "retry-after: 0\r\n", unavailable),
+            ("201 Created", "", format!(r#"{{"id":"{id}"}}"#)),
+        ])
+        .await;
+        let got = Api::new(&url)
+            .create_driver("Driver 1", "13800000001")
+            .await
+            .unwrap();
+        assert_eq!(got, id);
+        assert_eq!(served.await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_500_is_not_sent_again() {
+        let (url, served) = serve(vec![(
+            "500 Internal Server Error",
+            "",
+            r#"{"error":"internal","message":"internal error"}"#.to_string(),
+        )])
+        .await;
+        let err = Api::new(&url)
+            .create_driver("Driver 1", "13800000001")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SimError::Api { status: 500, .. }), "{err:?}");
+        assert_eq!(served.await.unwrap(), 1);
+    }
 }

@@ -230,8 +230,12 @@ pub struct ChaosOutcome {
     pub opened_offline: u64,
     pub mismatches: Vec<Mismatch>,
     pub elapsed_s: f64,
-    /// The run's directory, when it was kept.
+    /// The run's directory, when it was kept (asked for, or the run failed or found a
+    /// mismatch).
     pub kept: Option<PathBuf>,
+    /// For each of the first mismatches, what the run knows of that car: its facts as the
+    /// simulator recorded them and the processes' log lines that name its plate.
+    pub evidence: Vec<String>,
 }
 
 /// The last line of a run.
@@ -263,6 +267,9 @@ impl ChaosOutcome {
 pub async fn run_chaos(args: &ChaosArgs) -> anyhow::Result<()> {
     let o = run(args).await?;
     print_summary(&o);
+    for story in &o.evidence {
+        eprintln!("{story}");
+    }
     println!("{}", serde_json::to_string(&o.line())?);
     if o.lost + o.double + o.wrong > 0 {
         bail!(
@@ -1230,7 +1237,8 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<ChaosOutcome> {
         database,
     )
     .await;
-    let kept = if args.keep || result.is_err() {
+    let mismatched = result.as_ref().is_ok_and(|o| !o.mismatches.is_empty());
+    let kept = if args.keep || result.is_err() || mismatched {
         let path = tmp.keep();
         eprintln!("chaos run directory kept: {}", path.display());
         Some(path)
@@ -1452,6 +1460,9 @@ async fn drive(
     world.misread_rate = args.misread_rate;
     world.no_read_rate = args.no_read_rate;
     world.create_lot = true;
+    // A car that comes back to an exit (its barrier did not open) does so some 45 s of real
+    // time later: at two days a minute, that is a day and a half of the lot's clock.
+    world.exit_window_minutes = Some(parkpay_server::tariff::MAX_EXIT_WINDOW_MINUTES);
     world.api_token = Some(token.clone());
     world.sandbox_secret = Some(sandbox_secret.clone());
     // A car held while the servers are unreachable waits at the barrier for its decision, as a
@@ -1580,10 +1591,56 @@ async fn drive(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .offline_opens,
+        evidence: verdict
+            .mismatches
+            .iter()
+            .take(EVIDENCE_CARS)
+            .map(|m| evidence(dir, &truth_path, sys, m))
+            .collect(),
         mismatches: verdict.mismatches,
         elapsed_s: 0.0,
         kept: None,
     })
+}
+
+/// How many mismatched cars' evidence an outcome carries.
+const EVIDENCE_CARS: usize = 5;
+/// Log lines kept per process and car.
+const EVIDENCE_LINES: usize = 40;
+
+/// A mismatched car's story: its recorded facts, then each process's log lines naming its
+/// plate (the last [`EVIDENCE_LINES`] of each), so a failed run can be explained from its output.
+fn evidence(dir: &Path, truth: &Path, sys: &System, m: &Mismatch) -> String {
+    let mut out = format!("car {} {} ({:?}: {})\n", m.car, m.plate, m.kind, m.reason);
+    let car = format!("\"car\":{}", m.car);
+    if let Ok(facts) = std::fs::read_to_string(truth) {
+        for line in facts.lines().filter(|l| {
+            l.match_indices(&car)
+                .any(|(i, _)| !l[i + car.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        }) {
+            out.push_str("  fact ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let logs = sys.servers.iter().map(|s| s.log.clone()).chain([
+        sys.gateway.log.clone(),
+        dir.join("mosquitto").join("stdout.log"),
+    ]);
+    for log in logs {
+        let Ok(text) = std::fs::read_to_string(&log) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&m.plate)).collect();
+        let name = log
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        for line in &lines[lines.len().saturating_sub(EVIDENCE_LINES)..] {
+            out.push_str(&format!("  {name}: {line}\n"));
+        }
+    }
+    out
 }
 
 fn world_mqtt(sys: &System) -> anyhow::Result<crate::MqttUrl> {

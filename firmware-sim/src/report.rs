@@ -104,6 +104,27 @@ fn carve<'a>(car: &CarTruth, ledger: &'a Ledger) -> CarLedger<'a> {
     CarLedger { sessions, charges }
 }
 
+/// The exit instant a car's stay is priced at: the one its single session was closed on, when
+/// that is one of the car's own exit captures up to the one the arm opened for (the car was at
+/// the exit then; its barrier did not open and it came back); otherwise `None`, and the stay is
+/// priced at the capture the arm opened for.
+fn priced_exit(car: &CarTruth, rows: &CarLedger<'_>) -> Option<DateTime<Utc>> {
+    let [s] = rows.sessions.as_slice() else {
+        return None;
+    };
+    let closed = s.exit_at?;
+    let opened = car.exit_at?;
+    car.exit_tries
+        .iter()
+        .filter(|t| **t <= opened)
+        .find(|t| {
+            (closed - **t)
+                .num_microseconds()
+                .is_some_and(|us| us.abs() < 1000)
+        })
+        .copied()
+}
+
 /// Money that was actually asked of somebody.
 fn is_money(c: &Charge) -> bool {
     c.amount.minor > 0 && c.status != ChargeStatus::Waived
@@ -133,7 +154,7 @@ fn judge(car: &CarTruth, rows: &CarLedger<'_>, fee: &FeeFn) -> Option<(MismatchK
             ));
         }
     }
-    let due = fee(entry, exit);
+    let due = fee(entry, priced_exit(car, rows).unwrap_or(exit));
     let money: Vec<&&Charge> = rows.charges.iter().filter(|c| is_money(c)).collect();
     if due == 0 {
         return (!money.is_empty()).then(|| {
@@ -210,7 +231,7 @@ pub fn audit(cars: &[CarTruth], ledger: &Ledger, fee: &FeeFn) -> Audit {
             }
         }
         if let (Some(entry), Some(exit)) = (car.entry_at, car.exit_at) {
-            report.expected_fen += fee(entry, exit);
+            report.expected_fen += fee(entry, priced_exit(car, &rows).unwrap_or(exit));
         }
         if let Some((kind, reason)) = judge(car, &rows, fee) {
             mismatches.push(Mismatch {
@@ -259,6 +280,7 @@ mod tests {
             entry_lane: stay.map(|_| "in-1".to_string()),
             exit_at: stay.map(|(_, b)| t(b)),
             exit_lane: stay.map(|_| "out-1".to_string()),
+            exit_tries: stay.map(|(_, b)| vec![t(b)]).unwrap_or_default(),
             exit_held: !mandate,
             paid_at_exit: !mandate,
         }
@@ -336,6 +358,41 @@ mod tests {
             serde_json::json!({"cars":4,"entries":4,"exits":4,"charged":3,
                 "expected_fen":600,"charged_fen":600,"mismatches":0})
         );
+    }
+
+    #[test]
+    fn a_stay_is_priced_at_the_exit_it_was_closed_on_if_the_car_was_there() {
+        // Car 1 was at the exit at 80 (its barrier did not open) and left at 200: the stay
+        // closed at 80 is right. Car 2's stay closed at 100, when it was not at the exit.
+        let came_back = |n, plate: &str| CarTruth {
+            exit_tries: vec![t(80), t(200)],
+            ..car(n, plate, true, 100_000, Some((20, 200)))
+        };
+        let ledger = Ledger {
+            sessions: vec![
+                session(1, "京A12345", (20, 80)),
+                session(2, "京A22345", (20, 100)),
+            ],
+            charges: vec![
+                charge(1, 100, ChargeStatus::Succeeded),
+                charge(2, 200, ChargeStatus::Succeeded),
+            ],
+        };
+        let a = audit(
+            &[came_back(1, "京A12345"), came_back(2, "京A22345")],
+            &ledger,
+            &fee(),
+        );
+        let broken: Vec<(u32, MismatchKind)> =
+            a.mismatches.iter().map(|m| (m.car, m.kind)).collect();
+        assert_eq!(
+            broken,
+            vec![(2, MismatchKind::Wrong)],
+            "{:#?}",
+            a.mismatches
+        );
+        // Car 2 is expected at its real exit (20 to 200: 300 fen).
+        assert_eq!(a.report.expected_fen, 100 + 300);
     }
 
     #[test]

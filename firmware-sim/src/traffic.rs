@@ -332,7 +332,8 @@ async fn go_through(
 /// A held driver pays the stay the server is waiting on, by QR. The pay link on the display names
 /// the stay when it carries an id; otherwise the driver looks the stay up by the plate on the car,
 /// then by what the camera made of it, then among all waiting stays by the folded plate (the
-/// entry may have been misread). True when a payment went through.
+/// entry may have been misread). True when a payment went through, or may have (its answer was
+/// lost on the way).
 async fn pay_at_exit(
     ctx: &CarContext,
     plan: &CarPlan,
@@ -342,6 +343,12 @@ async fn pay_at_exit(
     if let Some(id) = prompt.and_then(session_in_link) {
         match ctx.api.pay_session(id).await {
             Ok(_) => return true,
+            // The answer was lost (the server went down meanwhile): the payment may have gone
+            // through, as the driver's phone would find out later.
+            Err(e @ SimError::Http { .. }) => {
+                tracing::warn!(car = plan.car, error = %e, "the payment's answer was lost");
+                return true;
+            }
             Err(e) => tracing::debug!(car = plan.car, error = %e, "pay link did not name a stay"),
         }
     }
@@ -367,6 +374,10 @@ async fn pay_at_exit(
         };
         match ctx.api.pay_session(session.id).await {
             Ok(_) => return true,
+            Err(e @ SimError::Http { .. }) => {
+                tracing::warn!(car = plan.car, error = %e, "the payment's answer was lost");
+                return true;
+            }
             Err(e) => {
                 tracing::warn!(car = plan.car, error = %e, "payment at the exit failed");
                 return false;

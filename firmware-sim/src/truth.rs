@@ -65,6 +65,9 @@ pub struct CarTruth {
     /// The capture instant of the exit the arm opened for.
     pub exit_at: Option<DateTime<Utc>>,
     pub exit_lane: Option<String>,
+    /// Every exit capture of the car, in order: the arm may have opened on a later one than
+    /// the server decided the stay on (the car backed out and came back).
+    pub exit_tries: Vec<DateTime<Utc>>,
     /// Held at the exit at least once.
     pub exit_held: bool,
     pub paid_at_exit: bool,
@@ -183,6 +186,7 @@ pub fn fold_cars(facts: &[Fact]) -> Vec<CarTruth> {
                         entry_lane: None,
                         exit_at: None,
                         exit_lane: None,
+                        exit_tries: Vec::new(),
                         exit_held: false,
                         paid_at_exit: false,
                     },
@@ -209,6 +213,7 @@ pub fn fold_cars(facts: &[Fact]) -> Vec<CarTruth> {
                         }
                     }
                     Direction::Exit => {
+                        c.exit_tries.push(*captured_at);
                         c.exit_held |= *held;
                         c.paid_at_exit |= *paid;
                         if *opened {

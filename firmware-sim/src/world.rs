@@ -45,6 +45,10 @@ pub struct WorldConfig {
     pub fee: Option<FeeFn>,
     /// Create the lot with the example tariff of docs/api.md if the server does not know it.
     pub create_lot: bool,
+    /// The created lot's exit window (`exit_window_minutes`), when not the tariff's 15 minutes:
+    /// a run on a compressed clock needs it longer, or a car that comes back to an exit after
+    /// half a minute of real time comes back days later.
+    pub exit_window_minutes: Option<u32>,
     /// Live counts of the run (cars in and out, held, exceptions), for whoever watches it.
     pub tally: Arc<Tally>,
     /// The API token the run's operator calls carry (an admin's: it registers drivers).
@@ -143,6 +147,7 @@ impl WorldConfig {
             truth_log: None,
             fee: None,
             create_lot: false,
+            exit_window_minutes: None,
             tally: Arc::default(),
             api_token: None,
             sandbox_secret: None,
@@ -208,11 +213,15 @@ pub async fn drive_audited(
     }
     if world.create_lot && !api.lot_exists(world.lot.as_str()).await? {
         let gateway = crate::demo::gateway_id(&world.lot)?;
+        let mut tariff = example_tariff();
+        if let Some(minutes) = world.exit_window_minutes {
+            tariff["exit_window_minutes"] = minutes.into();
+        }
         api.create_lot(
             world.lot.as_str(),
             "Simulated lot",
             400,
-            &example_tariff(),
+            &tariff,
             &world.lanes,
             &gateway,
         )

@@ -524,8 +524,16 @@ impl App {
                 _ => Ok(None),
             }
         };
-        let (payer, validations, provider, open) =
-            tokio::try_join!(payer, validations, provider, open)?;
+        // Only without an open stay: the plate's latest stay here that ended at an exit (its
+        // car may be back at an exit within the tariff's exit window).
+        let settled = async {
+            match (top, &session) {
+                (Some(top), None) => self.store.last_exit_of(&ev.lot, &top.plate).await,
+                _ => Ok(None),
+            }
+        };
+        let (payer, validations, provider, open, settled) =
+            tokio::try_join!(payer, validations, provider, open, settled)?;
         let look_alikes = match open {
             Some(open) => decide::look_alikes(&reads, &open),
             None => Vec::new(),
@@ -567,6 +575,7 @@ impl App {
             reads: &reads,
             session: session.as_ref(),
             look_alikes: &look_alikes,
+            settled: settled.as_ref(),
             driver,
             mandates: &mandates,
             arrears,
@@ -613,6 +622,17 @@ impl App {
         let mut redeem = Vec::new();
         match &plan.effect {
             Effect::None => {}
+            Effect::MoveHeldExit { session } => {
+                decision.pay_url = Some(format!(
+                    "{}/pay/{session}",
+                    self.settings.public_url.trim_end_matches('/')
+                ));
+                sessions.push(SessionChange::MoveHeldExit {
+                    id: *session,
+                    exit_event_id: ev.event_id.0,
+                    exit_lane: ev.lane.to_string(),
+                });
+            }
             Effect::Open {
                 read,
                 driver,

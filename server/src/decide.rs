@@ -15,6 +15,7 @@
 //! | car locked by its owner | — | hold `locked` |
 //! | lot full (counting reserved spaces for all but pass and white-list holders) | hold `lot_full` | — |
 //! | plate already inside | close the stale session as an exception, open anew | — |
+//! | no open session, but the plate's stay here ended at an exit within the tariff's `exit_window_minutes` | — | open `paid` when it was settled; hold `payment_required` again (same fee, paying opens this lane) while it waits for payment |
 //! | no open session with exactly this plate | — | hold `no_entry` (similar plates are named for the attendant, never charged) |
 //! | captured before its entry | — | hold `exit_before_entry` |
 //! | tariff cannot price the stay (white list, pass and free visitor windows are free; class and visitor discount apply) | — | hold `cannot_price` |
@@ -147,6 +148,11 @@ pub enum Effect {
         /// Merchant validations this exit redeems.
         redeem: Vec<Uuid>,
     },
+    /// Exit: a stay held for payment whose car came back to an exit: paying it now opens this
+    /// passage's lane.
+    MoveHeldExit {
+        session: Uuid,
+    },
 }
 
 /// A decision and what makes it true, before ids and timestamps are attached.
@@ -228,6 +234,10 @@ pub struct ExitFacts<'a> {
     pub session: Option<&'a Session>,
     /// Other open sessions the read resembles; only consulted to help the attendant.
     pub look_alikes: &'a [OpenSession],
+    /// When no session is open for the plate: its latest stay on this lot that ended at an exit
+    /// (closed, or held there for payment), for a car that comes back to an exit within the
+    /// tariff's exit window.
+    pub settled: Option<&'a Session>,
     /// The session's driver, or the owner of its plate.
     pub driver: Option<Uuid>,
     pub mandates: &'a [MandateFacts],
@@ -553,6 +563,13 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
     let alarm = listed(f.lists, ListKind::Black, ev.captured_at)
         .map(|black| blacklisted_issue(read, black, &format!("leaving at {}", ev.lane)));
     let Some(session) = f.session else {
+        if let Some(mut plan) = f
+            .settled
+            .and_then(|s| come_back(ev, read, s, tariff.exit_window_minutes))
+        {
+            plan.issues.extend(alarm);
+            return plan;
+        }
         let mut plan = no_entry(ev, read, f.look_alikes);
         plan.issues.extend(alarm);
         return plan;
@@ -645,6 +662,46 @@ pub fn decide_exit(f: &ExitFacts) -> Plan {
         }
     }
     plan
+}
+
+/// A car at an exit whose stay already ended at an exit of this lot, `window_minutes` ago at
+/// most: its barrier did not open (a decision lost on the way, a payment that came late) or it
+/// turned back. A settled stay lets it out, as the exit window after paying does in real lots; a
+/// stay still held for payment asks for the same fee again, and paying it now opens this lane.
+/// Anything else (no such stay, or the window has passed) is for [`no_entry`].
+fn come_back(ev: &PassageEvent, read: &Read, s: &Session, window_minutes: u32) -> Option<Plan> {
+    let left = s.exit_at?;
+    let since = ev.captured_at - left;
+    if s.plate != read.plate
+        || s.lot != ev.lot
+        || since < TimeDelta::zero()
+        || since > TimeDelta::minutes(i64::from(window_minutes))
+    {
+        return None;
+    }
+    let plan = |action, reason, effect| Plan {
+        action,
+        reason,
+        plate: Some(read.plate.clone()),
+        session: Some(s.id),
+        fee: s.fee,
+        owed: None,
+        effect,
+        issues: Vec::new(),
+    };
+    match s.status {
+        SessionStatus::Closed => Some(plan(
+            BarrierAction::Open,
+            DecisionReason::Paid,
+            Effect::None,
+        )),
+        SessionStatus::AwaitingPayment => Some(plan(
+            BarrierAction::Hold,
+            DecisionReason::PaymentRequired,
+            Effect::MoveHeldExit { session: s.id },
+        )),
+        SessionStatus::Open | SessionStatus::Exception => None,
+    }
 }
 
 fn no_entry(ev: &PassageEvent, read: &Read, look_alikes: &[OpenSession]) -> Plan {
@@ -878,6 +935,7 @@ mod tests {
         locked: bool,
         validations: Vec<Validation>,
         blocked: Option<String>,
+        settled: Option<Session>,
     }
 
     impl Exit {
@@ -896,6 +954,7 @@ mod tests {
                 locked: false,
                 validations: Vec::new(),
                 blocked: None,
+                settled: None,
             }
         }
 
@@ -933,6 +992,7 @@ mod tests {
                 locked: self.locked,
                 validations: &self.validations,
                 blocked: self.blocked.as_deref(),
+                settled: self.settled.as_ref(),
             })
         }
     }
@@ -1400,6 +1460,92 @@ mod tests {
         assert_eq!(issue(&p), ExceptionKind::NoEntry);
         assert_eq!(p.issues[0].session, Some(x.look_alikes[0].id));
         assert!(p.issues[0].detail.contains("浙C40162"), "{:?}", p.issues[0]);
+    }
+
+    /// A stay of `plate` that ended at an exit at `left`, in `status`, with a fee of 12 yuan.
+    fn ended(plate: &str, left: &str, status: SessionStatus) -> Session {
+        let mut s = session(plate, "2026-11-25T08:00:00Z", None);
+        s.status = status;
+        s.exit_at = Some(t(left));
+        s.fee = Some(Money::cny(1200));
+        s
+    }
+
+    #[test]
+    fn a_car_back_at_the_exit_within_the_window_of_its_settled_stay_leaves() {
+        // Closed five minutes ago (paid, or deducted), but the barrier did not open.
+        let mut x = Exit::new("沪B12345");
+        x.session = None;
+        x.settled = Some(ended(
+            "沪B12345",
+            "2026-11-25T09:55:00Z",
+            SessionStatus::Closed,
+        ));
+        let p = x.decide();
+        is(&p, BarrierAction::Open, DecisionReason::Paid);
+        assert_eq!(p.effect, Effect::None, "nothing is charged again");
+        assert_eq!(p.session, x.settled.as_ref().map(|s| s.id));
+        assert!(p.issues.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_car_back_at_the_exit_while_its_stay_awaits_payment_is_asked_the_same_fee() {
+        let mut x = Exit::new("沪B12345");
+        x.session = None;
+        let held = ended(
+            "沪B12345",
+            "2026-11-25T09:58:00Z",
+            SessionStatus::AwaitingPayment,
+        );
+        x.settled = Some(held.clone());
+        let p = x.decide();
+        is(&p, BarrierAction::Hold, DecisionReason::PaymentRequired);
+        assert_eq!(p.fee, Some(Money::cny(1200)));
+        assert_eq!(p.effect, Effect::MoveHeldExit { session: held.id });
+    }
+
+    #[test]
+    fn past_the_exit_window_or_for_another_plate_a_settled_stay_lets_nobody_out() {
+        // The window is 15 minutes: 16 minutes after the stay closed is a new exit with no
+        // entry.
+        let mut x = Exit::new("沪B12345");
+        x.session = None;
+        x.settled = Some(ended(
+            "沪B12345",
+            "2026-11-25T09:44:00Z",
+            SessionStatus::Closed,
+        ));
+        is(&x.decide(), BarrierAction::Hold, DecisionReason::NoEntry);
+        // A longer window lets it out.
+        x.tariff.as_mut().unwrap().exit_window_minutes = 20;
+        is(&x.decide(), BarrierAction::Open, DecisionReason::Paid);
+        // Never for a look-alike plate, nor for a stay that "ended" after this capture.
+        x.settled = Some(ended(
+            "沪B12346",
+            "2026-11-25T09:55:00Z",
+            SessionStatus::Closed,
+        ));
+        is(&x.decide(), BarrierAction::Hold, DecisionReason::NoEntry);
+        x.settled = Some(ended(
+            "沪B12345",
+            "2026-11-25T10:01:00Z",
+            SessionStatus::Closed,
+        ));
+        is(&x.decide(), BarrierAction::Hold, DecisionReason::NoEntry);
+        // Nor for a stay closed as an exception (a second entry), nor for a locked car.
+        x.settled = Some(ended(
+            "沪B12345",
+            "2026-11-25T09:55:00Z",
+            SessionStatus::Exception,
+        ));
+        is(&x.decide(), BarrierAction::Hold, DecisionReason::NoEntry);
+        x.settled = Some(ended(
+            "沪B12345",
+            "2026-11-25T09:55:00Z",
+            SessionStatus::Closed,
+        ));
+        x.locked = true;
+        is(&x.decide(), BarrierAction::Hold, DecisionReason::Locked);
     }
 
     #[test]

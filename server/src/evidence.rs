@@ -88,6 +88,7 @@ impl App {
         let planned = self.plan_correction(exception_id, plate, session).await?;
         let stay = match &planned.plan.effect {
             Effect::Close { session, .. } => self.store.session(*session).await?,
+            Effect::MoveHeldExit { session } => self.store.session(*session).await?,
             Effect::None | Effect::Open { .. } => None,
         };
         let has_evidence = match planned.exception.event_id {
@@ -113,6 +114,7 @@ fn describe(p: &PlannedCorrection, stay: Option<&crate::domain::Session>, eviden
             false,
         ),
         Effect::Open { driver, .. } => (None, *driver, true),
+        Effect::MoveHeldExit { .. } => (Some("pay_at_exit"), None, false),
         Effect::None => (None, None, false),
     };
     let warning = p.needs_confirmation();

@@ -287,6 +287,9 @@ pub enum ApiError {
     TooLarge(String),
     Unprocessable(String),
     TooManyRequests(Duration),
+    /// The database failed in a way that passes by itself (a connection cut, a restart, a busy
+    /// lock): the client may send the same request again.
+    Unavailable(String),
     Internal(String),
 }
 
@@ -315,6 +318,15 @@ impl IntoResponse for ApiError {
                     ),
                 )
             }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(%detail, "request failed on a passing database fault");
+                retry_after = Some(1);
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable for a moment; try again".to_string(),
+                )
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 (
@@ -340,6 +352,7 @@ impl From<AppError> for ApiError {
             AppError::NotFound(m) => ApiError::NotFound(m),
             AppError::Conflict(m) => ApiError::Conflict(m),
             AppError::Unprocessable(m) => ApiError::Unprocessable(m),
+            AppError::Store(e) if e.is_transient() => ApiError::Unavailable(e.to_string()),
             AppError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }
@@ -2208,4 +2221,46 @@ async fn get_wallet(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("wallet {reference}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let retry = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+            .await
+            .expect("a small body");
+        (status, retry, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn a_passing_database_fault_is_503_with_retry_after() {
+        let e = ApiError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        let (status, retry, body) = answer(e).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(body["error"], "unavailable");
+        let e = ApiError::from(StoreError::Database(sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        ))));
+        assert_eq!(answer(e).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_lasting_database_fault_is_500_and_names_no_detail() {
+        let e = ApiError::from(StoreError::Corrupt("currency \"XYZ\"".into()));
+        let (status, retry, body) = answer(e).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry, None);
+        assert_eq!(body["error"], "internal");
+        assert!(!body.to_string().contains("XYZ"), "{body}");
+    }
 }

@@ -80,6 +80,21 @@ pub struct Tariff {
     /// not sold at this lot (an operator may still issue them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pass_month_price: Option<Money>,
+    /// How long after its stay was settled at an exit a car may still leave by an exit of this
+    /// lot without a new stay: a car that paid, or was let out, and whose barrier did not open
+    /// (or that turned back) comes back within this window and is let out, or shown the same
+    /// fee again while it is still unpaid.
+    #[serde(default = "default_exit_window")]
+    pub exit_window_minutes: u32,
+}
+
+/// The exit window real lots give after a payment at a kiosk or the exit.
+pub const DEFAULT_EXIT_WINDOW_MINUTES: u32 = 15;
+/// The longest exit window a tariff may set (a week).
+pub const MAX_EXIT_WINDOW_MINUTES: u32 = 7 * 24 * 60;
+
+fn default_exit_window() -> u32 {
+    DEFAULT_EXIT_WINDOW_MINUTES
 }
 
 /// A day of the lot's calendar with its own price: units that start on it are free, or priced
@@ -373,6 +388,7 @@ impl Tariff {
             holiday_bands: Vec::new(),
             classes: Vec::new(),
             pass_month_price: None,
+            exit_window_minutes: DEFAULT_EXIT_WINDOW_MINUTES,
         }
     }
 
@@ -472,6 +488,12 @@ impl Tariff {
     fn band_table(&self) -> Result<Vec<u16>, TariffError> {
         if self.unit_minutes == 0 {
             return Err(invalid("unit_minutes", "must be > 0"));
+        }
+        if self.exit_window_minutes > MAX_EXIT_WINDOW_MINUTES {
+            return Err(invalid(
+                "exit_window_minutes",
+                &format!("must be at most {MAX_EXIT_WINDOW_MINUTES} (a week)"),
+            ));
         }
         if let Some(fp) = &self.first_period {
             if fp.minutes == 0 {
@@ -1423,6 +1445,7 @@ mod tests {
             holiday_bands: Vec::new(),
             classes: Vec::new(),
             pass_month_price: None,
+            exit_window_minutes: DEFAULT_EXIT_WINDOW_MINUTES,
         }
     }
 
@@ -1512,6 +1535,10 @@ mod tests {
         assert_eq!(
             err(&|t| t.pass_month_price = Some(Money::cny(-1))),
             "pass_month_price: must be >= 0"
+        );
+        assert_eq!(
+            err(&|t| t.exit_window_minutes = MAX_EXIT_WINDOW_MINUTES + 1),
+            "exit_window_minutes: must be at most 10080 (a week)"
         );
         assert_eq!(
             err(&|t| t.bands[1].start = TimeOfDay(19 * 60)),
@@ -1826,6 +1853,7 @@ mod tests {
                 holiday_bands: Vec::new(),
                 classes: Vec::new(),
                 pass_month_price: None,
+                exit_window_minutes: DEFAULT_EXIT_WINDOW_MINUTES,
             }
         }
     }

@@ -78,8 +78,9 @@ async fn a_chaos_run_loses_doubles_and_misprices_nothing() {
     assert_eq!(
         (o.lost, o.double, o.wrong),
         (0, 0, 0),
-        "{:#?}",
-        o.mismatches
+        "{:#?}\n{}",
+        o.mismatches,
+        o.evidence.join("\n")
     );
     assert_eq!(o.report.cars, u64::from(CARS));
     assert_eq!(

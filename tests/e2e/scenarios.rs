@@ -177,6 +177,90 @@ async fn a_car_without_a_mandate_is_held_and_paying_opens_the_barrier() {
     w.stop().await;
 }
 
+/// docs/tariffs.md, `exit_window_minutes`: a car back at an exit after its stay ended there.
+#[tokio::test]
+async fn a_car_back_at_the_exit_is_asked_the_same_fee_then_let_out_within_the_exit_window() {
+    let (w, clock) = world().await;
+    let plate = "京A10003";
+    w.driver(plate, None).await;
+    let entry = w.pass("in-1", plate, WAIT).await;
+    assert!(entry.opened);
+    clock.advance(chrono::Duration::minutes(130));
+    let vehicle = Vehicle {
+        plate: plate.parse().unwrap(),
+        colour: PlateColour::Blue,
+    };
+
+    // Held for payment at out-1; the driver backs out without paying.
+    let mut p = w.rig("out-1").arrive(&vehicle).await.unwrap();
+    let first_exit = p.capture().captured_at;
+    assert!(matches!(p.wait(WAIT).await, Waited::PayRequested { .. }));
+    p.back_out().await.unwrap();
+    let expected = reference_tariff::fee(&tariff(), entry.capture.captured_at, first_exit);
+    let session = sessions(&w, plate).await[0].clone();
+    assert_eq!(session["status"], "awaiting_payment");
+
+    // Two minutes later at out-2: the same fee again, and paying opens out-2.
+    clock.advance(chrono::Duration::minutes(2));
+    let rig = w.rig("out-2");
+    let mut p = rig.arrive(&vehicle).await.unwrap();
+    let qr = match p.wait(WAIT).await {
+        Waited::PayRequested { qr } => qr,
+        other => panic!("expected the pay prompt again, got {other:?}"),
+    };
+    let id = session["id"].as_str().unwrap();
+    assert!(qr.ends_with(id), "the QR code leads to the same stay: {qr}");
+    let line1 = rig.display().watch().borrow().text.line1.clone();
+    assert!(
+        line1.contains(&Money::cny(expected).to_string()),
+        "the same fee: {line1}"
+    );
+    let paid = w.api.pay_session(id.parse().unwrap()).await.unwrap();
+    assert_eq!(paid.amount.minor, expected, "priced at the first exit");
+    assert!(
+        p.wait_open(WAIT).await,
+        "paying opens the lane the car is at"
+    );
+    p.drive_through().await.unwrap();
+
+    // The car turned back inside; five minutes later it leaves without paying again.
+    clock.advance(chrono::Duration::minutes(5));
+    let again = w.pass("out-1", plate, WAIT).await;
+    assert!(
+        again.opened,
+        "within the exit window a settled stay lets the car out"
+    );
+    let s = sessions(&w, plate).await;
+    assert_eq!(s.len(), 1, "no new stay: {s:?}");
+    assert_eq!(s[0]["status"], "closed");
+    let c = charges_of(&w, id).await;
+    assert_eq!(c.len(), 1, "nothing charged again: {c:?}");
+    assert_eq!(
+        (c[0]["status"].as_str(), fen(&c[0]["amount"])),
+        (Some("succeeded"), expected)
+    );
+
+    // Past the 15-minute window it is an exit with no entry, for the attendant.
+    clock.advance(chrono::Duration::minutes(16));
+    let out1 = w.rig("out-1");
+    let p = out1.arrive(&vehicle).await.unwrap();
+    let lot = w.lot.to_string();
+    let held = eventually("a no_entry exception for the car", WAIT, || async {
+        let open = w.api.open_exceptions(&lot).await.ok()?;
+        open.into_iter()
+            .find(|x| x.kind == "no_entry" && x.plate.as_deref() == Some(plate))
+    })
+    .await;
+    assert_eq!(held.lane.as_deref(), Some("out-1"));
+    assert_eq!(
+        out1.arm().watch().borrow().position,
+        parkpay_protocol::ArmPosition::Closed
+    );
+    p.back_out().await.unwrap();
+    assert_eq!(charges_of(&w, id).await.len(), 1);
+    w.stop().await;
+}
+
 pub(crate) fn raw_event(
     w: &World,
     lane: &str,

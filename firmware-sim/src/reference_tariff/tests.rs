@@ -117,6 +117,7 @@ fn units_are_elapsed_time_across_a_dst_change() {
         holiday_bands: Vec::new(),
         classes: Vec::new(),
         pass_month_price: None,
+        exit_window_minutes: parkpay_server::tariff::DEFAULT_EXIT_WINDOW_MINUTES,
     };
     // Spring forward: 22:00 to 10:00 on the wall clock is 11 hours: 9 night, 2 day.
     assert_eq!(
@@ -237,6 +238,7 @@ fn arb_tariff() -> impl Strategy<Value = Tariff> {
                 holiday_bands: Vec::new(),
                 classes: Vec::new(),
                 pass_month_price: None,
+                exit_window_minutes: parkpay_server::tariff::DEFAULT_EXIT_WINDOW_MINUTES,
             },
         )
 }

@@ -113,6 +113,13 @@ pub enum SessionChange {
     MarkStale {
         id: Uuid,
     },
+    /// A stay held for payment whose car came back to an exit: its payment now opens this exit.
+    /// Fails with `Conflict` if the stay is no longer awaiting payment.
+    MoveHeldExit {
+        id: Uuid,
+        exit_event_id: Uuid,
+        exit_lane: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -637,6 +644,9 @@ pub trait Store:
     async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>>;
     /// The open session of exactly this plate (there is at most one per lot).
     async fn open_session_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>>;
+    /// The latest stay of exactly this plate on the lot that ended at an exit: closed, or held
+    /// there for payment.
+    async fn last_exit_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>>;
     async fn open_sessions_by_key(&self, lot: &LotId, key: &str) -> StoreResult<Vec<OpenSession>>;
     async fn open_sessions(&self, lot: &LotId) -> StoreResult<Vec<OpenSession>>;
     async fn commit_passage(&self, w: &PassageWrite) -> StoreResult<PassageOutcome>;

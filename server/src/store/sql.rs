@@ -738,6 +738,18 @@ macro_rules! backend {
                             .execute(&mut *tx)
                             .await
                         }
+                        SessionChange::MoveHeldExit { id, exit_event_id, exit_lane } => {
+                            sqlx::query(
+                                "UPDATE sessions SET exit_event_id = $1, exit_lane = $2, updated_at = $3 \
+                                 WHERE id = $4 AND status = 'awaiting_payment'",
+                            )
+                            .bind(exit_event_id.to_string())
+                            .bind(exit_lane.clone())
+                            .bind(ms(now))
+                            .bind(id.to_string())
+                            .execute(&mut *tx)
+                            .await
+                        }
                         SessionChange::MarkStale { id } => {
                             sqlx::query("UPDATE sessions SET status = 'exception', updated_at = $1 WHERE id = $2 AND status = 'open'")
                                 .bind(ms(now))
@@ -1632,6 +1644,20 @@ macro_rules! backend {
                         .await?
                         .map(|r| session_from(&r))
                         .transpose()
+                }
+
+                async fn last_exit_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>> {
+                    sqlx::query(&format!(
+                        "SELECT {SESSION_COLS} FROM sessions WHERE plate = $1 AND lot_id = $2 \
+                         AND status IN ('closed', 'awaiting_payment') AND exit_at IS NOT NULL \
+                         ORDER BY exit_at DESC LIMIT 1"
+                    ))
+                    .bind(plate)
+                    .bind(lot.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| session_from(&r))
+                    .transpose()
                 }
 
                 async fn open_sessions_by_key(&self, lot: &LotId, key: &str) -> StoreResult<Vec<OpenSession>> {
