@@ -1262,12 +1262,26 @@ struct NewDriver {
 }
 
 /// Records who made a change that has no use case of its own.
+/// How many times an audit entry is written when the database fails in a way that passes.
+const AUDIT_TRIES: u32 = 3;
+
+/// Records an operator's change, after the change itself committed. A passing database fault
+/// (a connection cut) is tried again on a fresh connection, so a change that was made is not
+/// answered as failed because its audit entry lost its connection; the entry's id makes a
+/// repeated write land once.
 async fn audit_write(ctx: &Ctx, me: &Identity, action: &str, subject: String) -> ApiResult<()> {
-    ctx.app
-        .store
-        .insert_audit(&audit_entry(ctx, me, action, subject))
-        .await?;
-    Ok(())
+    let entry = audit_entry(ctx, me, action, subject);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match ctx.app.store.insert_audit(&entry).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && tries < AUDIT_TRIES => {
+                tracing::info!(error = %e, tries, "an audit entry's write failed; trying again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 async fn create_driver(
@@ -1339,7 +1353,18 @@ async fn add_vehicle(
         locked_at: None,
         created_at: ctx.app.clock.now(),
     };
-    ctx.app.store.insert_vehicle(&v, &plate.match_key()).await?;
+    match ctx.app.store.insert_vehicle(&v, &plate.match_key()).await {
+        Ok(()) => {}
+        // The same request again (its first answer was lost): the plate is this driver's
+        // already, and saying so is the answer.
+        Err(StoreError::Duplicate(why)) => {
+            return match ctx.app.store.vehicle(&v.plate).await? {
+                Some(bound) if bound.driver_id == driver.id => Ok((StatusCode::OK, Json(bound))),
+                _ => Err(ApiError::Conflict(why)),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    }
     audit_write(&ctx, &me, "vehicle.added", format!("driver {}", driver.id)).await?;
     Ok((StatusCode::CREATED, Json(v)))
 }

@@ -492,7 +492,7 @@ impl Tariff {
         if self.exit_window_minutes > MAX_EXIT_WINDOW_MINUTES {
             return Err(invalid(
                 "exit_window_minutes",
-                &format!("must be at most {MAX_EXIT_WINDOW_MINUTES} (a week)"),
+                format!("must be at most {MAX_EXIT_WINDOW_MINUTES} (a week)"),
             ));
         }
         if let Some(fp) = &self.first_period {

@@ -434,6 +434,8 @@ async fn counters_exist_from_the_start_and_a_duplicate_plate_is_named_once() {
         .await
         .unwrap();
     assert_eq!(first.status().as_u16(), 201);
+    // The same request again (a retry whose first answer was lost): the plate is this
+    // driver's already, answered 200 with the vehicle.
     let again = w
         .client
         .post(w.url(&path))
@@ -441,8 +443,35 @@ async fn counters_exist_from_the_start_and_a_duplicate_plate_is_named_once() {
         .send()
         .await
         .unwrap();
-    assert_eq!(again.status().as_u16(), 409);
-    let msg: Value = again.json().await.unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+    let v: Value = again.json().await.unwrap();
+    assert_eq!(
+        (v["plate"].as_str(), v["driver_id"].as_str()),
+        (Some("京G77777"), driver["id"].as_str())
+    );
+    // Another driver cannot take it.
+    let other: Value = w
+        .client
+        .post(w.url("/api/drivers"))
+        .json(&serde_json::json!({"name": "y"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let taken = w
+        .client
+        .post(w.url(&format!(
+            "/api/drivers/{}/vehicles",
+            other["id"].as_str().unwrap()
+        )))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status().as_u16(), 409);
+    let msg: Value = taken.json().await.unwrap();
     assert_eq!(msg["message"], "plate 京G77777 is already bound");
     w.stop().await;
 }

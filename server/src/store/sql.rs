@@ -655,7 +655,8 @@ macro_rules! backend {
             where
                 E: sqlx::Executor<'c, Database = $db>,
             {
-                sqlx::query("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                // An entry written again (its first write's answer was lost) is written once.
+                sqlx::query("INSERT INTO audit (id, at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING")
                     .bind(a.id.to_string())
                     .bind(ms(a.at))
                     .bind(a.actor.clone())
