@@ -1161,10 +1161,12 @@ async fn play(
     sys: &mut System,
     faults: &[Fault],
     start: Instant,
+    progress: Progress<'_>,
 ) -> anyhow::Result<Vec<FaultRecord>> {
     let mut records = Vec::new();
     for f in faults {
         tokio::time::sleep_until(start + Duration::from_secs_f64(f.at_s)).await;
+        progress.reached(f.at_s).await;
         let notes = sys.revive().await?;
         let started_s = start.elapsed().as_secs_f64();
         tracing::info!(fault = %f.kind, hold_s = f.hold_s, "injecting");
@@ -1182,6 +1184,34 @@ async fn play(
         });
     }
     Ok(records)
+}
+
+/// How far the traffic has got, so the faults fall on the whole run. The schedule is drawn over
+/// the traffic's planned span, but the barriers pass cars more slowly than a long run's plan
+/// brings them (each passage waits for its arm), so a fault planned at a tenth of the span also
+/// waits until about a tenth of the passages are done.
+#[derive(Clone, Copy)]
+struct Progress<'a> {
+    tally: &'a crate::tally::Tally,
+    cars: u64,
+    span_s: f64,
+}
+
+impl Progress<'_> {
+    async fn reached(&self, at_s: f64) {
+        let share = (at_s / self.span_s.max(1.0)).clamp(0.0, 1.0);
+        // Each car passes twice: in and out.
+        let want = (share * 2.0 * self.cars as f64) as u64;
+        loop {
+            let now = self.tally.snapshot();
+            // Cars that gave up count as done, so a stuck run still plays out its faults.
+            if now.entered + now.left >= want || now.done >= self.cars {
+                return;
+            }
+            // Polling the live counts; they have no event to wait on.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Runs a chaos run; see the module doc.
@@ -1521,7 +1551,12 @@ async fn drive(
 
     let start = Instant::now();
     let traffic = crate::drive_audited(world.clone(), http.clone(), world_mqtt(sys)?, clock);
-    let (driven, played) = tokio::join!(traffic, play(sys, &faults, start));
+    let progress = Progress {
+        tally: &world.tally,
+        cars: u64::from(args.cars),
+        span_s: span.as_secs_f64(),
+    };
+    let (driven, played) = tokio::join!(traffic, play(sys, &faults, start, progress));
     let records = played?;
     sys.revive().await?;
     let driven = driven.context("the traffic did not complete")?;
