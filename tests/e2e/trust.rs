@@ -450,22 +450,10 @@ async fn counters_exist_from_the_start_and_a_duplicate_plate_is_named_once() {
         (Some("京G77777"), driver["id"].as_str())
     );
     // Another driver cannot take it.
-    let other: Value = w
-        .client
-        .post(w.url("/api/drivers"))
-        .json(&serde_json::json!({"name": "y"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = w.api.create_driver("y", "13800000009").await.unwrap();
     let taken = w
         .client
-        .post(w.url(&format!(
-            "/api/drivers/{}/vehicles",
-            other["id"].as_str().unwrap()
-        )))
+        .post(w.url(&format!("/api/drivers/{other}/vehicles")))
         .json(&body)
         .send()
         .await
