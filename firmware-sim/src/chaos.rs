@@ -97,6 +97,10 @@ pub struct ChaosArgs {
     /// Seconds to wait, after the last car, for the system to come to rest.
     #[arg(long, default_value_t = 300)]
     pub settle_secs: u64,
+    /// Entry lanes, and as many exit lanes, all on the one gateway. Four lanes pass about a
+    /// car and a half a second; a 10,000-car run wants more.
+    #[arg(long, default_value_t = 2)]
+    pub lane_pairs: usize,
     /// Keep the run's directory (configuration, logs, journal, broker data).
     #[arg(long)]
     pub keep: bool,
@@ -120,6 +124,7 @@ impl ChaosArgs {
             bin_dir: None,
             settle_secs: 300,
             keep: false,
+            lane_pairs: 2,
         }
     }
 }
@@ -1222,6 +1227,9 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<ChaosOutcome> {
     if !(1..=2).contains(&args.instances) {
         bail!("--instances must be 1 or 2");
     }
+    if !(1..=16).contains(&args.lane_pairs) {
+        bail!("--lane-pairs must be between 1 and 16");
+    }
     if !(args.speed.is_finite() && args.speed > 0.0) {
         bail!("--speed must be a positive number");
     }
@@ -1316,7 +1324,7 @@ async fn run_in(
 
     // Configuration, accounts, the API token and the gateway's key.
     let lot = LotId::parse("chaos")?;
-    let mut world = WorldConfig::four_lanes(lot.clone())?;
+    let mut world = WorldConfig::with_lanes(lot.clone(), args.lane_pairs)?;
     let gateway_id = crate::demo::gateway_id(&lot)?;
     let sandbox_secret = hex(16);
     let http_ports: Vec<u16> = (0..instances)

@@ -123,16 +123,27 @@ impl WorldConfig {
     /// clock speed 1440: the arm moves in 150 ms, so even a grace-period stay is physically
     /// possible between two barriers.
     pub fn four_lanes(lot: LotId) -> Result<WorldConfig, SimError> {
-        let lane = |s: &str, d| LaneId::parse(s).map(|l| (l, d));
+        WorldConfig::with_lanes(lot, 2)
+    }
+
+    /// [`WorldConfig::four_lanes`] with `pairs` entry lanes (`in-1`, `in-2`, ...) and as many
+    /// exit lanes (`out-1`, ...): a bigger lot passes more cars a minute.
+    pub fn with_lanes(lot: LotId, pairs: usize) -> Result<WorldConfig, SimError> {
+        if pairs == 0 {
+            return Err(SimError::Config(
+                "a lot needs at least one entry and one exit lane".into(),
+            ));
+        }
+        let mut lanes = Vec::with_capacity(2 * pairs);
+        for (prefix, direction) in [("in", Direction::Entry), ("out", Direction::Exit)] {
+            for n in 1..=pairs {
+                lanes.push((LaneId::parse(format!("{prefix}-{n}"))?, direction));
+            }
+        }
         Ok(WorldConfig {
             lot,
             frames: None,
-            lanes: vec![
-                lane("in-1", Direction::Entry)?,
-                lane("in-2", Direction::Entry)?,
-                lane("out-1", Direction::Exit)?,
-                lane("out-2", Direction::Exit)?,
-            ],
+            lanes,
             traffic: TrafficConfig::default(),
             arm: ArmConfig {
                 open_time: Duration::from_millis(150),
@@ -470,4 +481,34 @@ async fn lift_stuck_cars(
         }
     }
     waiting.retain(|k, _| present.contains(k));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lot_gets_as_many_exits_as_entries_and_needs_one_of_each() {
+        let lot = LotId::parse("lot").unwrap();
+        let w = WorldConfig::with_lanes(lot.clone(), 3).unwrap();
+        let names: Vec<(String, Direction)> = w
+            .lanes
+            .iter()
+            .map(|(l, d)| (l.as_str().to_string(), *d))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("in-1", Direction::Entry),
+                ("in-2", Direction::Entry),
+                ("in-3", Direction::Entry),
+                ("out-1", Direction::Exit),
+                ("out-2", Direction::Exit),
+                ("out-3", Direction::Exit),
+            ]
+            .map(|(l, d)| (l.to_string(), d))
+        );
+        assert_eq!(WorldConfig::four_lanes(lot.clone()).unwrap().lanes.len(), 4);
+        assert!(WorldConfig::with_lanes(lot, 0).is_err());
+    }
 }
