@@ -1501,6 +1501,9 @@ async fn drive(
     // A car that comes back to an exit (its barrier did not open) does so some 45 s of real
     // time later: at two days a minute, that is a day and a half of the lot's clock.
     world.exit_window_minutes = Some(parkpay_server::tariff::MAX_EXIT_WINDOW_MINUTES);
+    // Room for every car: a run of many lanes fills 400 spaces, and a car turned away from a
+    // full lot would be counted lost. What the run tests is the money, not the space count.
+    world.capacity = world.capacity.max(args.cars);
     world.api_token = Some(token.clone());
     world.sandbox_secret = Some(sandbox_secret.clone());
     // A car held while the servers are unreachable waits at the barrier for its decision, as a

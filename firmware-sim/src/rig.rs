@@ -188,6 +188,7 @@ impl LaneRig {
             capture,
             opens_before,
             display_seen,
+            display_arrival: display_seen,
             arrived: Instant::now(),
             opened: false,
             held: false,
@@ -236,6 +237,8 @@ pub struct Passage<'a> {
     capture: Capture,
     opens_before: u64,
     display_seen: u64,
+    /// The display's update count when the car drove up.
+    display_arrival: u64,
     arrived: Instant,
     opened: bool,
     held: bool,
@@ -245,6 +248,18 @@ pub struct Passage<'a> {
 impl Passage<'_> {
     pub fn capture(&self) -> &Capture {
         &self.capture
+    }
+
+    /// What the display shows now, if it changed since the car drove up: "line 1 / line 2".
+    pub fn shown(&self) -> Option<String> {
+        let s = self.rig.display.state();
+        (s.updates > self.display_arrival).then(|| {
+            if s.text.line2.is_empty() {
+                s.text.line1.clone()
+            } else {
+                format!("{} / {}", s.text.line1, s.text.line2)
+            }
+        })
     }
 
     /// The pay link the display showed to this car, if it showed one.

@@ -298,6 +298,7 @@ async fn go_through(
                 opened = p.wait_open(lane.open_wait()).await;
             }
         }
+        let shown = if opened { None } else { p.shown() };
         let outcome = if opened {
             p.drive_through().await?
         } else {
@@ -321,6 +322,7 @@ async fn go_through(
             opened: outcome.opened,
             held: outcome.held,
             paid,
+            shown,
         })?;
         if outcome.opened {
             return Ok(Some(captured_real));

@@ -47,6 +47,9 @@ pub enum Fact {
         held: bool,
         /// The driver paid by QR while standing at the barrier.
         paid: bool,
+        /// What the lane's display told a held car ("line 1 / line 2"), if it told it anything.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shown: Option<String>,
     },
 }
 

@@ -49,6 +49,8 @@ pub struct WorldConfig {
     /// a run on a compressed clock needs it longer, or a car that comes back to an exit after
     /// half a minute of real time comes back days later.
     pub exit_window_minutes: Option<u32>,
+    /// The created lot's spaces: entries are held as `lot_full` while they are all taken.
+    pub capacity: u32,
     /// Live counts of the run (cars in and out, held, exceptions), for whoever watches it.
     pub tally: Arc<Tally>,
     /// The API token the run's operator calls carry (an admin's: it registers drivers).
@@ -159,6 +161,7 @@ impl WorldConfig {
             fee: None,
             create_lot: false,
             exit_window_minutes: None,
+            capacity: 400,
             tally: Arc::default(),
             api_token: None,
             sandbox_secret: None,
@@ -231,7 +234,7 @@ pub async fn drive_audited(
         api.create_lot(
             world.lot.as_str(),
             "Simulated lot",
-            400,
+            world.capacity,
             &tariff,
             &world.lanes,
             &gateway,
