@@ -501,9 +501,10 @@ def scene(fmt, cond, seed, latin, cjk):
     return out, text, quad
 
 
-def write_scenes(out_dir, per_cell, seed):
-    """Held-out-typeface scenes as PNG plus `truth.tsv`, the layout `bench-plates --dump` writes."""
-    latin, cjk = load_faces(heldout=True)
+def write_scenes(out_dir, per_cell, seed, heldout=True):
+    """Scenes as PNG plus `truth.tsv`, the layout `bench-plates --dump` writes: in the held-out
+    typefaces for evaluation, or in the training ones for fitting the reader's confidence."""
+    latin, cjk = load_faces(heldout=heldout)
     os.makedirs(out_dir, exist_ok=True)
     lines = ["file\tplate\tformat\tcondition"]
     for fmt in FORMATS:
@@ -520,8 +521,13 @@ def write_scenes(out_dir, per_cell, seed):
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "scenes":
-        # render.py scenes DIR [PER_CELL] [SEED]
-        write_scenes(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 20, int(sys.argv[4]) if len(sys.argv) > 4 else 1)
+        # render.py scenes DIR [PER_CELL] [SEED] [heldout|training]
+        write_scenes(
+            sys.argv[2],
+            int(sys.argv[3]) if len(sys.argv) > 3 else 20,
+            int(sys.argv[4]) if len(sys.argv) > 4 else 1,
+            heldout=(sys.argv[5] if len(sys.argv) > 5 else "heldout") != "training",
+        )
     elif cmd == "samples":
         # render.py samples DIR [N]: a contact sheet of training inputs, for looking at.
         latin, cjk = load_faces()
@@ -533,4 +539,4 @@ if __name__ == "__main__":
         Image.fromarray(sheet).save(os.path.join(sys.argv[2], "samples.png"))
         print("\n".join(t for _, t in tiles))
     else:
-        print("usage: render.py scenes DIR [PER_CELL] [SEED] | samples DIR [N]")
+        print("usage: render.py scenes DIR [PER_CELL] [SEED] [heldout|training] | samples DIR [N]")
