@@ -139,6 +139,11 @@ pub struct Lane {
     vehicle_present: bool,
     /// We opened the arm for a vehicle; close it once the loop clears behind that vehicle.
     close_on_clear: bool,
+    /// The event the arm was last opened for, and whether its vehicle has since left the loop.
+    /// The server may decide an event twice (it was resent while its first decision was on the
+    /// way); the second decision must not open the arm for the next vehicle, which may already
+    /// stand on the loop before its own plate has reached us.
+    opened: Option<(EventId, bool)>,
 }
 
 impl Lane {
@@ -155,6 +160,7 @@ impl Lane {
             arm: ArmPosition::Closed,
             vehicle_present: false,
             close_on_clear: false,
+            opened: None,
         }
     }
 
@@ -246,6 +252,11 @@ impl Lane {
             return Vec::new();
         }
         self.vehicle_present = present;
+        if !present {
+            if let Some((id, left)) = &mut self.opened {
+                *left |= Some(*id) == self.current;
+            }
+        }
         let mut out = vec![Output::State(self.state(now))];
         if !present && self.close_on_clear {
             self.close_on_clear = false;
@@ -271,7 +282,8 @@ impl Lane {
             return vec![Output::Count(Count::Misrouted)];
         }
         self.awaiting.remove(&d.event_id);
-        if self.is_stale(d.event_id) {
+        let gone = self.opened == Some((d.event_id, true));
+        if gone || self.is_stale(d.event_id) {
             // Moving the arm or changing the display now would act on whoever stands at the
             // barrier next; the journal entry still goes.
             // Counted before the entry goes, so an empty journal means every decision is counted.
@@ -284,6 +296,7 @@ impl Lane {
         match d.action {
             BarrierAction::Open => {
                 self.close_on_clear = true;
+                self.opened = Some((d.event_id, false));
                 out.push(Output::Arm(arm_command(
                     ArmCommand::Open,
                     Release::Normal,
@@ -726,6 +739,46 @@ mod tests {
             assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
             assert!(out.contains(&Output::Forget(here.event_id)));
         }
+    }
+
+    #[test]
+    fn a_second_decision_for_a_vehicle_that_drove_through_moves_nothing() {
+        // The server decided an event twice (it was resent while the first decision was on its
+        // way). The second decision arrives when the next car stands on the loop and its plate
+        // has not reached the gateway yet: the arm must stay down for it.
+        for direction in [Direction::Entry, Direction::Exit] {
+            let mut t = T::new(direction);
+            t.send(0, Input::Loop { present: true });
+            let e = event(&t.read(0, "京A12345", 0.95));
+            let open = t.decision(e.event_id, BarrierAction::Open);
+            let out = t.send(1, Input::Decision(open.clone()));
+            assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+            t.send(2, Input::Loop { present: false });
+            t.send(3, Input::Loop { present: true });
+            for action in [BarrierAction::Open, BarrierAction::Hold] {
+                let out = t.send(4, Input::Decision(t.decision(e.event_id, action)));
+                assert_eq!(
+                    out,
+                    vec![
+                        Output::Count(Count::LateDecision),
+                        Output::Forget(e.event_id)
+                    ],
+                    "{direction:?} {action:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_open_for_a_vehicle_still_on_the_loop_opens_again() {
+        // The first open command was lost on the way to the arm; the car is still there.
+        let mut t = T::new(Direction::Exit);
+        t.send(0, Input::Loop { present: true });
+        let e = event(&t.read(0, "京A12345", 0.95));
+        let open = t.decision(e.event_id, BarrierAction::Open);
+        t.send(1, Input::Decision(open.clone()));
+        let out = t.send(5, Input::Decision(open));
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
     }
 
     #[test]
