@@ -282,8 +282,7 @@ impl Lane {
             return vec![Output::Count(Count::Misrouted)];
         }
         self.awaiting.remove(&d.event_id);
-        let gone = self.opened == Some((d.event_id, true));
-        if gone || self.is_stale(d.event_id) {
+        if self.is_stale(d.event_id) {
             // Moving the arm or changing the display now would act on whoever stands at the
             // barrier next; the journal entry still goes.
             // Counted before the entry goes, so an empty journal means every decision is counted.
@@ -327,8 +326,10 @@ impl Lane {
     /// or than the lane itself (journaled before a restart). Event ids are UUIDv7, so "older" is
     /// their order. A decision under an id newer than the current event is the server deciding
     /// for the vehicle at the barrier (an attendant's plate correction) and applies.
+    /// A decision for the event the arm already opened for, once that vehicle has left the loop,
+    /// is late too: the next vehicle may stand on the loop before its own plate has reached us.
     fn is_stale(&self, id: EventId) -> bool {
-        if self.offline_opened.contains(&id) {
+        if self.offline_opened.contains(&id) || self.opened == Some((id, true)) {
             return true;
         }
         match self.current {
@@ -559,6 +560,11 @@ mod tests {
             .collect()
     }
 
+    /// What a late decision gives: counted, dropped from the journal, nothing moved.
+    fn late(id: EventId) -> Vec<Output> {
+        vec![Output::Count(Count::LateDecision), Output::Forget(id)]
+    }
+
     fn counts(out: &[Output]) -> Vec<Count> {
         out.iter()
             .filter_map(|o| match o {
@@ -723,14 +729,7 @@ mod tests {
             let here = event(&t.read(10, "京B54321", 0.95));
             for action in [BarrierAction::Open, BarrierAction::Hold] {
                 let out = t.send(20, Input::Decision(t.decision(gone.event_id, action)));
-                assert_eq!(
-                    out,
-                    vec![
-                        Output::Count(Count::LateDecision),
-                        Output::Forget(gone.event_id)
-                    ],
-                    "{direction:?} {action:?}"
-                );
+                assert_eq!(out, late(gone.event_id), "{direction:?} {action:?}");
             }
             let out = t.send(
                 21,
@@ -757,14 +756,7 @@ mod tests {
             t.send(3, Input::Loop { present: true });
             for action in [BarrierAction::Open, BarrierAction::Hold] {
                 let out = t.send(4, Input::Decision(t.decision(e.event_id, action)));
-                assert_eq!(
-                    out,
-                    vec![
-                        Output::Count(Count::LateDecision),
-                        Output::Forget(e.event_id)
-                    ],
-                    "{direction:?} {action:?}"
-                );
+                assert_eq!(out, late(e.event_id), "{direction:?} {action:?}");
             }
         }
     }

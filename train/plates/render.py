@@ -522,11 +522,14 @@ if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "scenes":
         # render.py scenes DIR [PER_CELL] [SEED] [heldout|training]
+        faces = sys.argv[5] if len(sys.argv) > 5 else "heldout"
+        if faces not in ("heldout", "training"):
+            sys.exit(f"typefaces must be heldout or training, not {faces!r}")
         write_scenes(
             sys.argv[2],
             int(sys.argv[3]) if len(sys.argv) > 3 else 20,
             int(sys.argv[4]) if len(sys.argv) > 4 else 1,
-            heldout=(sys.argv[5] if len(sys.argv) > 5 else "heldout") != "training",
+            heldout=faces == "heldout",
         )
     elif cmd == "samples":
         # render.py samples DIR [N]: a contact sheet of training inputs, for looking at.
