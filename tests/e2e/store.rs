@@ -450,6 +450,37 @@ async fn leases_are_exclusive_and_a_lost_lease_conflicts() {
 }
 
 #[tokio::test]
+async fn a_lease_returns_what_it_leased_not_what_its_owner_held_before() {
+    let (s, b, lot) = store().await;
+    stays_with_charges(&s, &lot, "京B5678", 5).await;
+    let now = t0() + Duration::hours(2);
+    let until = now + Duration::minutes(1);
+    let first = s.lease_due_charges("w", now, until, 2).await.unwrap();
+    let second = s.lease_due_charges("w", now, until, 2).await.unwrap();
+    let third = s.lease_due_charges("w", now, until, 2).await.unwrap();
+    assert_eq!((first.len(), second.len(), third.len()), (2, 2, 1));
+    let mut ids: Vec<Uuid> = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        5,
+        "each round leases charges no earlier round leased"
+    );
+    assert!(s
+        .lease_due_charges("w", now, until, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    b.cleanup().await;
+}
+
+#[tokio::test]
 async fn an_instances_leases_are_freed_by_name_and_nobody_elses() {
     let (s, b, lot) = store().await;
     stays_with_charges(&s, &lot, "京B1234", 4).await;

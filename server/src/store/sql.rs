@@ -1770,27 +1770,26 @@ macro_rules! backend {
                 async fn lease_due_charges(&self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>, limit: i64) -> StoreResult<Vec<Charge>> {
                     // The outer lease check is re-evaluated against the latest row version when two
                     // instances race (PostgreSQL re-checks updated rows; SQLite has one writer), so
-                    // each charge is leased to one owner.
-                    sqlx::query(
+                    // each charge is leased to one owner. The rows come back from the update itself:
+                    // what this call leased, not whatever an owner of the same name held before.
+                    let mut leased = sqlx::query(&format!(
                         "UPDATE charges SET lease_owner = $1, lease_until = $2 \
                          WHERE id IN (SELECT id FROM charges WHERE status IN ('pending', 'submitted', 'accepted', 'failed') \
                                       AND (next_attempt_at IS NULL OR next_attempt_at <= $3) \
                                       AND (lease_until IS NULL OR lease_until < $3) ORDER BY created_at LIMIT $4) \
-                         AND (lease_until IS NULL OR lease_until < $3)",
-                    )
+                         AND (lease_until IS NULL OR lease_until < $3) RETURNING {CHARGE_COLS}"
+                    ))
                     .bind(owner)
                     .bind(ms(lease_until))
                     .bind(ms(now))
                     .bind(limit)
-                    .execute(&self.pool)
-                    .await?;
-                    sqlx::query(&format!("SELECT {CHARGE_COLS} FROM charges WHERE lease_owner = $1 ORDER BY created_at"))
-                        .bind(owner)
-                        .fetch_all(&self.pool)
-                        .await?
-                        .iter()
-                        .map(charge_from)
-                        .collect()
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(charge_from)
+                    .collect::<StoreResult<Vec<Charge>>>()?;
+                    leased.sort_by_key(|c| (c.created_at, c.id));
+                    Ok(leased)
                 }
 
                 async fn release_leases_of(&self, instance: &str) -> StoreResult<u64> {
