@@ -85,6 +85,8 @@ pub struct Counters {
     pub commands_acked: u64,
     pub offline_opens: u64,
     pub offline_holds: u64,
+    /// Open commands sent again because the arm did not report rising within a second.
+    pub arm_resends: u64,
     pub journal_errors: u64,
     pub journal_corrupt: u64,
     pub connects: u64,
@@ -106,6 +108,7 @@ struct Stats {
     commands_acked: AtomicU64,
     offline_opens: AtomicU64,
     offline_holds: AtomicU64,
+    arm_resends: AtomicU64,
     journal_errors: AtomicU64,
     journal_corrupt: AtomicU64,
     connects: AtomicU64,
@@ -136,6 +139,7 @@ impl Stats {
             commands_acked: get(&self.commands_acked),
             offline_opens: get(&self.offline_opens),
             offline_holds: get(&self.offline_holds),
+            arm_resends: get(&self.arm_resends),
             journal_errors: get(&self.journal_errors),
             journal_corrupt: get(&self.journal_corrupt),
             connects: get(&self.connects),
@@ -959,6 +963,7 @@ impl Shell {
                     Count::LateDecision => &self.stats.late_decisions,
                     Count::OfflineOpen => &self.stats.offline_opens,
                     Count::OfflineHold => &self.stats.offline_holds,
+                    Count::ArmResent => &self.stats.arm_resends,
                     Count::Misrouted => {
                         self.stats.reject("misrouted");
                         return;

@@ -95,6 +95,8 @@ pub enum Count {
     LateDecision,
     OfflineOpen,
     OfflineHold,
+    /// An open command sent again because the arm did not report moving.
+    ArmResent,
     /// A decision or command whose lot or lane is not this lane's.
     Misrouted,
 }
@@ -123,6 +125,21 @@ struct Awaiting {
 /// vehicle that has long left.
 const OFFLINE_MEMORY: usize = 256;
 
+/// How long an arm may take to report that it started rising before the open command goes again.
+/// A command can be lost between the gateway and the arm (the arm's controller reconnecting to
+/// the broker drops what was published meanwhile); the driver would wait for nothing.
+pub const ARM_RESEND_AFTER: Duration = Duration::from_secs(1);
+/// How many times an open command is sent again for one vehicle.
+pub const ARM_RESENDS: u8 = 5;
+
+/// An open command the arm has not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct ArmDue {
+    event: EventId,
+    due: Instant,
+    resent: u8,
+}
+
 #[derive(Debug)]
 pub struct Lane {
     spec: LaneSpec,
@@ -144,6 +161,8 @@ pub struct Lane {
     /// way); the second decision must not open the arm for the next vehicle, which may already
     /// stand on the loop before its own plate has reached us.
     opened: Option<(EventId, bool)>,
+    /// The open command for `opened` that the arm has not yet answered by starting to rise.
+    arm_due: Option<ArmDue>,
 }
 
 impl Lane {
@@ -161,6 +180,7 @@ impl Lane {
             vehicle_present: false,
             close_on_clear: false,
             opened: None,
+            arm_due: None,
         }
     }
 
@@ -256,6 +276,8 @@ impl Lane {
             if let Some((id, left)) = &mut self.opened {
                 *left |= Some(*id) == self.current;
             }
+            // The vehicle is gone (through the arm, or backed away): nothing to open for.
+            self.arm_due = None;
         }
         let mut out = vec![Output::State(self.state(now))];
         if !present && self.close_on_clear {
@@ -274,6 +296,9 @@ impl Lane {
             return Vec::new();
         }
         self.arm = pos;
+        if matches!(pos, ArmPosition::Opening | ArmPosition::Open) {
+            self.arm_due = None;
+        }
         vec![Output::State(self.state(now))]
     }
 
@@ -296,6 +321,13 @@ impl Lane {
             BarrierAction::Open => {
                 self.close_on_clear = true;
                 self.opened = Some((d.event_id, false));
+                // An arm already up sends no report; one that is down must answer by rising.
+                self.arm_due = (!matches!(self.arm, ArmPosition::Opening | ArmPosition::Open))
+                    .then_some(ArmDue {
+                        event: d.event_id,
+                        due: now.mono + ARM_RESEND_AFTER,
+                        resent: 0,
+                    });
                 out.push(Output::Arm(arm_command(
                     ArmCommand::Open,
                     Release::Normal,
@@ -383,7 +415,7 @@ impl Lane {
             .filter(|(_, a)| a.deadline <= now.mono)
             .map(|(id, _)| *id)
             .collect();
-        let mut out = Vec::new();
+        let mut out = self.resend_open(now);
         for id in due {
             let Some(a) = self.awaiting.remove(&id) else {
                 continue;
@@ -425,6 +457,36 @@ impl Lane {
             }
         }
         out
+    }
+
+    /// The open command again, when the arm has not started rising for the vehicle it was meant
+    /// for and that vehicle is still the one at the barrier (no newer read, the loop not cleared
+    /// behind it). An open arm ignores a second open, so a lost report costs nothing.
+    fn resend_open(&mut self, now: Now) -> Vec<Output> {
+        let Some(due) = self.arm_due else {
+            return Vec::new();
+        };
+        if due.due > now.mono {
+            return Vec::new();
+        }
+        let still_here = self.current == Some(due.event) && self.opened == Some((due.event, false));
+        if !still_here || due.resent >= ARM_RESENDS {
+            if still_here {
+                tracing::warn!(lane = %self.spec.lane, event = %due.event, "the arm never reported rising");
+            }
+            self.arm_due = None;
+            return Vec::new();
+        }
+        tracing::info!(lane = %self.spec.lane, event = %due.event, "the arm did not report rising; open again");
+        self.arm_due = Some(ArmDue {
+            due: now.mono + ARM_RESEND_AFTER,
+            resent: due.resent + 1,
+            ..due
+        });
+        vec![
+            Output::Arm(arm_command(ArmCommand::Open, Release::Normal, now)),
+            Output::Count(Count::ArmResent),
+        ]
     }
 }
 
@@ -653,7 +715,8 @@ mod tests {
             |o| matches!(o, Output::Display(d) if d.text.line1 == "Fee 5.00" && d.qr.is_none())
         ));
         assert_eq!(counts(&out), vec![Count::DecisionApplied]);
-        // Decided in time: the offline policy has nothing to do.
+        t.send(1, Input::Arm(ArmPosition::Opening));
+        // Decided in time, and the arm rose: nothing left to do.
         assert!(t.send(10, Input::Tick).is_empty());
     }
 
@@ -771,6 +834,74 @@ mod tests {
         t.send(1, Input::Decision(open.clone()));
         let out = t.send(5, Input::Decision(open));
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+    }
+
+    /// A car on the loop, read, and an open decision at 1 s for it.
+    fn opened_for_a_waiting_car() -> (T, EventId) {
+        let mut t = T::new(Direction::Entry);
+        t.send(0, Input::Loop { present: true });
+        let e = event(&t.read(0, "京A12345", 0.95));
+        let out = t.send(
+            1,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+        (t, e.event_id)
+    }
+
+    #[test]
+    fn an_arm_that_does_not_rise_is_told_again_while_its_car_waits() {
+        let (mut t, _) = opened_for_a_waiting_car();
+        let mut resent = 0;
+        for secs in 2..=12 {
+            let out = t.send(secs, Input::Tick);
+            if !out.is_empty() {
+                assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+                assert_eq!(counts(&out), vec![Count::ArmResent]);
+                resent += 1;
+            }
+        }
+        assert_eq!(
+            resent,
+            usize::from(ARM_RESENDS),
+            "a bounded number of times"
+        );
+    }
+
+    #[test]
+    fn an_arm_that_rises_is_not_told_again() {
+        let (mut t, _) = opened_for_a_waiting_car();
+        t.send(1, Input::Arm(ArmPosition::Opening));
+        for secs in 2..=8 {
+            assert!(arms(&t.send(secs, Input::Tick)).is_empty());
+        }
+    }
+
+    #[test]
+    fn no_open_goes_again_once_its_car_left_or_another_was_read() {
+        // The loop cleared: the car went (the arm's report lost) or backed away.
+        let (mut t, _) = opened_for_a_waiting_car();
+        t.send(1, Input::Loop { present: false });
+        for secs in 2..=8 {
+            assert!(arms(&t.send(secs, Input::Tick)).is_empty());
+        }
+        // A newer car was read: the open was for the one before it.
+        let (mut t, _) = opened_for_a_waiting_car();
+        event(&t.read(1, "京B99999", 0.95));
+        for secs in 2..=8 {
+            assert!(arms(&t.send(secs, Input::Tick)).is_empty());
+        }
+        // An arm already open sends no report: nothing is awaited from it.
+        let mut t = T::new(Direction::Entry);
+        t.send(0, Input::Arm(ArmPosition::Open));
+        let e = event(&t.read(0, "京A12345", 0.95));
+        t.send(
+            1,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
+        );
+        for secs in 2..=8 {
+            assert!(arms(&t.send(secs, Input::Tick)).is_empty());
+        }
     }
 
     #[test]
