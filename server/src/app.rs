@@ -412,14 +412,13 @@ impl App {
                     Ok(None)
                 }
             };
-            let (vehicle, listed, occupied, open) = tokio::try_join!(
-                self.store.vehicle(&top.plate),
-                self.store.lists_of_plate(&top.plate, &ev.lot),
+            let (plate, occupied, open) = tokio::try_join!(
+                self.store.plate_facts(&top.plate, &ev.lot),
                 occupancy,
                 self.store.open_session_of(&ev.lot, &top.plate),
             )?;
-            owner = vehicle.map(|v| v.driver_id);
-            lists = listed;
+            owner = plate.vehicle.map(|v| v.driver_id);
+            lists = plate.lists;
             spaces = occupied.map(|occupancy| Spaces {
                 occupancy,
                 capacity: lot.capacity,
@@ -445,7 +444,8 @@ impl App {
     }
 
     /// The exit's facts are read in two rounds of concurrent reads: what the read plate leads
-    /// to (its open stay, its vehicle, its lists), then what the stay and its payer lead to.
+    /// to (its open stay with the stay's validations and provider state, its vehicle and its
+    /// lists: two statements for a plain exit), then what the payer leads to.
     async fn plan_exit(
         &self,
         ev: &PassageEvent,
@@ -458,31 +458,26 @@ impl App {
             .first()
             .filter(|_| ev.quality == ReadQuality::Confident)
             .filter(|_| lot.is_some());
-        let session = async {
+        let stay = async {
             match (top, matched) {
-                (Some(_), Some(id)) => Ok(self
-                    .store
-                    .session(id)
-                    .await?
-                    .filter(|s| s.status == SessionStatus::Open && s.lot == ev.lot)),
-                (Some(top), None) => self.store.open_session_of(&ev.lot, &top.plate).await,
+                (Some(_), Some(id)) => self.matched_stay(id, &ev.lot).await,
+                (Some(top), None) => self.store.open_stay_of(&ev.lot, &top.plate).await,
                 _ => Ok(None),
             }
         };
-        // The vehicle registered with exactly the read plate: its owner, lock and class.
-        let vehicle = async {
+        // The vehicle registered with exactly the read plate (its owner, lock and class) and
+        // the plate's lists.
+        let plate = async {
             match top {
-                Some(top) => self.store.vehicle(&top.plate).await,
-                None => Ok(None),
+                Some(top) => self.store.plate_facts(&top.plate, &ev.lot).await,
+                None => Ok(PlateFacts::default()),
             }
         };
-        let lists = async {
-            match top {
-                Some(top) => self.store.lists_of_plate(&top.plate, &ev.lot).await,
-                None => Ok(Vec::new()),
-            }
+        let (stay, PlateFacts { vehicle, lists }) = tokio::try_join!(stay, plate)?;
+        let (session, validations, provider) = match stay {
+            Some(s) => (Some(s.session), s.validations, s.provider),
+            None => (None, Vec::new(), None),
         };
-        let (session, vehicle, lists) = tokio::try_join!(session, vehicle, lists)?;
         let owner = vehicle.as_ref().map(|v| v.driver_id);
         let driver = match (&session, top) {
             // A matched session's driver came from the misread entry plate: the car is the
@@ -505,18 +500,6 @@ impl App {
                 _ => Ok(None),
             }
         };
-        let validations = async {
-            match &session {
-                Some(s) => self.store.validations_of_session(s.id).await,
-                None => Ok(Vec::new()),
-            }
-        };
-        let provider = async {
-            match &session {
-                Some(s) => self.store.provider_parking(s.id).await,
-                None => Ok(None),
-            }
-        };
         // Only on the way to a hold: the scan helps the attendant, it never decides.
         let open = async {
             match (top, &session) {
@@ -532,8 +515,7 @@ impl App {
                 _ => Ok(None),
             }
         };
-        let (payer, validations, provider, open, settled) =
-            tokio::try_join!(payer, validations, provider, open, settled)?;
+        let (payer, open, settled) = tokio::try_join!(payer, open, settled)?;
         let look_alikes = match open {
             Some(open) => decide::look_alikes(&reads, &open),
             None => Vec::new(),
@@ -583,6 +565,27 @@ impl App {
             class,
             locked,
             validations: &validations,
+        }))
+    }
+
+    /// The open stay an attendant matched an exit to, with its validations and provider state.
+    async fn matched_stay(&self, id: Uuid, lot: &LotId) -> StoreResult<Option<OpenStay>> {
+        let Some(session) = self
+            .store
+            .session(id)
+            .await?
+            .filter(|s| s.status == SessionStatus::Open && &s.lot == lot)
+        else {
+            return Ok(None);
+        };
+        let (validations, provider) = tokio::try_join!(
+            self.store.validations_of_session(id),
+            self.store.provider_parking(id)
+        )?;
+        Ok(Some(OpenStay {
+            session,
+            validations,
+            provider,
         }))
     }
 

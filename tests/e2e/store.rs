@@ -1192,3 +1192,111 @@ async fn accounts_logins_tokens_and_gateway_keys_keep_only_what_they_must() {
     }
     b.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_exits_combined_reads_find_what_the_single_reads_find() {
+    let (s, b, lot) = store().await;
+    let driver = Driver {
+        id: Uuid::now_v7(),
+        name: "Wang".into(),
+        phone: None,
+        created_at: t0(),
+    };
+    s.insert_driver(&driver).await.unwrap();
+    let vehicle = Vehicle {
+        plate: "京C11111".into(),
+        colour: parkpay_protocol::PlateColour::Blue,
+        driver_id: driver.id,
+        class: None,
+        locked_at: Some(t0()),
+        created_at: t0(),
+    };
+    s.insert_vehicle(&vehicle, &parkpay_protocol::plate::match_key("京C11111"))
+        .await
+        .unwrap();
+    let listed = |plate: &str, lot: Option<LotId>| ListEntry {
+        id: Uuid::now_v7(),
+        kind: ListKind::Black,
+        lot,
+        plate: plate.into(),
+        valid_from: t0(),
+        valid_until: None,
+        grace_minutes: 0,
+        percent_off: None,
+        reason: "test".into(),
+        created_by: "op".into(),
+        created_at: t0(),
+        revoked_at: None,
+        revoked_by: None,
+    };
+    let on_every_lot = listed("京C22222", None);
+    s.insert_list_entry(&on_every_lot, &audit_row("list.added"))
+        .await
+        .unwrap();
+    let elsewhere = LotId::parse("elsewhere").unwrap();
+    s.insert_list_entry(
+        &listed("京C11111", Some(elsewhere)),
+        &audit_row("list.added"),
+    )
+    .await
+    .unwrap();
+
+    // A registered plate listed only for another lot; a listed plate nobody registered; a
+    // plate nobody knows.
+    for plate in ["京C11111", "京C22222", "京C33333"] {
+        let facts = s.plate_facts(plate, &lot).await.unwrap();
+        let (one, lists) = (
+            s.vehicle(plate).await.unwrap(),
+            s.lists_of_plate(plate, &lot).await.unwrap(),
+        );
+        assert_eq!(
+            facts
+                .vehicle
+                .as_ref()
+                .map(|v| (&v.plate, v.driver_id, v.locked_at)),
+            one.as_ref().map(|v| (&v.plate, v.driver_id, v.locked_at)),
+            "{plate}"
+        );
+        assert_eq!(facts.lists, lists, "{plate}");
+    }
+    let facts = s.plate_facts("京C22222", &lot).await.unwrap();
+    assert_eq!(
+        (facts.vehicle.is_none(), facts.lists),
+        (true, vec![on_every_lot])
+    );
+    assert!(s
+        .plate_facts("京C11111", &lot)
+        .await
+        .unwrap()
+        .lists
+        .is_empty());
+
+    // Two open stays, one the provider tracks (and blocks); a plate with no open stay.
+    let (w, tracked) = entry(&lot, "京C11111", t0());
+    s.commit_passage(&w).await.unwrap();
+    let (w, plain) = entry(&lot, "京C44444", t0());
+    s.commit_passage(&w).await.unwrap();
+    let parking = ProviderParking {
+        session_id: tracked,
+        provider: "wechat".into(),
+        out_parking_no: format!("P{}", tracked.simple()),
+        parking_id: Some("wx1".into()),
+        state: ParkingState::Blocked,
+        block_reason: Some("PAUSE".into()),
+        updated_at: t0(),
+    };
+    s.put_provider_parking(&parking).await.unwrap();
+    let stay = s.open_stay_of(&lot, "京C11111").await.unwrap().unwrap();
+    assert_eq!(stay.session.id, tracked);
+    let provider = stay.provider.expect("the provider's view of the stay");
+    assert_eq!(
+        (provider.state, provider.block_reason.as_deref()),
+        (ParkingState::Blocked, Some("PAUSE"))
+    );
+    assert!(stay.validations.is_empty());
+    let stay = s.open_stay_of(&lot, "京C44444").await.unwrap().unwrap();
+    assert_eq!(stay.session.id, plain);
+    assert!(stay.provider.is_none() && stay.validations.is_empty());
+    assert!(s.open_stay_of(&lot, "京C33333").await.unwrap().is_none());
+    b.cleanup().await;
+}

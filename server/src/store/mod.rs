@@ -289,6 +289,21 @@ pub enum SandboxRefund {
 
 /// Payments beyond the debit: the provider's view of stays, refunds, notifications,
 /// reconciliation and the money desk. Every backend implements it beside [`Store`].
+/// An open stay with what an exit reads beside it.
+#[derive(Debug, Clone)]
+pub struct OpenStay {
+    pub session: Session,
+    pub validations: Vec<Validation>,
+    pub provider: Option<ProviderParking>,
+}
+
+/// What a read plate leads to before any stay: its vehicle and its list entries for a lot.
+#[derive(Debug, Clone, Default)]
+pub struct PlateFacts {
+    pub vehicle: Option<Vehicle>,
+    pub lists: Vec<ListEntry>,
+}
+
 #[async_trait]
 pub trait MoneyStore: Send + Sync {
     async fn provider_parking(&self, session: Uuid) -> StoreResult<Option<ProviderParking>>;
@@ -519,6 +534,9 @@ pub trait Store:
     async fn driver(&self, id: Uuid) -> StoreResult<Option<Driver>>;
     async fn insert_vehicle(&self, v: &Vehicle, plate_key: &str) -> StoreResult<()>;
     async fn vehicle(&self, plate: &str) -> StoreResult<Option<Vehicle>>;
+    /// The vehicle registered with exactly this plate and [`Store::lists_of_plate`], in one
+    /// statement when no list names the plate (the usual case).
+    async fn plate_facts(&self, plate: &str, lot: &LotId) -> StoreResult<PlateFacts>;
     async fn vehicles_of(&self, driver: Uuid) -> StoreResult<Vec<Vehicle>>;
     /// Locks (`Some`) or unlocks (`None`) a vehicle, with its audit row; `Conflict` if it is
     /// already so, `NotFound` if no such vehicle is registered.
@@ -644,6 +662,10 @@ pub trait Store:
     async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>>;
     /// The open session of exactly this plate (there is at most one per lot).
     async fn open_session_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>>;
+    /// [`Store::open_session_of`] with what an exit needs beside it, in one statement: the
+    /// stay's unredeemed validations and the provider's view of it, each read only when the
+    /// statement found one (most stays have neither).
+    async fn open_stay_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<OpenStay>>;
     /// The latest stay of exactly this plate on the lot that ended at an exit: closed, or held
     /// there for payment.
     async fn last_exit_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>>;

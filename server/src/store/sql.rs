@@ -1147,6 +1147,27 @@ macro_rules! backend {
                         .transpose()
                 }
 
+                async fn plate_facts(&self, plate: &str, lot: &LotId) -> StoreResult<PlateFacts> {
+                    let r = sqlx::query(
+                        "SELECT v.*, EXISTS (SELECT 1 FROM plate_lists l WHERE l.plate = $1 \
+                         AND (l.lot_id = $2 OR l.lot_id IS NULL) AND l.revoked_at IS NULL) AS listed \
+                         FROM (SELECT 1 AS one) AS q LEFT JOIN vehicles v ON v.plate = $1",
+                    )
+                    .bind(plate)
+                    .bind(lot.as_str())
+                    .fetch_one(&self.reader)
+                    .await?;
+                    let vehicle = match r.try_get::<Option<String>, _>("plate")? {
+                        Some(_) => Some(vehicle_from(&r)?),
+                        None => None,
+                    };
+                    let lists = match r.try_get::<bool, _>("listed")? {
+                        true => self.lists_of_plate(plate, lot).await?,
+                        false => Vec::new(),
+                    };
+                    Ok(PlateFacts { vehicle, lists })
+                }
+
                 async fn set_vehicle_lock(&self, plate: &str, locked_at: Option<DateTime<Utc>>, audit: &AuditEntry) -> StoreResult<()> {
                     let mut tx = self.pool.begin().await?;
                     // Locking a locked car (or unlocking an unlocked one) changes nothing.
@@ -1645,6 +1666,32 @@ macro_rules! backend {
                         .await?
                         .map(|r| session_from(&r))
                         .transpose()
+                }
+
+                async fn open_stay_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<OpenStay>> {
+                    let Some(r) = sqlx::query(&format!(
+                        "SELECT {SESSION_COLS}, \
+                         EXISTS (SELECT 1 FROM validations v WHERE v.session_id = sessions.id AND v.redeemed_at IS NULL) AS validated, \
+                         EXISTS (SELECT 1 FROM provider_parkings p WHERE p.session_id = sessions.id) AS tracked \
+                         FROM sessions WHERE lot_id = $1 AND plate = $2 AND status = 'open'"
+                    ))
+                    .bind(lot.as_str())
+                    .bind(plate)
+                    .fetch_optional(&self.reader)
+                    .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let session = session_from(&r)?;
+                    let validations = match r.try_get::<bool, _>("validated")? {
+                        true => self.validations_of_session(session.id).await?,
+                        false => Vec::new(),
+                    };
+                    let provider = match r.try_get::<bool, _>("tracked")? {
+                        true => self.provider_parking(session.id).await?,
+                        false => None,
+                    };
+                    Ok(Some(OpenStay { session, validations, provider }))
                 }
 
                 async fn last_exit_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>> {
