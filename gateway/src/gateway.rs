@@ -551,6 +551,9 @@ impl Shell {
             ShellEvent::Disconnected(reason) => {
                 if self.connected {
                     tracing::warn!(%reason, "lost the broker; lanes keep their last state");
+                    for i in 0..self.lanes.len() {
+                        self.feed(i, Input::BrokerLost).await;
+                    }
                 }
                 self.connected = false;
             }

@@ -81,6 +81,8 @@ pub enum Input {
     Decision(Decision),
     Command(OperatorCommand),
     Allowlist(Arc<AllowSet>),
+    /// The gateway lost the broker: loop and arm messages may have been lost meanwhile.
+    BrokerLost,
     Tick,
 }
 
@@ -203,6 +205,10 @@ impl Lane {
                 self.allow = a;
                 Vec::new()
             }
+            Input::BrokerLost => {
+                self.on_broker_lost();
+                Vec::new()
+            }
             Input::Tick => self.on_tick(now),
         }
     }
@@ -289,6 +295,16 @@ impl Lane {
             )));
         }
         out
+    }
+
+    /// While the broker is gone the loop's messages are lost: the vehicle the arm opened for
+    /// may have left and another taken its place on the loop, unseen. From here on the arm
+    /// opens only for a newly read vehicle, never again for the one it opened for.
+    fn on_broker_lost(&mut self) {
+        if let Some((_, left)) = &mut self.opened {
+            *left = true;
+        }
+        self.arm_due = None;
     }
 
     fn on_arm(&mut self, pos: ArmPosition, now: Now) -> Vec<Output> {
@@ -902,6 +918,30 @@ mod tests {
         for secs in 2..=8 {
             assert!(arms(&t.send(secs, Input::Tick)).is_empty());
         }
+    }
+
+    #[test]
+    fn after_losing_the_broker_the_arm_opens_again_only_for_a_new_read() {
+        // The arm opened for a car; the broker died, and with it the loop's "clear" for that
+        // car and the next car's arrival. The server then decides the first car's resent event
+        // again: the car now on the loop is not the one it was for.
+        let (mut t, first) = opened_for_a_waiting_car();
+        assert!(t.send(1, Input::BrokerLost).is_empty());
+        let again = t.decision(first, BarrierAction::Open);
+        assert_eq!(t.send(3, Input::Decision(again)), late(first));
+        for secs in 4..=9 {
+            assert!(
+                arms(&t.send(secs, Input::Tick)).is_empty(),
+                "no re-sent open"
+            );
+        }
+        // The next car's own read and decision open as usual.
+        let next = event(&t.read(10, "京B99999", 0.95));
+        let out = t.send(
+            11,
+            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
     }
 
     #[test]
