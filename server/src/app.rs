@@ -445,7 +445,7 @@ impl App {
 
     /// The exit's facts are read in two rounds of concurrent reads: what the read plate leads
     /// to (its open stay with the stay's validations and provider state, its vehicle and its
-    /// lists: two statements for a plain exit), then what the payer leads to.
+    /// lists: two statements for a plain exit), then what the payer leads to (one more).
     async fn plan_exit(
         &self,
         ev: &PassageEvent,

@@ -287,8 +287,6 @@ pub enum SandboxRefund {
     Refused { reason: String },
 }
 
-/// Payments beyond the debit: the provider's view of stays, refunds, notifications,
-/// reconciliation and the money desk. Every backend implements it beside [`Store`].
 /// An open stay with what an exit reads beside it.
 #[derive(Debug, Clone)]
 pub struct OpenStay {
@@ -304,6 +302,8 @@ pub struct PlateFacts {
     pub lists: Vec<ListEntry>,
 }
 
+/// Payments beyond the debit: the provider's view of stays, refunds, notifications,
+/// reconciliation and the money desk. Every backend implements it beside [`Store`].
 #[async_trait]
 pub trait MoneyStore: Send + Sync {
     async fn provider_parking(&self, session: Uuid) -> StoreResult<Option<ProviderParking>>;
