@@ -150,6 +150,8 @@ pub struct Lane {
     awaiting: BTreeMap<EventId, Awaiting>,
     /// The event of the vehicle at the barrier: the last one this lane emitted.
     current: Option<EventId>,
+    /// The dedupe key of `current`'s plate (none for a no-read).
+    current_key: Option<String>,
     /// Minted when the lane was created: events older than this are from before a restart.
     started: EventId,
     offline_opened: VecDeque<EventId>,
@@ -174,6 +176,7 @@ impl Lane {
             last_emitted: HashMap::new(),
             awaiting: BTreeMap::new(),
             current: None,
+            current_key: None,
             started: EventId::new(),
             offline_opened: VecDeque::new(),
             allow: Arc::new(AllowSet::default()),
@@ -247,6 +250,7 @@ impl Lane {
             }
             self.last_emitted.insert(key.clone(), now.at);
         }
+        self.current_key = key;
         let event = PassageEvent {
             event_id: EventId::new(),
             lot: self.spec.lot.clone(),
@@ -284,6 +288,15 @@ impl Lane {
             }
             // The vehicle is gone (through the arm, or backed away): nothing to open for.
             self.arm_due = None;
+            // A vehicle that backed away without the arm opening for it and comes back is a new
+            // passage: its plate must reach the server again, which may by then let it out (the
+            // driver paid meanwhile). One the arm opened for stays deduplicated: a stray read
+            // of it leaving is no new passage.
+            if !self.close_on_clear {
+                if let Some(key) = self.current_key.take() {
+                    self.last_emitted.remove(&key);
+                }
+            }
         }
         let mut out = vec![Output::State(self.state(now))];
         if !present && self.close_on_clear {
@@ -682,6 +695,45 @@ mod tests {
         event(&t.read(30, "京B99999", 0.95));
         // The window runs from the emitted event, not from the suppressed reads.
         event(&t.read(61, "京A12345", 0.95));
+    }
+
+    #[test]
+    fn a_vehicle_that_backed_away_and_returns_is_a_new_passage() {
+        let mut t = T::new(Direction::Exit);
+        t.send(0, Input::Loop { present: true });
+        let first = event(&t.read(0, "湘CD98170", 0.95));
+        t.send(
+            1,
+            Input::Decision(t.decision(first.event_id, BarrierAction::Hold)),
+        );
+        // Asked to pay, the driver backs off the loop, pays, and drives up again.
+        t.send(2, Input::Loop { present: false });
+        t.send(40, Input::Loop { present: true });
+        let again = event(&t.read(40, "湘CD98170", 0.95));
+        assert_ne!(again.event_id, first.event_id);
+        let out = t.send(
+            41,
+            Input::Decision(t.decision(again.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+    }
+
+    #[test]
+    fn a_vehicle_let_out_stays_deduplicated_after_leaving_the_loop() {
+        let mut t = T::new(Direction::Exit);
+        t.send(0, Input::Loop { present: true });
+        let e = event(&t.read(0, "京A12345", 0.95));
+        t.send(
+            1,
+            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
+        );
+        t.send(2, Input::Arm(ArmPosition::Open));
+        t.send(4, Input::Loop { present: false });
+        // A stray read of the car driving away is no new passage.
+        assert_eq!(
+            counts(&t.read(5, "京A12345", 0.9)),
+            vec![Count::DuplicateSuppressed]
+        );
     }
 
     #[test]
