@@ -292,10 +292,10 @@ impl Lane {
             // passage: its plate must reach the server again, which may by then let it out (the
             // driver paid meanwhile). One the arm opened for stays deduplicated: a stray read
             // of it leaving is no new passage.
-            if !self.close_on_clear {
-                if let Some(key) = self.current_key.take() {
-                    self.last_emitted.remove(&key);
-                }
+            // Either way the plate is no longer the one on the loop.
+            let key = self.current_key.take();
+            if let Some(key) = key.filter(|_| !self.close_on_clear) {
+                self.last_emitted.remove(&key);
             }
         }
         let mut out = vec![Output::State(self.state(now))];
@@ -732,6 +732,14 @@ mod tests {
         // A stray read of the car driving away is no new passage.
         assert_eq!(
             counts(&t.read(5, "京A12345", 0.9)),
+            vec![Count::DuplicateSuppressed]
+        );
+        // Nor after a next vehicle, never read, stood on the loop and backed away: its loop
+        // cycle must not release the plate of the vehicle before it.
+        t.send(6, Input::Loop { present: true });
+        t.send(7, Input::Loop { present: false });
+        assert_eq!(
+            counts(&t.read(8, "京A12345", 0.9)),
             vec![Count::DuplicateSuppressed]
         );
     }
