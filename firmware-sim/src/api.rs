@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::error::SimError;
 
-/// How many times a request answered 503 is sent in all.
+/// How many times a request answered 503 or 429 is sent in all.
 const UNAVAILABLE_TRIES: u32 = 10;
 
 /// The server's own status types: the simulator speaks the API it is built against.
@@ -128,8 +128,9 @@ impl Api {
         } else {
             self.token.as_deref()
         };
-        // A 503 is the server saying the database failed for a moment: the request is sent
-        // again after its Retry-After, as a driver's app would, a few times.
+        // A 503 is the server saying the database failed for a moment, a 429 that this address
+        // asked too often: either way the request is sent again after its Retry-After (at most
+        // 5 s), as a driver's app would, a few times.
         let mut tries = 0;
         let resp = loop {
             let mut req = self.http.request(method.clone(), url.clone());
@@ -141,9 +142,9 @@ impl Api {
             }
             let resp = req.send().await.map_err(wrap)?;
             tries += 1;
-            if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE
-                || tries >= UNAVAILABLE_TRIES
-            {
+            let passing = resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                || resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            if !passing || tries >= UNAVAILABLE_TRIES {
                 break resp;
             }
             let wait = resp
@@ -157,7 +158,8 @@ impl Api {
                 path,
                 tries,
                 wait,
-                "the server is unavailable for a moment; trying again"
+                status = resp.status().as_u16(),
+                "the server asked to wait; trying again"
             );
             tokio::time::sleep(Duration::from_secs(wait)).await;
         };
@@ -473,6 +475,26 @@ mod tests {
             .unwrap();
         assert_eq!(got, id);
         assert_eq!(served.await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_429_is_sent_again_after_its_retry_after() {
+        let id = Uuid::from_u128(43);
+        let (url, served) = serve(vec![
+            (
+                "429 Too Many Requests",
+                "retry-after: 0\r\n",
+                r#"{"error":"too_many_requests","message":"try again in 1 s"}"#.to_string(),
+            ),
+            ("201 Created", "", format!(r#"{{"id":"{id}"}}"#)),
+        ])
+        .await;
+        let got = Api::new(&url)
+            .create_driver("Driver 1", "13800000001")
+            .await
+            .unwrap();
+        assert_eq!(got, id);
+        assert_eq!(served.await.unwrap(), 2);
     }
 
     #[tokio::test]

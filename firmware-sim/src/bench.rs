@@ -40,6 +40,10 @@ pub struct BenchPlatesArgs {
     /// Also print one row per format and condition.
     #[arg(long)]
     pub cells: bool,
+    /// Also write each scene's top read to this file, one tab-separated line per scene
+    /// (format, condition, true plate, read or empty, confidence), for fitting a threshold.
+    #[arg(long)]
+    pub reads: Option<PathBuf>,
 }
 
 /// Tallies of one cell (or of a whole row or the total).
@@ -128,11 +132,20 @@ pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
                 .map(move |&c| (f, c, Tally::default()))
         })
         .collect();
+    let mut reads = String::from("format\tcondition\tplate\tread\tconfidence\n");
     let mut measure =
         |format: PlateFormat, condition: Condition, plate: &str, img: DynamicImage| {
             let start = Instant::now();
             let cands = reader.read(&img, None);
             let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let top = cands.first();
+            reads.push_str(&format!(
+                "{}\t{}\t{plate}\t{}\t{:.6}\n",
+                format.as_str(),
+                condition.as_str(),
+                top.map_or("", |c| c.plate.as_str()),
+                top.map_or(0.0, |c| c.confidence)
+            ));
             if let Some(cell) = cells.iter_mut().find(|x| x.0 == format && x.1 == condition) {
                 cell.2.ms.push(ms);
                 score(
@@ -195,6 +208,9 @@ pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &args.dump {
         std::fs::write(dir.join("truth.tsv"), truth)?;
+    }
+    if let Some(path) = &args.reads {
+        std::fs::write(path, reads).with_context(|| format!("writing {}", path.display()))?;
     }
     let mut overall = Tally::default();
     cells.iter().for_each(|(_, _, t)| overall.add(t));

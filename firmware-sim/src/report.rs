@@ -283,6 +283,7 @@ mod tests {
             exit_tries: stay.map(|(_, b)| vec![t(b)]).unwrap_or_default(),
             exit_held: !mandate,
             paid_at_exit: !mandate,
+            paid_not_let_out: 0,
         }
     }
 

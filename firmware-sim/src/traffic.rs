@@ -351,7 +351,9 @@ async fn pay_at_exit(
                 tracing::warn!(car = plan.car, error = %e, "the payment's answer was lost");
                 return true;
             }
-            Err(e) => tracing::debug!(car = plan.car, error = %e, "pay link did not name a stay"),
+            Err(e) => {
+                tracing::warn!(car = plan.car, error = %e, "the pay link was refused; looking the stay up")
+            }
         }
     }
     let own = plan.vehicle.plate.as_str();
@@ -386,6 +388,11 @@ async fn pay_at_exit(
             }
         }
     }
+    tracing::warn!(
+        car = plan.car,
+        plate = own,
+        "found no stay awaiting payment to pay at the exit"
+    );
     false
 }
 

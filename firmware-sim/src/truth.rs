@@ -74,6 +74,9 @@ pub struct CarTruth {
     /// Held at the exit at least once.
     pub exit_held: bool,
     pub paid_at_exit: bool,
+    /// Exit tries on which the driver paid at the barrier and the arm still did not open.
+    #[serde(default)]
+    pub paid_not_let_out: u32,
 }
 
 impl CarTruth {
@@ -192,6 +195,7 @@ pub fn fold_cars(facts: &[Fact]) -> Vec<CarTruth> {
                         exit_tries: Vec::new(),
                         exit_held: false,
                         paid_at_exit: false,
+                        paid_not_let_out: 0,
                     },
                 );
             }
@@ -219,6 +223,7 @@ pub fn fold_cars(facts: &[Fact]) -> Vec<CarTruth> {
                         c.exit_tries.push(*captured_at);
                         c.exit_held |= *held;
                         c.paid_at_exit |= *paid;
+                        c.paid_not_let_out += u32::from(*paid && !*opened);
                         if *opened {
                             c.exit_at = Some(*captured_at);
                             c.exit_lane = Some(lane.clone());
@@ -229,4 +234,47 @@ pub fn fold_cars(facts: &[Fact]) -> Vec<CarTruth> {
         }
     }
     cars.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit_try(attempt: u32, at: i64, opened: bool, paid: bool) -> Fact {
+        Fact::Passage {
+            car: 1,
+            direction: Direction::Exit,
+            lane: "out-1".into(),
+            attempt,
+            captured_at: DateTime::from_timestamp(at, 0).unwrap(),
+            read: None,
+            misread: false,
+            opened,
+            held: !opened,
+            paid,
+            shown: None,
+        }
+    }
+
+    #[test]
+    fn a_driver_who_paid_and_stayed_behind_the_arm_is_counted_per_try() {
+        let facts = vec![
+            Fact::Car {
+                car: 1,
+                plate: "京A12345".into(),
+                colour: PlateColour::Blue,
+                has_mandate: false,
+                wallet_fen: 0,
+                driver_id: None,
+            },
+            exit_try(1, 100, false, false), // held: asked to pay
+            exit_try(2, 200, false, true),  // paid, the arm stayed down
+            exit_try(3, 300, true, true),   // paid again (the same stay), let out
+        ];
+        let [car] = fold_cars(&facts).try_into().unwrap();
+        assert_eq!(car.paid_not_let_out, 1);
+        assert!(car.paid_at_exit && car.exit_held);
+        assert_eq!(car.exit_at, DateTime::from_timestamp(300, 0));
+        assert_eq!(car.exit_tries.len(), 3);
+    }
 }

@@ -752,6 +752,7 @@ impl Shell {
                         i,
                         Input::Loop {
                             present: ev.present,
+                            at: ev.at,
                         },
                     )
                     .await;

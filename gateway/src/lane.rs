@@ -76,6 +76,8 @@ pub enum Input {
     },
     Loop {
         present: bool,
+        /// The detector's own time of the change (`LoopEvent::at`).
+        at: DateTime<Utc>,
     },
     Arm(ArmPosition),
     Decision(Decision),
@@ -142,6 +144,13 @@ struct ArmDue {
     resent: u8,
 }
 
+/// A read the lane emitted as an event: its dedupe key (none for a no-read) and capture time.
+#[derive(Debug)]
+struct EmittedRead {
+    key: Option<String>,
+    captured_at: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 pub struct Lane {
     spec: LaneSpec,
@@ -150,8 +159,10 @@ pub struct Lane {
     awaiting: BTreeMap<EventId, Awaiting>,
     /// The event of the vehicle at the barrier: the last one this lane emitted.
     current: Option<EventId>,
-    /// The dedupe key of `current`'s plate (none for a no-read).
-    current_key: Option<String>,
+    /// `current`'s read, and the read emitted before it: which of the two a loop report of a
+    /// vehicle leaving is about is told by the devices' clocks (see `on_loop`).
+    current_read: Option<EmittedRead>,
+    previous_read: Option<EmittedRead>,
     /// Minted when the lane was created: events older than this are from before a restart.
     started: EventId,
     offline_opened: VecDeque<EventId>,
@@ -176,7 +187,8 @@ impl Lane {
             last_emitted: HashMap::new(),
             awaiting: BTreeMap::new(),
             current: None,
-            current_key: None,
+            current_read: None,
+            previous_read: None,
             started: EventId::new(),
             offline_opened: VecDeque::new(),
             allow: Arc::new(AllowSet::default()),
@@ -200,7 +212,7 @@ impl Lane {
                 frames,
                 evidence_digest,
             } => self.on_reads(captured_at, &frames, evidence_digest, now),
-            Input::Loop { present } => self.on_loop(present, now),
+            Input::Loop { present, at } => self.on_loop(present, at, now),
             Input::Arm(pos) => self.on_arm(pos, now),
             Input::Decision(d) => self.on_decision(d, now),
             Input::Command(c) => self.on_command(c, now),
@@ -250,7 +262,7 @@ impl Lane {
             }
             self.last_emitted.insert(key.clone(), now.at);
         }
-        self.current_key = key;
+        self.previous_read = self.current_read.replace(EmittedRead { key, captured_at });
         let event = PassageEvent {
             event_id: EventId::new(),
             lot: self.spec.lot.clone(),
@@ -277,7 +289,7 @@ impl Lane {
         vec![Output::Event(event)]
     }
 
-    fn on_loop(&mut self, present: bool, now: Now) -> Vec<Output> {
+    fn on_loop(&mut self, present: bool, at: DateTime<Utc>, now: Now) -> Vec<Output> {
         if present == self.vehicle_present {
             return Vec::new();
         }
@@ -292,9 +304,16 @@ impl Lane {
             // passage: its plate must reach the server again, which may by then let it out (the
             // driver paid meanwhile). One the arm opened for stays deduplicated: a stray read
             // of it leaving is no new passage.
-            // Either way the plate is no longer the one on the loop.
-            let key = self.current_key.take();
-            if let Some(key) = key.filter(|_| !self.close_on_clear) {
+            //
+            // Which vehicle left: the camera and the loop report on connections of their own,
+            // so the next vehicle's read can arrive before the loop's report that the vehicle
+            // before it backed away. A read captured after the loop cleared is of a vehicle
+            // that came later; the report is then about the read before it.
+            let gone = match &self.current_read {
+                Some(r) if r.captured_at > at => self.previous_read.take(),
+                _ => self.current_read.take(),
+            };
+            if let Some(key) = gone.and_then(|r| r.key).filter(|_| !self.close_on_clear) {
                 self.last_emitted.remove(&key);
             }
         }
@@ -572,6 +591,12 @@ mod tests {
             }
         }
 
+        /// The loop detector reports a change at `secs`, by its own clock.
+        fn detector(&mut self, secs: u64, present: bool) -> Vec<Output> {
+            let at = self.at(secs).at;
+            self.send(secs, Input::Loop { present, at })
+        }
+
         fn send(&mut self, secs: u64, input: Input) -> Vec<Output> {
             let now = self.at(secs);
             self.lane.handle(input, now)
@@ -700,15 +725,15 @@ mod tests {
     #[test]
     fn a_vehicle_that_backed_away_and_returns_is_a_new_passage() {
         let mut t = T::new(Direction::Exit);
-        t.send(0, Input::Loop { present: true });
+        t.detector(0, true);
         let first = event(&t.read(0, "湘CD98170", 0.95));
         t.send(
             1,
             Input::Decision(t.decision(first.event_id, BarrierAction::Hold)),
         );
         // Asked to pay, the driver backs off the loop, pays, and drives up again.
-        t.send(2, Input::Loop { present: false });
-        t.send(40, Input::Loop { present: true });
+        t.detector(2, false);
+        t.detector(40, true);
         let again = event(&t.read(40, "湘CD98170", 0.95));
         assert_ne!(again.event_id, first.event_id);
         let out = t.send(
@@ -719,16 +744,54 @@ mod tests {
     }
 
     #[test]
+    fn a_vehicle_that_backed_away_is_told_from_the_next_one_read_before_the_loop_reported() {
+        let mut t = T::new(Direction::Exit);
+        t.detector(0, true);
+        let held = event(&t.read(0, "湘CD98170", 0.95));
+        t.send(
+            1,
+            Input::Decision(t.decision(held.event_id, BarrierAction::Hold)),
+        );
+        // The held car backs away at 2 s. The next car is read at 4 s, and its read reaches
+        // the gateway before the loop's report of the first car leaving (other connections).
+        let next = event(&t.read(4, "京B11111", 0.95));
+        let backed_away = t.at(2).at;
+        t.send(
+            4,
+            Input::Loop {
+                present: false,
+                at: backed_away,
+            },
+        );
+        t.detector(4, true);
+        t.send(
+            5,
+            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
+        );
+        t.send(6, Input::Arm(ArmPosition::Open));
+        t.detector(8, false);
+        // The first car, having paid, drives up again: a new passage.
+        t.detector(20, true);
+        let again = event(&t.read(20, "湘CD98170", 0.95));
+        assert_ne!(again.event_id, held.event_id);
+        // The next car, let out, stays deduplicated.
+        assert_eq!(
+            counts(&t.read(21, "京B11111", 0.9)),
+            vec![Count::DuplicateSuppressed]
+        );
+    }
+
+    #[test]
     fn a_vehicle_let_out_stays_deduplicated_after_leaving_the_loop() {
         let mut t = T::new(Direction::Exit);
-        t.send(0, Input::Loop { present: true });
+        t.detector(0, true);
         let e = event(&t.read(0, "京A12345", 0.95));
         t.send(
             1,
             Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
         );
         t.send(2, Input::Arm(ArmPosition::Open));
-        t.send(4, Input::Loop { present: false });
+        t.detector(4, false);
         // A stray read of the car driving away is no new passage.
         assert_eq!(
             counts(&t.read(5, "京A12345", 0.9)),
@@ -736,8 +799,8 @@ mod tests {
         );
         // Nor after a next vehicle, never read, stood on the loop and backed away: its loop
         // cycle must not release the plate of the vehicle before it.
-        t.send(6, Input::Loop { present: true });
-        t.send(7, Input::Loop { present: false });
+        t.detector(6, true);
+        t.detector(7, false);
         assert_eq!(
             counts(&t.read(8, "京A12345", 0.9)),
             vec![Count::DuplicateSuppressed]
@@ -886,13 +949,13 @@ mod tests {
         // has not reached the gateway yet: the arm must stay down for it.
         for direction in [Direction::Entry, Direction::Exit] {
             let mut t = T::new(direction);
-            t.send(0, Input::Loop { present: true });
+            t.detector(0, true);
             let e = event(&t.read(0, "京A12345", 0.95));
             let open = t.decision(e.event_id, BarrierAction::Open);
             let out = t.send(1, Input::Decision(open.clone()));
             assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
-            t.send(2, Input::Loop { present: false });
-            t.send(3, Input::Loop { present: true });
+            t.detector(2, false);
+            t.detector(3, true);
             for action in [BarrierAction::Open, BarrierAction::Hold] {
                 let out = t.send(4, Input::Decision(t.decision(e.event_id, action)));
                 assert_eq!(out, late(e.event_id), "{direction:?} {action:?}");
@@ -904,7 +967,7 @@ mod tests {
     fn a_repeated_open_for_a_vehicle_still_on_the_loop_opens_again() {
         // The first open command was lost on the way to the arm; the car is still there.
         let mut t = T::new(Direction::Exit);
-        t.send(0, Input::Loop { present: true });
+        t.detector(0, true);
         let e = event(&t.read(0, "京A12345", 0.95));
         let open = t.decision(e.event_id, BarrierAction::Open);
         t.send(1, Input::Decision(open.clone()));
@@ -915,7 +978,7 @@ mod tests {
     /// A car on the loop, read, and an open decision at 1 s for it.
     fn opened_for_a_waiting_car() -> (T, EventId) {
         let mut t = T::new(Direction::Entry);
-        t.send(0, Input::Loop { present: true });
+        t.detector(0, true);
         let e = event(&t.read(0, "京A12345", 0.95));
         let out = t.send(
             1,
@@ -957,7 +1020,7 @@ mod tests {
     fn no_open_goes_again_once_its_car_left_or_another_was_read() {
         // The loop cleared: the car went (the arm's report lost) or backed away.
         let (mut t, _) = opened_for_a_waiting_car();
-        t.send(1, Input::Loop { present: false });
+        t.detector(1, false);
         for secs in 2..=8 {
             assert!(arms(&t.send(secs, Input::Tick)).is_empty());
         }
@@ -1007,7 +1070,7 @@ mod tests {
     #[test]
     fn the_arm_closes_when_the_loop_clears_behind_the_vehicle() {
         let mut t = T::new(Direction::Exit);
-        let out = t.send(0, Input::Loop { present: true });
+        let out = t.detector(0, true);
         assert!(matches!(&out[..], [Output::State(s)] if s.vehicle_present));
         let e = event(&t.read(0, "京A12345", 0.95));
         t.send(
@@ -1020,12 +1083,12 @@ mod tests {
             t.send(2, Input::Arm(ArmPosition::Open)).is_empty(),
             "no change, no state"
         );
-        let out = t.send(4, Input::Loop { present: false });
+        let out = t.detector(4, false);
         assert_eq!(arms(&out), vec![(ArmCommand::Close, Release::Normal)]);
         assert!(matches!(&out[0], Output::State(s) if !s.vehicle_present));
         // Only once: the next vehicle's loop cycle without an open does not close again.
-        t.send(5, Input::Loop { present: true });
-        assert!(arms(&t.send(6, Input::Loop { present: false })).is_empty());
+        t.detector(5, true);
+        assert!(arms(&t.detector(6, false)).is_empty());
     }
 
     #[test]
@@ -1040,8 +1103,8 @@ mod tests {
             detail: String::new()
         })));
         // An empty-lane lift stays open through loop noise until the operator closes it.
-        t.send(1, Input::Loop { present: true });
-        assert!(arms(&t.send(2, Input::Loop { present: false })).is_empty());
+        t.detector(1, true);
+        assert!(arms(&t.detector(2, false)).is_empty());
         let out = t.send(3, Input::Command(t.command(LaneAction::CloseBarrier)));
         assert_eq!(arms(&out), vec![(ArmCommand::Close, Release::Abnormal)]);
 
