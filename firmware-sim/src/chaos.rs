@@ -929,15 +929,12 @@ fn server_toml(
     // cars at the barrier for a clock skew). Every simulated driver's phone pays from this
     // machine's one address, which a real pay page's per-address limit was not made for: the
     // limit is lifted so that it cannot stand between a held driver and the barrier.
-    // Twelve debit attempts: at a provider fault rate of 0.3, eight answers lost in a row (0.3^8,
-    // about once in 15,000 charges) sent a debit that had taken effect to arrears in a
-    // 1,000-car run; twelve make that about once in two million.
     format!(
         "database_url = {db}\ninstance = {instance}\n\n[http]\nbind = \"127.0.0.1:{http_port}\"\n\
          secure_cookies = false\npublic_rate_per_minute = 1000000\n\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{broker_port}\"\n\
          shared_subscription = true\n\n[ingest]\nmax_clock_ahead_secs = 157680000\n\n[payments]\n\
          sandbox_secret = {secret}\npoll_interval_ms = 50\nretry_base_secs = 0.1\n\
-         max_attempts = 12\nlease_secs = 5.0\nsandbox_fault_rate = {fault_rate:?}\n\
+         max_attempts = 8\nlease_secs = 5.0\nsandbox_fault_rate = {fault_rate:?}\n\
          sandbox_late_ms = 200\n",
         db = toml_str(db),
         instance = toml_str(instance),
