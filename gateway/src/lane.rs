@@ -144,9 +144,11 @@ struct ArmDue {
     resent: u8,
 }
 
-/// A read the lane emitted as an event: its dedupe key (none for a no-read) and capture time.
+/// A read the lane emitted as an event: its event, dedupe key (none for a no-read) and capture
+/// time.
 #[derive(Debug)]
 struct EmittedRead {
+    event: EventId,
     key: Option<String>,
     captured_at: DateTime<Utc>,
 }
@@ -176,6 +178,11 @@ pub struct Lane {
     /// way); the second decision must not open the arm for the next vehicle, which may already
     /// stand on the loop before its own plate has reached us.
     opened: Option<(EventId, bool)>,
+    /// The event the arm opened for before `opened`: the loop's report of that vehicle leaving
+    /// can arrive after the next vehicle's decision (see `on_loop`).
+    opened_before: Option<EventId>,
+    /// The event the arm was last opened for, on a decision or offline.
+    last_open: Option<EventId>,
     /// The open command for `opened` that the arm has not yet answered by starting to rise.
     arm_due: Option<ArmDue>,
 }
@@ -197,6 +204,8 @@ impl Lane {
             vehicle_present: false,
             close_on_clear: false,
             opened: None,
+            opened_before: None,
+            last_open: None,
             arm_due: None,
         }
     }
@@ -262,9 +271,14 @@ impl Lane {
             }
             self.last_emitted.insert(key.clone(), now.at);
         }
-        self.previous_read = self.current_read.replace(EmittedRead { key, captured_at });
+        let event_id = EventId::new();
+        self.previous_read = self.current_read.replace(EmittedRead {
+            event: event_id,
+            key,
+            captured_at,
+        });
         let event = PassageEvent {
-            event_id: EventId::new(),
+            event_id,
             lot: self.spec.lot.clone(),
             lane: self.spec.lane.clone(),
             gateway: self.spec.gateway.clone(),
@@ -294,31 +308,48 @@ impl Lane {
             return Vec::new();
         }
         self.vehicle_present = present;
+        let mut close = false;
         if !present {
-            if let Some((id, left)) = &mut self.opened {
-                *left |= Some(*id) == self.current;
-            }
-            // The vehicle is gone (through the arm, or backed away): nothing to open for.
-            self.arm_due = None;
-            // A vehicle that backed away without the arm opening for it and comes back is a new
-            // passage: its plate must reach the server again, which may by then let it out (the
-            // driver paid meanwhile). One the arm opened for stays deduplicated: a stray read
-            // of it leaving is no new passage.
-            //
             // Which vehicle left: the camera and the loop report on connections of their own,
             // so the next vehicle's read can arrive before the loop's report that the vehicle
-            // before it backed away. A read captured after the loop cleared is of a vehicle
-            // that came later; the report is then about the read before it.
-            let gone = match &self.current_read {
-                Some(r) if r.captured_at > at => self.previous_read.take(),
-                _ => self.current_read.take(),
+            // before it left. A read captured after the loop cleared is of a vehicle that came
+            // later; the report is then about the read before it. Everything below concerns the
+            // vehicle that left, never the one that may already stand at the barrier.
+            let (gone, gone_is_current) = match &self.current_read {
+                Some(r) if r.captured_at > at => (self.previous_read.take(), false),
+                _ => (self.current_read.take(), true),
             };
-            if let Some(key) = gone.and_then(|r| r.key).filter(|_| !self.close_on_clear) {
+            let gone_event = gone.as_ref().map(|r| r.event);
+            let opened_for_gone = match gone_event {
+                Some(g) => {
+                    self.opened.is_some_and(|(id, _)| id == g)
+                        || self.opened_before == Some(g)
+                        || self.offline_opened.contains(&g)
+                }
+                None => false,
+            };
+            if let Some((id, left)) = &mut self.opened {
+                *left |= Some(*id) == gone_event;
+            }
+            // Nothing to open for a vehicle that is gone; an open still due for the vehicle that
+            // came after it stays due.
+            self.arm_due = self
+                .arm_due
+                .filter(|d| gone_event.is_some_and(|g| g != d.event));
+            // A vehicle that backed away without the arm opening for it and comes back is a new
+            // passage: its plate must reach the server again, which may by then let it out (the
+            // driver paid meanwhile). One the arm opened for (on a decision, offline, or by an
+            // operator while it stood at the barrier) stays deduplicated: a stray read of it
+            // leaving is no new passage.
+            let let_out = opened_for_gone || (gone_is_current && self.close_on_clear);
+            if let Some(key) = gone.and_then(|r| r.key).filter(|_| !let_out) {
                 self.last_emitted.remove(&key);
             }
+            // The arm closes behind the vehicle it last opened for, not on the one after it.
+            close = self.close_on_clear && (gone_is_current || self.last_open == gone_event);
         }
         let mut out = vec![Output::State(self.state(now))];
-        if !present && self.close_on_clear {
+        if close {
             self.close_on_clear = false;
             out.push(Output::Arm(arm_command(
                 ArmCommand::Close,
@@ -368,7 +399,12 @@ impl Lane {
         match d.action {
             BarrierAction::Open => {
                 self.close_on_clear = true;
-                self.opened = Some((d.event_id, false));
+                self.last_open = Some(d.event_id);
+                if let Some((before, _)) = self.opened.replace((d.event_id, false)) {
+                    if before != d.event_id {
+                        self.opened_before = Some(before);
+                    }
+                }
                 // An arm already up sends no report; one that is down must answer by rising.
                 self.arm_due = (!matches!(self.arm, ArmPosition::Opening | ArmPosition::Open))
                     .then_some(ArmDue {
@@ -474,6 +510,7 @@ impl Lane {
                 && a.top.as_ref().is_some_and(|c| self.allow.allows(&c.plate));
             if allowed {
                 self.close_on_clear = true;
+                self.last_open = Some(id);
                 self.offline_opened.push_back(id);
                 if self.offline_opened.len() > OFFLINE_MEMORY {
                     self.offline_opened.pop_front();
@@ -595,6 +632,12 @@ mod tests {
         fn detector(&mut self, secs: u64, present: bool) -> Vec<Output> {
             let at = self.at(secs).at;
             self.send(secs, Input::Loop { present, at })
+        }
+
+        /// The loop's report that it cleared at `cleared` reaches the lane only at `secs`.
+        fn late_clear(&mut self, secs: u64, cleared: u64) -> Vec<Output> {
+            let at = self.at(cleared).at;
+            self.send(secs, Input::Loop { present: false, at })
         }
 
         fn send(&mut self, secs: u64, input: Input) -> Vec<Output> {
@@ -755,14 +798,7 @@ mod tests {
         // The held car backs away at 2 s. The next car is read at 4 s, and its read reaches
         // the gateway before the loop's report of the first car leaving (other connections).
         let next = event(&t.read(4, "京B11111", 0.95));
-        let backed_away = t.at(2).at;
-        t.send(
-            4,
-            Input::Loop {
-                present: false,
-                at: backed_away,
-            },
-        );
+        t.late_clear(4, 2);
         t.detector(4, true);
         t.send(
             5,
@@ -778,6 +814,84 @@ mod tests {
         assert_eq!(
             counts(&t.read(21, "京B11111", 0.9)),
             vec![Count::DuplicateSuppressed]
+        );
+    }
+
+    #[test]
+    fn a_late_report_of_the_vehicle_before_leaving_does_not_touch_the_one_let_out_after_it() {
+        let mut t = T::new(Direction::Exit);
+        t.detector(0, true);
+        let held = event(&t.read(0, "湘CD98170", 0.95));
+        t.send(
+            1,
+            Input::Decision(t.decision(held.event_id, BarrierAction::Hold)),
+        );
+        // The held car backs away at 2 s; the next car is read at 4 s and let out at 5 s, all
+        // before the loop's report of the first car leaving arrives.
+        let next = event(&t.read(4, "京B11111", 0.95));
+        let open = t.send(
+            5,
+            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&open), vec![(ArmCommand::Open, Release::Normal)]);
+        // The report concerns the first car: the arm stays up over the next one.
+        assert_eq!(arms(&t.late_clear(6, 2)), vec![]);
+        t.detector(6, true);
+        // The server decided the next car twice (its event was resent): the arm is still its.
+        let again = t.send(
+            7,
+            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&again), vec![(ArmCommand::Open, Release::Normal)]);
+        // The arm never reported rising: the open is sent again for the car still under it.
+        assert_eq!(
+            arms(&t.send(12, Input::Tick)),
+            vec![(ArmCommand::Open, Release::Normal)]
+        );
+        t.send(13, Input::Arm(ArmPosition::Open));
+        // The next car drives through: now the arm closes behind it.
+        assert_eq!(
+            arms(&t.detector(14, false)),
+            vec![(ArmCommand::Close, Release::Normal)]
+        );
+        // The first car, having paid, drives up again: a new passage.
+        t.detector(20, true);
+        assert_ne!(
+            event(&t.read(20, "湘CD98170", 0.95)).event_id,
+            held.event_id
+        );
+    }
+
+    #[test]
+    fn a_car_let_out_whose_leaving_is_reported_after_the_next_cars_decision_stays_deduplicated() {
+        let mut t = T::new(Direction::Exit);
+        t.detector(0, true);
+        let first = event(&t.read(0, "京A12345", 0.95));
+        t.send(
+            1,
+            Input::Decision(t.decision(first.event_id, BarrierAction::Open)),
+        );
+        t.send(2, Input::Arm(ArmPosition::Open));
+        // The first car leaves at 3 s; the next is read at 4 s and let out at 5 s before the
+        // loop's report arrives.
+        let next = event(&t.read(4, "京B11111", 0.95));
+        t.send(
+            5,
+            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
+        );
+        assert_eq!(arms(&t.late_clear(6, 3)), vec![]);
+        // A stray read of the first car driving away is no new passage.
+        assert_eq!(
+            counts(&t.read(7, "京A12345", 0.9)),
+            vec![Count::DuplicateSuppressed]
+        );
+        // Nor is a decision for it, resent, an open for the car now at the barrier.
+        assert_eq!(
+            t.send(
+                8,
+                Input::Decision(t.decision(first.event_id, BarrierAction::Open))
+            ),
+            late(first.event_id)
         );
     }
 
