@@ -2,7 +2,8 @@
 //! through their lifecycle. The barrier never waits for any of this.
 //!
 //! pending -> (debit) -> succeeded | accepted (poll later) | failed (retry with backoff, same
-//! idempotency key) -> after the last attempt, arrears, which block "open now" until paid.
+//! idempotency key) -> after the last attempt, arrears, which block "open now" until paid. A
+//! last attempt whose answer was lost asks the provider about the order before any arrears.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -561,6 +562,27 @@ async fn charge_once(
             reason: "no mandate".into(),
         }),
     };
+    // The last attempt's answer was lost (a timeout, a 5xx): the debit may have taken effect.
+    // Arrears ask the driver to pay again, so they follow only from the provider's word: ask it
+    // about the order first. If it cannot be asked either, the outcome stays unknown and the
+    // charge is tried again later (under the same key, so never debited twice).
+    let mut unknown = false;
+    let result = match result {
+        Err(lost) if attempt >= s.max_attempts && mandate.is_some() => {
+            match provider.query(&req).await {
+                Ok(Some(outcome)) => Ok(outcome),
+                // The provider never took the debit: nothing moved.
+                Ok(None) => Err(lost),
+                Err(e) => {
+                    unknown = true;
+                    Err(format!(
+                        "outcome unknown ({lost}); asking about the order failed too: {e}"
+                    ))
+                }
+            }
+        }
+        r => r,
+    };
     let now = app.clock.now();
     let final_failure = matches!(result, Ok(ProviderOutcome::Failed { .. }));
     let mut u = ChargeUpdate {
@@ -606,7 +628,7 @@ async fn charge_once(
         Ok(ProviderOutcome::Declined { reason })
         | Ok(ProviderOutcome::Failed { reason })
         | Err(reason) => {
-            let last = attempt >= s.max_attempts || final_failure;
+            let last = (attempt >= s.max_attempts && !unknown) || final_failure;
             u.last_error = Some(reason.clone());
             u.attempt.outcome = "failed".into();
             u.attempt.detail = reason.clone();
@@ -631,9 +653,12 @@ async fn charge_once(
                 ));
             } else {
                 u.status = ChargeStatus::Failed;
+                // An unknown outcome is asked about again at the last attempt's pace, not
+                // ever more slowly.
+                let step = (attempt - 1).min(s.max_attempts - 1).clamp(0, 16);
                 let backoff = s
                     .retry_base
-                    .saturating_mul(2u32.saturating_pow((attempt - 1).clamp(0, 16) as u32));
+                    .saturating_mul(2u32.saturating_pow(step as u32));
                 u.next_attempt_at = Some(later(now, backoff));
             }
         }

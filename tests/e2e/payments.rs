@@ -504,6 +504,82 @@ async fn a_server_error_after_the_deduction_took_effect_is_retried_without_a_sec
 }
 
 #[tokio::test]
+async fn a_last_attempt_whose_answer_was_lost_asks_about_the_order_before_any_arrears() {
+    let x = wx(
+        |_| {},
+        |o| {
+            o.max_attempts = 1;
+            o.retry_base_secs = 10.0;
+            o.accepted_poll_secs = 5.0;
+        },
+    )
+    .await;
+    // The only attempt takes effect and its answer is lost, and so is the notification.
+    x.sim.inject(Fault::DropNotifications(1));
+    x.sim.inject(Fault::ErrorAfterEffect {
+        path: "/v3/vehicle/transactions/parking".into(),
+        n: 1,
+    });
+    x.driver("京A60026", 50_000).await;
+    let (session, fee, opened) = x.stay("京A60026", 130).await;
+    assert!(opened);
+    // Asked about, the order shows the debit: never arrears.
+    let asked = eventually("the charge to be asked about", WAIT, || async {
+        let c = x.charge(&session).await;
+        (c["status"] != "pending").then_some(c)
+    })
+    .await;
+    assert!(
+        asked["status"] == "accepted" || asked["status"] == "succeeded",
+        "{asked}"
+    );
+    x.clock.advance(chrono::Duration::seconds(6));
+    let c = x.charge_reaches(&session, "succeeded").await;
+    let order = x.order(c["idempotency_key"].as_str().unwrap());
+    assert_eq!((order.debits, order.amount), (1, fee), "{order:?}");
+    assert_eq!(x.open_exceptions_of(c["id"].as_str().unwrap()).await, 0);
+
+    // The order cannot be asked about either: the outcome is unknown, so no arrears; the charge
+    // is tried again under its key and collected once.
+    x.sim.inject(Fault::DropNotifications(1));
+    x.sim.inject(Fault::ErrorAfterEffect {
+        path: "/v3/vehicle/transactions/parking".into(),
+        n: 1,
+    });
+    x.sim.inject(Fault::ErrorAfterEffect {
+        path: "/v3/vehicle/transactions/out-trade-no".into(),
+        n: 1,
+    });
+    x.driver("京A60036", 50_000).await;
+    let (unknown, fee, _) = x.stay("京A60036", 130).await;
+    let failed = x.charge_reaches(&unknown, "failed").await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("outcome unknown"),
+        "{failed}"
+    );
+    assert_eq!(
+        x.open_exceptions_of(failed["id"].as_str().unwrap()).await,
+        0
+    );
+    x.clock.advance(chrono::Duration::seconds(11));
+    let asked = eventually("the charge to be tried again", WAIT, || async {
+        let c = x.charge(&unknown).await;
+        (c["status"] == "accepted" || c["status"] == "succeeded").then_some(c)
+    })
+    .await;
+    x.clock.advance(chrono::Duration::seconds(6));
+    let c = x.charge_reaches(&unknown, "succeeded").await;
+    assert_eq!(c["id"], asked["id"]);
+    let order = x.order(c["idempotency_key"].as_str().unwrap());
+    assert_eq!((order.debits, order.amount), (1, fee), "{order:?}");
+    assert_eq!(x.sim.balance("京A60036"), Some(50_000 - fee));
+    x.stop().await;
+}
+
+#[tokio::test]
 async fn two_partial_refunds_go_back_and_a_third_beyond_the_charge_is_refused() {
     let x = wx(|_| {}, |_| {}).await;
     x.driver("京A60007", 50_000).await;
