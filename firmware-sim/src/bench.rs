@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use image::DynamicImage;
-use parkpay_gateway::reader::{LearnedReader, PlateReader, PureReader, ACCEPT_THRESHOLD};
+use parkpay_gateway::reader::{LearnedReader, PlateReader, ACCEPT_THRESHOLD};
 use parkpay_protocol::plate::edit_distance;
 use parkpay_scenes::{encode_png, Condition, FontChoice, PlateFormat, Scene};
 use serde_json::json;
@@ -34,9 +34,6 @@ pub struct BenchPlatesArgs {
     /// Read the scenes from this folder's `truth.tsv` and PNGs instead of drawing them.
     #[arg(long, conflicts_with = "dump")]
     pub dir: Option<PathBuf>,
-    /// Which reader: `pure` (the gateway's, hand-built templates) or `learned` (the network).
-    #[arg(long, default_value = "pure")]
-    pub reader: String,
     /// Also print one row per format and condition.
     #[arg(long)]
     pub cells: bool,
@@ -115,11 +112,7 @@ impl Tally {
 pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
     let font = FontChoice::parse(&args.font)
         .with_context(|| format!("unknown font {:?}: primary or alternate", args.font))?;
-    let reader: Box<dyn PlateReader> = match args.reader.as_str() {
-        "learned" => Box::new(LearnedReader::new()?),
-        "pure" => Box::new(PureReader::new()),
-        other => anyhow::bail!("unknown reader {other:?}: learned or pure"),
-    };
+    let reader = LearnedReader::new()?;
     if let Some(dir) = &args.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -251,13 +244,11 @@ pub fn bench_plates(args: &BenchPlatesArgs) -> anyhow::Result<()> {
     }
     match &args.dir {
         Some(dir) => println!(
-            "reader {}, scenes from {}, accept threshold {ACCEPT_THRESHOLD}",
-            args.reader,
+            "scenes from {}, accept threshold {ACCEPT_THRESHOLD}",
             dir.display()
         ),
         None => println!(
-            "reader {}, font {}, {} scenes per cell, seeds {}.., accept threshold {ACCEPT_THRESHOLD}",
-            args.reader,
+            "font {}, {} scenes per cell, seeds {}.., accept threshold {ACCEPT_THRESHOLD}",
             font.as_str(),
             args.per_cell,
             args.seed

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parkpay_gateway::reader::PureReader;
+use parkpay_gateway::reader::LearnedReader;
 use parkpay_gateway::{
     Gateway, GatewayConfig, GatewayError, LaneConfig as GwLane, MqttUrl as GwMqttUrl,
 };
@@ -213,7 +213,12 @@ pub async fn run_demo(
         dir.path().join("journal"),
         Some(key),
     )?;
-    let gateway = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new())).await?;
+    let gateway = Gateway::build(
+        gw_config,
+        clock.clone(),
+        Arc::new(LearnedReader::new().map_err(|e| DemoError::Setup(e.to_string()))?),
+    )
+    .await?;
     let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway.run(async {
         let _ = gateway_stopped.await;

@@ -293,6 +293,12 @@ fn print_summary(o: &DemoOutcome, elapsed: Duration, log: Option<&Path>) {
         t.exceptions,
     );
     println!(
+        "{} of {} cars ({:.1} %) needed the attendant to read their plate off the car",
+        t.attended,
+        r.cars,
+        100.0 * t.attended as f64 / r.cars.max(1) as f64,
+    );
+    println!(
         "decision latency at the lanes over {} decisions: p50 {}, p90 {}, p99 {}, max {}",
         l.count,
         ms(l.p50),
@@ -317,6 +323,8 @@ struct LedgerLine<'a> {
     report: &'a Report,
     decision_p50_ms: Option<f64>,
     decision_p99_ms: Option<f64>,
+    /// Cars whose plate the attendant read off the car.
+    attended: u64,
 }
 
 impl LedgerLine<'_> {
@@ -326,6 +334,7 @@ impl LedgerLine<'_> {
             report: &o.report,
             decision_p50_ms: millis(o.tally.latency.p50),
             decision_p99_ms: millis(o.tally.latency.p99),
+            attended: o.tally.attended,
         }
     }
 }

@@ -20,6 +20,7 @@ pub struct Tally {
     lifted: AtomicU64,
     charged: Mutex<HashSet<Uuid>>,
     exceptions: Mutex<HashSet<Uuid>>,
+    attended: Mutex<HashSet<String>>,
     latencies: Mutex<Vec<Duration>>,
 }
 
@@ -71,6 +72,12 @@ impl Tally {
         lock(&self.exceptions).insert(id);
     }
 
+    /// The attendant read a car's plate off the car and corrected a passage with it: the
+    /// reader did not vouch for it (or misread it). Counted per car (its plate).
+    pub fn attended(&self, plate: &str) {
+        lock(&self.attended).insert(plate.to_string());
+    }
+
     /// One decision, from the passage event's publication to the decision's arrival.
     pub fn decision_latency(&self, d: Duration) {
         lock(&self.latencies).push(d);
@@ -92,6 +99,7 @@ impl Tally {
             held: self.held.load(Ordering::Relaxed),
             charged: lock(&self.charged).len() as u64,
             exceptions: lock(&self.exceptions).len() as u64,
+            attended: lock(&self.attended).len() as u64,
             latency: self.latency(),
         }
     }
@@ -171,6 +179,8 @@ pub struct Snapshot {
     pub charged: u64,
     /// Exceptions seen open in the queue.
     pub exceptions: u64,
+    /// Cars whose plate the attendant had to read off the car at least once.
+    pub attended: u64,
     pub latency: LatencySummary,
 }
 

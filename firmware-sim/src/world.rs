@@ -406,8 +406,9 @@ async fn attend(
             };
             let id = x.id;
             handled.insert(id);
-            if let Err(e) = api.correct_plate(id, &plate, session).await {
-                tracing::warn!(error = %e, "the attendant could not correct a plate");
+            match api.correct_plate(id, &plate, session).await {
+                Ok(_) => tally.attended(&plate),
+                Err(e) => tracing::warn!(error = %e, "the attendant could not correct a plate"),
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use parkpay_gateway::reader::cli::{read_plate, ReadPlateArgs};
-use parkpay_gateway::reader::PureReader;
+use parkpay_gateway::reader::LearnedReader;
 use parkpay_gateway::{Gateway, GatewayConfig, Overrides};
 use parkpay_protocol::SystemClock;
 
@@ -105,8 +105,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = GatewayConfig::load(&args.config, &[env, args.overrides()?])?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        // Built once: the reader renders its character templates at startup.
-        let reader = Arc::new(PureReader::new());
+        // Built once: loading and optimising the plate model takes tens of milliseconds.
+        let reader = Arc::new(LearnedReader::new().context("cannot load the plate model")?);
         let gateway = Gateway::build(config, Arc::new(SystemClock), reader)
             .await
             .context("cannot start the gateway")?;

@@ -1,5 +1,5 @@
 //! Plain cameras: the simulated camera renders the car and sends JPEG frames, the gateway reads
-//! the plate itself (pure-Rust reader, voting across the burst), and the stay is charged.
+//! the plate itself (learned reader, voting across the burst), and the stay is charged.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parkpay_gateway::reader::PureReader;
+use parkpay_gateway::reader::LearnedReader;
 use parkpay_gateway::resend::ResendPolicy;
 use parkpay_gateway::{Gateway, GatewayHandle};
 use parkpay_protocol::{Clock, Direction, LaneId, LotId, Money, Plate, PlateColour};
@@ -265,9 +265,13 @@ impl World {
             gw_config.resend_initial = r.initial;
             gw_config.resend_max = r.max;
         }
-        let gw = Gateway::build(gw_config, clock.clone(), Arc::new(PureReader::new()))
-            .await
-            .expect("gateway builds");
+        let gw = Gateway::build(
+            gw_config,
+            clock.clone(),
+            Arc::new(LearnedReader::new().expect("the plate model loads")),
+        )
+        .await
+        .expect("gateway builds");
         let handle = gw.handle();
         let (stop, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {

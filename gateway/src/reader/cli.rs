@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::{PlateReader, PureReader, ACCEPT_THRESHOLD};
+use super::{LearnedReader, PlateReader, ACCEPT_THRESHOLD};
 
 #[derive(Debug, clap::Args)]
 pub struct ReadPlateArgs {
@@ -21,7 +21,7 @@ pub struct ReadPlateArgs {
 }
 
 pub fn read_plate(args: &ReadPlateArgs) -> anyhow::Result<()> {
-    let reader = PureReader::new();
+    let reader = LearnedReader::new()?;
     let mut out = std::io::stdout().lock();
     for path in &args.images {
         // One unreadable file (truncated, not an image) must not cost the reads of the others.

@@ -56,6 +56,10 @@ fn calibrate(sure: f32) -> f32 {
     }
 }
 
+/// A read so sure that the blob's other layouts and the blobs after it are not read: two corner
+/// estimates that disagree are capped at [`GUESS_CAP`], below this.
+const SURE: f32 = 0.97;
+
 /// How many of the locator's blobs are read at most: the plate is nearly always among the first.
 const MAX_BLOBS: usize = 5;
 
@@ -176,10 +180,13 @@ impl LearnedReader {
     fn best_read(&self, rgb: &RgbImage) -> Option<Read> {
         let mut reads: Vec<Read> = Vec::new();
         for blob in locate(rgb).iter().take(MAX_BLOBS) {
+            // The likelier layout first: a Chinese plate is about 3.1 times as wide as high,
+            // a British one 4.7.
             let layouts: &[Layout] = match blob.hue {
                 Hue::Blue => &[Layout::Cn],
                 Hue::Green => &[Layout::CnGreen],
-                Hue::Yellow => &[Layout::Cn, Layout::Uk],
+                Hue::Yellow if blob.aspect() < 3.9 => &[Layout::Cn, Layout::Uk],
+                Hue::Yellow => &[Layout::Uk, Layout::Cn],
                 Hue::White => &[Layout::De, Layout::Uk],
             };
             for &layout in layouts {
@@ -209,8 +216,13 @@ impl LearnedReader {
                     colour,
                     confidence,
                 });
+                // The network is sure, and no corner estimate spelled otherwise: the other
+                // layout would only cost time (the same rule as for the blobs after this one).
+                if confidence >= SURE {
+                    break;
+                }
             }
-            if reads.iter().any(|r| r.confidence >= 0.97) {
+            if reads.iter().any(|r| r.confidence >= SURE) {
                 break;
             }
         }

@@ -140,10 +140,21 @@ fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
         h as usize,
         radius,
     );
+    // Wider: the window must reach past a plate's height into what surrounds it.
+    let local_s = local_mean(
+        &hsvs.iter().map(|p| p.1).collect::<Vec<_>>(),
+        w as usize,
+        h as usize,
+        radius * 2,
+    );
     let mut masks: Vec<Vec<u8>> = HUES.iter().map(|_| vec![0u8; hsvs.len()]).collect();
     for (i, &(hh, s, v)) in hsvs.iter().enumerate() {
-        // White and pale green overlap on purpose: a new-energy plate's pale top is both.
-        if s < 0.28 && v > 40.0 && v > local[i] * 1.12 {
+        // White and pale green overlap on purpose: a new-energy plate's pale top is both. A
+        // white plate is brighter than its surroundings, or, on a car as light as itself, much
+        // less coloured than they are.
+        let brighter = v > local[i] * 1.12;
+        let paler = s < 0.15 && v > 120.0 && local_s[i] > s + 0.15;
+        if s < 0.28 && v > 40.0 && (brighter || paler) {
             masks[3][i] = 255;
         }
         let colour = if (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0 {

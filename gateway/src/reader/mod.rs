@@ -1,25 +1,18 @@
 //! Plate reading: camera image in, ranked plate candidates out.
 //!
-//! The gateway depends only on [`PlateReader`]. Two readers implement it, sharing the locator:
+//! The gateway depends only on [`PlateReader`]. [`LearnedReader`] implements it:
 //!
-//! - [`PureReader`] (in `pure`): colour blobs -> rectified plate -> glyph grid -> template
-//!   classification -> layout correction -> calibrated confidence. The gateway's reader; start
-//!   reading there.
-//! - [`LearnedReader`] (in `learned`): the same blobs, each flattened to a small crop and read by
-//!   a committed CRNN through tract. It generalises better to unseen typefaces but is not yet
-//!   calibrated well enough to replace the other (`docs/plates.md`).
-//! - `locate`: where the plate is; `glyphs`: the character models and their features.
+//! - `locate`: where the plate is (colour blobs and two corner estimates for each);
+//! - `learned`: each blob flattened to a small grey crop and read by a committed CRNN through
+//!   tract, with a calibrated confidence and the region's grammar as a check (`docs/plates.md`).
 //! - [`cli`]: the `read-plate` subcommand. The benchmark on rendered scenes is the simulator's
 //!   (`parkpay-sim bench-plates`): the gateway does not depend on the scenes it draws.
 
 pub mod cli;
-mod glyphs;
 mod learned;
 mod locate;
-mod pure;
 
 pub use learned::{LearnedReader, ModelError};
-pub use pure::PureReader;
 
 use image::DynamicImage;
 use parkpay_protocol::{PlateCandidate, ReadQuality};
