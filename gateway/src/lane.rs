@@ -634,6 +634,12 @@ mod tests {
             self.send(secs, Input::Loop { present, at })
         }
 
+        /// The server's decision for `id` reaches the lane at `secs`.
+        fn decide(&mut self, secs: u64, id: EventId, action: BarrierAction) -> Vec<Output> {
+            let d = self.decision(id, action);
+            self.send(secs, Input::Decision(d))
+        }
+
         /// The loop's report that it cleared at `cleared` reaches the lane only at `secs`.
         fn late_clear(&mut self, secs: u64, cleared: u64) -> Vec<Output> {
             let at = self.at(cleared).at;
@@ -770,40 +776,33 @@ mod tests {
         let mut t = T::new(Direction::Exit);
         t.detector(0, true);
         let first = event(&t.read(0, "湘CD98170", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(first.event_id, BarrierAction::Hold)),
-        );
+        t.decide(1, first.event_id, BarrierAction::Hold);
         // Asked to pay, the driver backs off the loop, pays, and drives up again.
         t.detector(2, false);
         t.detector(40, true);
         let again = event(&t.read(40, "湘CD98170", 0.95));
         assert_ne!(again.event_id, first.event_id);
-        let out = t.send(
-            41,
-            Input::Decision(t.decision(again.event_id, BarrierAction::Open)),
-        );
+        let out = t.decide(41, again.event_id, BarrierAction::Open);
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
+    }
+
+    /// A held car backs away at 2 s; the next car is read at 4 s, and its read reaches the lane
+    /// before the loop's report of the first car leaving (the devices' connections differ).
+    fn held_car_backed_away_unreported() -> (T, PassageEvent, PassageEvent) {
+        let mut t = T::new(Direction::Exit);
+        t.detector(0, true);
+        let held = event(&t.read(0, "湘CD98170", 0.95));
+        t.decide(1, held.event_id, BarrierAction::Hold);
+        let next = event(&t.read(4, "京B11111", 0.95));
+        (t, held, next)
     }
 
     #[test]
     fn a_vehicle_that_backed_away_is_told_from_the_next_one_read_before_the_loop_reported() {
-        let mut t = T::new(Direction::Exit);
-        t.detector(0, true);
-        let held = event(&t.read(0, "湘CD98170", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(held.event_id, BarrierAction::Hold)),
-        );
-        // The held car backs away at 2 s. The next car is read at 4 s, and its read reaches
-        // the gateway before the loop's report of the first car leaving (other connections).
-        let next = event(&t.read(4, "京B11111", 0.95));
+        let (mut t, held, next) = held_car_backed_away_unreported();
         t.late_clear(4, 2);
         t.detector(4, true);
-        t.send(
-            5,
-            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
-        );
+        t.decide(5, next.event_id, BarrierAction::Open);
         t.send(6, Input::Arm(ArmPosition::Open));
         t.detector(8, false);
         // The first car, having paid, drives up again: a new passage.
@@ -819,29 +818,15 @@ mod tests {
 
     #[test]
     fn a_late_report_of_the_vehicle_before_leaving_does_not_touch_the_one_let_out_after_it() {
-        let mut t = T::new(Direction::Exit);
-        t.detector(0, true);
-        let held = event(&t.read(0, "湘CD98170", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(held.event_id, BarrierAction::Hold)),
-        );
-        // The held car backs away at 2 s; the next car is read at 4 s and let out at 5 s, all
-        // before the loop's report of the first car leaving arrives.
-        let next = event(&t.read(4, "京B11111", 0.95));
-        let open = t.send(
-            5,
-            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
-        );
+        // The next car is even let out at 5 s before the report of the first car arrives.
+        let (mut t, held, next) = held_car_backed_away_unreported();
+        let open = t.decide(5, next.event_id, BarrierAction::Open);
         assert_eq!(arms(&open), vec![(ArmCommand::Open, Release::Normal)]);
         // The report concerns the first car: the arm stays up over the next one.
         assert_eq!(arms(&t.late_clear(6, 2)), vec![]);
         t.detector(6, true);
         // The server decided the next car twice (its event was resent): the arm is still its.
-        let again = t.send(
-            7,
-            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
-        );
+        let again = t.decide(7, next.event_id, BarrierAction::Open);
         assert_eq!(arms(&again), vec![(ArmCommand::Open, Release::Normal)]);
         // The arm never reported rising: the open is sent again for the car still under it.
         assert_eq!(
@@ -867,18 +852,12 @@ mod tests {
         let mut t = T::new(Direction::Exit);
         t.detector(0, true);
         let first = event(&t.read(0, "京A12345", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(first.event_id, BarrierAction::Open)),
-        );
+        t.decide(1, first.event_id, BarrierAction::Open);
         t.send(2, Input::Arm(ArmPosition::Open));
         // The first car leaves at 3 s; the next is read at 4 s and let out at 5 s before the
         // loop's report arrives.
         let next = event(&t.read(4, "京B11111", 0.95));
-        t.send(
-            5,
-            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
-        );
+        t.decide(5, next.event_id, BarrierAction::Open);
         assert_eq!(arms(&t.late_clear(6, 3)), vec![]);
         // A stray read of the first car driving away is no new passage.
         assert_eq!(
@@ -887,10 +866,7 @@ mod tests {
         );
         // Nor is a decision for it, resent, an open for the car now at the barrier.
         assert_eq!(
-            t.send(
-                8,
-                Input::Decision(t.decision(first.event_id, BarrierAction::Open))
-            ),
+            t.decide(8, first.event_id, BarrierAction::Open),
             late(first.event_id)
         );
     }
@@ -900,10 +876,7 @@ mod tests {
         let mut t = T::new(Direction::Exit);
         t.detector(0, true);
         let e = event(&t.read(0, "京A12345", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
-        );
+        t.decide(1, e.event_id, BarrierAction::Open);
         t.send(2, Input::Arm(ArmPosition::Open));
         t.detector(4, false);
         // A stray read of the car driving away is no new passage.
@@ -977,10 +950,7 @@ mod tests {
     fn hold_shows_the_pay_link_and_a_later_paid_decision_still_opens() {
         let mut t = T::new(Direction::Exit);
         let e = event(&t.read(0, "京A12345", 0.95));
-        let out = t.send(
-            1,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Hold)),
-        );
+        let out = t.decide(1, e.event_id, BarrierAction::Hold);
         assert!(arms(&out).is_empty());
         assert!(out
             .iter()
@@ -996,22 +966,19 @@ mod tests {
     fn a_decision_for_an_event_from_before_a_restart_only_clears_the_journal() {
         let old = EventId::new();
         let mut t = T::new(Direction::Exit);
-        let out = t.send(0, Input::Decision(t.decision(old, BarrierAction::Open)));
+        let out = t.decide(0, old, BarrierAction::Open);
         assert_eq!(
             out,
             vec![Output::Count(Count::LateDecision), Output::Forget(old)]
         );
         // Also while this lane waits for a vehicle of its own.
         let e = event(&t.read(1, "京A12345", 0.95));
-        let out = t.send(2, Input::Decision(t.decision(old, BarrierAction::Open)));
+        let out = t.decide(2, old, BarrierAction::Open);
         assert_eq!(
             out,
             vec![Output::Count(Count::LateDecision), Output::Forget(old)]
         );
-        let out = t.send(
-            2,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
-        );
+        let out = t.decide(2, e.event_id, BarrierAction::Open);
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
     }
 
@@ -1021,16 +988,10 @@ mod tests {
         // a new event id, and the car waiting at the barrier is let through.
         let mut t = T::new(Direction::Exit);
         let e = event(&t.read(0, "", 0.0));
-        let out = t.send(
-            1,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Hold)),
-        );
+        let out = t.decide(1, e.event_id, BarrierAction::Hold);
         assert!(arms(&out).is_empty());
         let corrected = EventId::new();
-        let out = t.send(
-            30,
-            Input::Decision(t.decision(corrected, BarrierAction::Open)),
-        );
+        let out = t.decide(30, corrected, BarrierAction::Open);
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
         assert_eq!(counts(&out), vec![Count::DecisionApplied]);
     }
@@ -1044,13 +1005,10 @@ mod tests {
             let gone = event(&t.read(0, "京A12345", 0.95));
             let here = event(&t.read(10, "京B54321", 0.95));
             for action in [BarrierAction::Open, BarrierAction::Hold] {
-                let out = t.send(20, Input::Decision(t.decision(gone.event_id, action)));
+                let out = t.decide(20, gone.event_id, action);
                 assert_eq!(out, late(gone.event_id), "{direction:?} {action:?}");
             }
-            let out = t.send(
-                21,
-                Input::Decision(t.decision(here.event_id, BarrierAction::Open)),
-            );
+            let out = t.decide(21, here.event_id, BarrierAction::Open);
             assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
             assert!(out.contains(&Output::Forget(here.event_id)));
         }
@@ -1071,7 +1029,7 @@ mod tests {
             t.detector(2, false);
             t.detector(3, true);
             for action in [BarrierAction::Open, BarrierAction::Hold] {
-                let out = t.send(4, Input::Decision(t.decision(e.event_id, action)));
+                let out = t.decide(4, e.event_id, action);
                 assert_eq!(out, late(e.event_id), "{direction:?} {action:?}");
             }
         }
@@ -1094,10 +1052,7 @@ mod tests {
         let mut t = T::new(Direction::Entry);
         t.detector(0, true);
         let e = event(&t.read(0, "京A12345", 0.95));
-        let out = t.send(
-            1,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
-        );
+        let out = t.decide(1, e.event_id, BarrierAction::Open);
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
         (t, e.event_id)
     }
@@ -1148,10 +1103,7 @@ mod tests {
         let mut t = T::new(Direction::Entry);
         t.send(0, Input::Arm(ArmPosition::Open));
         let e = event(&t.read(0, "京A12345", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
-        );
+        t.decide(1, e.event_id, BarrierAction::Open);
         for secs in 2..=8 {
             assert!(arms(&t.send(secs, Input::Tick)).is_empty());
         }
@@ -1174,10 +1126,7 @@ mod tests {
         }
         // The next car's own read and decision open as usual.
         let next = event(&t.read(10, "京B99999", 0.95));
-        let out = t.send(
-            11,
-            Input::Decision(t.decision(next.event_id, BarrierAction::Open)),
-        );
+        let out = t.decide(11, next.event_id, BarrierAction::Open);
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
     }
 
@@ -1187,10 +1136,7 @@ mod tests {
         let out = t.detector(0, true);
         assert!(matches!(&out[..], [Output::State(s)] if s.vehicle_present));
         let e = event(&t.read(0, "京A12345", 0.95));
-        t.send(
-            1,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
-        );
+        t.decide(1, e.event_id, BarrierAction::Open);
         let out = t.send(2, Input::Arm(ArmPosition::Open));
         assert!(matches!(&out[..], [Output::State(s)] if s.arm == ArmPosition::Open));
         assert!(
@@ -1268,16 +1214,13 @@ mod tests {
             (unlisted.event_id, BarrierAction::Open),
             (unsure.event_id, BarrierAction::Open),
         ] {
-            let out = t.send(9, Input::Decision(t.decision(id, action)));
+            let out = t.decide(9, id, action);
             assert_eq!(
                 out,
                 vec![Output::Count(Count::LateDecision), Output::Forget(id)]
             );
         }
-        let out = t.send(
-            9,
-            Input::Decision(t.decision(noread.event_id, BarrierAction::Open)),
-        );
+        let out = t.decide(9, noread.event_id, BarrierAction::Open);
         assert_eq!(arms(&out), vec![(ArmCommand::Open, Release::Normal)]);
         assert_eq!(counts(&out), vec![Count::DecisionApplied]);
     }
@@ -1296,10 +1239,7 @@ mod tests {
             "let out by the offline policy"
         );
         // Still the last vehicle read here, but it has left: the decision only clears the journal.
-        let out = t.send(
-            30,
-            Input::Decision(t.decision(e.event_id, BarrierAction::Open)),
-        );
+        let out = t.decide(30, e.event_id, BarrierAction::Open);
         assert_eq!(
             out,
             vec![
