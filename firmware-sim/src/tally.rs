@@ -254,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn held_cars_leave_the_count_when_they_go_and_charges_count_once_per_stay() {
+    fn held_cars_leave_the_count_when_they_go_and_charges_and_attended_cars_count_once() {
         let t = Tally::new();
         let a = t.hold();
         let b = t.hold();
@@ -267,8 +267,12 @@ mod tests {
         t.charged(stay);
         t.exception(Uuid::from_u128(2));
         t.exception(Uuid::from_u128(2));
+        // A car the attendant read twice (at its entry and at its exit) is one car.
+        t.attended("京A12345");
+        t.attended("京A12345");
+        t.attended("京B12345");
         let s = t.snapshot();
-        assert_eq!((s.held, s.charged, s.exceptions), (0, 1, 1));
+        assert_eq!((s.held, s.charged, s.exceptions, s.attended), (0, 1, 1, 2));
         assert_eq!(
             s.to_string(),
             "in 0  out 0  charged 1  held 0  exceptions 1  decision p50 -  p99 -"
