@@ -144,13 +144,14 @@ struct ArmDue {
     resent: u8,
 }
 
-/// A read the lane emitted as an event: its event, dedupe key (none for a no-read) and capture
-/// time.
+/// A read the lane emitted as an event: its event, dedupe key (none for a no-read), capture
+/// time, and whether the arm opened for it (on a decision or offline).
 #[derive(Debug)]
 struct EmittedRead {
     event: EventId,
     key: Option<String>,
     captured_at: DateTime<Utc>,
+    let_out: bool,
 }
 
 #[derive(Debug)]
@@ -178,11 +179,6 @@ pub struct Lane {
     /// way); the second decision must not open the arm for the next vehicle, which may already
     /// stand on the loop before its own plate has reached us.
     opened: Option<(EventId, bool)>,
-    /// The event the arm opened for before `opened`: the loop's report of that vehicle leaving
-    /// can arrive after the next vehicle's decision (see `on_loop`).
-    opened_before: Option<EventId>,
-    /// The event the arm was last opened for, on a decision or offline.
-    last_open: Option<EventId>,
     /// The open command for `opened` that the arm has not yet answered by starting to rise.
     arm_due: Option<ArmDue>,
 }
@@ -204,8 +200,6 @@ impl Lane {
             vehicle_present: false,
             close_on_clear: false,
             opened: None,
-            opened_before: None,
-            last_open: None,
             arm_due: None,
         }
     }
@@ -276,6 +270,7 @@ impl Lane {
             event: event_id,
             key,
             captured_at,
+            let_out: false,
         });
         let event = PassageEvent {
             event_id,
@@ -320,14 +315,7 @@ impl Lane {
                 _ => (self.current_read.take(), true),
             };
             let gone_event = gone.as_ref().map(|r| r.event);
-            let opened_for_gone = match gone_event {
-                Some(g) => {
-                    self.opened.is_some_and(|(id, _)| id == g)
-                        || self.opened_before == Some(g)
-                        || self.offline_opened.contains(&g)
-                }
-                None => false,
-            };
+            let gone_let_out = gone.as_ref().is_some_and(|r| r.let_out);
             if let Some((id, left)) = &mut self.opened {
                 *left |= Some(*id) == gone_event;
             }
@@ -341,12 +329,14 @@ impl Lane {
             // driver paid meanwhile). One the arm opened for (on a decision, offline, or by an
             // operator while it stood at the barrier) stays deduplicated: a stray read of it
             // leaving is no new passage.
-            let let_out = opened_for_gone || (gone_is_current && self.close_on_clear);
+            let let_out = gone_let_out || (gone_is_current && self.close_on_clear);
             if let Some(key) = gone.and_then(|r| r.key).filter(|_| !let_out) {
                 self.last_emitted.remove(&key);
             }
-            // The arm closes behind the vehicle it last opened for, not on the one after it.
-            close = self.close_on_clear && (gone_is_current || self.last_open == gone_event);
+            // The arm closes behind the vehicle it opened for, not on the one after it when it
+            // opened for that one too.
+            let next_let_out = self.current_read.as_ref().is_some_and(|r| r.let_out);
+            close = self.close_on_clear && (gone_is_current || (gone_let_out && !next_let_out));
         }
         let mut out = vec![Output::State(self.state(now))];
         if close {
@@ -358,6 +348,19 @@ impl Lane {
             )));
         }
         out
+    }
+
+    /// Notes on the emitted read of `event`, if the lane still holds it, that the arm opened for
+    /// it: the loop's report of that vehicle leaving may come after the next one was read.
+    fn mark_let_out(&mut self, event: EventId) {
+        for r in [&mut self.current_read, &mut self.previous_read]
+            .into_iter()
+            .flatten()
+        {
+            if r.event == event {
+                r.let_out = true;
+            }
+        }
     }
 
     /// While the broker is gone the loop's messages are lost: the vehicle the arm opened for
@@ -399,12 +402,8 @@ impl Lane {
         match d.action {
             BarrierAction::Open => {
                 self.close_on_clear = true;
-                self.last_open = Some(d.event_id);
-                if let Some((before, _)) = self.opened.replace((d.event_id, false)) {
-                    if before != d.event_id {
-                        self.opened_before = Some(before);
-                    }
-                }
+                self.opened = Some((d.event_id, false));
+                self.mark_let_out(d.event_id);
                 // An arm already up sends no report; one that is down must answer by rising.
                 self.arm_due = (!matches!(self.arm, ArmPosition::Opening | ArmPosition::Open))
                     .then_some(ArmDue {
@@ -510,7 +509,7 @@ impl Lane {
                 && a.top.as_ref().is_some_and(|c| self.allow.allows(&c.plate));
             if allowed {
                 self.close_on_clear = true;
-                self.last_open = Some(id);
+                self.mark_let_out(id);
                 self.offline_opened.push_back(id);
                 if self.offline_opened.len() > OFFLINE_MEMORY {
                     self.offline_opened.pop_front();

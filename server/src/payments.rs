@@ -568,7 +568,7 @@ async fn charge_once(
     // charge is tried again later (under the same key, so never debited twice).
     let mut unknown = false;
     let result = match result {
-        Err(lost) if attempt >= s.max_attempts && mandate.is_some() => {
+        Err(lost) if attempt >= s.max_attempts => {
             match provider.query(&req).await {
                 Ok(Some(outcome)) => Ok(outcome),
                 // The provider never took the debit: nothing moved.

@@ -57,9 +57,9 @@ async fn a_chaos_run_loses_doubles_and_misprices_nothing() {
     args.bin_dir = Some(binaries());
     // Two days a minute: stays of up to two days pass in about a minute.
     args.speed = 2880.0;
-    // A fifth of the debits are answered with a failure after they took effect. (At 0.3, eight
-    // lost answers in a row, which sends a debit that went through to arrears after the
-    // worker's eight attempts, came to one charge in 15,000: it happened once in a CI run.)
+    // A fifth of the debits are answered with a failure after they took effect. (At 0.3, one CI
+    // run met eight lost answers in a row on one charge and sent a debit that went through to
+    // arrears; the worker now asks about the order before any arrears.)
     args.provider_fault_rate = 0.2;
     args.settle_secs = 120;
     let postgres = std::env::var("PARKPAY_TEST_DATABASE_URL")
