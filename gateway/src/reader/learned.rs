@@ -18,7 +18,7 @@ use imageproc::geometric_transformations::Projection;
 use parkpay_protocol::{Plate, PlateCandidate, PlateColour, Region};
 use tract_onnx::prelude::*;
 
-use super::locate::{extend_left, grow_to_aspect, locate, Hue};
+use super::locate::{extend_left, grow_to_aspect, locate, Blob, Hue};
 use super::{PlateReader, Roi, ACCEPT_THRESHOLD};
 
 /// The committed model; its licence and provenance are in `gateway/models/README.md`.
@@ -147,15 +147,18 @@ impl LearnedReader {
         Some((text, calibrate(sure)))
     }
 
-    /// Reads one quadrilateral in one layout: a canonical plate and its confidence.
+    /// Reads one quadrilateral of a `hue` blob in one layout: a canonical plate and its
+    /// confidence.
     fn read_quad(
         &self,
         rgb: &RgbImage,
         quad: [(f32, f32); 4],
+        hue: Hue,
         layout: Layout,
     ) -> Option<(String, f32)> {
         let quad = match layout {
-            Layout::CnGreen => grow_to_aspect(quad, 480.0 / 140.0),
+            // A green blob is the plate's green lower part, a white one its washed-out upper part.
+            Layout::CnGreen => grow_to_aspect(quad, 480.0 / 140.0, hue != Hue::White),
             // The white blob of a German plate stops at the EU band: take the band in.
             Layout::De => extend_left(quad, 0.1),
             Layout::Cn | Layout::Uk => quad,
@@ -177,53 +180,62 @@ impl LearnedReader {
         Some((plate.as_str().to_string(), confidence))
     }
 
-    fn best_read(&self, rgb: &RgbImage) -> Option<Read> {
-        let mut reads: Vec<Read> = Vec::new();
-        for blob in locate(rgb).iter().take(MAX_BLOBS) {
-            // The likelier layout first: a Chinese plate is about 3.1 times as wide as high,
-            // a British one 4.7.
-            let layouts: &[Layout] = match blob.hue {
-                Hue::Blue => &[Layout::Cn],
-                Hue::Green => &[Layout::CnGreen],
-                Hue::Yellow if blob.aspect() < 3.9 => &[Layout::Cn, Layout::Uk],
-                Hue::Yellow => &[Layout::Uk, Layout::Cn],
-                Hue::White => &[Layout::De, Layout::Uk],
+    /// Reads `blob` in each of `layouts` until one is [`SURE`], adding what it spells to `reads`.
+    fn read_blob(&self, rgb: &RgbImage, blob: &Blob, layouts: &[Layout], reads: &mut Vec<Read>) {
+        for &layout in layouts {
+            let a = self.read_quad(rgb, blob.quad, blob.hue, layout);
+            let b = self.read_quad(rgb, blob.extreme_quad, blob.hue, layout);
+            let read = match (a, b) {
+                (Some(x), Some(y)) if x.0 == y.0 => Some((x.0, x.1.max(y.1))),
+                // Two corner estimates, two spellings: the surer one, capped below trust.
+                (Some(x), Some(y)) => {
+                    let best = if x.1 >= y.1 { x } else { y };
+                    Some((best.0, best.1.min(GUESS_CAP)))
+                }
+                (x, y) => x.or(y),
             };
-            for &layout in layouts {
-                let a = self.read_quad(rgb, blob.quad, layout);
-                let b = self.read_quad(rgb, blob.extreme_quad, layout);
-                let read = match (a, b) {
-                    (Some(x), Some(y)) if x.0 == y.0 => Some((x.0, x.1.max(y.1))),
-                    // Two corner estimates, two spellings: the surer one, capped below trust.
-                    (Some(x), Some(y)) => {
-                        let best = if x.1 >= y.1 { x } else { y };
-                        Some((best.0, best.1.min(GUESS_CAP)))
-                    }
-                    (x, y) => x.or(y),
-                };
-                let Some((plate, confidence)) = read else {
-                    continue;
-                };
-                let colour = match (blob.hue, layout) {
-                    (Hue::Blue, _) => PlateColour::Blue,
-                    (Hue::Yellow, _) => PlateColour::Yellow,
-                    (Hue::Green, _) => PlateColour::Green,
-                    (Hue::White, Layout::Uk) => PlateColour::White,
-                    (Hue::White, _) => PlateColour::Other,
-                };
-                reads.push(Read {
-                    plate,
-                    colour,
-                    confidence,
-                });
-                // The network is sure, and no corner estimate spelled otherwise: the other
-                // layout would only cost time (the same rule as for the blobs after this one).
-                if confidence >= SURE {
+            let Some((plate, confidence)) = read else {
+                continue;
+            };
+            let colour = match (blob.hue, layout) {
+                (Hue::Blue, _) => PlateColour::Blue,
+                (Hue::Green, Layout::CnGreen) | (Hue::White, Layout::CnGreen) => PlateColour::Green,
+                (Hue::Yellow, _) | (Hue::Green, _) => PlateColour::Yellow,
+                (Hue::White, Layout::Uk) => PlateColour::White,
+                (Hue::White, _) => PlateColour::Other,
+            };
+            reads.push(Read {
+                plate,
+                colour,
+                confidence,
+            });
+            // The network is sure, and no corner estimate spelled otherwise: the other
+            // layout would only cost time (the same rule as for the blobs after this one).
+            if confidence >= SURE {
+                break;
+            }
+        }
+    }
+
+    fn best_read(&self, rgb: &RgbImage) -> Option<Read> {
+        let blobs = locate(rgb);
+        let blobs = &blobs[..blobs.len().min(MAX_BLOBS)];
+        let mut reads: Vec<Read> = Vec::new();
+        let sure = |reads: &[Read]| reads.iter().any(|r| r.confidence >= SURE);
+        for blob in blobs {
+            self.read_blob(rgb, blob, first_layouts(blob), &mut reads);
+            if sure(&reads) {
+                break;
+            }
+        }
+        // Nothing vouched for in the layouts the colours suggest: light bends colours, so try
+        // the layouts it may have disguised.
+        if !reads.iter().any(|r| r.confidence >= ACCEPT_THRESHOLD) {
+            for blob in blobs {
+                self.read_blob(rgb, blob, second_layouts(blob), &mut reads);
+                if sure(&reads) {
                     break;
                 }
-            }
-            if reads.iter().any(|r| r.confidence >= SURE) {
-                break;
             }
         }
         reads.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
@@ -242,6 +254,29 @@ impl LearnedReader {
         } else {
             best
         })
+    }
+}
+
+/// The layouts a blob's colour suggests, the likelier first: a Chinese plate is about 3.1 times as
+/// wide as high, a British or German one 4.7.
+fn first_layouts(blob: &Blob) -> &'static [Layout] {
+    match blob.hue {
+        Hue::Blue => &[Layout::Cn],
+        Hue::Green => &[Layout::CnGreen],
+        Hue::Yellow if blob.aspect() < 3.9 => &[Layout::Cn, Layout::Uk],
+        Hue::Yellow => &[Layout::Uk, Layout::Cn],
+        Hue::White => &[Layout::De, Layout::Uk],
+    }
+}
+
+/// The layouts light can disguise as a blob's colour: a yellow plate in dim or warm light passes
+/// as green, and a new-energy plate washed out by bright light as white.
+fn second_layouts(blob: &Blob) -> &'static [Layout] {
+    match blob.hue {
+        Hue::Green if blob.aspect() < 3.9 => &[Layout::Cn],
+        Hue::Green => &[Layout::Uk],
+        Hue::White => &[Layout::CnGreen],
+        Hue::Blue | Hue::Yellow => &[],
     }
 }
 
@@ -344,6 +379,36 @@ mod tests {
             vouched >= 5,
             "only {vouched} of 20 clean plates vouched for"
         );
+    }
+
+    /// Over-exposure washes a new-energy plate out until it passes as white, not green: the
+    /// reader must still try it as a green plate.
+    #[test]
+    fn a_new_energy_plate_washed_out_to_white_is_still_read() {
+        let reader = shared();
+        let mut right = 0;
+        for seed in 1..=6 {
+            let scene = Scene::generate(
+                PlateFormat::CnGreen,
+                Condition::Clean,
+                seed,
+                FontChoice::Primary,
+            );
+            let mut image = scene.image;
+            for p in image.pixels_mut() {
+                p.0 = p.0.map(|v| (255.0 * (v as f32 / 255.0).powf(0.45)) as u8);
+            }
+            let cands = reader.read(&DynamicImage::ImageRgb8(image), None);
+            let Some(top) = cands.first() else {
+                continue;
+            };
+            if top.confidence >= ACCEPT_THRESHOLD {
+                assert_eq!(top.plate, scene.plate, "vouched for a wrong plate");
+                assert_eq!(top.colour, PlateColour::Green);
+                right += 1;
+            }
+        }
+        assert!(right >= 3, "only {right} of 6 washed-out plates read");
     }
 
     #[test]

@@ -37,16 +37,17 @@ impl Blob {
     }
 }
 
-/// One mask per entry. Blue and green appear twice: a loose class that survives dim light, and a
+/// One mask per entry. The colours appear twice: a loose class that survives dim light, and a
 /// strict one that tells a vivid plate from a dull car body of the same hue, with which the loose
 /// class merges it.
-const HUES: [Hue; 6] = [
+const HUES: [Hue; 7] = [
     Hue::Blue,
     Hue::Yellow,
     Hue::Green,
     Hue::White,
     Hue::Blue,
     Hue::Green,
+    Hue::Yellow,
 ];
 
 fn hsv(p: [u8; 3]) -> (f32, f32, f32) {
@@ -101,9 +102,11 @@ pub(crate) fn locate(full: &RgbImage) -> Vec<Blob> {
     blobs
 }
 
-/// Raises the top edge of a blob that is too flat for its layout: the near-white upper half of a
-/// new-energy plate does not pass as green, so only the lower half is found.
-pub(crate) fn grow_to_aspect(quad: [(f32, f32); 4], aspect: f32) -> [(f32, f32); 4] {
+/// Moves one long edge of a blob that is too flat for its layout outwards until the quad has
+/// `aspect`: the top edge (`up`) when only a new-energy plate's green lower part was found, since
+/// its near-white upper part does not pass as green; the bottom edge when only that pale upper
+/// part was found, as white.
+pub(crate) fn grow_to_aspect(quad: [(f32, f32); 4], aspect: f32, up: bool) -> [(f32, f32); 4] {
     let [tl, tr, br, bl] = quad;
     let d = |a: (f32, f32), b: (f32, f32)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
     let width = (d(tl, tr) + d(bl, br)) / 2.0;
@@ -113,13 +116,15 @@ pub(crate) fn grow_to_aspect(quad: [(f32, f32); 4], aspect: f32) -> [(f32, f32);
         return quad;
     }
     let k = want / height;
-    let up = |top: (f32, f32), bottom: (f32, f32)| {
-        (
-            bottom.0 + (top.0 - bottom.0) * k,
-            bottom.1 + (top.1 - bottom.1) * k,
-        )
+    // `from` stays; the corner opposite it moves along the edge joining them.
+    let away = |to: (f32, f32), from: (f32, f32)| {
+        (from.0 + (to.0 - from.0) * k, from.1 + (to.1 - from.1) * k)
     };
-    [up(tl, bl), up(tr, br), br, bl]
+    if up {
+        [away(tl, bl), away(tr, br), br, bl]
+    } else {
+        [tl, tr, away(br, tr), away(bl, tl)]
+    }
 }
 
 /// Moves the quad's left edge outwards by `k` of its width.
@@ -175,6 +180,11 @@ fn locate_at(rgb: &RgbImage, scale: f32) -> Vec<Blob> {
             if c != 1 && vivid {
                 masks[if c == 0 { 4 } else { 5 }][i] = 255;
             }
+        }
+        // A yellow plate is brighter than the yellowish car it is on, and warm light turns it
+        // orange.
+        if (22.0..70.0).contains(&hh) && s > 0.55 && (v > 150.0 || v > local[i] * 1.25) {
+            masks[6][i] = 255;
         }
     }
     let mut blobs = Vec::new();
@@ -422,4 +432,33 @@ fn robust_line(pts: &[(f32, f32)], upper: bool) -> Option<(f32, f32)> {
         .map(|r| r.1)
         .collect();
     fit(&keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: [(f32, f32); 4], b: [(f32, f32); 4]) -> bool {
+        a.iter()
+            .zip(b)
+            .all(|(p, q)| (p.0 - q.0).abs() < 1e-3 && (p.1 - q.1).abs() < 1e-3)
+    }
+
+    #[test]
+    fn a_flat_quad_grows_up_or_down_to_the_plate_and_a_full_one_stays() {
+        // 300 wide, 50 high: a plate of aspect 3 would be 100 high.
+        let flat = [(0.0, 100.0), (300.0, 100.0), (300.0, 150.0), (0.0, 150.0)];
+        let up = grow_to_aspect(flat, 3.0, true);
+        assert!(close(
+            up,
+            [(0.0, 50.0), (300.0, 50.0), (300.0, 150.0), (0.0, 150.0)]
+        ));
+        let down = grow_to_aspect(flat, 3.0, false);
+        assert!(close(
+            down,
+            [(0.0, 100.0), (300.0, 100.0), (300.0, 200.0), (0.0, 200.0)]
+        ));
+        let full = [(0.0, 0.0), (300.0, 0.0), (300.0, 95.0), (0.0, 95.0)];
+        assert!(close(grow_to_aspect(full, 3.0, false), full));
+    }
 }
