@@ -18,7 +18,7 @@ use imageproc::geometric_transformations::Projection;
 use parkpay_protocol::{Plate, PlateCandidate, PlateColour, Region};
 use tract_onnx::prelude::*;
 
-use super::locate::{extend_left, grow_to_aspect, locate, Blob, Hue};
+use super::locate::{extend_left, grow_to_aspect, locate, text_bands, Blob, Hue};
 use super::{PlateReader, Roi, ACCEPT_THRESHOLD};
 
 /// The committed model; its licence and provenance are in `gateway/models/README.md`.
@@ -62,6 +62,9 @@ const SURE: f32 = 0.97;
 
 /// How many of the locator's blobs are read at most: the plate is nearly always among the first.
 const MAX_BLOBS: usize = 5;
+
+/// How many bands of characters are read at most when no blob of colour gave a vouched read.
+const MAX_BANDS: usize = 3;
 
 type Runnable = std::sync::Arc<TypedRunnableModel>;
 
@@ -230,9 +233,20 @@ impl LearnedReader {
         }
         // Nothing vouched for in the layouts the colours suggest: light bends colours, so try
         // the layouts it may have disguised.
-        if !reads.iter().any(|r| r.confidence >= ACCEPT_THRESHOLD) {
+        let vouched = |reads: &[Read]| reads.iter().any(|r| r.confidence >= ACCEPT_THRESHOLD);
+        if !vouched(&reads) {
             for blob in blobs {
                 self.read_blob(rgb, blob, second_layouts(blob), &mut reads);
+                if sure(&reads) {
+                    break;
+                }
+            }
+        }
+        // Still nothing: the light may have taken the colours away altogether (deep shadow, a
+        // white plate on a white car), so look for the characters instead.
+        if !vouched(&reads) {
+            for band in text_bands(rgb).iter().take(MAX_BANDS) {
+                self.read_blob(rgb, band, band_layouts(band), &mut reads);
                 if sure(&reads) {
                     break;
                 }
@@ -266,6 +280,20 @@ fn first_layouts(blob: &Blob) -> &'static [Layout] {
         Hue::Yellow if blob.aspect() < 3.9 => &[Layout::Cn, Layout::Uk],
         Hue::Yellow => &[Layout::Uk, Layout::Cn],
         Hue::White => &[Layout::De, Layout::Uk],
+    }
+}
+
+/// The layouts a band of characters is read in: its colour's, or, when it has none (a grey
+/// frame, a plate in deep shadow), every layout, the likelier for its proportions first.
+fn band_layouts(band: &Blob) -> &'static [Layout] {
+    match band.hue {
+        Hue::White if band.aspect() < 3.9 => &[Layout::Cn, Layout::CnGreen, Layout::De, Layout::Uk],
+        Hue::White => &[Layout::De, Layout::Uk, Layout::Cn, Layout::CnGreen],
+        Hue::Blue => &[Layout::Cn],
+        Hue::Green if band.aspect() < 3.9 => &[Layout::CnGreen, Layout::Cn],
+        Hue::Green => &[Layout::CnGreen, Layout::Uk],
+        Hue::Yellow if band.aspect() < 3.9 => &[Layout::Cn, Layout::Uk],
+        Hue::Yellow => &[Layout::Uk, Layout::Cn],
     }
 }
 
@@ -409,6 +437,29 @@ mod tests {
             }
         }
         assert!(right >= 3, "only {right} of 6 washed-out plates read");
+    }
+
+    /// An infrared camera, or a night without colour: no plate colour is left to find, so the
+    /// plates are found by their characters.
+    #[test]
+    fn plates_in_grey_frames_are_found_by_their_characters() {
+        let reader = shared();
+        let mut right = 0;
+        for format in PlateFormat::ALL {
+            for seed in 1..=3 {
+                let scene = Scene::generate(format, Condition::Clean, seed, FontChoice::Primary);
+                let grey = DynamicImage::ImageRgb8(scene.image).grayscale();
+                let cands = reader.read(&grey, None);
+                let Some(top) = cands.first() else {
+                    continue;
+                };
+                if top.confidence >= ACCEPT_THRESHOLD {
+                    assert_eq!(top.plate, scene.plate, "vouched for a wrong plate");
+                    right += 1;
+                }
+            }
+        }
+        assert!(right >= 11, "only {right} of 15 grey plates read");
     }
 
     #[test]

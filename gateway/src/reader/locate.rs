@@ -74,9 +74,21 @@ fn hsv(p: [u8; 3]) -> (f32, f32, f32) {
 /// big flat area, and the corner fit averages over whole edges, so little precision is lost for a
 /// quarter of the work.
 pub(crate) fn locate(full: &RgbImage) -> Vec<Blob> {
-    let half = full.width() >= 400 && full.height() >= 200;
-    if !half {
+    let Some(small) = halve(full) else {
         return locate_at(full, 1.0);
+    };
+    let mut blobs = locate_at(&small, 0.5);
+    for b in &mut blobs {
+        b.quad = b.quad.map(|(x, y)| (x * 2.0, y * 2.0));
+        b.extreme_quad = b.extreme_quad.map(|(x, y)| (x * 2.0, y * 2.0));
+    }
+    blobs
+}
+
+/// `full` at half its size (each pixel the mean of four), when it is large enough to spare it.
+fn halve(full: &RgbImage) -> Option<RgbImage> {
+    if full.width() < 400 || full.height() < 200 {
+        return None;
     }
     let (w, h) = (full.width() / 2, full.height() / 2);
     let raw = full.as_raw();
@@ -92,14 +104,140 @@ pub(crate) fn locate(full: &RgbImage) -> Vec<Blob> {
             }
         }
     }
-    // The buffer holds exactly w * h RGB pixels by construction.
-    let small = RgbImage::from_raw(w, h, out).expect("buffer sized to the image");
-    let mut blobs = locate_at(&small, 0.5);
-    for b in &mut blobs {
-        b.quad = b.quad.map(|(x, y)| (x * 2.0, y * 2.0));
-        b.extreme_quad = b.extreme_quad.map(|(x, y)| (x * 2.0, y * 2.0));
+    RgbImage::from_raw(w, h, out)
+}
+
+/// Candidate plates found by their characters rather than their colour, for when light has
+/// taken the colour away (a plate in deep shadow, a white plate on a white car): bands of dense
+/// vertical strokes, of a line of text's proportions, grown from the text to the plate around
+/// it. Each band's colour is its pixels' median hue, or white when most are unsaturated.
+pub(crate) fn text_bands(full: &RgbImage) -> Vec<Blob> {
+    let small = halve(full);
+    let (rgb, scale) = match &small {
+        Some(s) => (s, 0.5),
+        None => (full, 1.0),
+    };
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    if w < 8 || h < 8 {
+        return Vec::new();
     }
-    blobs
+    let grey: Vec<f32> = rgb
+        .pixels()
+        .map(|p| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32)
+        .collect();
+    let mut gx = vec![0.0f32; w * h];
+    for y in 0..h {
+        for x in 1..w - 1 {
+            gx[y * w + x] = (grey[y * w + x + 1] - grey[y * w + x - 1]).abs();
+        }
+    }
+    let mean = gx.iter().sum::<f32>() / gx.len() as f32;
+    let edge = (2.5 * mean).max(14.0);
+    // A pixel is text when enough strokes cross its row nearby.
+    let r = (10.0 * scale) as usize;
+    let mut mask = vec![0u8; w * h];
+    for y in 0..h {
+        let row = &gx[y * w..(y + 1) * w];
+        let mut count = vec![0u32; w + 1];
+        for x in 0..w {
+            count[x + 1] = count[x] + u32::from(row[x] > edge);
+        }
+        for x in 0..w {
+            let (x0, x1) = (x.saturating_sub(r), (x + r + 1).min(w));
+            if count[x1] - count[x0] >= 4 {
+                mask[y * w + x] = 255;
+            }
+        }
+    }
+    let Some(mask) = GrayImage::from_raw(w as u32, h as u32, mask) else {
+        return Vec::new();
+    };
+    let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
+    let mut boxes: Vec<Option<(u32, u32, u32, u32, u32)>> = Vec::new();
+    for (x, y, l) in labels.enumerate_pixels() {
+        let l = l.0[0] as usize;
+        if l == 0 {
+            continue;
+        }
+        if boxes.len() <= l {
+            boxes.resize(l + 1, None);
+        }
+        let b = boxes[l].get_or_insert((x, y, x, y, 0));
+        *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y), b.4 + 1);
+    }
+    let mut bands: Vec<Blob> = boxes
+        .into_iter()
+        .flatten()
+        .filter_map(|(x0, y0, x1, y1, n)| {
+            let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
+            let fill = n as f32 / (bw * bh);
+            let plausible = bw >= 40.0 * scale
+                && bw <= w as f32 * 0.8
+                && bh >= 10.0 * scale
+                && bh <= 120.0 * scale
+                && (2.2..9.0).contains(&(bw / bh))
+                && fill >= 0.45;
+            if !plausible {
+                return None;
+            }
+            // Text fills about two thirds of a plate's height and nine tenths of its width.
+            let (cx, cy) = ((x0 + x1 + 1) as f32 / 2.0, (y0 + y1 + 1) as f32 / 2.0);
+            let (hw, hh) = (bw * 1.1 / 2.0, bh * 1.5 / 2.0);
+            let quad = [
+                (cx - hw, cy - hh),
+                (cx + hw, cy - hh),
+                (cx + hw, cy + hh),
+                (cx - hw, cy + hh),
+            ];
+            // A second, tighter estimate: two readings that disagree are not vouched for.
+            let (tw, th) = (bw * 1.04 / 2.0, bh * 1.3 / 2.0);
+            let extreme_quad = [
+                (cx - tw, cy - th),
+                (cx + tw, cy - th),
+                (cx + tw, cy + th),
+                (cx - tw, cy + th),
+            ];
+            let hue = band_hue(rgb, quad);
+            let up = 1.0 / scale;
+            Some(Blob {
+                hue,
+                quad: quad.map(|(x, y)| (x * up, y * up)),
+                extreme_quad: extreme_quad.map(|(x, y)| (x * up, y * up)),
+                score: n as f32 * fill,
+            })
+        })
+        .collect();
+    bands.sort_by(|a, b| b.score.total_cmp(&a.score));
+    bands
+}
+
+/// The plate colour of the pixels inside `quad` (an axis-aligned box): white when most are
+/// unsaturated, else the class of their median hue.
+fn band_hue(rgb: &RgbImage, quad: [(f32, f32); 4]) -> Hue {
+    let (x0, y0) = (quad[0].0.max(0.0) as u32, quad[0].1.max(0.0) as u32);
+    let x1 = (quad[2].0.max(0.0) as u32).min(rgb.width());
+    let y1 = (quad[2].1.max(0.0) as u32).min(rgb.height());
+    let mut hues = Vec::new();
+    let mut total = 0usize;
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let (hh, s, v) = hsv(rgb.get_pixel(x, y).0);
+            total += 1;
+            if s > 0.2 && v > 25.0 {
+                hues.push(hh);
+            }
+        }
+    }
+    if hues.len() * 2 < total {
+        return Hue::White;
+    }
+    hues.sort_by(f32::total_cmp);
+    match hues[hues.len() / 2] {
+        h if (170.0..270.0).contains(&h) => Hue::Blue,
+        h if (20.0..75.0).contains(&h) => Hue::Yellow,
+        h if (75.0..170.0).contains(&h) => Hue::Green,
+        _ => Hue::White,
+    }
 }
 
 /// Moves one long edge of a blob that is too flat for its layout outwards until the quad has
