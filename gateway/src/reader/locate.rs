@@ -153,7 +153,16 @@ pub(crate) fn text_bands(full: &RgbImage) -> Vec<Blob> {
         return Vec::new();
     };
     let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
-    let mut boxes: Vec<Option<(u32, u32, u32, u32, u32)>> = Vec::new();
+    /// A component's bounding box and pixel count.
+    #[derive(Clone, Copy)]
+    struct Extent {
+        x0: u32,
+        y0: u32,
+        x1: u32,
+        y1: u32,
+        n: u32,
+    }
+    let mut boxes: Vec<Option<Extent>> = Vec::new();
     for (x, y, l) in labels.enumerate_pixels() {
         let l = l.0[0] as usize;
         if l == 0 {
@@ -162,13 +171,23 @@ pub(crate) fn text_bands(full: &RgbImage) -> Vec<Blob> {
         if boxes.len() <= l {
             boxes.resize(l + 1, None);
         }
-        let b = boxes[l].get_or_insert((x, y, x, y, 0));
-        *b = (b.0.min(x), b.1.min(y), b.2.max(x), b.3.max(y), b.4 + 1);
+        let e = boxes[l].get_or_insert(Extent {
+            x0: x,
+            y0: y,
+            x1: x,
+            y1: y,
+            n: 0,
+        });
+        e.x0 = e.x0.min(x);
+        e.y0 = e.y0.min(y);
+        e.x1 = e.x1.max(x);
+        e.y1 = e.y1.max(y);
+        e.n += 1;
     }
     let mut bands: Vec<Blob> = boxes
         .into_iter()
         .flatten()
-        .filter_map(|(x0, y0, x1, y1, n)| {
+        .filter_map(|Extent { x0, y0, x1, y1, n }| {
             let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
             let fill = n as f32 / (bw * bh);
             let plausible = bw >= 40.0 * scale
