@@ -178,8 +178,11 @@ impl LearnedReader {
             return None;
         }
         // The grammar may correct a read (O for 0); a corrected read is a guess, never vouched.
-        let as_read = plate.as_str() == raw;
-        let confidence = if as_read { p } else { p.min(GUESS_CAP) };
+        let confidence = if as_read(&raw, plate.as_str(), region) {
+            p
+        } else {
+            p.min(GUESS_CAP)
+        };
         Some((plate.as_str().to_string(), confidence))
     }
 
@@ -269,6 +272,15 @@ impl LearnedReader {
             best
         })
     }
+}
+
+/// Whether the grammar took a spelling as it was read. A German plate's space between its letters
+/// and its digits is narrow and often missed; restoring it is no guess, since the characters tell
+/// letters from digits themselves (the district's separator decides the rest, and it was read).
+/// Any other change is a correction.
+fn as_read(raw: &str, canonical: &str, region: Region) -> bool {
+    let bare = |t: &str| t.chars().filter(|c| *c != ' ').collect::<String>();
+    raw == canonical || (region == Region::De && bare(raw) == bare(canonical))
 }
 
 /// The layouts a blob's colour suggests, the likelier first: a Chinese plate is about 3.1 times as
@@ -505,6 +517,24 @@ mod tests {
         let steps: Vec<f32> = (0..=1000).map(|i| calibrate(i as f32 / 1000.0)).collect();
         assert!(steps.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(calibrate(f32::NAN), 0.0);
+    }
+
+    #[test]
+    fn only_a_german_plates_missed_space_is_restored_without_a_cap() {
+        let de = |raw: &str| {
+            let plate = Plate::parse_in(raw, Region::De).expect("a German plate");
+            as_read(raw, plate.as_str(), Region::De)
+        };
+        assert!(de("X U 7188"));
+        assert!(de("X U7188"), "the space before the digits restored");
+        assert!(de("X UT188"), "two letters, then the digits");
+        assert!(
+            !de("X U718B"),
+            "a letter where a digit stands is a correction"
+        );
+        assert!(!de("B 8A12"), "so is a digit where a letter stands");
+        let cn = Plate::parse_in("京A0C123", Region::Cn).expect("a Chinese plate");
+        assert!(!as_read("京AOC123", cn.as_str(), Region::Cn));
     }
 
     #[test]
