@@ -249,7 +249,14 @@ impl LearnedReader {
         // white plate on a white car), so look for the characters instead.
         if !vouched(&reads) {
             for band in text_bands(rgb).iter().take(MAX_BANDS) {
-                self.read_blob(rgb, band, band_layouts(band), &mut reads);
+                if band.hue == Hue::White {
+                    self.read_blob(rgb, band, colourless_layouts(band), &mut reads);
+                } else {
+                    self.read_blob(rgb, band, first_layouts(band), &mut reads);
+                    if !sure(&reads) {
+                        self.read_blob(rgb, band, second_layouts(band), &mut reads);
+                    }
+                }
                 if sure(&reads) {
                     break;
                 }
@@ -295,17 +302,14 @@ fn first_layouts(blob: &Blob) -> &'static [Layout] {
     }
 }
 
-/// The layouts a band of characters is read in: its colour's, or, when it has none (a grey
-/// frame, a plate in deep shadow), every layout, the likelier for its proportions first.
-fn band_layouts(band: &Blob) -> &'static [Layout] {
-    match band.hue {
-        Hue::White if band.aspect() < 3.9 => &[Layout::Cn, Layout::CnGreen, Layout::De, Layout::Uk],
-        Hue::White => &[Layout::De, Layout::Uk, Layout::Cn, Layout::CnGreen],
-        Hue::Blue => &[Layout::Cn],
-        Hue::Green if band.aspect() < 3.9 => &[Layout::CnGreen, Layout::Cn],
-        Hue::Green => &[Layout::CnGreen, Layout::Uk],
-        Hue::Yellow if band.aspect() < 3.9 => &[Layout::Cn, Layout::Uk],
-        Hue::Yellow => &[Layout::Uk, Layout::Cn],
+/// The layouts a band of characters without a colour (a grey frame, a plate in deep shadow) is
+/// read in: every layout, the likelier for its proportions first. A coloured band is read like a
+/// blob of its colour.
+fn colourless_layouts(band: &Blob) -> &'static [Layout] {
+    if band.aspect() < 3.9 {
+        &[Layout::Cn, Layout::CnGreen, Layout::De, Layout::Uk]
+    } else {
+        &[Layout::De, Layout::Uk, Layout::Cn, Layout::CnGreen]
     }
 }
 
