@@ -978,7 +978,7 @@ fn gateway_toml(
 fn mosquitto_conf(port: u16, dir: &Path) -> String {
     format!(
         "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-         persistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\n\
+         persistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 128\n\
          set_tcp_nodelay true\nmessage_size_limit 8388608\nlog_dest file {}\n",
         dir.display(),
         dir.join("mosquitto.log").display()

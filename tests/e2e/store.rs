@@ -1300,3 +1300,147 @@ async fn an_exits_combined_reads_find_what_the_single_reads_find() {
     assert!(s.open_stay_of(&lot, "京C33333").await.unwrap().is_none());
     b.cleanup().await;
 }
+
+/// The hot path's reads are gathered across passages into one statement per batch: many made
+/// at once must each get the answer for their own key, whatever shares their statement.
+#[tokio::test]
+async fn reads_made_at_once_each_get_their_own_keys_answer() {
+    let (s, b, lot) = store().await;
+    const N: usize = 40;
+    let plate = |i: usize| format!("京E{i:05}");
+    let mut drivers = Vec::new();
+    for i in 0..N {
+        let d = Driver {
+            id: Uuid::now_v7(),
+            name: format!("driver {i}"),
+            phone: None,
+            created_at: t0(),
+        };
+        s.insert_driver(&d).await.unwrap();
+        drivers.push(d.id);
+        // Even plates are registered (to their own driver), every third is listed here, every
+        // fourth has an open stay, every fifth driver has two mandates.
+        if i % 2 == 0 {
+            let v = Vehicle {
+                plate: plate(i),
+                colour: parkpay_protocol::PlateColour::Blue,
+                driver_id: d.id,
+                class: None,
+                locked_at: None,
+                created_at: t0(),
+            };
+            s.insert_vehicle(&v, &parkpay_protocol::plate::match_key(&plate(i)))
+                .await
+                .unwrap();
+        }
+        if i % 3 == 0 {
+            let e = ListEntry {
+                id: Uuid::now_v7(),
+                kind: ListKind::White,
+                lot: Some(lot.clone()),
+                plate: plate(i),
+                valid_from: t0(),
+                valid_until: None,
+                grace_minutes: 0,
+                percent_off: None,
+                reason: "test".into(),
+                created_by: "op".into(),
+                created_at: t0(),
+                revoked_at: None,
+                revoked_by: None,
+            };
+            s.insert_list_entry(&e, &audit_row("list.added"))
+                .await
+                .unwrap();
+        }
+        if i % 4 == 0 {
+            s.commit_passage(&entry(&lot, &plate(i), t0()).0)
+                .await
+                .unwrap();
+        }
+        if i % 5 == 0 {
+            for k in 0..2 {
+                s.insert_mandate(&Mandate {
+                    id: Uuid::now_v7(),
+                    driver_id: d.id,
+                    provider: "sandbox".into(),
+                    provider_ref: format!("w{i}-{k}"),
+                    status: MandateStatus::Active,
+                    per_charge_cap: None,
+                    monthly_cap: None,
+                    channel: "api".into(),
+                    signed_at: t0() + Duration::minutes(k),
+                    revoked_at: None,
+                })
+                .await
+                .unwrap();
+            }
+        }
+    }
+    // Each key asked three times at once, in a shuffled order.
+    let mut order: Vec<usize> = (0..3 * N).map(|k| k % N).collect();
+    order.sort_by_key(|i| (i * 7919) % N);
+    let asks = order.iter().map(|&i| {
+        let (s, lot, plate, driver) = (s.clone(), lot.clone(), plate(i), drivers[i]);
+        async move {
+            let (facts, stay, session, payer) = tokio::join!(
+                s.plate_facts(&plate, &lot),
+                s.open_stay_of(&lot, &plate),
+                s.open_session_of(&lot, &plate),
+                s.payer_facts(driver, t0())
+            );
+            (
+                i,
+                plate,
+                driver,
+                facts.unwrap(),
+                stay.unwrap(),
+                session.unwrap(),
+                payer.unwrap(),
+            )
+        }
+    });
+    let asks: Vec<_> = asks.map(tokio::spawn).collect();
+    for ask in asks {
+        let (i, plate, driver, facts, stay, session, (mandates, arrears)) = ask.await.unwrap();
+        assert_eq!(
+            facts.vehicle.map(|v| (v.plate, v.driver_id)),
+            (i % 2 == 0).then(|| (plate.clone(), driver)),
+            "{plate}'s vehicle"
+        );
+        assert_eq!(
+            facts
+                .lists
+                .iter()
+                .map(|l| l.plate.as_str())
+                .collect::<Vec<_>>(),
+            if i % 3 == 0 {
+                vec![plate.as_str()]
+            } else {
+                vec![]
+            },
+            "{plate}'s lists"
+        );
+        assert_eq!(
+            stay.as_ref().map(|s| s.session.plate.as_str()),
+            (i % 4 == 0).then_some(plate.as_str())
+        );
+        assert_eq!(
+            session.map(|s| s.plate),
+            (i % 4 == 0).then(|| plate.clone())
+        );
+        assert_eq!(
+            mandates.len(),
+            if i % 5 == 0 { 2 } else { 0 },
+            "{plate}'s mandates"
+        );
+        assert!(mandates
+            .iter()
+            .all(|(m, spent)| m.driver_id == driver && *spent == 0));
+        assert!(mandates
+            .windows(2)
+            .all(|w| w[0].0.signed_at <= w[1].0.signed_at));
+        assert_eq!(arrears, 0);
+    }
+    b.cleanup().await;
+}

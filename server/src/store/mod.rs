@@ -5,6 +5,7 @@
 //! races are settled by constraints (event id, one open session per plate and lot, one charge per
 //! session, idempotency keys) and by conditional updates, never by message order.
 
+mod batch;
 mod history;
 mod sql;
 

@@ -18,7 +18,12 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use parkpay_protocol::LotId;
+use uuid::Uuid;
+
+use super::batch::Batcher;
 use super::{ChargeUpdate, PassageOutcome, PassageWrite, StoreError, StoreResult};
+use crate::domain::{Mandate, Session, Vehicle};
 
 /// Read-only connections of a SQLite store, beside its one writer.
 const SQLITE_READERS: u32 = 2;
@@ -32,6 +37,7 @@ pub struct SqliteStore {
     /// read the last committed state while the writer works.
     reader: SqlitePool,
     writes: mpsc::Sender<Pending>,
+    batches: Batches,
 }
 
 pub struct PgStore {
@@ -39,6 +45,23 @@ pub struct PgStore {
     /// The same pool: PostgreSQL's connections all read and write.
     reader: PgPool,
     writes: mpsc::Sender<Pending>,
+    batches: Batches,
+}
+
+/// Batch readers of a PostgreSQL store per kind of read (each holds a connection while it
+/// reads).
+const PG_BATCH_READERS: usize = 3;
+
+/// The hot path's reads, each batched across concurrent passages ([`super::batch`]).
+struct Batches {
+    /// A plate's vehicle, and whether the plate is on a list of the lot.
+    plates: Batcher<(String, LotId), (Option<Vehicle>, bool)>,
+    /// A lot's open stay of a plate, with whether it has unredeemed validations and whether
+    /// the provider tracks it.
+    stays: Batcher<(LotId, String), Option<(Session, bool, bool)>>,
+    /// A driver's mandates with what each spent since the month's start, and the driver's
+    /// arrears.
+    payers: Batcher<(Uuid, DateTime<Utc>), (Vec<(Mandate, i64)>, i64)>,
 }
 
 /// A write waiting for its group commit, and where its outcome goes: a passage, or a charge's
@@ -82,20 +105,9 @@ const MAX_GROUP: usize = 64;
 /// The writes waiting to be committed, shared by a backend's committers.
 type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>;
 
-/// Waits for a write, then takes whatever else is already waiting (up to [`MAX_GROUP`]): under
-/// load, the writes that queued while the last group committed go in together; alone, a write
-/// waits for nobody.
+/// The next group of writes to commit (up to [`MAX_GROUP`]).
 async fn next_group(queue: &Queue) -> Option<Vec<Pending>> {
-    let mut rx = queue.lock().await;
-    let first = rx.recv().await?;
-    let mut group = vec![first];
-    while group.len() < MAX_GROUP {
-        match rx.try_recv() {
-            Ok(p) => group.push(p),
-            Err(_) => break,
-        }
-    }
-    Some(group)
+    super::batch::next_batch(queue, MAX_GROUP).await
 }
 
 impl SqliteStore {
@@ -121,10 +133,12 @@ impl SqliteStore {
             .max_connections(SQLITE_READERS)
             .connect_with(read_opts)
             .await?;
+        let batches = SqliteStore::batches(reader.clone(), SQLITE_READERS as usize);
         Ok(SqliteStore {
             pool,
             reader,
             writes,
+            batches,
         })
     }
 }
@@ -132,19 +146,40 @@ impl SqliteStore {
 impl PgStore {
     pub async fn connect(url: &str) -> StoreResult<PgStore> {
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(20)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
         sqlx::migrate!("../migrations/postgres").run(&pool).await?;
         // A few committers, so that one group's round trips overlap another's commit.
         let writes = PgStore::committers(pool.clone(), PG_COMMITTERS);
+        let batches = PgStore::batches(pool.clone(), PG_BATCH_READERS);
         Ok(PgStore {
             reader: pool.clone(),
             pool,
             writes,
+            batches,
         })
     }
+}
+
+/// How long a pooled connection may have been idle and still be handed out without a ping.
+const FRESH: Duration = Duration::from_millis(500);
+
+/// Pings a connection that has been idle for a while before it is handed out (a failed ping
+/// closes it, and the pool hands out another). The pool pings every connection it takes back,
+/// so one used a moment ago is known to be alive: pinging it again would add a round trip to
+/// every statement of the hot path.
+async fn ping_if_idle<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    if meta.idle_for >= FRESH {
+        conn.ping().await?;
+    }
+    Ok(true)
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -671,32 +706,86 @@ macro_rules! backend {
             /// Writes one passage on `tx`, alone or with a group: the caller commits it when the
             /// outcome is `Committed`, and rolls it back otherwise.
             async fn write_passage(tx: &mut <$db as sqlx::Database>::Connection, w: &PassageWrite) -> StoreResult<PassageOutcome> {
-                let ev = &w.event;
-                let inserted = sqlx::query(
-                    "INSERT INTO events (event_id, lot_id, lane_id, gateway_id, direction, captured_at, received_at, plate, quality, resent, payload, session_id, decision) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (event_id) DO NOTHING",
-                )
-                .bind(ev.event_id.to_string())
-                .bind(ev.lot.as_str())
-                .bind(ev.lane.clone())
-                .bind(ev.gateway.clone())
-                .bind(ev.direction.clone())
-                .bind(ms(ev.captured_at))
-                .bind(ms(ev.received_at))
-                .bind(ev.plate.clone())
-                .bind(ev.quality.clone())
-                .bind(i64::from(ev.resent))
-                .bind(ev.payload.clone())
-                .bind(w.session_id.map(|u| u.to_string()))
-                .bind(to_json(&w.decision))
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    let stored = stored_decision(&mut *tx, ev.event_id)
-                        .await?
-                        .ok_or_else(|| StoreError::Corrupt(format!("event {} has no decision", ev.event_id)))?;
-                    return Ok(PassageOutcome::Duplicate(Box::new(stored)));
+                if !insert_event(&mut *tx, w).await? {
+                    return duplicate(&mut *tx, w).await;
                 }
+                write_changes(&mut *tx, w).await?;
+                insert_outbox(&mut *tx, &w.outbox, w.event.received_at).await?;
+                Ok(PassageOutcome::Committed)
+            }
+
+            /// A passage whose event is stored already: the stored decision, nothing written.
+            async fn duplicate(tx: &mut <$db as sqlx::Database>::Connection, w: &PassageWrite) -> StoreResult<PassageOutcome> {
+                let stored = stored_decision(&mut *tx, w.event.event_id)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt(format!("event {} has no decision", w.event.event_id)))?;
+                Ok(PassageOutcome::Duplicate(Box::new(stored)))
+            }
+
+            const EVENT_COLS: &str = "event_id, lot_id, lane_id, gateway_id, direction, captured_at, received_at, plate, quality, resent, payload, session_id, decision";
+
+            fn bind_event<'q>(q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>, w: &PassageWrite)
+                -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>
+            {
+                let ev = &w.event;
+                q.bind(ev.event_id.to_string())
+                    .bind(ev.lot.as_str().to_string())
+                    .bind(ev.lane.clone())
+                    .bind(ev.gateway.clone())
+                    .bind(ev.direction.clone())
+                    .bind(ms(ev.captured_at))
+                    .bind(ms(ev.received_at))
+                    .bind(ev.plate.clone())
+                    .bind(ev.quality.clone())
+                    .bind(i64::from(ev.resent))
+                    .bind(ev.payload.clone())
+                    .bind(w.session_id.map(|u| u.to_string()))
+                    .bind(to_json(&w.decision))
+            }
+
+            /// Stores a passage's event; false when its event id is stored already.
+            async fn insert_event(tx: &mut <$db as sqlx::Database>::Connection, w: &PassageWrite) -> StoreResult<bool> {
+                let sql = format!("INSERT INTO events ({EVENT_COLS}) {} ON CONFLICT (event_id) DO NOTHING", batch::values_of(1, 13));
+                let inserted = bind_event(sqlx::query(&sql), w).execute(&mut *tx).await?;
+                Ok(inserted.rows_affected() == 1)
+            }
+
+            /// Stores the events of several passages (with distinct event ids) in one
+            /// statement; the ids it stored (the others were stored already).
+            async fn insert_events(tx: &mut <$db as sqlx::Database>::Connection, ws: &[&PassageWrite]) -> StoreResult<std::collections::HashSet<String>> {
+                let sql = format!("INSERT INTO events ({EVENT_COLS}) {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id", batch::values_of(ws.len(), 13));
+                let mut q = sqlx::query(&sql).persistent(false);
+                for w in ws {
+                    q = bind_event(q, w);
+                }
+                q.fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| Ok(r.try_get::<String, _>("event_id")?))
+                    .collect()
+            }
+
+            /// Stores the outbox rows of several passages in one statement.
+            async fn insert_outboxes(tx: &mut <$db as sqlx::Database>::Connection, ws: &[&PassageWrite]) -> StoreResult<()> {
+                if ws.is_empty() {
+                    return Ok(());
+                }
+                let sql = format!("INSERT INTO outbox (id, topic, payload, created_at) {}", batch::values_of(ws.len(), 4));
+                let mut q = sqlx::query(&sql).persistent(false);
+                for w in ws {
+                    q = q.bind(w.outbox.id.to_string())
+                        .bind(w.outbox.topic.clone())
+                        .bind(w.outbox.payload.clone())
+                        .bind(ms(w.event.received_at));
+                }
+                q.execute(&mut *tx).await?;
+                Ok(())
+            }
+
+            /// What a passage changes beside its event and its outbox row: its stays, ticket,
+            /// validations, charge, exceptions, resolution and audit rows.
+            async fn write_changes(tx: &mut <$db as sqlx::Database>::Connection, w: &PassageWrite) -> StoreResult<()> {
+                let ev = &w.event;
                 let now = ev.received_at;
                 for change in &w.sessions {
                     let r = match change {
@@ -840,8 +929,7 @@ macro_rules! backend {
                 for a in &w.audit {
                     insert_audit_row(&mut *tx, a).await?;
                 }
-                insert_outbox(&mut *tx, &w.outbox, now).await?;
-                Ok(PassageOutcome::Committed)
+                Ok(())
             }
 
 
@@ -929,15 +1017,170 @@ macro_rules! backend {
             /// rolled back).
             async fn try_group(pool: &sqlx::Pool<$db>, group: &[Pending]) -> StoreResult<Vec<Done>> {
                 let mut tx = pool.begin().await?;
+                let passages: Vec<&PassageWrite> = group
+                    .iter()
+                    .filter_map(|job| match job {
+                        Pending::Passage(w, _) => Some(&**w),
+                        Pending::Charge(..) => None,
+                    })
+                    .collect();
+                let ids: std::collections::HashSet<_> = passages.iter().map(|w| w.event.event_id).collect();
                 let mut outcomes = Vec::with_capacity(group.len());
-                for job in group {
-                    outcomes.push(write_one(&mut tx, job).await?);
+                if passages.len() < 2 || ids.len() < passages.len() {
+                    // Nothing to gather, or the same event twice (each finds the other's).
+                    for job in group {
+                        outcomes.push(write_one(&mut tx, job).await?);
+                    }
+                } else {
+                    // The events first, in one statement (nothing refers to them), then each
+                    // write's changes in the group's order, then the outbox rows in one
+                    // statement (nothing refers to them either).
+                    let stored = insert_events(&mut tx, &passages).await?;
+                    let mut committed = Vec::with_capacity(passages.len());
+                    for job in group {
+                        outcomes.push(match job {
+                            Pending::Passage(w, _) if stored.contains(&w.event.event_id.to_string()) => {
+                                write_changes(&mut tx, w).await?;
+                                committed.push(&**w);
+                                Done::Passage(PassageOutcome::Committed)
+                            }
+                            Pending::Passage(w, _) => Done::Passage(duplicate(&mut tx, w).await?),
+                            Pending::Charge(u, _) => {
+                                write_charge_update(&mut tx, u).await?;
+                                Done::Charge
+                            }
+                        });
+                    }
+                    insert_outboxes(&mut tx, &committed).await?;
                 }
                 tx.commit().await?;
                 Ok(outcomes)
             }
 
+            /// The row index a batched statement's row answers, if it is one of the keys.
+            fn key_index(r: &$row, keys: usize) -> StoreResult<Option<usize>> {
+                let i: i64 = r.try_get("q_i")?;
+                Ok(usize::try_from(i).ok().filter(|i| *i < keys))
+            }
+
+            /// Plates' vehicles and whether each is listed for its lot, one statement for all.
+            async fn plates_many(pool: &sqlx::Pool<$db>, keys: Vec<(String, LotId)>) -> StoreResult<Vec<(Option<Vehicle>, bool)>> {
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT CAST(q.column3 AS BIGINT) AS q_i, v.*, EXISTS (SELECT 1 FROM plate_lists l WHERE l.plate = q.column1 \
+                     AND (l.lot_id = q.column2 OR l.lot_id IS NULL) AND l.revoked_at IS NULL) AS listed \
+                     FROM {} AS q LEFT JOIN vehicles v ON v.plate = q.column1",
+                    batch::values(keys.len(), 2)
+                );
+                let mut query = sqlx::query(&sql).persistent(false);
+                for (plate, lot) in &keys {
+                    query = query.bind(plate.clone()).bind(lot.as_str().to_string());
+                }
+                let mut out: Vec<Option<(Option<Vehicle>, bool)>> = keys.iter().map(|_| None).collect();
+                for r in query.fetch_all(pool).await? {
+                    let Some(i) = key_index(&r, keys.len())? else { continue };
+                    let vehicle = match r.try_get::<Option<String>, _>("plate")? {
+                        Some(_) => Some(vehicle_from(&r)?),
+                        None => None,
+                    };
+                    out[i] = Some((vehicle, r.try_get::<bool, _>("listed")?));
+                }
+                out.into_iter()
+                    .map(|v| v.ok_or_else(|| StoreError::Corrupt("a plate's row is missing from a batch".into())))
+                    .collect()
+            }
+
+            /// Lots' open stays of plates, with their flags, one statement for all.
+            async fn stays_many(pool: &sqlx::Pool<$db>, keys: Vec<(LotId, String)>) -> StoreResult<Vec<Option<(Session, bool, bool)>>> {
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT CAST(q.column3 AS BIGINT) AS q_i, {SESSION_COLS}, \
+                     EXISTS (SELECT 1 FROM validations v WHERE v.session_id = s.id AND v.redeemed_at IS NULL) AS validated, \
+                     EXISTS (SELECT 1 FROM provider_parkings p WHERE p.session_id = s.id) AS tracked \
+                     FROM {} AS q JOIN sessions s ON s.lot_id = q.column1 AND s.plate = q.column2 AND s.status = 'open'",
+                    batch::values(keys.len(), 2)
+                );
+                let mut query = sqlx::query(&sql).persistent(false);
+                for (lot, plate) in &keys {
+                    query = query.bind(lot.as_str().to_string()).bind(plate.clone());
+                }
+                let mut out: Vec<Option<(Session, bool, bool)>> = keys.iter().map(|_| None).collect();
+                for r in query.fetch_all(pool).await? {
+                    let Some(i) = key_index(&r, keys.len())? else { continue };
+                    out[i] = Some((session_from(&r)?, r.try_get("validated")?, r.try_get("tracked")?));
+                }
+                Ok(out)
+            }
+
+            /// Drivers' mandates with what each spent since its month's start, and their
+            /// arrears, one statement for all.
+            async fn payers_many(pool: &sqlx::Pool<$db>, keys: Vec<(Uuid, DateTime<Utc>)>) -> StoreResult<Vec<(Vec<(Mandate, i64)>, i64)>> {
+                if keys.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT CAST(q.column3 AS BIGINT) AS q_i, m.*, \
+                     (SELECT CAST(COALESCE(SUM(c.amount_minor), 0) AS BIGINT) FROM charges c \
+                      WHERE c.mandate_id = m.id AND c.created_at >= q.column2 AND c.status NOT IN ('waived')) AS spent, \
+                     (SELECT CAST(COALESCE(SUM(a.amount_minor), 0) AS BIGINT) FROM charges a \
+                      WHERE a.driver_id = q.column1 AND a.status = 'arrears') AS arrears \
+                     FROM {} AS q LEFT JOIN mandates m ON m.driver_id = q.column1 ORDER BY q.column3, m.signed_at",
+                    batch::values(keys.len(), 2)
+                );
+                let mut query = sqlx::query(&sql).persistent(false);
+                for (driver, month_start) in &keys {
+                    query = query.bind(driver.to_string()).bind(ms(*month_start));
+                }
+                let mut out: Vec<Option<(Vec<(Mandate, i64)>, i64)>> = keys.iter().map(|_| None).collect();
+                for r in query.fetch_all(pool).await? {
+                    let Some(i) = key_index(&r, keys.len())? else { continue };
+                    let (mandates, arrears) = out[i].get_or_insert_with(|| (Vec::new(), 0));
+                    *arrears = r.try_get("arrears")?;
+                    if r.try_get::<Option<String>, _>("id")?.is_some() {
+                        mandates.push((mandate_from(&r)?, r.try_get::<i64, _>("spent")?));
+                    }
+                }
+                out.into_iter()
+                    .map(|v| v.ok_or_else(|| StoreError::Corrupt("a driver's row is missing from a batch".into())))
+                    .collect()
+            }
+
+            /// The first of a batch of one.
+            fn only<V>(values: Vec<V>) -> StoreResult<V> {
+                values.into_iter().next().ok_or_else(|| StoreError::Corrupt("a batch of one answered nothing".into()))
+            }
+
             impl $store {
+                /// Starts the batched readers of the hot path on `pool`, `workers` per kind of
+                /// read.
+                fn batches(pool: sqlx::Pool<$db>, workers: usize) -> Batches {
+                    macro_rules! batcher {
+                        ($many:ident) => {{
+                            let (p1, p2) = (pool.clone(), pool.clone());
+                            Batcher::new(
+                                workers,
+                                move |keys| {
+                                    let pool = p1.clone();
+                                    async move { $many(&pool, keys).await }
+                                },
+                                move |key| {
+                                    let pool = p2.clone();
+                                    async move { only($many(&pool, vec![key]).await?) }
+                                },
+                            )
+                        }};
+                    }
+                    Batches {
+                        plates: batcher!(plates_many),
+                        stays: batcher!(stays_many),
+                        payers: batcher!(payers_many),
+                    }
+                }
+
                 /// Starts `n` tasks that commit the writes (passages, charge outcomes) sent on
                 /// the returned channel, in groups; they end when the store (the sender) is
                 /// dropped.
@@ -1148,20 +1391,8 @@ macro_rules! backend {
                 }
 
                 async fn plate_facts(&self, plate: &str, lot: &LotId) -> StoreResult<PlateFacts> {
-                    let r = sqlx::query(
-                        "SELECT v.*, EXISTS (SELECT 1 FROM plate_lists l WHERE l.plate = $1 \
-                         AND (l.lot_id = $2 OR l.lot_id IS NULL) AND l.revoked_at IS NULL) AS listed \
-                         FROM (SELECT 1 AS one) AS q LEFT JOIN vehicles v ON v.plate = $1",
-                    )
-                    .bind(plate)
-                    .bind(lot.as_str())
-                    .fetch_one(&self.reader)
-                    .await?;
-                    let vehicle = match r.try_get::<Option<String>, _>("plate")? {
-                        Some(_) => Some(vehicle_from(&r)?),
-                        None => None,
-                    };
-                    let lists = match r.try_get::<bool, _>("listed")? {
+                    let (vehicle, listed) = self.batches.plates.get((plate.to_string(), lot.clone())).await?;
+                    let lists = match listed {
                         true => self.lists_of_plate(plate, lot).await?,
                         false => Vec::new(),
                     };
@@ -1630,28 +1861,7 @@ macro_rules! backend {
                 }
 
                 async fn payer_facts(&self, driver: Uuid, month_start: DateTime<Utc>) -> StoreResult<(Vec<(Mandate, i64)>, i64)> {
-                    let rows = sqlx::query(
-                        "SELECT m.*, \
-                         (SELECT CAST(COALESCE(SUM(c.amount_minor), 0) AS BIGINT) FROM charges c \
-                          WHERE c.mandate_id = m.id AND c.created_at >= $2 AND c.status NOT IN ('waived')) AS spent, \
-                         (SELECT CAST(COALESCE(SUM(a.amount_minor), 0) AS BIGINT) FROM charges a \
-                          WHERE a.driver_id = $1 AND a.status = 'arrears') AS arrears \
-                         FROM mandates m WHERE m.driver_id = $1 ORDER BY m.signed_at",
-                    )
-                    .bind(driver.to_string())
-                    .bind(ms(month_start))
-                    .fetch_all(&self.reader)
-                    .await?;
-                    let Some(first) = rows.first() else {
-                        // No mandate: the arrears still count (they are shown, and block opening).
-                        return Ok((Vec::new(), self.arrears_of(driver).await?));
-                    };
-                    let arrears: i64 = first.try_get("arrears")?;
-                    let mandates = rows
-                        .iter()
-                        .map(|r| Ok((mandate_from(r)?, r.try_get::<i64, _>("spent")?)))
-                        .collect::<StoreResult<Vec<_>>>()?;
-                    Ok((mandates, arrears))
+                    self.batches.payers.get((driver, month_start)).await
                 }
 
                 async fn event_decision(&self, event_id: Uuid) -> StoreResult<Option<Decision>> {
@@ -1659,35 +1869,18 @@ macro_rules! backend {
                 }
 
                 async fn open_session_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<Session>> {
-                    sqlx::query(&format!("SELECT {SESSION_COLS} FROM sessions WHERE lot_id = $1 AND plate = $2 AND status = 'open'"))
-                        .bind(lot.as_str())
-                        .bind(plate)
-                        .fetch_optional(&self.reader)
-                        .await?
-                        .map(|r| session_from(&r))
-                        .transpose()
+                    Ok(self.batches.stays.get((lot.clone(), plate.to_string())).await?.map(|(s, _, _)| s))
                 }
 
                 async fn open_stay_of(&self, lot: &LotId, plate: &str) -> StoreResult<Option<OpenStay>> {
-                    let Some(r) = sqlx::query(&format!(
-                        "SELECT {SESSION_COLS}, \
-                         EXISTS (SELECT 1 FROM validations v WHERE v.session_id = sessions.id AND v.redeemed_at IS NULL) AS validated, \
-                         EXISTS (SELECT 1 FROM provider_parkings p WHERE p.session_id = sessions.id) AS tracked \
-                         FROM sessions WHERE lot_id = $1 AND plate = $2 AND status = 'open'"
-                    ))
-                    .bind(lot.as_str())
-                    .bind(plate)
-                    .fetch_optional(&self.reader)
-                    .await?
-                    else {
+                    let Some((session, validated, tracked)) = self.batches.stays.get((lot.clone(), plate.to_string())).await? else {
                         return Ok(None);
                     };
-                    let session = session_from(&r)?;
-                    let validations = match r.try_get::<bool, _>("validated")? {
+                    let validations = match validated {
                         true => self.validations_of_session(session.id).await?,
                         false => Vec::new(),
                     };
-                    let provider = match r.try_get::<bool, _>("tracked")? {
+                    let provider = match tracked {
                         true => self.provider_parking(session.id).await?,
                         false => None,
                     };
