@@ -52,16 +52,23 @@ pub struct PgStore {
 /// reads).
 const PG_BATCH_READERS: usize = 3;
 
+/// A lot's open stay of a plate, with whether it has unredeemed validations and whether the
+/// provider tracks it.
+type StayRow = (Session, bool, bool);
+
+/// A driver's mandates with what each spent since the month's start, and the driver's arrears.
+type PayerRow = (Vec<(Mandate, i64)>, i64);
+
 /// The hot path's reads, each batched across concurrent passages ([`super::batch`]).
 struct Batches {
     /// A plate's vehicle, and whether the plate is on a list of the lot.
     plates: Batcher<(String, LotId), (Option<Vehicle>, bool)>,
     /// A lot's open stay of a plate, with whether it has unredeemed validations and whether
     /// the provider tracks it.
-    stays: Batcher<(LotId, String), Option<(Session, bool, bool)>>,
+    stays: Batcher<(LotId, String), Option<StayRow>>,
     /// A driver's mandates with what each spent since the month's start, and the driver's
     /// arrears.
-    payers: Batcher<(Uuid, DateTime<Utc>), (Vec<(Mandate, i64)>, i64)>,
+    payers: Batcher<(Uuid, DateTime<Utc>), PayerRow>,
 }
 
 /// A write waiting for its group commit, and where its outcome goes: a passage, or a charge's
@@ -1093,7 +1100,7 @@ macro_rules! backend {
             }
 
             /// Lots' open stays of plates, with their flags, one statement for all.
-            async fn stays_many(pool: &sqlx::Pool<$db>, keys: Vec<(LotId, String)>) -> StoreResult<Vec<Option<(Session, bool, bool)>>> {
+            async fn stays_many(pool: &sqlx::Pool<$db>, keys: Vec<(LotId, String)>) -> StoreResult<Vec<Option<StayRow>>> {
                 if keys.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -1108,7 +1115,7 @@ macro_rules! backend {
                 for (lot, plate) in &keys {
                     query = query.bind(lot.as_str().to_string()).bind(plate.clone());
                 }
-                let mut out: Vec<Option<(Session, bool, bool)>> = keys.iter().map(|_| None).collect();
+                let mut out: Vec<Option<StayRow>> = keys.iter().map(|_| None).collect();
                 for r in query.fetch_all(pool).await? {
                     let Some(i) = key_index(&r, keys.len())? else { continue };
                     out[i] = Some((session_from(&r)?, r.try_get("validated")?, r.try_get("tracked")?));
@@ -1118,7 +1125,7 @@ macro_rules! backend {
 
             /// Drivers' mandates with what each spent since its month's start, and their
             /// arrears, one statement for all.
-            async fn payers_many(pool: &sqlx::Pool<$db>, keys: Vec<(Uuid, DateTime<Utc>)>) -> StoreResult<Vec<(Vec<(Mandate, i64)>, i64)>> {
+            async fn payers_many(pool: &sqlx::Pool<$db>, keys: Vec<(Uuid, DateTime<Utc>)>) -> StoreResult<Vec<PayerRow>> {
                 if keys.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -1135,7 +1142,7 @@ macro_rules! backend {
                 for (driver, month_start) in &keys {
                     query = query.bind(driver.to_string()).bind(ms(*month_start));
                 }
-                let mut out: Vec<Option<(Vec<(Mandate, i64)>, i64)>> = keys.iter().map(|_| None).collect();
+                let mut out: Vec<Option<PayerRow>> = keys.iter().map(|_| None).collect();
                 for r in query.fetch_all(pool).await? {
                     let Some(i) = key_index(&r, keys.len())? else { continue };
                     let (mandates, arrears) = out[i].get_or_insert_with(|| (Vec::new(), 0));
