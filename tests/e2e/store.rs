@@ -1308,6 +1308,11 @@ async fn reads_made_at_once_each_get_their_own_keys_answer() {
     let (s, b, lot) = store().await;
     const N: usize = 40;
     let plate = |i: usize| format!("京E{i:05}");
+    // Each driver's month, spending and arrears differ from every other's, so an answer given
+    // to the wrong key shows.
+    let month_start = |i: usize| t0() + Duration::hours(3) + Duration::minutes(i as i64);
+    let spent = |i: usize, k: usize| (100 + 2 * i + k) as i64 * 10;
+    let owes = |i: usize| if i % 3 == 1 { 1_000 + 2 * i as i64 } else { 0 };
     let mut drivers = Vec::new();
     for i in 0..N {
         let d = Driver {
@@ -1358,9 +1363,25 @@ async fn reads_made_at_once_each_get_their_own_keys_answer() {
                 .await
                 .unwrap();
         }
+        // A charge of this driver's own: under `mandate`, or in arrears without one.
+        let charge = |mandate: Option<Uuid>, fen: i64, at: DateTime<Utc>, status| {
+            let (s, lot, driver, plate) = (s.clone(), lot.clone(), d.id, format!("京F{fen:05}"));
+            async move {
+                let (w, session) = entry(&lot, &plate, at - Duration::hours(1));
+                s.commit_passage(&w).await.unwrap();
+                let mut x = exit(&lot, session, fen, at);
+                if let Some(c) = x.charge.as_mut() {
+                    c.driver_id = Some(driver);
+                    c.mandate_id = mandate;
+                    c.status = status;
+                    c.created_at = at;
+                }
+                s.commit_passage(&x).await.unwrap();
+            }
+        };
         if i % 5 == 0 {
             for k in 0..2 {
-                s.insert_mandate(&Mandate {
+                let m = Mandate {
                     id: Uuid::now_v7(),
                     driver_id: d.id,
                     provider: "sandbox".into(),
@@ -1371,10 +1392,35 @@ async fn reads_made_at_once_each_get_their_own_keys_answer() {
                     channel: "api".into(),
                     signed_at: t0() + Duration::minutes(k),
                     revoked_at: None,
-                })
-                .await
-                .unwrap();
+                };
+                s.insert_mandate(&m).await.unwrap();
+                // Spent in this driver's month: one charge; before it: another, which does
+                // not count.
+                let fen = spent(i, k as usize);
+                charge(
+                    Some(m.id),
+                    fen,
+                    month_start(i) + Duration::hours(1),
+                    ChargeStatus::Succeeded,
+                )
+                .await;
+                charge(
+                    Some(m.id),
+                    fen + 1,
+                    month_start(i) - Duration::minutes(30),
+                    ChargeStatus::Succeeded,
+                )
+                .await;
             }
+        }
+        if owes(i) > 0 {
+            charge(
+                None,
+                owes(i),
+                t0() + Duration::hours(2),
+                ChargeStatus::Arrears,
+            )
+            .await;
         }
     }
     // Each key asked three times at once, in a shuffled order.
@@ -1387,7 +1433,7 @@ async fn reads_made_at_once_each_get_their_own_keys_answer() {
                 s.plate_facts(&plate, &lot),
                 s.open_stay_of(&lot, &plate),
                 s.open_session_of(&lot, &plate),
-                s.payer_facts(driver, t0())
+                s.payer_facts(driver, month_start(i))
             );
             (
                 i,
@@ -1430,17 +1476,20 @@ async fn reads_made_at_once_each_get_their_own_keys_answer() {
             (i % 4 == 0).then(|| plate.clone())
         );
         assert_eq!(
-            mandates.len(),
-            if i % 5 == 0 { 2 } else { 0 },
-            "{plate}'s mandates"
+            mandates
+                .iter()
+                .map(|(m, fen)| (m.driver_id, m.provider_ref.clone(), *fen))
+                .collect::<Vec<_>>(),
+            if i % 5 == 0 {
+                (0..2)
+                    .map(|k| (driver, format!("w{i}-{k}"), spent(i, k)))
+                    .collect()
+            } else {
+                vec![]
+            },
+            "{plate}'s driver's mandates, oldest first, each with its month's spending"
         );
-        assert!(mandates
-            .iter()
-            .all(|(m, spent)| m.driver_id == driver && *spent == 0));
-        assert!(mandates
-            .windows(2)
-            .all(|w| w[0].0.signed_at <= w[1].0.signed_at));
-        assert_eq!(arrears, 0);
+        assert_eq!(arrears, owes(i), "{plate}'s driver's arrears");
     }
     b.cleanup().await;
 }

@@ -36,6 +36,22 @@ CJK_TRAIN = [
     ("AR PL KaitiM GB", f"{D}/truetype/arphic-gkai00mp/gkai00mp.ttf", 0, "fonts-arphic-gkai00mp", "Arphic Public License"),
 ]
 
+# Drawn only into the province classifier's samples (`province.py`), for more shapes of the few
+# characters it reads. Some lack a few provinces (the Japanese and Korean faces, the traditional
+# Big5 ones); each character is drawn from a face that has it.
+CJK_PROVINCE_EXTRA = [
+    ("Smiley Sans Oblique", f"{D}/truetype/smiley-sans/SmileySans-Oblique.ttf", 0, "fonts-smiley-sans", "OFL-1.1"),
+    ("BabelStone Han", f"{D}/truetype/babelstone/BabelStoneHan.ttf", 0, "fonts-babelstone-han", "Arphic Public License"),
+    ("WenQuanYi Zen Hei Sharp", f"{D}/truetype/wqy/wqy-zenhei.ttc", 1, "fonts-wqy-zenhei", "GPL-2 with font exception"),
+    ("IPAGothic", f"{D}/opentype/ipafont-gothic/ipag.ttf", 0, "fonts-ipafont-gothic", "IPA Font License"),
+    ("IPAMincho", f"{D}/opentype/ipafont-mincho/ipam.ttf", 0, "fonts-ipafont-mincho", "IPA Font License"),
+    ("VL Gothic", f"{D}/truetype/vlgothic/VL-Gothic-Regular.ttf", 0, "fonts-vlgothic", "BSD-3-Clause / M+ FONT LICENSE"),
+    ("AR PL Mingti2L Big5", f"{D}/truetype/arphic-bsmi00lp/bsmi00lp.ttf", 0, "fonts-arphic-bsmi00lp", "Arphic Public License"),
+    ("AR PL KaitiM Big5", f"{D}/truetype/arphic-bkai00mp/bkai00mp.ttf", 0, "fonts-arphic-bkai00mp", "Arphic Public License"),
+    ("UnBatang Bold", f"{D}/truetype/unfonts-core/UnBatangBold.ttf", 0, "fonts-unfonts-core", "GPL-2"),
+    ("UnDotum Bold", f"{D}/truetype/unfonts-core/UnDotumBold.ttf", 0, "fonts-unfonts-core", "GPL-2"),
+]
+
 # Never drawn into a training sample.
 LATIN_HELDOUT = [
     ("Cantarell Bold", f"{D}/opentype/cantarell/Cantarell-Bold.otf", 0, "fonts-cantarell", "OFL-1.1"),

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from fonts import CJK_HELDOUT, CJK_TRAIN, LATIN_HELDOUT, LATIN_TRAIN
+from fonts import CJK_HELDOUT, CJK_PROVINCE_EXTRA, CJK_TRAIN, LATIN_HELDOUT, LATIN_TRAIN
 
 H, W = 32, 128
 
@@ -101,10 +101,15 @@ class Face:
         return self.cache[c]
 
 
-def load_faces(heldout=False):
+def load_faces(heldout=False, extra=False):
+    """The Latin and CJK faces of one side of the split. `extra` adds the CJK faces only the
+    province classifier trains on (`fonts.CJK_PROVINCE_EXTRA`), some of which lack a few
+    provinces: `cjk_pick` draws each character from a face that has it."""
     latin = [Face(e) for e in (LATIN_HELDOUT if heldout else LATIN_TRAIN) if os.path.exists(e[1])]
     cjk = [Face(e) for e in (CJK_HELDOUT if heldout else CJK_TRAIN) if os.path.exists(e[1])]
     cjk = [f for f in cjk if all(f.has(c) for c in PROVINCES[:-2])]
+    if extra and not heldout:
+        cjk += [Face(e) for e in CJK_PROVINCE_EXTRA if os.path.exists(e[1])]
     return latin, cjk
 
 
@@ -444,9 +449,9 @@ def jitter_quad(quad, rng):
     return [mv(tl, -left, -top), mv(tr, right, -top), mv(br, right, bottom), mv(bl, -left, bottom)]
 
 
-def sample(rng, latin, cjk):
-    """One training pair: (H x W uint8 crop, plate text)."""
-    fmt = rng.choice(FORMATS)
+def sample(rng, latin, cjk, formats=FORMATS):
+    """One training pair: (H x W uint8 crop, plate text), of one of `formats`."""
+    fmt = rng.choice(formats)
     text, colour = random_plate(fmt, rng)
     width_px = rng.uniform(60, 120) if rng.random() < 0.5 else rng.uniform(120, 240)
     mm_w = 480.0 if fmt == "cn-green" else (440.0 if fmt.startswith("cn") else 520.0)

@@ -9,7 +9,11 @@
 //! 3. The network gives per-step class probabilities; greedy CTC decoding spells the plate, and
 //!    the product of each spelled character's peak probability, calibrated on scenes in the
 //!    training typefaces, is how sure it is of that spelling.
-//! 4. The region's layout (`Plate::parse_in`) must accept the spelling as it stands: a read the
+//! 4. A Chinese spelling's province is read again by a second network, the province classifier
+//!    (`gateway/models/plate-province.onnx`), over the crop's left quarter; the two networks'
+//!    probabilities are combined as independent judgements ([`fuse`]), so the province is sure
+//!    only when both agree, and never when the classifier sees no province there.
+//! 5. The region's layout (`Plate::parse_in`) must accept the spelling as it stands: a read the
 //!    grammar had to correct is never trusted. Two corner estimates that spell different plates
 //!    are a contradiction, and a contradiction is never resolved by guessing.
 
@@ -23,6 +27,16 @@ use super::{PlateReader, Roi, ACCEPT_THRESHOLD};
 
 /// The committed model; its licence and provenance are in `gateway/models/README.md`.
 static MODEL: &[u8] = include_bytes!("../../models/plate-crnn.onnx");
+
+/// The province classifier (`train/plates/province.py`): the left [`REGION_W`] columns of a
+/// crop in, probabilities over [`PROVINCES`] and then "no province here" out.
+static PROVINCE_MODEL: &[u8] = include_bytes!("../../models/plate-province.onnx");
+
+/// The provinces the classifier tells apart, in its output's order.
+const PROVINCES: &str = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼";
+
+/// How many of a crop's columns, from the left, the province classifier reads.
+const REGION_W: usize = 32;
 
 pub const CROP_W: usize = 128;
 pub const CROP_H: usize = 32;
@@ -71,7 +85,17 @@ type Runnable = std::sync::Arc<TypedRunnableModel>;
 /// The reader. Building it parses and optimises the network (tens of milliseconds); reuse one.
 pub struct LearnedReader {
     model: Runnable,
+    province: Runnable,
     alphabet: Vec<char>,
+    provinces: Vec<char>,
+}
+
+/// What the recogniser spelled from one crop: the text, each character's peak probability, and
+/// the class probabilities at the first character's peak.
+struct Spelling {
+    text: String,
+    peaks: Vec<f32>,
+    first: Vec<f32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,25 +122,29 @@ struct Read {
 impl LearnedReader {
     pub fn new() -> Result<LearnedReader, ModelError> {
         let err = |e: TractError| ModelError(e.to_string());
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(MODEL))
-            .map_err(err)?
-            .with_input_fact(0, f32::fact([1, 1, CROP_H, CROP_W]).into())
-            .map_err(err)?
-            .into_optimized()
-            .map_err(err)?
-            .into_runnable()
-            .map_err(err)?;
+        let load = |bytes: &[u8], width: usize| -> Result<Runnable, ModelError> {
+            tract_onnx::onnx()
+                .model_for_read(&mut std::io::Cursor::new(bytes))
+                .map_err(err)?
+                .with_input_fact(0, f32::fact([1, 1, CROP_H, width]).into())
+                .map_err(err)?
+                .into_optimized()
+                .map_err(err)?
+                .into_runnable()
+                .map_err(err)
+        };
         Ok(LearnedReader {
-            model,
+            model: load(MODEL, CROP_W)?,
+            province: load(PROVINCE_MODEL, REGION_W)?,
             alphabet: ALPHABET.chars().collect(),
+            provinces: PROVINCES.chars().collect(),
         })
     }
 
-    /// Greedy CTC spelling of one crop and how sure the network is of it: the product, over the
-    /// characters spelled, of each character's peak probability, mapped by [`calibrate`].
-    fn spell(&self, crop: Vec<f32>) -> Option<(String, f32)> {
-        let input = tract_ndarray::Array4::from_shape_vec((1, 1, CROP_H, CROP_W), crop).ok()?;
+    /// Greedy CTC spelling of one crop, with each spelled character's peak probability.
+    fn spell(&self, crop: &[f32]) -> Option<Spelling> {
+        let input =
+            tract_ndarray::Array4::from_shape_vec((1, 1, CROP_H, CROP_W), crop.to_vec()).ok()?;
         let out = self.model.run(tvec!(Tensor::from(input).into())).ok()?;
         let probs = out.first()?.to_plain_array_view::<f32>().ok()?;
         let shape = probs.shape();
@@ -125,29 +153,84 @@ impl LearnedReader {
         }
         let (steps, classes) = (shape[1], shape[2]);
         let mut text = String::new();
-        let mut sure = 1.0f32;
-        // The class of the run of steps being read, and its highest probability so far.
-        let mut run = (0usize, 0.0f32);
+        let mut peaks = Vec::new();
+        let mut first_at = None;
+        // The class of the run of steps being read, its highest probability so far and where.
+        let mut run = (0usize, 0.0f32, 0usize);
         for t in 0..steps {
             let (best, p) = (0..classes)
                 .map(|k| (k, probs[[0, t, k]]))
                 .max_by(|a, b| a.1.total_cmp(&b.1))?;
             if best != run.0 {
                 if run.0 != 0 {
-                    sure *= run.1;
+                    peaks.push(run.1);
+                    first_at.get_or_insert(run.2);
                 }
                 if best != 0 {
                     text.push(*self.alphabet.get(best - 1)?);
                 }
-                run = (best, p);
-            } else {
-                run.1 = run.1.max(p);
+                run = (best, p, t);
+            } else if p > run.1 {
+                run = (best, p, t);
             }
         }
         if run.0 != 0 {
-            sure *= run.1;
+            peaks.push(run.1);
+            first_at.get_or_insert(run.2);
         }
-        Some((text, calibrate(sure)))
+        let first = first_at.map_or_else(Vec::new, |t| {
+            (0..classes).map(|k| probs[[0, t, k]]).collect()
+        });
+        Some(Spelling { text, peaks, first })
+    }
+
+    /// The province classifier's probabilities for a crop's left columns.
+    fn provinces_of(&self, crop: &[f32]) -> Option<Vec<f32>> {
+        let region: Vec<f32> = crop
+            .chunks(CROP_W)
+            .flat_map(|row| row[..REGION_W].iter().copied())
+            .collect();
+        let input = tract_ndarray::Array4::from_shape_vec((1, 1, CROP_H, REGION_W), region).ok()?;
+        let out = self.province.run(tvec!(Tensor::from(input).into())).ok()?;
+        let probs = out.first()?.to_plain_array_view::<f32>().ok()?;
+        let v: Vec<f32> = probs.iter().copied().collect();
+        (v.len() == self.provinces.len() + 1).then_some(v)
+    }
+
+    /// A Chinese spelling's province read again by the province classifier, the two judgements
+    /// combined: each province's probability is the product of the two networks', normalised
+    /// over the provinces and "no province" (for the recogniser, whatever else it saw there), so
+    /// that they must agree to be sure.
+    fn with_province(&self, crop: &[f32], mut s: Spelling) -> Spelling {
+        let Some(c0) = s.text.chars().next() else {
+            return s;
+        };
+        if !self.provinces.contains(&c0) || s.peaks.is_empty() {
+            return s;
+        }
+        let Some(theirs) = self.provinces_of(crop) else {
+            return s;
+        };
+        let mut ours: Vec<f32> = self
+            .provinces
+            .iter()
+            .map(|c| {
+                self.alphabet
+                    .iter()
+                    .position(|a| a == c)
+                    .and_then(|k| s.first.get(k + 1).copied())
+                    .unwrap_or(0.0)
+            })
+            .collect();
+        ours.push((1.0 - ours.iter().sum::<f32>()).max(0.0));
+        let Some((k, p)) = fuse(&ours, &theirs, self.provinces.len()) else {
+            return s;
+        };
+        s.text = std::iter::once(self.provinces[k])
+            .chain(s.text.chars().skip(1))
+            .collect();
+        s.peaks[0] = p;
+        s
     }
 
     /// Reads one quadrilateral of a `hue` blob in one layout: a canonical plate and its
@@ -166,12 +249,18 @@ impl LearnedReader {
             Layout::De => extend_left(quad, 0.1),
             Layout::Cn | Layout::Uk => quad,
         };
-        let (raw, p) = self.spell(flatten(rgb, quad)?)?;
+        let crop = flatten(rgb, quad)?;
         let region = match layout {
             Layout::Cn | Layout::CnGreen => Region::Cn,
             Layout::De => Region::De,
             Layout::Uk => Region::Uk,
         };
+        let mut spelling = self.spell(&crop)?;
+        if region == Region::Cn {
+            spelling = self.with_province(&crop, spelling);
+        }
+        let p = calibrate(spelling.peaks.iter().product());
+        let raw = spelling.text;
         let plate = Plate::parse_in(&raw, region).ok()?;
         let green = plate.as_str().chars().count() == 8;
         if (layout == Layout::CnGreen) != green && region == Region::Cn {
@@ -279,6 +368,25 @@ impl LearnedReader {
             best
         })
     }
+}
+
+/// Two networks' probabilities over the same classes combined as independent judgements: each
+/// class's product, normalised over all of them. The likeliest of the first `candidates`
+/// classes (the rest, such as "no province", can only take probability away) and its combined
+/// probability; `None` when the two leave no class possible. Agreement makes the pair surer
+/// than either; a contradiction leaves neither sure.
+fn fuse(ours: &[f32], theirs: &[f32], candidates: usize) -> Option<(usize, f32)> {
+    let joint: Vec<f32> = ours.iter().zip(theirs).map(|(a, b)| a * b).collect();
+    let sum: f32 = joint.iter().sum();
+    if !sum.is_finite() || sum <= 0.0 {
+        return None;
+    }
+    joint
+        .iter()
+        .take(candidates)
+        .map(|x| x / sum)
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
 }
 
 /// Whether the grammar took a spelling as it was read. A German plate's space between its letters
@@ -539,6 +647,61 @@ mod tests {
         assert!(!de("B 8A12"), "so is a digit where a letter stands");
         let cn = Plate::parse_in("京A0C123", Region::Cn).expect("a Chinese plate");
         assert!(!as_read("京AOC123", cn.as_str(), Region::Cn));
+    }
+
+    #[test]
+    fn two_networks_that_agree_are_surer_than_either_and_a_contradiction_is_never_sure() {
+        // Two provinces and, last, "no province".
+        let agree = fuse(&[0.6, 0.3, 0.1], &[0.9, 0.05, 0.05], 2).unwrap();
+        assert_eq!(agree.0, 0);
+        assert!(agree.1 > 0.9, "{agree:?}");
+        let contradict = fuse(&[0.9, 0.05, 0.05], &[0.05, 0.9, 0.05], 2).unwrap();
+        assert!(contradict.1 < 0.6, "{contradict:?}");
+        // The recogniser unsure between two, the classifier sure of one of them.
+        let settle = fuse(&[0.45, 0.45, 0.1], &[0.98, 0.01, 0.01], 2).unwrap();
+        assert_eq!(settle.0, 0);
+        assert!(settle.1 > 0.97, "{settle:?}");
+        // The recogniser fairly sure of a province, the classifier sure there is none.
+        let none = fuse(&[0.8, 0.05, 0.15], &[0.1, 0.0, 0.9], 2).unwrap();
+        assert_eq!(none.0, 0);
+        assert!(none.1 < 0.5, "{none:?}");
+        assert_eq!(fuse(&[1.0, 0.0], &[0.0, 1.0], 2), None);
+        assert_eq!(fuse(&[f32::NAN, 0.0], &[1.0, 0.0], 2), None);
+    }
+
+    #[test]
+    fn the_province_classifier_reads_provinces_in_a_typeface_it_never_saw() {
+        let reader = shared();
+        for format in [PlateFormat::CnBlue, PlateFormat::CnGreen] {
+            let mut right = 0;
+            for seed in 1..=10 {
+                let scene = Scene::generate(format, Condition::Clean, seed, FontChoice::Alternate);
+                let crop = flatten(&scene.image, scene.plate_quad).unwrap();
+                let probs = reader.provinces_of(&crop).unwrap();
+                let best = probs[..reader.provinces.len()]
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .unwrap()
+                    .0;
+                right += usize::from(scene.plate.starts_with(reader.provinces[best]));
+            }
+            assert!(right >= 9, "{format:?}: {right} of 10 provinces");
+        }
+        // A German plate's EU band is no province, nor is a British plate's first letter.
+        for format in [PlateFormat::De, PlateFormat::Uk] {
+            let mut none = 0;
+            for seed in 1..=10 {
+                let scene = Scene::generate(format, Condition::Clean, seed, FontChoice::Alternate);
+                let crop = flatten(&scene.image, scene.plate_quad).unwrap();
+                let probs = reader.provinces_of(&crop).unwrap();
+                none += usize::from(probs[reader.provinces.len()] > 0.5);
+            }
+            assert!(
+                none >= 9,
+                "{format:?}: {none} of 10 said to hold no province"
+            );
+        }
     }
 
     #[test]

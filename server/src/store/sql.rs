@@ -752,8 +752,10 @@ macro_rules! backend {
 
             /// Stores a passage's event; false when its event id is stored already.
             async fn insert_event(tx: &mut <$db as sqlx::Database>::Connection, w: &PassageWrite) -> StoreResult<bool> {
-                let sql = format!("INSERT INTO events ({EVENT_COLS}) {} ON CONFLICT (event_id) DO NOTHING", batch::values_of(1, 13));
-                let inserted = bind_event(sqlx::query(&sql), w).execute(&mut *tx).await?;
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    format!("INSERT INTO events ({EVENT_COLS}) {} ON CONFLICT (event_id) DO NOTHING", batch::values_of(1, 13))
+                });
+                let inserted = bind_event(sqlx::query(SQL.as_str()), w).execute(&mut *tx).await?;
                 Ok(inserted.rows_affected() == 1)
             }
 
