@@ -10,8 +10,8 @@ and the gateway reads the province with both (`gateway/src/reader/learned.rs`).
     python3 province.py OUT.onnx [--samples N] [--minutes M] [--seed S]
 
 The samples are the training renderer's crops of Chinese plates (`render.sample`), cut to the
-same left quarter the gateway cuts, and one in five a region with no province in it; they are rendered once, by two processes, then trained on
-for the time given.
+same left quarter the gateway cuts, and one in five a region with no province in it; they are
+rendered once, by two processes, then trained on for the time given.
 """
 
 import argparse
@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import render
+from train import block, standardise
 
 PROVINCES = render.PROVINCES[:-2]
 # The class after the provinces: no province here. The recogniser may spell a province where
@@ -43,10 +44,6 @@ class Province(nn.Module):
 
     def __init__(self):
         super().__init__()
-
-        def block(i, o):
-            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-
         self.features = nn.Sequential(
             *block(1, 32),
             *block(32, 32),
@@ -60,9 +57,7 @@ class Province(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 16, 256), nn.ReLU(), nn.Linear(256, NONE + 1))
 
     def logits(self, x):
-        m = x.mean(dim=(2, 3), keepdim=True)
-        s = (x - m).pow(2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
-        return self.head(self.features((x - m) / s))
+        return self.head(self.features(standardise(x)))
 
     def forward(self, x):
         return F.softmax(self.logits(x), dim=1)

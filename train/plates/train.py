@@ -18,14 +18,23 @@ import torch.nn.functional as F
 import render
 
 
+def block(i, o):
+    """A 3x3 convolution with batch norm and ReLU, `i` channels in, `o` out."""
+    return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+
+def standardise(x):
+    """Each crop standardised on its own, so exposure and contrast do not matter."""
+    m = x.mean(dim=(2, 3), keepdim=True)
+    s = (x - m).pow(2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
+    return (x - m) / s
+
+
 class Crnn(nn.Module):
     """Grey H x W plate crop in (0..1), per-class probabilities over W/4 steps out."""
 
     def __init__(self, classes=render.CLASSES):
         super().__init__()
-
-        def block(i, o):
-            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
 
         self.features = nn.Sequential(
             *block(1, 32),
@@ -50,11 +59,7 @@ class Crnn(nn.Module):
         self.head = nn.Conv1d(128, classes, 1)
 
     def logits(self, x):
-        # Each crop is standardised on its own, so exposure and contrast do not matter.
-        m = x.mean(dim=(2, 3), keepdim=True)
-        s = (x - m).pow(2).mean(dim=(2, 3), keepdim=True).add(1e-4).sqrt()
-        x = (x - m) / s
-        f = self.features(x).squeeze(2)  # B x 128 x T
+        f = self.features(standardise(x)).squeeze(2)  # B x 128 x T
         f = f + self.context(f)
         return self.head(f)  # B x C x T
 

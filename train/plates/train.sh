@@ -14,6 +14,10 @@ set -eu
 cd "$(dirname "$0")"
 export OMP_NUM_THREADS=1
 what=${1:-both}
+case $what in
+  both | crnn | province) ;;
+  *) echo "usage: train.sh [both|crnn|province]" >&2; exit 2 ;;
+esac
 if [ "$what" = both ] || [ "$what" = crnn ]; then
   nice -n 10 python3 train.py ../../gateway/models/plate-crnn.onnx --minutes "${MINUTES:-100}" --seed 1
 fi

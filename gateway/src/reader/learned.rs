@@ -88,6 +88,8 @@ pub struct LearnedReader {
     province: Runnable,
     alphabet: Vec<char>,
     provinces: Vec<char>,
+    /// The recogniser's output class of each of [`PROVINCES`], in order.
+    province_classes: Vec<usize>,
 }
 
 /// What the recogniser spelled from one crop: the text, each character's peak probability, and
@@ -133,11 +135,23 @@ impl LearnedReader {
                 .into_runnable()
                 .map_err(err)
         };
+        let alphabet: Vec<char> = ALPHABET.chars().collect();
+        let provinces: Vec<char> = PROVINCES.chars().collect();
+        // Class 0 is the CTC blank; the alphabet follows it.
+        let province_classes = provinces
+            .iter()
+            .map(|c| {
+                let k = alphabet.iter().position(|a| a == c);
+                k.map(|k| k + 1)
+                    .ok_or_else(|| ModelError(format!("province {c} is not in the alphabet")))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(LearnedReader {
             model: load(MODEL, CROP_W)?,
             province: load(PROVINCE_MODEL, REGION_W)?,
-            alphabet: ALPHABET.chars().collect(),
-            provinces: PROVINCES.chars().collect(),
+            alphabet,
+            provinces,
+            province_classes,
         })
     }
 
@@ -202,34 +216,33 @@ impl LearnedReader {
     /// over the provinces and "no province" (for the recogniser, whatever else it saw there), so
     /// that they must agree to be sure.
     fn with_province(&self, crop: &[f32], mut s: Spelling) -> Spelling {
-        let Some(c0) = s.text.chars().next() else {
-            return s;
-        };
-        if !self.provinces.contains(&c0) || s.peaks.is_empty() {
+        let spelt_province = s
+            .text
+            .chars()
+            .next()
+            .is_some_and(|c| self.provinces.contains(&c));
+        if !spelt_province {
             return s;
         }
         let Some(theirs) = self.provinces_of(crop) else {
             return s;
         };
         let mut ours: Vec<f32> = self
-            .provinces
+            .province_classes
             .iter()
-            .map(|c| {
-                self.alphabet
-                    .iter()
-                    .position(|a| a == c)
-                    .and_then(|k| s.first.get(k + 1).copied())
-                    .unwrap_or(0.0)
-            })
+            .map(|&k| s.first.get(k).copied().unwrap_or(0.0))
             .collect();
         ours.push((1.0 - ours.iter().sum::<f32>()).max(0.0));
         let Some((k, p)) = fuse(&ours, &theirs, self.provinces.len()) else {
             return s;
         };
-        s.text = std::iter::once(self.provinces[k])
-            .chain(s.text.chars().skip(1))
-            .collect();
-        s.peaks[0] = p;
+        // A spelled character has its peak, so the province's is the first.
+        if let Some(peak) = s.peaks.first_mut() {
+            *peak = p;
+            s.text = std::iter::once(self.provinces[k])
+                .chain(s.text.chars().skip(1))
+                .collect();
+        }
         s
     }
 
