@@ -22,7 +22,9 @@ use imageproc::geometric_transformations::Projection;
 use parkpay_protocol::{Plate, PlateCandidate, PlateColour, Region};
 use tract_onnx::prelude::*;
 
-use super::locate::{extend_left, grow_to_aspect, locate, text_bands, Blob, Hue};
+use super::locate::{
+    eu_bands, extend_left, grow_to_aspect, locate, text_bands, widen, Blob, Hue,
+};
 use super::{PlateReader, Roi, ACCEPT_THRESHOLD};
 
 /// The committed model; its licence and provenance are in `gateway/models/README.md`.
@@ -73,6 +75,10 @@ fn calibrate(sure: f32) -> f32 {
 /// A read so sure that the blob's other layouts and the blobs after it are not read: two corner
 /// estimates that disagree are capped at [`GUESS_CAP`], below this.
 const SURE: f32 = 0.97;
+
+/// How far, as a share of its width, a German blob is widened on each side to see whether the
+/// plate goes on beyond it.
+const WIDEN: f32 = 0.15;
 
 /// How many of the locator's blobs are read at most: the plate is nearly always among the first.
 const MAX_BLOBS: usize = 5;
@@ -302,9 +308,15 @@ impl LearnedReader {
                 }
                 (x, y) => x.or(y),
             };
-            let Some((plate, confidence)) = read else {
+            let Some((plate, mut confidence)) = read else {
                 continue;
             };
+            if layout == Layout::De
+                && confidence > GUESS_CAP
+                && self.cut_short(rgb, blob, &plate)
+            {
+                confidence = GUESS_CAP;
+            }
             let colour = match (blob.hue, layout) {
                 (Hue::Blue, _) => PlateColour::Blue,
                 (Hue::Green, Layout::CnGreen) | (Hue::White, Layout::CnGreen) => PlateColour::Green,
@@ -325,6 +337,21 @@ impl LearnedReader {
         }
     }
 
+    /// Whether the plate around a German read spells more than it: a shadow or a dirty edge can
+    /// end a blob inside the plate, and a German registration cut short is still a valid one
+    /// (`NZ NP 299` for `YNZ NP 299`), unlike the fixed-length Chinese and British layouts. The
+    /// blob widened on both sides is read again; a longer spelling that contains the first is
+    /// a contradiction.
+    fn cut_short(&self, rgb: &RgbImage, blob: &Blob, plate: &str) -> bool {
+        let bare = |t: &str| t.chars().filter(|c| *c != ' ').collect::<String>();
+        let wide = widen(blob.quad, WIDEN);
+        let Some((wider, _)) = self.read_quad(rgb, wide, blob.hue, Layout::De) else {
+            return false;
+        };
+        let (narrow, wider) = (bare(plate), bare(&wider));
+        wider.len() > narrow.len() && wider.contains(&narrow)
+    }
+
     fn best_read(&self, rgb: &RgbImage) -> Option<Read> {
         let blobs = locate(rgb);
         let blobs = &blobs[..blobs.len().min(MAX_BLOBS)];
@@ -342,6 +369,15 @@ impl LearnedReader {
         if !vouched(&reads) {
             for blob in blobs {
                 self.read_blob(rgb, blob, second_layouts(blob), &mut reads);
+                if sure(&reads) {
+                    break;
+                }
+            }
+        }
+        // A German plate as pale as the car it is on: its blue EU band still stands out.
+        if !vouched(&reads) {
+            for band in eu_bands(rgb).iter().take(MAX_BANDS) {
+                self.read_blob(rgb, band, first_layouts(band), &mut reads);
                 if sure(&reads) {
                     break;
                 }

@@ -6,7 +6,7 @@
 //! and a blob's corners are its extreme points along the two diagonals, which stay the true
 //! corners under the roll and perspective a barrier camera sees.
 
-use image::{GrayImage, Luma, RgbImage};
+use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use imageproc::region_labelling::{connected_components, Connectivity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,6 +230,84 @@ pub(crate) fn text_bands(full: &RgbImage) -> Vec<Blob> {
     bands
 }
 
+/// A German plate's width over its height, and its EU band's width over the plate's width.
+const DE_ASPECT: f32 = 520.0 / 110.0;
+
+/// Candidate German plates found by their blue EU band, for when the plate's white does not
+/// stand out from the car (a white plate on a pale or white car): an upright blue rectangle of a
+/// band's proportions, with the plate taken as running to its right for [`DE_ASPECT`] times the
+/// band's height. White, as a German plate is; the band is its left edge.
+pub(crate) fn eu_bands(full: &RgbImage) -> Vec<Blob> {
+    let small = halve(full);
+    let (rgb, scale) = match &small {
+        Some(s) => (s, 0.5),
+        None => (full, 1.0),
+    };
+    let (w, h) = rgb.dimensions();
+    let mask: Vec<u8> = rgb
+        .pixels()
+        .map(|p| {
+            let (hh, s, v) = hsv(p.0);
+            if (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0 {
+                255
+            } else {
+                0
+            }
+        })
+        .collect();
+    let Some(mask) = GrayImage::from_raw(w, h, mask) else {
+        return Vec::new();
+    };
+    let labels = connected_components(&mask, Connectivity::Four, Luma([0u8]));
+    let stats = component_stats(&labels);
+    let up = 1.0 / scale;
+    let mut bands: Vec<Blob> = stats
+        .into_iter()
+        .flatten()
+        .filter_map(|st| {
+            let bw = (st.x1 - st.x0 + 1) as f32;
+            let bh = (st.y1 - st.y0 + 1) as f32;
+            let fill = st.n as f32 / (bw * bh);
+            // The band is about 40 mm of the plate's 110 mm height; its stars and its letter
+            // leave holes, and roll tilts its box.
+            let plausible = bh >= 9.0 * scale
+                && bh <= h as f32 * 0.5
+                && (0.2..0.8).contains(&(bw / bh))
+                && fill >= 0.5;
+            if !plausible {
+                return None;
+            }
+            // The band's left edge, from its extreme points along the diagonals.
+            let (tl, bl) = (st.min_sum.1, st.min_diff.1);
+            let (tl, bl) = ((tl.0 - 0.5, tl.1 - 0.5), (bl.0 - 0.5, bl.1 + 0.5));
+            let height = ((bl.0 - tl.0).powi(2) + (bl.1 - tl.1).powi(2)).sqrt();
+            // Along the plate: square to the band's left edge.
+            let (ux, uy) = ((bl.1 - tl.1) / height, -(bl.0 - tl.0) / height);
+            let plate = |aspect: f32| {
+                let len = height * aspect;
+                [
+                    tl,
+                    (tl.0 + ux * len, tl.1 + uy * len),
+                    (bl.0 + ux * len, bl.1 + uy * len),
+                    bl,
+                ]
+                .map(|(x, y)| (x * up, y * up))
+            };
+            // The German layout widens a quad leftwards by a tenth for the band a white blob
+            // misses; this one starts at the band, so it starts that much to the right.
+            let start = |q: [(f32, f32); 4]| extend_left(q, -0.1 / 1.1);
+            Some(Blob {
+                hue: Hue::White,
+                quad: start(plate(DE_ASPECT)),
+                extreme_quad: start(plate(DE_ASPECT * 1.04)),
+                score: st.n as f32 * fill,
+            })
+        })
+        .collect();
+    bands.sort_by(|a, b| b.score.total_cmp(&a.score));
+    bands
+}
+
 /// The plate colour of the pixels inside `quad` (an axis-aligned box): white when most are
 /// unsaturated, else the class of their median hue.
 fn band_hue(rgb: &RgbImage, quad: [(f32, f32); 4]) -> Hue {
@@ -289,6 +367,13 @@ pub(crate) fn extend_left(quad: [(f32, f32); 4], k: f32) -> [(f32, f32); 4] {
     let [tl, tr, br, bl] = quad;
     let out = |l: (f32, f32), r: (f32, f32)| (l.0 - (r.0 - l.0) * k, l.1 - (r.1 - l.1) * k);
     [out(tl, tr), tr, br, out(bl, br)]
+}
+
+/// Moves the quad's left and right edges outwards by `k` of its width each.
+pub(crate) fn widen(quad: [(f32, f32); 4], k: f32) -> [(f32, f32); 4] {
+    let [tl, tr, br, bl] = quad;
+    let out = |p: (f32, f32), q: (f32, f32)| (p.0 - (q.0 - p.0) * k, p.1 - (q.1 - p.1) * k);
+    [out(tl, tr), out(tr, tl), out(br, bl), out(bl, br)]
 }
 
 /// Blobs in `rgb`, which is `scale` times the original frame's size.
@@ -392,9 +477,8 @@ struct Stats {
     max_diff: (f32, (f32, f32)),
 }
 
-fn components(mask: &GrayImage, hue: Hue, scale: f32) -> Vec<Blob> {
-    let (w, h) = mask.dimensions();
-    let labels = connected_components(mask, Connectivity::Four, Luma([0u8]));
+/// Each labelled component's [`Stats`], indexed by its label (0, the background, is `None`).
+fn component_stats(labels: &ImageBuffer<Luma<u32>, Vec<u32>>) -> Vec<Option<Stats>> {
     let mut stats: Vec<Option<Stats>> = Vec::new();
     for (x, y, l) in labels.enumerate_pixels() {
         let l = l.0[0] as usize;
@@ -435,6 +519,13 @@ fn components(mask: &GrayImage, hue: Hue, scale: f32) -> Vec<Blob> {
             st.max_diff = (d, (fx, fy));
         }
     }
+    stats
+}
+
+fn components(mask: &GrayImage, hue: Hue, scale: f32) -> Vec<Blob> {
+    let (w, h) = mask.dimensions();
+    let labels = connected_components(mask, Connectivity::Four, Luma([0u8]));
+    let stats = component_stats(&labels);
     let keep: Vec<Option<Stats>> = stats
         .into_iter()
         .map(|st| st.filter(plausible(w, h, scale)))
