@@ -230,7 +230,7 @@ pub(crate) fn text_bands(full: &RgbImage) -> Vec<Blob> {
     bands
 }
 
-/// A German plate's width over its height, and its EU band's width over the plate's width.
+/// A German plate's width over its height.
 const DE_ASPECT: f32 = 520.0 / 110.0;
 
 /// Candidate German plates found by their blue EU band, for when the plate's white does not
@@ -244,27 +244,24 @@ pub(crate) fn eu_bands(full: &RgbImage) -> Vec<Blob> {
         None => (full, 1.0),
     };
     let (w, h) = rgb.dimensions();
-    let mask: Vec<u8> = rgb
-        .pixels()
-        .map(|p| {
-            let (hh, s, v) = hsv(p.0);
-            if (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0 {
-                255
-            } else {
-                0
-            }
-        })
-        .collect();
-    let Some(mask) = GrayImage::from_raw(w, h, mask) else {
-        return Vec::new();
-    };
-    let labels = connected_components(&mask, Connectivity::Four, Luma([0u8]));
-    let stats = component_stats(&labels);
+    let hsvs: Vec<(f32, f32, f32)> = rgb.pixels().map(|p| hsv(p.0)).collect();
+    // Loose for dim light; vivid for a band on a dull blue car, with which the loose mask
+    // merges it.
+    let loose = |(hh, s, v): (f32, f32, f32)| (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0;
+    let vivid = |(hh, s, v): (f32, f32, f32)| loose((hh, s, v)) && s > 0.75 && v > 110.0;
     let up = 1.0 / scale;
-    let mut bands: Vec<Blob> = stats
-        .into_iter()
-        .flatten()
-        .filter_map(|st| {
+    let mut bands = Vec::new();
+    for class in [&loose as &dyn Fn((f32, f32, f32)) -> bool, &vivid] {
+        let mask: Vec<u8> = hsvs
+            .iter()
+            .map(|&p| if class(p) { 255 } else { 0 })
+            .collect();
+        let Some(mask) = GrayImage::from_raw(w, h, mask) else {
+            return Vec::new();
+        };
+        let labels = connected_components(&mask, Connectivity::Four, Luma([0u8]));
+        for (label, st) in component_stats(&labels).into_iter().enumerate() {
+            let Some(st) = st else { continue };
             let bw = (st.x1 - st.x0 + 1) as f32;
             let bh = (st.y1 - st.y0 + 1) as f32;
             let fill = st.n as f32 / (bw * bh);
@@ -275,14 +272,23 @@ pub(crate) fn eu_bands(full: &RgbImage) -> Vec<Blob> {
                 && (0.2..0.8).contains(&(bw / bh))
                 && fill >= 0.5;
             if !plausible {
-                return None;
+                continue;
             }
-            // The band's left edge, from its extreme points along the diagonals.
-            let (tl, bl) = (st.min_sum.1, st.min_diff.1);
-            let (tl, bl) = ((tl.0 - 0.5, tl.1 - 0.5), (bl.0 - 0.5, bl.1 + 0.5));
-            let height = ((bl.0 - tl.0).powi(2) + (bl.1 - tl.1).powi(2)).sqrt();
-            // Along the plate: square to the band's left edge.
-            let (ux, uy) = ((bl.1 - tl.1) / height, -(bl.0 - tl.0) / height);
+            let Some((tl, bl)) = left_edge(&labels, label as u32, &st) else {
+                continue;
+            };
+            let band = ((bl.0 - tl.0).powi(2) + (bl.1 - tl.1).powi(2)).sqrt();
+            // Down the band's edge, and along the plate, square to it.
+            let (vx, vy) = ((bl.0 - tl.0) / band, (bl.1 - tl.1) / band);
+            let (ux, uy) = (vy, -vx);
+            // The band stands 3 mm inside the plate's edges, on its 110 mm height.
+            let inset = band * 3.0 / 104.0;
+            let tl = (tl.0 - (ux + vx) * inset, tl.1 - (uy + vy) * inset);
+            let bl = (
+                bl.0 - ux * inset + vx * inset,
+                bl.1 - uy * inset + vy * inset,
+            );
+            let height = band + 2.0 * inset;
             let plate = |aspect: f32| {
                 let len = height * aspect;
                 [
@@ -291,21 +297,106 @@ pub(crate) fn eu_bands(full: &RgbImage) -> Vec<Blob> {
                     (bl.0 + ux * len, bl.1 + uy * len),
                     bl,
                 ]
-                .map(|(x, y)| (x * up, y * up))
             };
+            // A plate beyond the band, and no more blue on either side of it: the band is no
+            // gap or counter among a blue plate's glyphs, and a plate's roll is moderate. (On
+            // a blue car, where this finds nothing, the white blob stands out anyway.)
+            let body = plate(DE_ASPECT);
+            let blue = |u, v| blue_share(&hsvs, w, body, u, v);
+            let middle = (0.2, 0.8);
+            if uy.abs() > 0.35
+                || blue((-0.25, -0.02), middle) > 0.3
+                || blue((0.0, 0.08), (-0.5, -0.1)) > 0.3
+                || blue((0.0, 0.08), (1.1, 1.5)) > 0.3
+                || blue((0.1, 0.2), middle) > 0.2
+                || blue((0.2, 1.0), middle) > 0.3
+            {
+                continue;
+            }
             // The German layout widens a quad leftwards by a tenth for the band a white blob
             // misses; this one starts at the band, so it starts that much to the right.
-            let start = |q: [(f32, f32); 4]| extend_left(q, -0.1 / 1.1);
-            Some(Blob {
+            let start =
+                |q: [(f32, f32); 4]| extend_left(q, -0.1 / 1.1).map(|(x, y)| (x * up, y * up));
+            bands.push(Blob {
                 hue: Hue::White,
                 quad: start(plate(DE_ASPECT)),
                 extreme_quad: start(plate(DE_ASPECT * 1.04)),
                 score: st.n as f32 * fill,
-            })
-        })
-        .collect();
+            });
+        }
+    }
     bands.sort_by(|a, b| b.score.total_cmp(&a.score));
     bands
+}
+
+/// The top and bottom ends of component `label`'s left edge: a line fitted through each row's
+/// leftmost pixel (the rows near the corners left out), which stays true under roll where the
+/// component's extreme points, a pixel off on a band a dozen pixels high, do not.
+fn left_edge(
+    labels: &ImageBuffer<Luma<u32>, Vec<u32>>,
+    label: u32,
+    st: &Stats,
+) -> Option<((f32, f32), (f32, f32))> {
+    let rows: Vec<(f32, f32)> = (st.y0..=st.y1)
+        .filter_map(|y| {
+            (st.x0..=st.x1)
+                .find(|&x| labels.get_pixel(x, y).0[0] == label)
+                .map(|x| (y as f32 + 0.5, x as f32))
+        })
+        .collect();
+    let n = rows.len();
+    if n < 6 {
+        return None;
+    }
+    let inner = &rows[n / 6..n - n / 6];
+    let k = inner.len() as f32;
+    let (my, mx) = inner
+        .iter()
+        .fold((0.0, 0.0), |a, r| (a.0 + r.0 / k, a.1 + r.1 / k));
+    let syy: f32 = inner.iter().map(|r| (r.0 - my).powi(2)).sum();
+    let sxy: f32 = inner.iter().map(|r| (r.0 - my) * (r.1 - mx)).sum();
+    let b = if syy > 1e-3 { sxy / syy } else { 0.0 };
+    let x_at = |y: f32| mx + b * (y - my);
+    let (top, bottom) = (st.y0 as f32, st.y1 as f32 + 1.0);
+    Some(((x_at(top), top), (x_at(bottom), bottom)))
+}
+
+/// The share of blue among points of `quad` (TL, TR, BR, BL) from `u.0` to `u.1` of its length
+/// and from `v.0` to `v.1` of its height (either may reach outside it), sampled on a grid of
+/// `hsvs`, an image `w` wide; 1 when no point lies in the image.
+fn blue_share(
+    hsvs: &[(f32, f32, f32)],
+    w: u32,
+    quad: [(f32, f32); 4],
+    u: (f32, f32),
+    v: (f32, f32),
+) -> f32 {
+    let [tl, tr, br, bl] = quad;
+    let lerp =
+        |a: (f32, f32), b: (f32, f32), t: f32| (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+    let (mut blue, mut total) = (0u32, 0u32);
+    for i in 0..5 {
+        let t = v.0 + (v.1 - v.0) * (i as f32 + 0.5) / 5.0;
+        let (l, r) = (lerp(tl, bl, t), lerp(tr, br, t));
+        for j in 0..16 {
+            let (x, y) = lerp(l, r, u.0 + (u.1 - u.0) * (j as f32 + 0.5) / 16.0);
+            if x < 0.0 || y < 0.0 || x >= w as f32 {
+                continue;
+            }
+            let Some(&(hh, s, v)) = hsvs.get(y as usize * w as usize + x as usize) else {
+                continue;
+            };
+            total += 1;
+            if (195.0..255.0).contains(&hh) && s > 0.4 && v > 25.0 {
+                blue += 1;
+            }
+        }
+    }
+    if total == 0 {
+        1.0
+    } else {
+        blue as f32 / total as f32
+    }
 }
 
 /// The plate colour of the pixels inside `quad` (an axis-aligned box): white when most are
