@@ -714,7 +714,7 @@ mod tests {
         for seed in 1..=12 {
             let scene =
                 Scene::generate(PlateFormat::De, Condition::Clean, seed, FontChoice::Primary);
-            for (at, left) in [(0.3, true), (0.75, false)] {
+            for (at, left) in [(0.25, true), (0.35, true), (0.8, false)] {
                 let rgb = shadowed(&scene, at, left);
                 // What the lit part alone spells, and whether the widened blob gave it away.
                 for blob in locate(&rgb).iter().filter(|b| b.hue == Hue::White) {
