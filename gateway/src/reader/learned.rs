@@ -22,7 +22,9 @@ use imageproc::geometric_transformations::Projection;
 use parkpay_protocol::{Plate, PlateCandidate, PlateColour, Region};
 use tract_onnx::prelude::*;
 
-use super::locate::{eu_bands, extend_left, grow_to_aspect, locate, text_bands, widen, Blob, Hue};
+use super::locate::{
+    eu_bands, extend_left, grow_to_aspect, locate, text_bands, widen, Blob, FoundBy, Hue,
+};
 use super::{PlateReader, Roi, ACCEPT_THRESHOLD};
 
 /// The committed model; its licence and provenance are in `gateway/models/README.md`.
@@ -77,6 +79,10 @@ const SURE: f32 = 0.97;
 /// How far, as a share of its width, a German blob is widened on each side to see whether the
 /// plate goes on beyond it.
 const WIDEN: f32 = 0.15;
+
+/// The aspect below which a white blob is too short for a German plate, whose white part is
+/// about 4.35 times as wide as high: one seen at a yaw of 40° still measures 3.3.
+const DE_SHORTEST: f32 = 3.3;
 
 /// How many of the locator's blobs are read at most: the plate is nearly always among the first.
 const MAX_BLOBS: usize = 5;
@@ -344,7 +350,7 @@ impl LearnedReader {
                     (tl.1 + tr.1 + br.1 + bl.1) / 4.0,
                 ),
                 reach: ((bl.1 - tl.1) + (br.1 - tr.1)).abs() / 4.0,
-                from_band: false,
+                from_band: blob.found_by == FoundBy::EuBand,
             });
             // The network is sure, and no corner estimate spelled otherwise: the other
             // layout would only cost time (the same rule as for the blobs after this one).
@@ -354,12 +360,16 @@ impl LearnedReader {
         }
     }
 
-    /// Whether the plate around a German read spells more than it: a shadow or a dirty edge can
-    /// end a blob inside the plate, and a German registration cut short is still a valid one
-    /// (`NZ NP 299` for `YNZ NP 299`), unlike the fixed-length Chinese and British layouts. The
-    /// blob widened on both sides is read again; a longer spelling that contains the first is
-    /// a contradiction.
+    /// Whether the plate around a German read may spell more than it: a shadow or a dirty edge
+    /// can end a blob inside the plate, and a German registration cut short is still a valid
+    /// one (`NZ NP 299` for `YNZ NP 299`), unlike the fixed-length Chinese and British layouts.
+    /// A blob of the plate's colour much shorter than a German plate was cut (a plate seen at
+    /// a yaw of 40° is still longer); otherwise the blob widened on both sides is read again,
+    /// and a longer spelling that contains the first is a contradiction.
     fn cut_short(&self, rgb: &RgbImage, blob: &Blob, plate: &str) -> bool {
+        if blob.found_by == FoundBy::Colour && blob.aspect() < DE_SHORTEST {
+            return true;
+        }
         let bare = |t: &str| t.chars().filter(|c| *c != ' ').collect::<String>();
         let wide = widen(blob.quad, WIDEN);
         let Some((wider, _)) = self.read_quad(rgb, wide, blob.hue, Layout::De) else {
@@ -393,15 +403,11 @@ impl LearnedReader {
         }
         // A German plate as pale as the car it is on: its blue EU band still stands out.
         if !vouched(&reads) {
-            let before = reads.len();
             for band in eu_bands(rgb).iter().take(MAX_BANDS) {
                 self.read_blob(rgb, band, first_layouts(band), &mut reads);
                 if sure(&reads) {
                     break;
                 }
-            }
-            for r in &mut reads[before..] {
-                r.from_band = true;
             }
         }
         // Still nothing: the light may have taken the colours away altogether (deep shadow, a
@@ -714,7 +720,7 @@ mod tests {
         for seed in 1..=12 {
             let scene =
                 Scene::generate(PlateFormat::De, Condition::Clean, seed, FontChoice::Primary);
-            for (at, left) in [(0.25, true), (0.35, true), (0.8, false)] {
+            for (at, left) in [(0.25, true), (0.35, true), (0.7, false), (0.8, false)] {
                 let rgb = shadowed(&scene, at, left);
                 // What the lit part alone spells, and whether the widened blob gave it away.
                 for blob in locate(&rgb).iter().filter(|b| b.hue == Hue::White) {

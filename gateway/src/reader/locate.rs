@@ -25,6 +25,18 @@ pub(crate) struct Blob {
     /// The blob's extreme points along the diagonals: a second opinion when the fit is fooled.
     pub extreme_quad: [(f32, f32); 4],
     pub score: f32,
+    pub found_by: FoundBy,
+}
+
+/// How a blob was found, which decides what its outline can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FoundBy {
+    /// The plate's colour: the outline is the plate's own, unless something cut it.
+    Colour,
+    /// A German plate's EU band: the outline is a whole plate's, placed by the band.
+    EuBand,
+    /// A line of characters: the outline is grown from the text.
+    Text,
 }
 
 impl Blob {
@@ -223,6 +235,7 @@ pub(crate) fn text_bands(full: &RgbImage) -> Vec<Blob> {
                 quad: quad.map(|(x, y)| (x * up, y * up)),
                 extreme_quad: extreme_quad.map(|(x, y)| (x * up, y * up)),
                 score: n as f32 * fill,
+                found_by: FoundBy::Text,
             })
         })
         .collect();
@@ -231,7 +244,7 @@ pub(crate) fn text_bands(full: &RgbImage) -> Vec<Blob> {
 }
 
 /// A German plate's width over its height.
-const DE_ASPECT: f32 = 520.0 / 110.0;
+pub(crate) const DE_ASPECT: f32 = 520.0 / 110.0;
 
 /// Candidate German plates found by their blue EU band, for when the plate's white does not
 /// stand out from the car (a white plate on a pale or white car): an upright blue rectangle of a
@@ -322,6 +335,7 @@ pub(crate) fn eu_bands(full: &RgbImage) -> Vec<Blob> {
                 quad: start(plate(DE_ASPECT)),
                 extreme_quad: start(plate(DE_ASPECT * 1.04)),
                 score: st.n as f32 * fill,
+                found_by: FoundBy::EuBand,
             });
         }
     }
@@ -649,6 +663,7 @@ fn components(mask: &GrayImage, hue: Hue, scale: f32) -> Vec<Blob> {
                 quad,
                 extreme_quad,
                 score: 0.0,
+                found_by: FoundBy::Colour,
             };
             let a = blob.aspect();
             if !(1.8..7.0).contains(&a) {
