@@ -16,6 +16,10 @@
 //! 5. The region's layout (`Plate::parse_in`) must accept the spelling as it stands: a read the
 //!    grammar had to correct is never trusted. Two corner estimates that spell different plates
 //!    are a contradiction, and a contradiction is never resolved by guessing.
+//! 6. A German registration cut short is still a valid one, so a German read is not trusted from
+//!    a blob too short for a German plate, nor when the blob widened spells more (`cut_short`).
+//!    A German plate as pale as the car it is on is placed by its blue EU band (`eu_bands` in
+//!    [`locate`](crate::reader::locate)) when the colour blobs gave nothing to vouch for.
 
 use image::{DynamicImage, RgbImage};
 use imageproc::geometric_transformations::Projection;
