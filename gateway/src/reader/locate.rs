@@ -362,15 +362,8 @@ fn left_edge(
     if n < 6 {
         return None;
     }
-    let inner = &rows[n / 6..n - n / 6];
-    let k = inner.len() as f32;
-    let (my, mx) = inner
-        .iter()
-        .fold((0.0, 0.0), |a, r| (a.0 + r.0 / k, a.1 + r.1 / k));
-    let syy: f32 = inner.iter().map(|r| (r.0 - my).powi(2)).sum();
-    let sxy: f32 = inner.iter().map(|r| (r.0 - my) * (r.1 - mx)).sum();
-    let b = if syy > 1e-3 { sxy / syy } else { 0.0 };
-    let x_at = |y: f32| mx + b * (y - my);
+    let (a, b) = least_squares(&rows[n / 6..n - n / 6])?;
+    let x_at = |y: f32| a + b * y;
     let (top, bottom) = (st.y0 as f32, st.y1 as f32 + 1.0);
     Some(((x_at(top), top), (x_at(bottom), bottom)))
 }
@@ -755,23 +748,26 @@ fn fit_quad(pts: &[(f32, f32)]) -> Option<[(f32, f32); 4]> {
     ])
 }
 
+/// The least-squares line v = a + b u through `(u, v)` points: `(a, b)`, flat when the points
+/// share one u; `None` for fewer than two.
+fn least_squares(p: &[(f32, f32)]) -> Option<(f32, f32)> {
+    let n = p.len() as f32;
+    if n < 2.0 {
+        return None;
+    }
+    let (mu, mv) = p
+        .iter()
+        .fold((0.0, 0.0), |a, q| (a.0 + q.0 / n, a.1 + q.1 / n));
+    let suu: f32 = p.iter().map(|q| (q.0 - mu).powi(2)).sum();
+    let suv: f32 = p.iter().map(|q| (q.0 - mu) * (q.1 - mv)).sum();
+    let b = if suu > 1e-3 { suv / suu } else { 0.0 };
+    Some((mv - b * mu, b))
+}
+
 /// Least-squares line v = a + b u, refitted after dropping the slices lying inside the plate
 /// (`upper`: a top edge, where outliers lie below the line).
 fn robust_line(pts: &[(f32, f32)], upper: bool) -> Option<(f32, f32)> {
-    let fit = |p: &[(f32, f32)]| -> Option<(f32, f32)> {
-        let n = p.len() as f32;
-        if n < 2.0 {
-            return None;
-        }
-        let (mu, mv) = p
-            .iter()
-            .fold((0.0, 0.0), |a, q| (a.0 + q.0 / n, a.1 + q.1 / n));
-        let suu: f32 = p.iter().map(|q| (q.0 - mu).powi(2)).sum();
-        let suv: f32 = p.iter().map(|q| (q.0 - mu) * (q.1 - mv)).sum();
-        let b = if suu > 1e-3 { suv / suu } else { 0.0 };
-        Some((mv - b * mu, b))
-    };
-    let (a, b) = fit(pts)?;
+    let (a, b) = least_squares(pts)?;
     let mut res: Vec<(f32, (f32, f32))> = pts
         .iter()
         .map(|&q| {
@@ -785,7 +781,7 @@ fn robust_line(pts: &[(f32, f32)], upper: bool) -> Option<(f32, f32)> {
         .take((pts.len() * 2).div_ceil(3))
         .map(|r| r.1)
         .collect();
-    fit(&keep)
+    least_squares(&keep)
 }
 
 #[cfg(test)]
